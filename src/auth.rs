@@ -1,0 +1,151 @@
+//! Who is calling: JWT verification, written once ([`Auth::verify`]) and
+//! adapted by each transport (a tonic interceptor, an axum extractor).
+//!
+//! Every rejection gives the client the same [`Error::Unauthenticated`];
+//! the reason goes to the debug log, never the token itself.
+
+use crate::{domain::UserId, error::Error};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// Clock-skew allowance when checking `exp`. Streams also end this long
+/// after their token's `exp` at the latest.
+pub const LEEWAY: Duration = Duration::from_secs(5);
+
+/// Tokens longer than this are refused before any parsing.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// A verified caller.
+#[derive(Clone, Debug)]
+pub struct Claims {
+    pub user: UserId,
+    /// When the token stops being valid, in seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+impl Claims {
+    /// How long from now until a stream opened with this token must end.
+    pub fn remaining(&self) -> Duration {
+        let deadline = UNIX_EPOCH + Duration::from_secs(self.expires_at) + LEEWAY;
+        deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    }
+}
+
+/// The claims herald reads and writes.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    sub: String,
+    exp: u64,
+}
+
+/// Verifies and mints tokens; cheap to clone.
+#[derive(Clone)]
+pub struct Auth {
+    keys: Arc<Keys>,
+}
+
+struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl Auth {
+    /// HS256 with a shared secret.
+    pub fn hs256(secret: &[u8]) -> Self {
+        // `Validation::new` already refuses `alg: none` and every other
+        // algorithm; herald adds the required claims and a smaller leeway.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = LEEWAY.as_secs();
+        validation.validate_aud = false;
+        Self {
+            keys: Arc::new(Keys {
+                encoding: EncodingKey::from_secret(secret),
+                decoding: DecodingKey::from_secret(secret),
+                validation,
+            }),
+        }
+    }
+
+    /// Verifies `token`. Every failure is the same [`Error::Unauthenticated`].
+    pub fn verify(&self, token: &str) -> Result<Claims, Error> {
+        if token.len() > MAX_TOKEN_BYTES {
+            tracing::debug!(bytes = token.len(), "token refused: too long");
+            return Err(Error::Unauthenticated);
+        }
+        let data = jsonwebtoken::decode::<Wire>(token, &self.keys.decoding, &self.keys.validation)
+            .map_err(|error| {
+                tracing::debug!(reason = ?error.kind(), "token refused");
+                Error::Unauthenticated
+            })?;
+        let user = UserId::parse("sub", &data.claims.sub).map_err(|error| {
+            tracing::debug!(reason = %error, "token refused: bad sub claim");
+            Error::Unauthenticated
+        })?;
+        Ok(Claims {
+            user,
+            expires_at: data.claims.exp,
+        })
+    }
+
+    /// Mints a token for `user` valid for `ttl`.
+    pub fn mint(&self, user: &UserId, ttl: Duration) -> String {
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_add(ttl)
+            .as_secs();
+        let claims = Wire {
+            sub: user.to_string(),
+            exp,
+        };
+        // HS256 signing with an HMAC key cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.keys.encoding)
+            .expect("HS256 signing failed")
+    }
+}
+
+/// Extracts the token from an `Authorization: Bearer <token>` header value.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minted_token_verifies_and_names_its_user() {
+        let auth = Auth::hs256(b"secret");
+        let alice = UserId::parse("sub", "alice").unwrap();
+        let claims = auth.verify(&auth.mint(&alice, Duration::from_secs(60))).unwrap();
+        assert_eq!(claims.user, alice);
+        assert!(claims.remaining() > Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_token_signed_with_another_secret_is_refused() {
+        let alice = UserId::parse("sub", "alice").unwrap();
+        let token = Auth::hs256(b"other").mint(&alice, Duration::from_secs(60));
+        assert!(matches!(Auth::hs256(b"secret").verify(&token), Err(Error::Unauthenticated)));
+    }
+
+    #[test]
+    fn bearer_takes_the_token_after_the_scheme() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+    }
+}

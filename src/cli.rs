@@ -1,0 +1,58 @@
+//! What `herald serve` and `herald token` do, past parsing.
+
+use crate::{
+    auth::Auth,
+    config::{ServeConfig, TokenArgs},
+    domain::{UserId, hex},
+    server::{Server, StartError, shutdown_signal},
+};
+use std::time::Duration;
+
+/// How long the demo tokens printed on a first run stay valid.
+const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
+    let (auth, ephemeral) = match &config.jwt_secret {
+        Some(secret) => (Auth::hs256(secret.expose().as_bytes()), false),
+        None => (Auth::hs256(ephemeral_secret().as_bytes()), true),
+    };
+    let server = Server::bind(&config, auth.clone()).await?;
+    tracing::info!(http = %server.http_addr(), grpc = %server.grpc_addr(), "herald is serving");
+    if ephemeral {
+        print_demo(&auth, &server);
+    }
+    server.run(shutdown_signal()).await
+}
+
+/// Prints one token for `args.user` on stdout.
+pub fn token(args: &TokenArgs) -> Result<(), StartError> {
+    let secret = args.jwt_secret.as_ref().ok_or_else(|| {
+        StartError::new("herald token needs --jwt-secret or HERALD_JWT_SECRET (the server's secret)")
+    })?;
+    let user = UserId::parse("user id", &args.user).map_err(|error| StartError::new(error.to_string()))?;
+    let token = Auth::hs256(secret.expose().as_bytes()).mint(&user, Duration::from_secs(args.ttl));
+    println!("{token}");
+    Ok(())
+}
+
+fn ephemeral_secret() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    hex(&bytes)
+}
+
+/// A first run must just work: tokens for two demo users and links to the page.
+fn print_demo(auth: &Auth, server: &Server) {
+    let http = server.http_addr();
+    println!("No --jwt-secret given: using an ephemeral secret; these tokens work until restart.");
+    for name in ["alice", "bob"] {
+        let user = UserId::parse("user", name).expect("a valid demo user id");
+        let token = auth.mint(&user, DEMO_TOKEN_TTL);
+        println!();
+        println!("  {name}'s token: {token}");
+        println!("  chat as {name}: http://{http}/#token={token}");
+    }
+    println!();
+    println!("  gRPC on {} (reflection on: try `grpcurl -plaintext {} list`)", server.grpc_addr(), server.grpc_addr());
+}

@@ -1,0 +1,191 @@
+//! The command line. Every flag has a `HERALD_...` environment equivalent,
+//! and its `///` doc is its `--help` text.
+
+use crate::limits::Limits;
+use clap::{Args, Parser, Subcommand};
+use std::{fmt, str::FromStr, time::Duration};
+
+/// The database used when neither `--database-url` nor `DATABASE_URL` is set.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://herald.db";
+
+/// herald: a real-time messaging gateway (gRPC, Server-Sent Events, REST).
+#[derive(Parser, Debug)]
+#[command(name = "herald", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(Box<ServeConfig>),
+    /// Print a signed token for a user on stdout.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeConfig {
+    /// Address for REST, SSE, health and the chat page.
+    #[arg(long, env = "HERALD_HTTP", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub http: String,
+
+    /// Address for the gRPC services.
+    #[arg(long, env = "HERALD_GRPC", value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc: String,
+
+    /// Database URL: sqlite://FILE (created on first start) or postgres://...
+    /// Also read from DATABASE_URL. [default: sqlite://herald.db]
+    #[arg(long, env = "HERALD_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// HS256 secret for tokens. Without one, an ephemeral secret is made and
+    /// demo tokens are printed at start.
+    #[arg(long, env = "HERALD_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// How long shutdown waits for in-flight requests (e.g. 5s, 500ms).
+    #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Largest message content, in bytes.
+    #[arg(long, env = "HERALD_MAX_CONTENT_BYTES", value_name = "BYTES", default_value_t = Limits::default().max_content_bytes)]
+    pub max_content_bytes: usize,
+
+    /// Most participants in one conversation.
+    #[arg(long, env = "HERALD_MAX_PARTICIPANTS", value_name = "N", default_value_t = Limits::default().max_participants)]
+    pub max_participants: usize,
+
+    /// Most open streams (SSE and gRPC) per user.
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS_PER_USER", value_name = "N", default_value_t = Limits::default().max_subscriptions_per_user)]
+    pub max_subscriptions_per_user: usize,
+
+    /// Messages a stream may have queued before it is dropped as too slow.
+    #[arg(long, env = "HERALD_SUBSCRIPTION_QUEUE", value_name = "N", default_value_t = Limits::default().subscription_queue)]
+    pub subscription_queue: usize,
+
+    /// Messages per second one user may send, sustained.
+    #[arg(long, env = "HERALD_RATE_LIMIT", value_name = "PER_SECOND", default_value_t = Limits::default().messages_per_second)]
+    pub rate_limit: f64,
+
+    /// Messages one user may send in a burst.
+    #[arg(long, env = "HERALD_RATE_BURST", value_name = "N", default_value_t = Limits::default().message_burst)]
+    pub rate_burst: f64,
+
+    /// Most missed messages replayed to a resuming stream (at least 10000).
+    #[arg(long, env = "HERALD_REPLAY_LIMIT", value_name = "N", default_value_t = Limits::default().replay_limit)]
+    pub replay_limit: usize,
+}
+
+impl ServeConfig {
+    /// A configuration with every default, for tests and embedding.
+    pub fn new(http: &str, grpc: &str, database_url: &str) -> Self {
+        let mut config = Cli::parse_from(["herald", "serve"]);
+        let Command::Serve(serve) = &mut config.command else {
+            unreachable!("parsed the serve command")
+        };
+        serve.http = http.into();
+        serve.grpc = grpc.into();
+        serve.database_url = Some(database_url.into());
+        *serve.clone()
+    }
+
+    /// The database URL: the flag, else `DATABASE_URL`, else the default.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|url| !url.is_empty()))
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_content_bytes: self.max_content_bytes,
+            max_participants: self.max_participants,
+            max_subscriptions_per_user: self.max_subscriptions_per_user,
+            subscription_queue: self.subscription_queue,
+            messages_per_second: self.rate_limit,
+            message_burst: self.rate_burst,
+            replay_limit: self.replay_limit,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// The user id (the token's `sub` claim).
+    pub user: String,
+
+    /// Seconds until the token expires.
+    #[arg(long, env = "HERALD_TOKEN_TTL", value_name = "SECONDS", default_value_t = 3600)]
+    pub ttl: u64,
+
+    /// HS256 secret to sign with (the server's).
+    #[arg(long, env = "HERALD_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+}
+
+/// A secret that never prints itself.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.is_empty() {
+            true => Err("the secret must not be empty".into()),
+            false => Ok(Self(value.into())),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+/// Parses `5s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{value}' is not a duration like 5s or 500ms"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1_000.0,
+        "m" => number * 60.0,
+        _ => return Err(format!("unknown unit '{unit}': use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{value}' is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_the_usual_units() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn a_secret_never_shows_in_debug_output() {
+        let secret: Secret = "hunter2".parse().unwrap();
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}

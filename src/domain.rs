@@ -1,0 +1,211 @@
+//! The message domain: ids, content and the records herald keeps.
+//!
+//! Input from clients is parsed here once ("parse, don't validate"): a
+//! [`UserId`], [`ConversationId`] or [`Content`] that exists is valid, so the
+//! rest of the crate never re-checks.
+
+use crate::error::Error;
+use std::{fmt, sync::Arc};
+
+/// The longest id, in bytes, that herald accepts for users, conversations and
+/// messages.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Checks the shape every id shares: not empty, at most [`MAX_ID_BYTES`], no
+/// control characters.
+fn check_id(field: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(format!("{field} must not be empty")));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(Error::invalid(format!(
+            "{field} must be at most {MAX_ID_BYTES} bytes"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A user id: the `sub` claim of a token, or a participant named by a client.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
+
+impl UserId {
+    /// Parses a user id given by a client; `field` names it in the error.
+    pub fn parse(field: &str, value: &str) -> Result<Self, Error> {
+        check_id(field, value)?;
+        Ok(Self(value.into()))
+    }
+
+    /// Wraps an id read back from the database, where only parsed ids are written.
+    pub(crate) fn from_stored(value: String) -> Self {
+        Self(value.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A conversation id: 32 lowercase hex digits of randomness.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ConversationId(Arc<str>);
+
+impl ConversationId {
+    /// A fresh, unguessable id.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        // The OS random source failing is not something herald can serve around.
+        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+        Self(hex(&bytes).into())
+    }
+
+    /// Parses an id given by a client. A well-formed id may still name nothing.
+    pub fn parse(field: &str, value: &str) -> Result<Self, Error> {
+        check_id(field, value)?;
+        Ok(Self(value.into()))
+    }
+
+    pub(crate) fn from_stored(value: String) -> Self {
+        Self(value.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A message's place in the one delivery order of the whole server.
+///
+/// Positions are assigned inside the inserting transaction from a single
+/// counter row, so they are gap-free and increase in commit order (see
+/// `store`). A message's public id is its position in decimal.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Position(pub i64);
+
+impl Position {
+    /// Parses a message id given by a client: `Err` when malformed,
+    /// `Ok(None)` when well-formed but not an id herald issues (so it names
+    /// nothing), `Ok(Some)` otherwise.
+    pub fn parse_id(field: &str, value: &str) -> Result<Option<Self>, Error> {
+        check_id(field, value)?;
+        Ok(value
+            .parse::<i64>()
+            .ok()
+            .filter(|p| *p > 0 && value.bytes().all(|b| b.is_ascii_digit()))
+            .map(Self))
+    }
+
+    /// The public message id.
+    pub fn id(self) -> String {
+        self.0.to_string()
+    }
+}
+
+/// Message text: not empty, at most the configured number of bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Content(String);
+
+impl Content {
+    pub fn parse(value: String, max_bytes: usize) -> Result<Self, Error> {
+        if value.trim().is_empty() {
+            return Err(Error::invalid("content must not be empty"));
+        }
+        if value.len() > max_bytes {
+            return Err(Error::invalid(format!(
+                "content must be at most {max_bytes} bytes"
+            )));
+        }
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A committed message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub position: Position,
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
+    pub content: String,
+    /// Microseconds since the Unix epoch, from the server's clock at commit.
+    pub created_at_micros: i64,
+}
+
+/// A conversation as one participant sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    pub id: ConversationId,
+    /// Sorted, the viewer included.
+    pub participant_ids: Vec<UserId>,
+    pub last_message: Option<Message>,
+    /// Messages from others after the viewer's read mark.
+    pub unread_count: i64,
+    pub created_at_micros: i64,
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_micros() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_must_be_non_empty_short_and_printable() {
+        assert!(UserId::parse("sub", "alice").is_ok());
+        assert!(UserId::parse("sub", "").is_err());
+        assert!(UserId::parse("sub", &"x".repeat(129)).is_err());
+        assert!(UserId::parse("sub", &"é".repeat(64)).is_ok());
+        assert!(UserId::parse("sub", "a\nb").is_err());
+    }
+
+    #[test]
+    fn a_message_id_that_is_not_a_position_names_nothing() {
+        assert_eq!(Position::parse_id("id", "42").unwrap(), Some(Position(42)));
+        assert_eq!(Position::parse_id("id", "0").unwrap(), None);
+        assert_eq!(Position::parse_id("id", "+4").unwrap(), None);
+        assert_eq!(Position::parse_id("id", "abc").unwrap(), None);
+        assert!(Position::parse_id("id", "").is_err());
+    }
+
+    #[test]
+    fn content_is_bounded_and_never_blank() {
+        assert!(Content::parse("hi".into(), 16).is_ok());
+        assert!(Content::parse(" \n".into(), 16).is_err());
+        assert!(Content::parse("x".repeat(17), 16).is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! The one error type of herald's core, mapped once to a gRPC status (here)
+//! and once to an HTTP response (in `http`).
+//!
+//! Clients get fixed, safe messages; causes of internal failures go to the
+//! log, never to the client.
+
+use tonic::{Code, Status};
+
+/// The message of every authentication failure, whatever the reason, so a
+/// client cannot probe why a token was refused.
+pub const UNAUTHENTICATED: &str = "missing or invalid token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No token, or a token that does not verify.
+    #[error("{UNAUTHENTICATED}")]
+    Unauthenticated,
+    /// The caller is not a participant of the conversation.
+    #[error("not a participant of this conversation")]
+    PermissionDenied,
+    /// A well-formed id that names nothing; the field says which kind.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Malformed input: the message says what is wrong.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A rate or connection limit was reached.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A resume point that cannot be replayed from.
+    #[error("{0}")]
+    ResumeImpossible(String),
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// The database failed; the cause is logged, not returned.
+    #[error("database unavailable")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidArgument(message.into())
+    }
+
+    /// Logs what the client will not see: the cause of a database failure.
+    pub(crate) fn log_cause(&self) {
+        if let Self::Database(cause) = self {
+            tracing::error!(error = %cause, "database call failed");
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        error.log_cause();
+        let code = match &error {
+            Error::Unauthenticated => Code::Unauthenticated,
+            Error::PermissionDenied => Code::PermissionDenied,
+            Error::NotFound(_) => Code::NotFound,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::ResumeImpossible(_) => Code::OutOfRange,
+            Error::ShuttingDown | Error::Database(_) => Code::Unavailable,
+        };
+        Status::new(code, error.to_string())
+    }
+}

@@ -1,0 +1,148 @@
+//! The gRPC door: `herald.v1.Messenger` as a thin adapter over the core,
+//! plus the interceptor that turns a bearer token into verified [`Claims`].
+
+use crate::{
+    auth::{Auth, Claims, bearer},
+    error::Error,
+    pb::{self, messenger_server::MessengerServer},
+    service::{Herald, MessageStream, StreamEnd},
+};
+use futures_util::{Stream, stream};
+use std::pin::Pin;
+use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
+
+/// The Messenger service with authentication in front.
+pub type Service = InterceptedService<MessengerServer<Messenger>, Authenticate>;
+
+/// Builds the authenticated Messenger service.
+pub fn service(herald: Herald, auth: Auth) -> Service {
+    MessengerServer::with_interceptor(Messenger { herald }, Authenticate { auth })
+}
+
+/// Verifies `authorization: Bearer <token>` and puts the [`Claims`] into the
+/// request's extensions.
+#[derive(Clone)]
+pub struct Authenticate {
+    auth: Auth,
+}
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request.metadata().get("authorization");
+        let token = header.and_then(|value| value.to_str().ok()).and_then(bearer);
+        let claims = match token {
+            Some(token) => self.auth.verify(token)?,
+            None => {
+                tracing::debug!("token refused: no bearer token");
+                return Err(Error::Unauthenticated.into());
+            }
+        };
+        request.extensions_mut().insert(claims);
+        Ok(request)
+    }
+}
+
+/// The claims the interceptor verified.
+fn claims<T>(request: &Request<T>) -> Result<Claims, Status> {
+    // Only reachable without the interceptor, which `service` always adds.
+    request.extensions().get::<Claims>().cloned().ok_or_else(|| Error::Unauthenticated.into())
+}
+
+pub struct Messenger {
+    herald: Herald,
+}
+
+type MessageStreamResponse = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::messenger_server::Messenger for Messenger {
+    async fn create_conversation(
+        &self,
+        request: Request<pb::CreateConversationRequest>,
+    ) -> Result<Response<pb::Conversation>, Status> {
+        let caller = claims(&request)?.user;
+        let ids = request.into_inner().participant_ids;
+        let (conversation, _) = self.herald.create_conversation(&caller, &ids).await?;
+        Ok(Response::new((&conversation).into()))
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        let caller = claims(&request)?.user;
+        let conversations = self.herald.list_conversations(&caller).await?;
+        Ok(Response::new(pb::ListConversationsResponse {
+            conversations: conversations.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn create_message(
+        &self,
+        request: Request<pb::CreateMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        let message = self.herald.create_message(&caller, &body.conversation_id, body.content).await?;
+        Ok(Response::new((&message).into()))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        let messages = self
+            .herald
+            .list_messages(&caller, &body.conversation_id, body.page_size, &body.before_id, &body.after_id)
+            .await?;
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: messages.iter().map(Into::into).collect(),
+        }))
+    }
+
+    type SubscribeMessagesStream = MessageStreamResponse;
+
+    async fn subscribe_messages(
+        &self,
+        request: Request<pb::SubscribeMessagesRequest>,
+    ) -> Result<Response<Self::SubscribeMessagesStream>, Status> {
+        let claims = claims(&request)?;
+        let stream = self.herald.subscribe(&claims, &request.get_ref().after_id).await?;
+        if let Some(reason) = stream.reset() {
+            return Err(Error::ResumeImpossible(reason.to_owned()).into());
+        }
+        Ok(Response::new(Box::pin(messages(stream))))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::Conversation>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        let conversation = self.herald.mark_read(&caller, &body.conversation_id, &body.message_id).await?;
+        Ok(Response::new((&conversation).into()))
+    }
+}
+
+/// The stream as gRPC messages, ending with a status that says why it ended.
+/// Dropping it (the client went away) drops the subscription.
+fn messages(stream: MessageStream) -> impl Stream<Item = Result<pb::Message, Status>> {
+    stream::unfold(Some(stream), |state| async move {
+        let mut stream = state?;
+        match stream.next().await {
+            Ok(delivery) => Some((Ok(pb::Message::from(&delivery.message)), Some(stream))),
+            Err(end) => Some((Err(end_status(end)), None)),
+        }
+    })
+}
+
+fn end_status(end: StreamEnd) -> Status {
+    match end {
+        StreamEnd::Lagged => Status::aborted("subscription fell behind; resubscribe with after_id set to the last id received"),
+        StreamEnd::TokenExpired => Status::unauthenticated(crate::error::UNAUTHENTICATED),
+        StreamEnd::ShuttingDown => Status::unavailable("server is shutting down; reconnect with after_id"),
+    }
+}

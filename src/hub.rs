@@ -1,0 +1,255 @@
+//! In-process fan-out of committed messages to live subscriptions.
+//!
+//! Subscriptions are indexed by user, so delivering a message costs
+//! O(recipients' subscriptions), never O(all connections).
+//!
+//! **Slow-subscriber policy.** Each subscription has a bounded queue. The hub
+//! never waits for a subscriber: it offers each message with `try_send`, and
+//! a subscription whose queue is full is removed on the spot. Its receiver
+//! still yields what was queued, then reports [`Closed::Lagged`], so the
+//! client reconnects with the last id it saw and the replay fills the rest.
+//! A stuck reader thus costs at most one full queue of shared `Arc`s and
+//! never delays writers or other subscribers.
+//!
+//! The hub does not know where messages come from: the feed calls
+//! [`Hub::deliver`] in stream order, one message at a time.
+
+use crate::domain::{Message, UserId};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+use tokio::sync::mpsc;
+
+/// A committed message and the users it goes to.
+#[derive(Debug)]
+pub struct Delivery {
+    pub message: Message,
+    pub recipients: Arc<[UserId]>,
+}
+
+/// Why a subscription's queue ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// Its queue filled up: the subscriber fell behind.
+    Lagged,
+}
+
+/// The fan-out registry; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Mutex<Registry>,
+    queue_capacity: usize,
+    lagged: AtomicU64,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_user: HashMap<UserId, Vec<Slot>>,
+    next_id: u64,
+    count: usize,
+}
+
+struct Slot {
+    id: u64,
+    tx: mpsc::Sender<Arc<Delivery>>,
+}
+
+/// Refusal to open a subscription past the per-user limit.
+#[derive(Debug)]
+pub struct TooManySubscriptions;
+
+impl Hub {
+    /// A hub whose subscriptions each queue at most `queue_capacity` messages.
+    pub fn new(queue_capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry: Mutex::default(),
+                queue_capacity: queue_capacity.max(1),
+                lagged: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Opens a live subscription for `user`, unless they already hold `limit`.
+    pub fn subscribe(&self, user: &UserId, limit: usize) -> Result<Subscription, TooManySubscriptions> {
+        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+        let mut registry = self.lock();
+        if registry.by_user.get(user).map_or(0, Vec::len) >= limit {
+            return Err(TooManySubscriptions);
+        }
+        let id = registry.next_id;
+        registry.next_id += 1;
+        registry.count += 1;
+        registry.by_user.entry(user.clone()).or_default().push(Slot { id, tx });
+        Ok(Subscription {
+            rx,
+            registration: Registration {
+                hub: self.clone(),
+                user: user.clone(),
+                id,
+            },
+        })
+    }
+
+    /// Offers `delivery` to every subscription of its recipients, never waiting.
+    pub fn deliver(&self, delivery: Arc<Delivery>) {
+        let mut registry = self.lock();
+        let mut removed = 0;
+        for user in delivery.recipients.iter() {
+            let Some(slots) = registry.by_user.get_mut(user) else {
+                continue;
+            };
+            let before = slots.len();
+            // A full queue removes its slot: the lag policy above.
+            slots.retain(|slot| match slot.tx.try_send(delivery.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => false,
+                // The receiver is gone; its registration will find nothing.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+            removed += before - slots.len();
+            if slots.is_empty() {
+                registry.by_user.remove(user);
+            }
+        }
+        registry.count -= removed;
+        if removed > 0 {
+            self.inner.lagged.fetch_add(removed as u64, Ordering::Relaxed);
+            tracing::info!(removed, "dropped subscriptions that fell behind");
+        }
+    }
+
+    /// Open subscriptions, across all users.
+    pub fn subscription_count(&self) -> usize {
+        self.lock().count
+    }
+
+    /// Subscriptions dropped so far because they fell behind.
+    pub fn lagged_total(&self) -> u64 {
+        self.inner.lagged.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // The registry holds no invariant a panicking holder could break
+        // half-way, so a poisoned lock is still safe to use.
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn unregister(&self, user: &UserId, id: u64) {
+        let mut registry = self.lock();
+        let Some(slots) = registry.by_user.get_mut(user) else {
+            return;
+        };
+        let before = slots.len();
+        slots.retain(|slot| slot.id != id);
+        let removed = before - slots.len();
+        if slots.is_empty() {
+            registry.by_user.remove(user);
+        }
+        registry.count -= removed;
+    }
+}
+
+/// A live subscription: messages for its user, in stream order.
+pub struct Subscription {
+    rx: mpsc::Receiver<Arc<Delivery>>,
+    registration: Registration,
+}
+
+impl Subscription {
+    /// The next message, or why there will be none.
+    pub async fn recv(&mut self) -> Result<Arc<Delivery>, Closed> {
+        self.rx.recv().await.ok_or(Closed::Lagged)
+    }
+
+    pub fn user(&self) -> &UserId {
+        &self.registration.user
+    }
+}
+
+/// Removes the subscription's slot when the subscription is dropped, so no
+/// registry entry outlives its client.
+struct Registration {
+    hub: Hub,
+    user: UserId,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.user, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ConversationId, Position};
+
+    fn user(name: &str) -> UserId {
+        UserId::parse("user", name).unwrap()
+    }
+
+    fn delivery(position: i64, recipients: &[&str]) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            message: Message {
+                position: Position(position),
+                conversation_id: ConversationId::generate(),
+                user_id: user("alice"),
+                content: "hi".into(),
+                created_at_micros: 0,
+            },
+            recipients: recipients.iter().map(|name| user(name)).collect(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_ends_only_that_subscription_after_what_it_holds() {
+        let hub = Hub::new(2);
+        let mut slow = hub.subscribe(&user("bob"), 10).unwrap();
+        let mut fast = hub.subscribe(&user("bob"), 10).unwrap();
+        for position in 1..=3 {
+            hub.deliver(delivery(position, &["bob"]));
+            if position < 3 {
+                assert_eq!(fast.recv().await.unwrap().message.position, Position(position));
+            }
+        }
+        assert_eq!(slow.recv().await.unwrap().message.position, Position(1));
+        assert_eq!(slow.recv().await.unwrap().message.position, Position(2));
+        assert_eq!(slow.recv().await.unwrap_err(), Closed::Lagged);
+        assert_eq!(fast.recv().await.unwrap().message.position, Position(3));
+        assert_eq!(hub.lagged_total(), 1);
+        assert_eq!(hub.subscription_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_recipients_receive_and_dropping_unregisters() {
+        let hub = Hub::new(8);
+        let mut bob = hub.subscribe(&user("bob"), 10).unwrap();
+        let carol = hub.subscribe(&user("carol"), 10).unwrap();
+        hub.deliver(delivery(1, &["alice", "bob"]));
+        assert_eq!(bob.recv().await.unwrap().message.position, Position(1));
+        assert_eq!(hub.subscription_count(), 2);
+        drop(carol);
+        drop(bob);
+        assert_eq!(hub.subscription_count(), 0);
+    }
+
+    #[test]
+    fn a_user_cannot_open_more_than_the_limit() {
+        let hub = Hub::new(8);
+        let _first = hub.subscribe(&user("bob"), 1).unwrap();
+        assert!(hub.subscribe(&user("bob"), 1).is_err());
+    }
+}

@@ -1,0 +1,47 @@
+//! herald: a real-time messaging gateway. One message hub, three doors:
+//! gRPC, Server-Sent Events and REST.
+//!
+//! How a message travels: a transport adapter ([`grpc`], [`http`]) checks the
+//! caller with [`auth`] and calls the core ([`service::Herald`]), which parses
+//! input into [`domain`] types, commits the message with [`store`] at the
+//! next stream position, and reports it to the [`feed`]. The feed hands
+//! committed messages to the [`hub`] in stream order, and the hub fans each
+//! out to the live subscriptions of its participants. A subscription that
+//! resumes replays from the store first, then goes live with no gap.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`config`] | the command line and its environment variables |
+//! | [`cli`] | what `serve` and `token` do |
+//! | [`server`] | binding, running, graceful shutdown |
+//! | [`error`] | the error type, and its gRPC mapping |
+//! | [`auth`] | JWT verification and minting |
+//! | [`domain`] | ids, content, messages, conversations |
+//! | [`limits`] | configurable limits and the rate limiter |
+//! | [`store`] | SQLite / PostgreSQL persistence and stream positions |
+//! | [`feed`] | stream order and gap filling between commits and the hub |
+//! | [`hub`] | per-user fan-out with bounded queues |
+//! | [`service`] | the core the transports adapt |
+//! | [`pb`] | generated proto types and their JSON mapping |
+//! | [`grpc`] | the gRPC adapter |
+//! | [`http`] | the HTTP adapter |
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod feed;
+pub mod grpc;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod pb;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+pub use error::Error;
+pub use server::Server;
+pub use service::Herald;

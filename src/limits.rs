@@ -1,0 +1,105 @@
+//! Configurable limits, and the per-user message rate limiter.
+
+use crate::domain::UserId;
+use std::{collections::HashMap, sync::Mutex, time::Instant};
+
+/// What one user or request may use.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Bytes of message content.
+    pub max_content_bytes: usize,
+    /// Participants of one conversation, the creator included.
+    pub max_participants: usize,
+    /// Open subscriptions (SSE and gRPC streams together) per user.
+    pub max_subscriptions_per_user: usize,
+    /// Messages a subscription may have queued before it is dropped as lagging.
+    pub subscription_queue: usize,
+    /// Messages a user may send per second, sustained.
+    pub messages_per_second: f64,
+    /// Messages a user may send at once after being idle.
+    pub message_burst: f64,
+    /// The most missed messages a resuming subscription replays.
+    pub replay_limit: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_content_bytes: 16 * 1024,
+            max_participants: 10_000,
+            max_subscriptions_per_user: 100,
+            subscription_queue: 1_024,
+            messages_per_second: 2_000.0,
+            message_burst: 2_000.0,
+            replay_limit: 10_000,
+        }
+    }
+}
+
+/// A token bucket per user.
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<UserId, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Buckets kept before idle (full) ones are forgotten.
+const PRUNE_ABOVE: usize = 10_000;
+
+impl RateLimiter {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate: rate.max(0.0),
+            burst: burst.max(1.0),
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes one token from `user`'s bucket; false when it is empty.
+    pub fn allow(&self, user: &UserId) -> bool {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if buckets.len() > PRUNE_ABOVE {
+            buckets.retain(|_, bucket| bucket.level(now, self.rate, self.burst) < self.burst);
+        }
+        let bucket = buckets.entry(user.clone()).or_insert(Bucket {
+            tokens: self.burst,
+            refilled: now,
+        });
+        bucket.tokens = bucket.level(now, self.rate, self.burst);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Bucket {
+    fn level(&self, now: Instant, rate: f64, burst: f64) -> f64 {
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        (self.tokens + elapsed * rate).min(burst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_past_the_burst_is_refused_and_others_are_not() {
+        let limiter = RateLimiter::new(0.0, 3.0);
+        let alice = UserId::parse("user", "alice").unwrap();
+        let bob = UserId::parse("user", "bob").unwrap();
+        assert!((0..3).all(|_| limiter.allow(&alice)));
+        assert!(!limiter.allow(&alice));
+        assert!(limiter.allow(&bob));
+    }
+}

@@ -1,0 +1,198 @@
+//! Start-up and shut-down: the one seam `main` and every test use.
+//!
+//! [`Server::bind`] connects the database and binds both listeners (port 0
+//! allowed) so the caller can read the real addresses; [`Server::run`] serves
+//! until a shutdown future fires, then drains.
+//!
+//! **Shutdown order.** Mark gRPC health NOT_SERVING; cancel the one token
+//! that both servers and every open stream watch, so listeners stop
+//! accepting and SSE and gRPC streams end (axum and tonic would otherwise
+//! wait on them forever); give in-flight requests the drain time; stop the
+//! feed; close the database.
+
+use crate::{
+    auth::Auth,
+    config::ServeConfig,
+    grpc,
+    http::{self, AppState},
+    pb,
+    service::Herald,
+    store::Store,
+};
+use std::{future::Future, net::SocketAddr, time::Duration};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    task::JoinHandle,
+};
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+/// Pending connections the kernel queues per listener: a thousand clients
+/// connecting at once must not be dropped.
+const BACKLOG: u32 = 4096;
+
+/// A reason herald could not start, in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(String);
+
+impl StartError {
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self(reason.into())
+    }
+}
+
+/// A bound, ready-to-run herald.
+pub struct Server {
+    http: TcpListener,
+    grpc: TcpListener,
+    herald: Herald,
+    auth: Auth,
+    feed: JoinHandle<()>,
+    shutdown: CancellationToken,
+    drain: Duration,
+}
+
+impl Server {
+    /// Connects and migrates the database, starts the core and binds both
+    /// listeners.
+    pub async fn bind(config: &ServeConfig, auth: Auth) -> Result<Self, StartError> {
+        let http = listen("--http", &config.http).await?;
+        let grpc = listen("--grpc", &config.grpc).await?;
+        let store = Store::connect(&config.database_url())
+            .await
+            .map_err(|error| StartError(format!("cannot open the database: {error}")))?;
+        let shutdown = CancellationToken::new();
+        let (herald, feed) = Herald::start(store, config.limits(), shutdown.clone())
+            .await
+            .map_err(|error| StartError(format!("cannot start: {error}")))?;
+        Ok(Self {
+            http,
+            grpc,
+            herald,
+            auth,
+            feed,
+            shutdown,
+            drain: config.drain_timeout,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The core, for callers that embed herald.
+    pub fn herald(&self) -> &Herald {
+        &self.herald
+    }
+
+    /// Serves until `signal` completes, then shuts down in order (see the
+    /// module comment).
+    pub async fn run(self, signal: impl Future<Output = ()> + Send) -> Result<(), StartError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<pb::messenger_server::MessengerServer<grpc::Messenger>>()
+            .await;
+        // Both reflection versions, so every grpcurl can `list` and `describe`;
+        // health's descriptors too, or grpcurl would not list it.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_error = |error: tonic_reflection::server::Error| StartError(error.to_string());
+        let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+        let stop = self.shutdown.clone();
+        let incoming = TcpListenerStream::new(self.grpc).map(|accepted| {
+            accepted.inspect(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            })
+        });
+        let mut grpc_server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(grpc::service(self.herald.clone(), self.auth.clone()))
+                .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
+        );
+        let app = http::router(AppState {
+            herald: self.herald.clone(),
+            auth: self.auth.clone(),
+        });
+        let mut http_server = tokio::spawn(
+            axum::serve(self.http, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+
+        tokio::select! {
+            _ = signal => tracing::info!("shutting down"),
+            result = &mut grpc_server => tracing::error!(?result, "gRPC server stopped on its own"),
+            result = &mut http_server => tracing::error!(?result, "HTTP server stopped on its own"),
+        }
+        health.set_service_status("", ServingStatus::NotServing).await;
+        stop.cancel();
+        let drained = tokio::time::timeout(self.drain, async {
+            let _ = (&mut grpc_server).await;
+            let _ = (&mut http_server).await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(drain = ?self.drain, "drain time over; closing what is left");
+            grpc_server.abort();
+            http_server.abort();
+        }
+        let _ = self.feed.await;
+        self.herald.store().close().await;
+        Ok(())
+    }
+}
+
+/// Binds `addr` with a large backlog; `flag` names it in errors.
+async fn listen(flag: &str, addr: &str) -> Result<TcpListener, StartError> {
+    let resolved = tokio::net::lookup_host(addr)
+        .await
+        .ok()
+        .and_then(|mut found| found.next())
+        .ok_or_else(|| StartError(format!("{flag}: cannot parse or resolve address '{addr}'")))?;
+    let bind = || {
+        let socket = match resolved {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(resolved)?;
+        socket.listen(BACKLOG)
+    };
+    bind().map_err(|error| StartError(format!("{flag}: cannot listen on {resolved}: {error}")))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            },
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

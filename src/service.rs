@@ -1,0 +1,325 @@
+//! The core every transport adapts: conversations, messages and
+//! subscriptions, over the store, the feed and the hub. It knows nothing of
+//! gRPC or HTTP; both fronts call these same functions, so they cannot drift.
+
+use crate::{
+    auth::Claims,
+    domain::{Content, Conversation, ConversationId, Message, Position, UserId, now_micros},
+    error::Error,
+    feed::Feed,
+    hub::{Closed, Delivery, Hub, Subscription},
+    limits::{Limits, RateLimiter},
+    store::{Page, Store},
+};
+use std::{collections::BTreeSet, sync::Arc};
+use tokio::{task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Page size of `ListMessages` when the client sets none.
+pub const DEFAULT_PAGE_SIZE: i32 = 50;
+/// The largest page `ListMessages` returns.
+pub const MAX_PAGE_SIZE: i32 = 500;
+
+/// The messaging core; cheap to clone.
+#[derive(Clone)]
+pub struct Herald {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    hub: Hub,
+    feed: Feed,
+    limits: Limits,
+    rate: RateLimiter,
+    shutdown: CancellationToken,
+}
+
+impl Herald {
+    /// Starts the core on `store`. Streams end when `shutdown` is cancelled;
+    /// the returned task is the feed, which stops then too.
+    pub async fn start(
+        store: Store,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, JoinHandle<()>), Error> {
+        let hub = Hub::new(limits.subscription_queue);
+        let (feed, feed_task) = Feed::start(store.clone(), hub.clone(), shutdown.clone()).await?;
+        let rate = RateLimiter::new(limits.messages_per_second, limits.message_burst);
+        let inner = Inner {
+            store,
+            hub,
+            feed,
+            limits,
+            rate,
+            shutdown,
+        };
+        Ok((Self { inner: Arc::new(inner) }, feed_task))
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Creates a conversation of `caller` and `others`. A pair is
+    /// found-or-created; returns whether it was created.
+    pub async fn create_conversation(
+        &self,
+        caller: &UserId,
+        others: &[String],
+    ) -> Result<(Conversation, bool), Error> {
+        let mut members = BTreeSet::from([caller.clone()]);
+        for other in others {
+            members.insert(UserId::parse("participant_ids", other)?);
+        }
+        if members.len() < 2 {
+            return Err(Error::invalid("a conversation needs at least one other participant"));
+        }
+        let max = self.inner.limits.max_participants;
+        if members.len() > max {
+            return Err(Error::invalid(format!("a conversation has at most {max} participants")));
+        }
+        let members: Vec<UserId> = members.into_iter().collect();
+        // User ids cannot contain control characters, so "\n" joins a pair
+        // unambiguously.
+        let pair_key = (members.len() == 2).then(|| format!("{}\n{}", members[0], members[1]));
+        let (id, created) = self
+            .inner
+            .store
+            .create_conversation(&members, pair_key.as_deref(), now_micros())
+            .await?;
+        Ok((self.conversation(caller, &id).await?, created))
+    }
+
+    /// The caller's conversations, most recently active first.
+    pub async fn list_conversations(&self, caller: &UserId) -> Result<Vec<Conversation>, Error> {
+        Ok(self.inner.store.conversations(caller, None).await?)
+    }
+
+    /// Persists a message, then publishes it: the one place that does both.
+    pub async fn create_message(
+        &self,
+        caller: &UserId,
+        conversation_id: &str,
+        content: String,
+    ) -> Result<Message, Error> {
+        let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
+        let content = Content::parse(content, self.inner.limits.max_content_bytes)?;
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        if !self.inner.rate.allow(caller) {
+            return Err(Error::ResourceExhausted("message rate limit reached; slow down".into()));
+        }
+        let recipients: Arc<[UserId]> = self.authorize(caller, &conversation_id).await?.into();
+        // Spawned so that a client hanging up cannot cancel the call between
+        // commit and publish; an acknowledged message is always published.
+        let (store, feed, caller) = (self.inner.store.clone(), self.inner.feed.clone(), caller.clone());
+        let commit = tokio::spawn(async move {
+            let message = store
+                .insert_message(&conversation_id, &caller, content.into_string(), now_micros())
+                .await?;
+            feed.committed(Arc::new(Delivery {
+                message: message.clone(),
+                recipients,
+            }));
+            Ok::<_, Error>(message)
+        });
+        commit.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// One page of a conversation's history, oldest first.
+    pub async fn list_messages(
+        &self,
+        caller: &UserId,
+        conversation_id: &str,
+        page_size: i32,
+        before_id: &str,
+        after_id: &str,
+    ) -> Result<Vec<Message>, Error> {
+        let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
+        let limit = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size if size < 0 => return Err(Error::invalid("page_size must not be negative")),
+            size => size.min(MAX_PAGE_SIZE),
+        };
+        self.authorize(caller, &conversation_id).await?;
+        let page = match (before_id.is_empty(), after_id.is_empty()) {
+            (true, true) => Page::Before(None),
+            (false, true) => Page::Before(Some(self.message_in(&conversation_id, "before_id", before_id).await?)),
+            (true, false) => Page::After(self.message_in(&conversation_id, "after_id", after_id).await?),
+            (false, false) => return Err(Error::invalid("give before_id or after_id, not both")),
+        };
+        Ok(self.inner.store.messages(&conversation_id, page, i64::from(limit)).await?)
+    }
+
+    /// Moves the caller's read mark forward to `message_id`.
+    pub async fn mark_read(
+        &self,
+        caller: &UserId,
+        conversation_id: &str,
+        message_id: &str,
+    ) -> Result<Conversation, Error> {
+        let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
+        self.authorize(caller, &conversation_id).await?;
+        let position = self.message_in(&conversation_id, "message_id", message_id).await?;
+        self.inner.store.mark_read(&conversation_id, caller, position).await?;
+        self.conversation(caller, &conversation_id).await
+    }
+
+    /// Opens the caller's message stream, resuming after `after_id` if given.
+    ///
+    /// **No gap, no duplicate.** The live subscription is registered with
+    /// the hub *before* the database is read for the replay. The hub only
+    /// carries committed messages, in stream order, so everything below the
+    /// first live message was committed before registration and is in the
+    /// replay; everything after reaches the live queue. The two overlap at
+    /// most, and the stream drops live messages at or below the last replayed
+    /// position.
+    pub async fn subscribe(&self, claims: &Claims, after_id: &str) -> Result<MessageStream, Error> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let resume = match after_id.is_empty() {
+            true => None,
+            false => Some(Position::parse_id("after_id", after_id)?),
+        };
+        let live = self
+            .inner
+            .hub
+            .subscribe(&claims.user, self.inner.limits.max_subscriptions_per_user)
+            .map_err(|_| Error::ResourceExhausted("too many open subscriptions for this user".into()))?;
+        let mut stream = MessageStream {
+            replay: Vec::new().into_iter(),
+            replayed_up_to: Position(0),
+            reset: None,
+            live,
+            deadline: Instant::now() + claims.remaining(),
+            shutdown: self.inner.shutdown.clone(),
+        };
+        if let Some(resume) = resume {
+            match self.missed(&claims.user, resume).await? {
+                Ok(missed) => {
+                    // The resume point itself may still be on its way to the
+                    // live queue: it, too, must not come twice.
+                    stream.replayed_up_to = missed.last().map_or(resume_point(resume), |m| m.position);
+                    stream.replay = missed.into_iter();
+                }
+                Err(reason) => stream.reset = Some(reason),
+            }
+        }
+        Ok(stream)
+    }
+
+    /// What `user` missed after `resume`, or why it cannot be replayed.
+    async fn missed(&self, user: &UserId, resume: Option<Position>) -> Result<Result<Vec<Message>, String>, Error> {
+        let unknown = || Ok(Err("unknown message id: replay is impossible".to_owned()));
+        let Some(resume) = resume else { return unknown() };
+        // A message of someone else's conversation is as unknown as none.
+        let Some(conversation) = self.inner.store.conversation_of(resume).await? else {
+            return unknown();
+        };
+        if !self.inner.store.participants(&conversation).await?.contains(user) {
+            return unknown();
+        }
+        let limit = self.inner.limits.replay_limit;
+        let missed = self.inner.store.missed(user, resume, limit as i64 + 1).await?;
+        if missed.len() > limit {
+            return Ok(Err(format!("more than {limit} messages were missed: replay is impossible")));
+        }
+        Ok(Ok(missed))
+    }
+
+    /// The conversation as `caller` sees it.
+    async fn conversation(&self, caller: &UserId, id: &ConversationId) -> Result<Conversation, Error> {
+        let found = self.inner.store.conversations(caller, Some(id)).await?;
+        found.into_iter().next().ok_or(Error::NotFound("conversation"))
+    }
+
+    /// The participants of a conversation, if it exists and `caller` is one.
+    async fn authorize(&self, caller: &UserId, id: &ConversationId) -> Result<Vec<UserId>, Error> {
+        let participants = self.inner.store.participants(id).await?;
+        if participants.is_empty() {
+            return Err(Error::NotFound("conversation"));
+        }
+        if !participants.contains(caller) {
+            return Err(Error::PermissionDenied);
+        }
+        Ok(participants)
+    }
+
+    /// The position of message `id`, which must be in `conversation`.
+    async fn message_in(&self, conversation: &ConversationId, field: &str, id: &str) -> Result<Position, Error> {
+        let position = Position::parse_id(field, id)?.ok_or(Error::NotFound("message"))?;
+        match self.inner.store.conversation_of(position).await? {
+            Some(found) if &found == conversation => Ok(position),
+            _ => Err(Error::NotFound("message")),
+        }
+    }
+}
+
+/// The position a resume request names (0, before every message, if none).
+fn resume_point(resume: Option<Position>) -> Position {
+    resume.unwrap_or(Position(0))
+}
+
+/// Why a message stream ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The subscriber fell behind and was dropped; it should resume.
+    Lagged,
+    /// The token the stream was opened with expired.
+    TokenExpired,
+    /// The server is shutting down; reconnect elsewhere.
+    ShuttingDown,
+}
+
+/// One subscriber's messages: the replay, then live, in stream order.
+pub struct MessageStream {
+    replay: std::vec::IntoIter<Message>,
+    replayed_up_to: Position,
+    reset: Option<String>,
+    live: Subscription,
+    deadline: Instant,
+    shutdown: CancellationToken,
+}
+
+impl MessageStream {
+    /// Why the requested replay could not be made, if it could not.
+    pub fn reset(&self) -> Option<&str> {
+        self.reset.as_deref()
+    }
+
+    /// The next message, or why the stream ends.
+    pub async fn next(&mut self) -> Result<Arc<Delivery>, StreamEnd> {
+        if self.shutdown.is_cancelled() {
+            return Err(StreamEnd::ShuttingDown);
+        }
+        if Instant::now() >= self.deadline {
+            return Err(StreamEnd::TokenExpired);
+        }
+        if let Some(message) = self.replay.next() {
+            let recipients = Arc::from([self.live.user().clone()]);
+            return Ok(Arc::new(Delivery { message, recipients }));
+        }
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Err(StreamEnd::ShuttingDown),
+                _ = tokio::time::sleep_until(self.deadline) => return Err(StreamEnd::TokenExpired),
+                received = self.live.recv() => match received {
+                    Ok(delivery) if delivery.message.position <= self.replayed_up_to => continue,
+                    Ok(delivery) => return Ok(delivery),
+                    Err(Closed::Lagged) => return Err(StreamEnd::Lagged),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! Persistence with sqlx: SQLite (the embedded default) or PostgreSQL,
+//! chosen from the database URL.
+//!
+//! **The stream position.** Every message gets a position from the single
+//! `stream_head` row, incremented inside the inserting transaction. That row
+//! lock is held until commit, so the next writer can take position `p + 1`
+//! only after `p` is committed and visible: positions are gap-free and in
+//! commit order. "Every message after position P" is therefore an exact
+//! resume point, which a plain sequence or autoincrement is not (a value
+//! taken earlier can commit later). The price is that message inserts are
+//! serialized per database, which SQLite does anyway.
+//!
+//! Both backends run the same SQL (`$n` placeholders work on both); each keeps
+//! its own migrations folder for its column types.
+
+use crate::{
+    domain::{Conversation, ConversationId, Message, Position, UserId},
+    hub::Delivery,
+};
+use sqlx::{
+    FromRow, PgPool, SqlitePool,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
+
+/// The database, whichever backend; cheap to clone (pools are handles).
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool the store holds. The
+/// body is compiled once per backend, so the same code serves both.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// How long a call waits for a free connection before reporting the
+/// database unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which page of a conversation's history to read.
+#[derive(Clone, Copy, Debug)]
+pub enum Page {
+    /// The newest messages older than the position (the newest page for `None`).
+    Before(Option<Position>),
+    /// The oldest messages newer than the position.
+    After(Position),
+}
+
+/// The columns [`MessageRow`] reads, as a literal for `concat!` (sqlx takes
+/// only static SQL).
+macro_rules! message_columns {
+    () => {
+        "position, conversation_id, user_id, content, created_at"
+    };
+}
+
+/// The caller's conversations (`$1`), or just one (`$2`) when it is not NULL.
+macro_rules! my_conversations {
+    () => {
+        "FROM participants p JOIN conversations c ON c.id = p.conversation_id
+         WHERE p.user_id = $1 AND (CAST($2 AS TEXT) IS NULL OR c.id = $2)"
+    };
+}
+
+#[derive(FromRow)]
+struct MessageRow {
+    position: i64,
+    conversation_id: String,
+    user_id: String,
+    content: String,
+    created_at: i64,
+}
+
+impl From<MessageRow> for Message {
+    fn from(row: MessageRow) -> Self {
+        Message {
+            position: Position(row.position),
+            conversation_id: ConversationId::from_stored(row.conversation_id),
+            user_id: UserId::from_stored(row.user_id),
+            content: row.content,
+            created_at_micros: row.created_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct ConversationRow {
+    id: String,
+    created_at: i64,
+    unread: i64,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://...` or `postgres://...`) and migrates.
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        let store = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect(url)
+                .await?;
+            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            Store::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+            Store::Sqlite(pool)
+        } else {
+            return Err(sqlx::Error::Configuration(
+                "the database URL must start with sqlite: or postgres:".into(),
+            ));
+        };
+        Ok(store)
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+
+    /// The position of the newest committed message (0 when there is none).
+    pub async fn head(&self) -> Result<Position, sqlx::Error> {
+        let sql = "SELECT position FROM stream_head WHERE id = 1";
+        let position: i64 = with_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await)?;
+        Ok(Position(position))
+    }
+
+    /// The participants of a conversation, sorted; empty when it does not exist.
+    pub async fn participants(&self, id: &ConversationId) -> Result<Vec<UserId>, sqlx::Error> {
+        let sql = "SELECT user_id FROM participants WHERE conversation_id = $1";
+        let ids: Vec<String> = with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(id.as_str()).fetch_all(pool).await
+        })?;
+        // Sorted here, not in SQL, so both backends agree whatever their collation.
+        let mut ids: Vec<UserId> = ids.into_iter().map(UserId::from_stored).collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Creates a conversation of `participants` (sorted, distinct). With a
+    /// `pair_key`, finds the existing conversation of that pair instead when
+    /// there is one. Returns the id and whether it was created.
+    pub async fn create_conversation(
+        &self,
+        participants: &[UserId],
+        pair_key: Option<&str>,
+        now_micros: i64,
+    ) -> Result<(ConversationId, bool), sqlx::Error> {
+        let id = ConversationId::generate();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // With a pair key, a concurrent creator of the same pair makes this
+            // insert do nothing (after waiting for that creator's commit).
+            let inserted = sqlx::query(
+                "INSERT INTO conversations (id, pair_key, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (pair_key) DO NOTHING",
+            )
+            .bind(id.as_str())
+            .bind(pair_key)
+            .bind(now_micros)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                let existing: String =
+                    sqlx::query_scalar("SELECT id FROM conversations WHERE pair_key = $1")
+                        .bind(pair_key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.commit().await?;
+                return Ok((ConversationId::from_stored(existing), false));
+            }
+            for user in participants {
+                sqlx::query("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)")
+                    .bind(id.as_str())
+                    .bind(user.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok((id, true))
+        })
+    }
+
+    /// Commits a message at the next stream position.
+    pub async fn insert_message(
+        &self,
+        conversation_id: &ConversationId,
+        user_id: &UserId,
+        content: String,
+        now_micros: i64,
+    ) -> Result<Message, sqlx::Error> {
+        let position: i64 = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // Taking the position first locks `stream_head` until commit: see
+            // the module comment.
+            let position: i64 = sqlx::query_scalar(
+                "UPDATE stream_head SET position = position + 1 WHERE id = 1 RETURNING position",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO messages (position, conversation_id, user_id, content, created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(position)
+            .bind(conversation_id.as_str())
+            .bind(user_id.as_str())
+            .bind(&content)
+            .bind(now_micros)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            position
+        });
+        Ok(Message {
+            position: Position(position),
+            conversation_id: conversation_id.clone(),
+            user_id: user_id.clone(),
+            content,
+            created_at_micros: now_micros,
+        })
+    }
+
+    /// The conversation a message belongs to, if the message exists.
+    pub async fn conversation_of(&self, position: Position) -> Result<Option<ConversationId>, sqlx::Error> {
+        let sql = "SELECT conversation_id FROM messages WHERE position = $1";
+        let id: Option<String> = with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(position.0).fetch_optional(pool).await
+        })?;
+        Ok(id.map(ConversationId::from_stored))
+    }
+
+    /// One page of a conversation's messages, oldest first.
+    pub async fn messages(
+        &self,
+        conversation_id: &ConversationId,
+        page: Page,
+        limit: i64,
+    ) -> Result<Vec<Message>, sqlx::Error> {
+        let (sql, cursor, newest_first) = match page {
+            Page::Before(before) => (
+                concat!(
+                    "SELECT ", message_columns!(), " FROM messages WHERE conversation_id = $1
+                     AND position < $2 ORDER BY position DESC LIMIT $3"
+                ),
+                before.map_or(i64::MAX, |p| p.0),
+                true,
+            ),
+            Page::After(after) => (
+                concat!(
+                    "SELECT ", message_columns!(), " FROM messages WHERE conversation_id = $1
+                     AND position > $2 ORDER BY position ASC LIMIT $3"
+                ),
+                after.0,
+                false,
+            ),
+        };
+        let rows: Vec<MessageRow> = with_pool!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(conversation_id.as_str())
+                .bind(cursor)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })?;
+        let mut messages: Vec<Message> = rows.into_iter().map(Message::from).collect();
+        if newest_first {
+            messages.reverse();
+        }
+        Ok(messages)
+    }
+
+    /// Up to `limit` messages of `user`'s conversations after `after`, in
+    /// stream order: what a resuming subscriber missed.
+    pub async fn missed(&self, user: &UserId, after: Position, limit: i64) -> Result<Vec<Message>, sqlx::Error> {
+        let sql = "SELECT m.position, m.conversation_id, m.user_id, m.content, m.created_at
+                   FROM messages m JOIN participants p ON p.conversation_id = m.conversation_id
+                   WHERE p.user_id = $1 AND m.position > $2 ORDER BY m.position LIMIT $3";
+        let rows: Vec<MessageRow> = with_pool!(self, pool => {
+            sqlx::query_as(sql).bind(user.as_str()).bind(after.0).bind(limit).fetch_all(pool).await
+        })?;
+        Ok(rows.into_iter().map(Message::from).collect())
+    }
+
+    /// Committed messages at positions `from..to`, with their recipients: how
+    /// the feed fills a gap in what it was told.
+    pub async fn deliveries(&self, from: Position, to: Position) -> Result<Vec<Delivery>, sqlx::Error> {
+        let sql = concat!(
+            "SELECT ", message_columns!(), " FROM messages WHERE position >= $1 AND position < $2
+             ORDER BY position"
+        );
+        let rows: Vec<MessageRow> = with_pool!(self, pool => {
+            sqlx::query_as(sql).bind(from.0).bind(to.0).fetch_all(pool).await
+        })?;
+        let mut recipients: HashMap<String, Arc<[UserId]>> = HashMap::new();
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let message = Message::from(row);
+            let key = message.conversation_id.as_str().to_owned();
+            let to = match recipients.get(&key) {
+                Some(to) => to.clone(),
+                None => {
+                    let to: Arc<[UserId]> = self.participants(&message.conversation_id).await?.into();
+                    recipients.insert(key, to.clone());
+                    to
+                }
+            };
+            deliveries.push(Delivery { message, recipients: to });
+        }
+        Ok(deliveries)
+    }
+
+    /// Moves `user`'s read mark in a conversation forward to `position`
+    /// (never back).
+    pub async fn mark_read(
+        &self,
+        conversation_id: &ConversationId,
+        user: &UserId,
+        position: Position,
+    ) -> Result<(), sqlx::Error> {
+        let sql = "UPDATE participants SET last_read_position = $3
+                   WHERE conversation_id = $1 AND user_id = $2 AND last_read_position < $3";
+        with_pool!(self, pool => {
+            sqlx::query(sql)
+                .bind(conversation_id.as_str())
+                .bind(user.as_str())
+                .bind(position.0)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// `user`'s conversations (or just `only`), most recently active first.
+    pub async fn conversations(
+        &self,
+        user: &UserId,
+        only: Option<&ConversationId>,
+    ) -> Result<Vec<Conversation>, sqlx::Error> {
+        // Three queries whatever the number of conversations: the rows with
+        // unread counts, every participant, every last message.
+        let rows_sql = concat!(
+            "SELECT c.id, c.created_at,
+               (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id
+                  AND m.position > p.last_read_position AND m.user_id <> p.user_id) AS unread ",
+            my_conversations!()
+        );
+        let members_sql = concat!(
+            "SELECT o.conversation_id, o.user_id FROM participants o
+             WHERE o.conversation_id IN (SELECT c.id ",
+            my_conversations!(),
+            ")"
+        );
+        let last_sql = concat!(
+            "SELECT ", message_columns!(), " FROM messages WHERE position IN (
+               SELECT MAX(position) FROM messages WHERE conversation_id IN (SELECT c.id ",
+            my_conversations!(),
+            ") GROUP BY conversation_id)"
+        );
+        let only = only.map(ConversationId::as_str);
+        let (rows, members, last): (Vec<ConversationRow>, Vec<(String, String)>, Vec<MessageRow>) =
+            with_pool!(self, pool => (
+                sqlx::query_as(rows_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
+                sqlx::query_as(members_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
+                sqlx::query_as(last_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
+            ));
+        Ok(assemble(rows, members, last))
+    }
+}
+
+/// Joins the three result sets of [`Store::conversations`] and sorts by
+/// last activity, newest first.
+fn assemble(
+    rows: Vec<ConversationRow>,
+    members: Vec<(String, String)>,
+    last: Vec<MessageRow>,
+) -> Vec<Conversation> {
+    let mut participants: HashMap<String, Vec<UserId>> = HashMap::new();
+    for (conversation, user) in members {
+        participants.entry(conversation).or_default().push(UserId::from_stored(user));
+    }
+    let mut last: HashMap<String, Message> = last
+        .into_iter()
+        .map(|row| (row.conversation_id.clone(), Message::from(row)))
+        .collect();
+    let mut conversations: Vec<Conversation> = rows
+        .into_iter()
+        .map(|row| Conversation {
+            participant_ids: participants.remove(&row.id).unwrap_or_default(),
+            last_message: last.remove(&row.id),
+            unread_count: row.unread,
+            created_at_micros: row.created_at,
+            id: ConversationId::from_stored(row.id),
+        })
+        .collect();
+    for conversation in &mut conversations {
+        conversation.participant_ids.sort();
+    }
+    let last_activity = |c: &Conversation| {
+        let last = c.last_message.as_ref();
+        (last.map_or(c.created_at_micros, |m| m.created_at_micros), last.map(|m| m.position))
+    };
+    conversations.sort_by_key(|c| std::cmp::Reverse(last_activity(c)));
+    conversations
+}
