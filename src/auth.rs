@@ -129,7 +129,9 @@ mod tests {
     fn a_minted_token_verifies_and_names_its_user() {
         let auth = Auth::hs256(b"secret");
         let alice = UserId::parse("sub", "alice").unwrap();
-        let claims = auth.verify(&auth.mint(&alice, Duration::from_secs(60))).unwrap();
+        let claims = auth
+            .verify(&auth.mint(&alice, Duration::from_secs(60)))
+            .unwrap();
         assert_eq!(claims.user, alice);
         assert!(claims.remaining() > Duration::from_secs(60));
     }
@@ -138,7 +140,10 @@ mod tests {
     fn a_token_signed_with_another_secret_is_refused() {
         let alice = UserId::parse("sub", "alice").unwrap();
         let token = Auth::hs256(b"other").mint(&alice, Duration::from_secs(60));
-        assert!(matches!(Auth::hs256(b"secret").verify(&token), Err(Error::Unauthenticated)));
+        assert!(matches!(
+            Auth::hs256(b"secret").verify(&token),
+            Err(Error::Unauthenticated)
+        ));
     }
 
     #[test]

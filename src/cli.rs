@@ -28,9 +28,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
 /// Prints one token for `args.user` on stdout.
 pub fn token(args: &TokenArgs) -> Result<(), StartError> {
     let secret = args.jwt_secret.as_ref().ok_or_else(|| {
-        StartError::new("herald token needs --jwt-secret or HERALD_JWT_SECRET (the server's secret)")
+        StartError::new(
+            "herald token needs --jwt-secret or HERALD_JWT_SECRET (the server's secret)",
+        )
     })?;
-    let user = UserId::parse("user id", &args.user).map_err(|error| StartError::new(error.to_string()))?;
+    let user =
+        UserId::parse("user id", &args.user).map_err(|error| StartError::new(error.to_string()))?;
     let token = Auth::hs256(secret.expose().as_bytes()).mint(&user, Duration::from_secs(args.ttl));
     println!("{token}");
     Ok(())
@@ -54,5 +57,9 @@ fn print_demo(auth: &Auth, server: &Server) {
         println!("  chat as {name}: http://{http}/#token={token}");
     }
     println!();
-    println!("  gRPC on {} (reflection on: try `grpcurl -plaintext {} list`)", server.grpc_addr(), server.grpc_addr());
+    println!(
+        "  gRPC on {} (reflection on: try `grpcurl -plaintext {} list`)",
+        server.grpc_addr(),
+        server.grpc_addr()
+    );
 }

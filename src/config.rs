@@ -27,11 +27,21 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct ServeConfig {
     /// Address for REST, SSE, health and the chat page.
-    #[arg(long, env = "HERALD_HTTP", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "HERALD_HTTP",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub http: String,
 
     /// Address for the gRPC services.
-    #[arg(long, env = "HERALD_GRPC", value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "HERALD_GRPC",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub grpc: String,
 
     /// Database URL: sqlite://FILE (created on first start) or postgres://...
@@ -41,7 +51,12 @@ pub struct ServeConfig {
 
     /// HS256 secret for tokens. Without one, an ephemeral secret is made and
     /// demo tokens are printed at start.
-    #[arg(long, env = "HERALD_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<Secret>,
 
     /// How long shutdown waits for in-flight requests (e.g. 5s, 500ms).
@@ -94,7 +109,11 @@ impl ServeConfig {
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()
-            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|url| !url.is_empty()))
+            .or_else(|| {
+                std::env::var("DATABASE_URL")
+                    .ok()
+                    .filter(|url| !url.is_empty())
+            })
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.into())
     }
 
@@ -117,11 +136,21 @@ pub struct TokenArgs {
     pub user: String,
 
     /// Seconds until the token expires.
-    #[arg(long, env = "HERALD_TOKEN_TTL", value_name = "SECONDS", default_value_t = 3600)]
+    #[arg(
+        long,
+        env = "HERALD_TOKEN_TTL",
+        value_name = "SECONDS",
+        default_value_t = 3600
+    )]
     pub ttl: u64,
 
     /// HS256 secret to sign with (the server's).
-    #[arg(long, env = "HERALD_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<Secret>,
 }
 
@@ -155,7 +184,9 @@ impl fmt::Debug for Secret {
 /// Parses `5s`, `500ms`, `2m` or a bare number of seconds.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
-    let split = value.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(value.len());
+    let split = value
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
     let number: f64 = number
         .trim()

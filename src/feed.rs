@@ -138,7 +138,10 @@ impl Sequencer {
                 return self.flush();
             }
             let until = to.min(self.next + FILL_BATCH);
-            let read = self.store.deliveries(Position(self.next), Position(until)).await;
+            let read = self
+                .store
+                .deliveries(Position(self.next), Position(until))
+                .await;
             match read {
                 Ok(found) if !found.is_empty() => {
                     tracing::debug!(from = self.next, count = found.len(), "feed filled a gap");

@@ -29,7 +29,9 @@ pub struct Authenticate {
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let header = request.metadata().get("authorization");
-        let token = header.and_then(|value| value.to_str().ok()).and_then(bearer);
+        let token = header
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer);
         let claims = match token {
             Some(token) => self.auth.verify(token)?,
             None => {
@@ -45,7 +47,11 @@ impl tonic::service::Interceptor for Authenticate {
 /// The claims the interceptor verified.
 fn claims<T>(request: &Request<T>) -> Result<Claims, Status> {
     // Only reachable without the interceptor, which `service` always adds.
-    request.extensions().get::<Claims>().cloned().ok_or_else(|| Error::Unauthenticated.into())
+    request
+        .extensions()
+        .get::<Claims>()
+        .cloned()
+        .ok_or_else(|| Error::Unauthenticated.into())
 }
 
 pub struct Messenger {
@@ -83,7 +89,10 @@ impl pb::messenger_server::Messenger for Messenger {
     ) -> Result<Response<pb::Message>, Status> {
         let caller = claims(&request)?.user;
         let body = request.into_inner();
-        let message = self.herald.create_message(&caller, &body.conversation_id, body.content).await?;
+        let message = self
+            .herald
+            .create_message(&caller, &body.conversation_id, body.content)
+            .await?;
         Ok(Response::new((&message).into()))
     }
 
@@ -95,7 +104,13 @@ impl pb::messenger_server::Messenger for Messenger {
         let body = request.into_inner();
         let messages = self
             .herald
-            .list_messages(&caller, &body.conversation_id, body.page_size, &body.before_id, &body.after_id)
+            .list_messages(
+                &caller,
+                &body.conversation_id,
+                body.page_size,
+                &body.before_id,
+                &body.after_id,
+            )
             .await?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: messages.iter().map(Into::into).collect(),
@@ -109,7 +124,10 @@ impl pb::messenger_server::Messenger for Messenger {
         request: Request<pb::SubscribeMessagesRequest>,
     ) -> Result<Response<Self::SubscribeMessagesStream>, Status> {
         let claims = claims(&request)?;
-        let stream = self.herald.subscribe(&claims, &request.get_ref().after_id).await?;
+        let stream = self
+            .herald
+            .subscribe(&claims, &request.get_ref().after_id)
+            .await?;
         if let Some(reason) = stream.reset() {
             return Err(Error::ResumeImpossible(reason.to_owned()).into());
         }
@@ -122,7 +140,10 @@ impl pb::messenger_server::Messenger for Messenger {
     ) -> Result<Response<pb::Conversation>, Status> {
         let caller = claims(&request)?.user;
         let body = request.into_inner();
-        let conversation = self.herald.mark_read(&caller, &body.conversation_id, &body.message_id).await?;
+        let conversation = self
+            .herald
+            .mark_read(&caller, &body.conversation_id, &body.message_id)
+            .await?;
         Ok(Response::new((&conversation).into()))
     }
 }
@@ -141,8 +162,12 @@ fn messages(stream: MessageStream) -> impl Stream<Item = Result<pb::Message, Sta
 
 fn end_status(end: StreamEnd) -> Status {
     match end {
-        StreamEnd::Lagged => Status::aborted("subscription fell behind; resubscribe with after_id set to the last id received"),
+        StreamEnd::Lagged => Status::aborted(
+            "subscription fell behind; resubscribe with after_id set to the last id received",
+        ),
         StreamEnd::TokenExpired => Status::unauthenticated(crate::error::UNAUTHENTICATED),
-        StreamEnd::ShuttingDown => Status::unavailable("server is shutting down; reconnect with after_id"),
+        StreamEnd::ShuttingDown => {
+            Status::unavailable("server is shutting down; reconnect with after_id")
+        }
     }
 }

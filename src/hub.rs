@@ -79,7 +79,11 @@ impl Hub {
     }
 
     /// Opens a live subscription for `user`, unless they already hold `limit`.
-    pub fn subscribe(&self, user: &UserId, limit: usize) -> Result<Subscription, TooManySubscriptions> {
+    pub fn subscribe(
+        &self,
+        user: &UserId,
+        limit: usize,
+    ) -> Result<Subscription, TooManySubscriptions> {
         let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
         let mut registry = self.lock();
         if registry.by_user.get(user).map_or(0, Vec::len) >= limit {
@@ -88,7 +92,11 @@ impl Hub {
         let id = registry.next_id;
         registry.next_id += 1;
         registry.count += 1;
-        registry.by_user.entry(user.clone()).or_default().push(Slot { id, tx });
+        registry
+            .by_user
+            .entry(user.clone())
+            .or_default()
+            .push(Slot { id, tx });
         Ok(Subscription {
             rx,
             registration: Registration {
@@ -122,7 +130,9 @@ impl Hub {
         }
         registry.count -= removed;
         if removed > 0 {
-            self.inner.lagged.fetch_add(removed as u64, Ordering::Relaxed);
+            self.inner
+                .lagged
+                .fetch_add(removed as u64, Ordering::Relaxed);
             tracing::info!(removed, "dropped subscriptions that fell behind");
         }
     }
@@ -222,7 +232,10 @@ mod tests {
         for position in 1..=3 {
             hub.deliver(delivery(position, &["bob"]));
             if position < 3 {
-                assert_eq!(fast.recv().await.unwrap().message.position, Position(position));
+                assert_eq!(
+                    fast.recv().await.unwrap().message.position,
+                    Position(position)
+                );
             }
         }
         assert_eq!(slow.recv().await.unwrap().message.position, Position(1));

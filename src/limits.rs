@@ -63,7 +63,10 @@ impl RateLimiter {
     /// Takes one token from `user`'s bucket; false when it is empty.
     pub fn allow(&self, user: &UserId) -> bool {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if buckets.len() > PRUNE_ABOVE {
             buckets.retain(|_, bucket| bucket.level(now, self.rate, self.burst) < self.burst);
         }

@@ -8,7 +8,8 @@ include!(concat!(env!("OUT_DIR"), "/herald.v1.rs"));
 include!(concat!(env!("OUT_DIR"), "/herald.v1.serde.rs"));
 
 /// The encoded descriptor set of `herald.v1`, served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/herald_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/herald_descriptor.bin"));
 
 use crate::domain;
 

@@ -79,11 +79,15 @@ impl Server {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("a bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc.local_addr().expect("a bound listener has an address")
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// The core, for callers that embed herald.
@@ -105,7 +109,8 @@ impl Server {
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_error = |error: tonic_reflection::server::Error| StartError(error.to_string());
+        let reflection_error =
+            |error: tonic_reflection::server::Error| StartError(error.to_string());
         let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
         let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
@@ -140,7 +145,9 @@ impl Server {
             result = &mut grpc_server => tracing::error!(?result, "gRPC server stopped on its own"),
             result = &mut http_server => tracing::error!(?result, "HTTP server stopped on its own"),
         }
-        health.set_service_status("", ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         stop.cancel();
         let drained = tokio::time::timeout(self.drain, async {
             let _ = (&mut grpc_server).await;

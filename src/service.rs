@@ -54,7 +54,12 @@ impl Herald {
             rate,
             shutdown,
         };
-        Ok((Self { inner: Arc::new(inner) }, feed_task))
+        Ok((
+            Self {
+                inner: Arc::new(inner),
+            },
+            feed_task,
+        ))
     }
 
     pub fn hub(&self) -> &Hub {
@@ -81,11 +86,15 @@ impl Herald {
             members.insert(UserId::parse("participant_ids", other)?);
         }
         if members.len() < 2 {
-            return Err(Error::invalid("a conversation needs at least one other participant"));
+            return Err(Error::invalid(
+                "a conversation needs at least one other participant",
+            ));
         }
         let max = self.inner.limits.max_participants;
         if members.len() > max {
-            return Err(Error::invalid(format!("a conversation has at most {max} participants")));
+            return Err(Error::invalid(format!(
+                "a conversation has at most {max} participants"
+            )));
         }
         let members: Vec<UserId> = members.into_iter().collect();
         // User ids cannot contain control characters, so "\n" joins a pair
@@ -117,15 +126,26 @@ impl Herald {
             return Err(Error::ShuttingDown);
         }
         if !self.inner.rate.allow(caller) {
-            return Err(Error::ResourceExhausted("message rate limit reached; slow down".into()));
+            return Err(Error::ResourceExhausted(
+                "message rate limit reached; slow down".into(),
+            ));
         }
         let recipients: Arc<[UserId]> = self.authorize(caller, &conversation_id).await?.into();
         // Spawned so that a client hanging up cannot cancel the call between
         // commit and publish; an acknowledged message is always published.
-        let (store, feed, caller) = (self.inner.store.clone(), self.inner.feed.clone(), caller.clone());
+        let (store, feed, caller) = (
+            self.inner.store.clone(),
+            self.inner.feed.clone(),
+            caller.clone(),
+        );
         let commit = tokio::spawn(async move {
             let message = store
-                .insert_message(&conversation_id, &caller, content.into_string(), now_micros())
+                .insert_message(
+                    &conversation_id,
+                    &caller,
+                    content.into_string(),
+                    now_micros(),
+                )
                 .await?;
             feed.committed(Arc::new(Delivery {
                 message: message.clone(),
@@ -154,11 +174,21 @@ impl Herald {
         self.authorize(caller, &conversation_id).await?;
         let page = match (before_id.is_empty(), after_id.is_empty()) {
             (true, true) => Page::Before(None),
-            (false, true) => Page::Before(Some(self.message_in(&conversation_id, "before_id", before_id).await?)),
-            (true, false) => Page::After(self.message_in(&conversation_id, "after_id", after_id).await?),
+            (false, true) => Page::Before(Some(
+                self.message_in(&conversation_id, "before_id", before_id)
+                    .await?,
+            )),
+            (true, false) => Page::After(
+                self.message_in(&conversation_id, "after_id", after_id)
+                    .await?,
+            ),
             (false, false) => return Err(Error::invalid("give before_id or after_id, not both")),
         };
-        Ok(self.inner.store.messages(&conversation_id, page, i64::from(limit)).await?)
+        Ok(self
+            .inner
+            .store
+            .messages(&conversation_id, page, i64::from(limit))
+            .await?)
     }
 
     /// Moves the caller's read mark forward to `message_id`.
@@ -170,8 +200,13 @@ impl Herald {
     ) -> Result<Conversation, Error> {
         let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
         self.authorize(caller, &conversation_id).await?;
-        let position = self.message_in(&conversation_id, "message_id", message_id).await?;
-        self.inner.store.mark_read(&conversation_id, caller, position).await?;
+        let position = self
+            .message_in(&conversation_id, "message_id", message_id)
+            .await?;
+        self.inner
+            .store
+            .mark_read(&conversation_id, caller, position)
+            .await?;
         self.conversation(caller, &conversation_id).await
     }
 
@@ -196,7 +231,9 @@ impl Herald {
             .inner
             .hub
             .subscribe(&claims.user, self.inner.limits.max_subscriptions_per_user)
-            .map_err(|_| Error::ResourceExhausted("too many open subscriptions for this user".into()))?;
+            .map_err(|_| {
+                Error::ResourceExhausted("too many open subscriptions for this user".into())
+            })?;
         let mut stream = MessageStream {
             replay: Vec::new().into_iter(),
             replayed_up_to: Position(0),
@@ -210,7 +247,8 @@ impl Herald {
                 Ok(missed) => {
                     // The resume point itself may still be on its way to the
                     // live queue: it, too, must not come twice.
-                    stream.replayed_up_to = missed.last().map_or(resume_point(resume), |m| m.position);
+                    stream.replayed_up_to =
+                        missed.last().map_or(resume_point(resume), |m| m.position);
                     stream.replay = missed.into_iter();
                 }
                 Err(reason) => stream.reset = Some(reason),
@@ -220,28 +258,53 @@ impl Herald {
     }
 
     /// What `user` missed after `resume`, or why it cannot be replayed.
-    async fn missed(&self, user: &UserId, resume: Option<Position>) -> Result<Result<Vec<Message>, String>, Error> {
+    async fn missed(
+        &self,
+        user: &UserId,
+        resume: Option<Position>,
+    ) -> Result<Result<Vec<Message>, String>, Error> {
         let unknown = || Ok(Err("unknown message id: replay is impossible".to_owned()));
-        let Some(resume) = resume else { return unknown() };
+        let Some(resume) = resume else {
+            return unknown();
+        };
         // A message of someone else's conversation is as unknown as none.
         let Some(conversation) = self.inner.store.conversation_of(resume).await? else {
             return unknown();
         };
-        if !self.inner.store.participants(&conversation).await?.contains(user) {
+        if !self
+            .inner
+            .store
+            .participants(&conversation)
+            .await?
+            .contains(user)
+        {
             return unknown();
         }
         let limit = self.inner.limits.replay_limit;
-        let missed = self.inner.store.missed(user, resume, limit as i64 + 1).await?;
+        let missed = self
+            .inner
+            .store
+            .missed(user, resume, limit as i64 + 1)
+            .await?;
         if missed.len() > limit {
-            return Ok(Err(format!("more than {limit} messages were missed: replay is impossible")));
+            return Ok(Err(format!(
+                "more than {limit} messages were missed: replay is impossible"
+            )));
         }
         Ok(Ok(missed))
     }
 
     /// The conversation as `caller` sees it.
-    async fn conversation(&self, caller: &UserId, id: &ConversationId) -> Result<Conversation, Error> {
+    async fn conversation(
+        &self,
+        caller: &UserId,
+        id: &ConversationId,
+    ) -> Result<Conversation, Error> {
         let found = self.inner.store.conversations(caller, Some(id)).await?;
-        found.into_iter().next().ok_or(Error::NotFound("conversation"))
+        found
+            .into_iter()
+            .next()
+            .ok_or(Error::NotFound("conversation"))
     }
 
     /// The participants of a conversation, if it exists and `caller` is one.
@@ -257,7 +320,12 @@ impl Herald {
     }
 
     /// The position of message `id`, which must be in `conversation`.
-    async fn message_in(&self, conversation: &ConversationId, field: &str, id: &str) -> Result<Position, Error> {
+    async fn message_in(
+        &self,
+        conversation: &ConversationId,
+        field: &str,
+        id: &str,
+    ) -> Result<Position, Error> {
         let position = Position::parse_id(field, id)?.ok_or(Error::NotFound("message"))?;
         match self.inner.store.conversation_of(position).await? {
             Some(found) if &found == conversation => Ok(position),
@@ -308,7 +376,10 @@ impl MessageStream {
         }
         if let Some(message) = self.replay.next() {
             let recipients = Arc::from([self.live.user().clone()]);
-            return Ok(Arc::new(Delivery { message, recipients }));
+            return Ok(Arc::new(Delivery {
+                message,
+                recipients,
+            }));
         }
         loop {
             tokio::select! {

@@ -140,7 +140,8 @@ impl Store {
     /// The position of the newest committed message (0 when there is none).
     pub async fn head(&self) -> Result<Position, sqlx::Error> {
         let sql = "SELECT position FROM stream_head WHERE id = 1";
-        let position: i64 = with_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await)?;
+        let position: i64 =
+            with_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await)?;
         Ok(Position(position))
     }
 
@@ -242,7 +243,10 @@ impl Store {
     }
 
     /// The conversation a message belongs to, if the message exists.
-    pub async fn conversation_of(&self, position: Position) -> Result<Option<ConversationId>, sqlx::Error> {
+    pub async fn conversation_of(
+        &self,
+        position: Position,
+    ) -> Result<Option<ConversationId>, sqlx::Error> {
         let sql = "SELECT conversation_id FROM messages WHERE position = $1";
         let id: Option<String> = with_pool!(self, pool => {
             sqlx::query_scalar(sql).bind(position.0).fetch_optional(pool).await
@@ -260,7 +264,9 @@ impl Store {
         let (sql, cursor, newest_first) = match page {
             Page::Before(before) => (
                 concat!(
-                    "SELECT ", message_columns!(), " FROM messages WHERE conversation_id = $1
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE conversation_id = $1
                      AND position < $2 ORDER BY position DESC LIMIT $3"
                 ),
                 before.map_or(i64::MAX, |p| p.0),
@@ -268,7 +274,9 @@ impl Store {
             ),
             Page::After(after) => (
                 concat!(
-                    "SELECT ", message_columns!(), " FROM messages WHERE conversation_id = $1
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE conversation_id = $1
                      AND position > $2 ORDER BY position ASC LIMIT $3"
                 ),
                 after.0,
@@ -292,7 +300,12 @@ impl Store {
 
     /// Up to `limit` messages of `user`'s conversations after `after`, in
     /// stream order: what a resuming subscriber missed.
-    pub async fn missed(&self, user: &UserId, after: Position, limit: i64) -> Result<Vec<Message>, sqlx::Error> {
+    pub async fn missed(
+        &self,
+        user: &UserId,
+        after: Position,
+        limit: i64,
+    ) -> Result<Vec<Message>, sqlx::Error> {
         let sql = "SELECT m.position, m.conversation_id, m.user_id, m.content, m.created_at
                    FROM messages m JOIN participants p ON p.conversation_id = m.conversation_id
                    WHERE p.user_id = $1 AND m.position > $2 ORDER BY m.position LIMIT $3";
@@ -304,9 +317,15 @@ impl Store {
 
     /// Committed messages at positions `from..to`, with their recipients: how
     /// the feed fills a gap in what it was told.
-    pub async fn deliveries(&self, from: Position, to: Position) -> Result<Vec<Delivery>, sqlx::Error> {
+    pub async fn deliveries(
+        &self,
+        from: Position,
+        to: Position,
+    ) -> Result<Vec<Delivery>, sqlx::Error> {
         let sql = concat!(
-            "SELECT ", message_columns!(), " FROM messages WHERE position >= $1 AND position < $2
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE position >= $1 AND position < $2
              ORDER BY position"
         );
         let rows: Vec<MessageRow> = with_pool!(self, pool => {
@@ -320,12 +339,16 @@ impl Store {
             let to = match recipients.get(&key) {
                 Some(to) => to.clone(),
                 None => {
-                    let to: Arc<[UserId]> = self.participants(&message.conversation_id).await?.into();
+                    let to: Arc<[UserId]> =
+                        self.participants(&message.conversation_id).await?.into();
                     recipients.insert(key, to.clone());
                     to
                 }
             };
-            deliveries.push(Delivery { message, recipients: to });
+            deliveries.push(Delivery {
+                message,
+                recipients: to,
+            });
         }
         Ok(deliveries)
     }
@@ -372,18 +395,19 @@ impl Store {
             ")"
         );
         let last_sql = concat!(
-            "SELECT ", message_columns!(), " FROM messages WHERE position IN (
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE position IN (
                SELECT MAX(position) FROM messages WHERE conversation_id IN (SELECT c.id ",
             my_conversations!(),
             ") GROUP BY conversation_id)"
         );
         let only = only.map(ConversationId::as_str);
-        let (rows, members, last): (Vec<ConversationRow>, Vec<(String, String)>, Vec<MessageRow>) =
-            with_pool!(self, pool => (
-                sqlx::query_as(rows_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
-                sqlx::query_as(members_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
-                sqlx::query_as(last_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
-            ));
+        let (rows, members, last): (Vec<ConversationRow>, Vec<(String, String)>, Vec<MessageRow>) = with_pool!(self, pool => (
+            sqlx::query_as(rows_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
+            sqlx::query_as(members_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
+            sqlx::query_as(last_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
+        ));
         Ok(assemble(rows, members, last))
     }
 }
@@ -397,7 +421,10 @@ fn assemble(
 ) -> Vec<Conversation> {
     let mut participants: HashMap<String, Vec<UserId>> = HashMap::new();
     for (conversation, user) in members {
-        participants.entry(conversation).or_default().push(UserId::from_stored(user));
+        participants
+            .entry(conversation)
+            .or_default()
+            .push(UserId::from_stored(user));
     }
     let mut last: HashMap<String, Message> = last
         .into_iter()
@@ -418,7 +445,10 @@ fn assemble(
     }
     let last_activity = |c: &Conversation| {
         let last = c.last_message.as_ref();
-        (last.map_or(c.created_at_micros, |m| m.created_at_micros), last.map(|m| m.position))
+        (
+            last.map_or(c.created_at_micros, |m| m.created_at_micros),
+            last.map(|m| m.position),
+        )
     };
     conversations.sort_by_key(|c| std::cmp::Reverse(last_activity(c)));
     conversations

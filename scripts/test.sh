@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test herald has: installs what they need first (idempotent),
+# then `cargo test`. PostgreSQL tests run when HERALD_TEST_DATABASE_URL is
+# set; they say they were skipped otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -n "${HERALD_TEST_DATABASE_URL:-}" ]] && command -v psql >/dev/null; then
+    # Each PostgreSQL test makes its own database; drop those of earlier runs.
+    psql -qAt "$HERALD_TEST_DATABASE_URL" \
+        -c "SELECT datname FROM pg_database WHERE datname LIKE 'herald_t_%'" |
+        while read -r name; do
+            psql -q "$HERALD_TEST_DATABASE_URL" -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" || true
+        done
+fi
+
+cargo test "$@"

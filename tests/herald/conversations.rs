@@ -1,0 +1,129 @@
+//! Creating, listing and reading conversations.
+
+use crate::support::{TestDb, code, spawn_app, spawn_app_with};
+use tonic::Code;
+
+async fn a_pair_is_found_or_created_from_either_side(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+
+    let first = alice.create_conversation(&["bob"]).await.unwrap();
+    let again = alice.create_conversation(&["bob", "alice"]).await.unwrap();
+    let from_bob = bob.create_conversation(&["alice"]).await.unwrap();
+
+    assert_eq!(first.participant_ids, ["alice", "bob"]);
+    assert_eq!(again.id, first.id);
+    assert_eq!(from_bob.id, first.id);
+}
+
+async fn a_group_is_always_new_and_includes_the_caller(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+
+    let first = alice.create_conversation(&["carol", "bob"]).await.unwrap();
+    let second = alice.create_conversation(&["bob", "carol"]).await.unwrap();
+
+    assert_ne!(first.id, second.id);
+    assert_eq!(first.participant_ids, ["alice", "bob", "carol"]);
+    assert_eq!(first.unread_count, 0);
+    assert!(first.last_message.is_none());
+}
+
+async fn a_conversation_needs_someone_else_and_valid_ids(db: TestDb) {
+    let app = spawn_app_with(&db, |config| config.max_participants = 3).await;
+    let alice = app.user("alice").await;
+
+    for others in [&[][..], &["alice"], &[""], &["bad\nid"], &["b", "c", "d"]] {
+        let status = alice.create_conversation(others).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{others:?}: {status:?}"
+        );
+    }
+    let too_long = "x".repeat(129);
+    let status = alice.create_conversation(&[&too_long]).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+async fn conversations_are_listed_most_recently_active_first(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let with_bob = alice.create_conversation(&["bob"]).await.unwrap();
+    let with_carol = alice.create_conversation(&["carol"]).await.unwrap();
+    let _with_dave = alice.create_conversation(&["dave"]).await.unwrap();
+    alice.send(&with_carol.id, "first").await.unwrap();
+    let newest = alice.send(&with_bob.id, "second").await.unwrap();
+
+    let listed = alice.conversations().await.unwrap();
+
+    let ids: Vec<&str> = listed.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(&ids[..2], [with_bob.id.as_str(), with_carol.id.as_str()]);
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0].last_message.as_ref(), Some(&newest));
+    let bob = app.user("bob").await;
+    let bobs = bob.conversations().await.unwrap();
+    assert_eq!(bobs.len(), 1, "bob sees only his own conversations");
+}
+
+async fn unread_counts_follow_the_read_mark_and_skip_own_messages(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    let mut sent = Vec::new();
+    for n in 1..=3 {
+        sent.push(
+            alice
+                .send(&conversation.id, &format!("hi {n}"))
+                .await
+                .unwrap(),
+        );
+    }
+    bob.send(&conversation.id, "bob's own").await.unwrap();
+    assert_eq!(bob.conversations().await.unwrap()[0].unread_count, 3);
+    assert_eq!(alice.conversations().await.unwrap()[0].unread_count, 1);
+
+    let marked = bob.mark_read(&conversation.id, &sent[1].id).await.unwrap();
+    assert_eq!(marked.unread_count, 1);
+    let back = bob.mark_read(&conversation.id, &sent[0].id).await.unwrap();
+    assert_eq!(back.unread_count, 1, "a read mark never moves back");
+    assert_eq!(bob.conversations().await.unwrap()[0].unread_count, 1);
+}
+
+async fn mark_read_checks_its_ids(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let (alice, carol) = (app.user("alice").await, app.user("carol").await);
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    let other = alice.create_conversation(&["dave"]).await.unwrap();
+    let elsewhere = alice.send(&other.id, "elsewhere").await.unwrap();
+
+    assert_eq!(
+        code(alice.mark_read(&conversation.id, "999999").await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(alice.mark_read(&conversation.id, &elsewhere.id).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(alice.mark_read("nothing-here", "1").await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(alice.mark_read(&conversation.id, "").await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(carol.mark_read(&other.id, &elsewhere.id).await),
+        Code::PermissionDenied
+    );
+}
+
+on_every_backend!(
+    a_pair_is_found_or_created_from_either_side,
+    a_group_is_always_new_and_includes_the_caller,
+    a_conversation_needs_someone_else_and_valid_ids,
+    conversations_are_listed_most_recently_active_first,
+    unread_counts_follow_the_read_mark_and_skip_own_messages,
+    mark_read_checks_its_ids,
+);

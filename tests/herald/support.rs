@@ -1,0 +1,327 @@
+//! Test helpers: a real herald on port 0 over a real database, and users
+//! with real tonic clients.
+
+use herald::{
+    Herald, Server,
+    auth::Auth,
+    config::ServeConfig,
+    pb::{self, messenger_client::MessengerClient},
+};
+use sqlx::Connection;
+use std::{net::SocketAddr, time::Duration};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Request, Status, Streaming, transport::Channel};
+
+/// The HS256 secret every test server uses.
+pub const SECRET: &[u8] = b"test-secret-that-is-long-enough-for-hs256";
+
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of the test's own: a SQLite file in a temporary folder, or a
+/// fresh PostgreSQL database when `HERALD_TEST_DATABASE_URL` is set.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// `None` (and a note on stderr) when the backend is not configured.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temporary folder");
+                let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+                Some(Self {
+                    url,
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let Some(base) = std::env::var("HERALD_TEST_DATABASE_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                else {
+                    eprintln!(
+                        "skipped: HERALD_TEST_DATABASE_URL is not set, so this PostgreSQL test did not run"
+                    );
+                    return None;
+                };
+                let name = format!(
+                    "herald_t_{}",
+                    herald::domain::ConversationId::generate().as_str()
+                );
+                let mut admin = sqlx::PgConnection::connect(&base)
+                    .await
+                    .expect("PostgreSQL is reachable");
+                let create = format!("CREATE DATABASE \"{name}\"");
+                sqlx::query(sqlx::AssertSqlSafe(create))
+                    .execute(&mut admin)
+                    .await
+                    .expect("a test database");
+                Some(Self {
+                    url: with_database(&base, &name),
+                    _dir: None,
+                })
+            }
+        }
+    }
+}
+
+/// `base` with its database name replaced by `name`.
+fn with_database(base: &str, name: &str) -> String {
+    let (scheme, rest) = base.split_once("://").expect("a URL");
+    let (authority, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, format!("?{query}")),
+        None => (rest, String::new()),
+    };
+    let host = authority.split('/').next().unwrap_or(authority);
+    format!("{scheme}://{host}/{name}{query}")
+}
+
+/// A herald running in this process.
+pub struct TestApp {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub herald: Herald,
+    auth: Auth,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), herald::server::StartError>>,
+}
+
+/// Starts herald on `db` with default settings.
+pub async fn spawn_app(db: &TestDb) -> TestApp {
+    spawn_app_with(db, |_| {}).await
+}
+
+/// Starts herald on `db` after `tweak` adjusts its configuration.
+pub async fn spawn_app_with(db: &TestDb, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let mut config = ServeConfig::new("127.0.0.1:0", "127.0.0.1:0", &db.url);
+    config.drain_timeout = Duration::from_secs(3);
+    tweak(&mut config);
+    let auth = Auth::hs256(SECRET);
+    let server = Server::bind(&config, auth.clone())
+        .await
+        .expect("herald starts");
+    let (http, grpc) = (server.http_addr(), server.grpc_addr());
+    let herald = server.herald().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        http,
+        grpc,
+        herald,
+        auth,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl TestApp {
+    /// A signed token for `user`, valid for an hour.
+    pub fn token(&self, user: &str) -> String {
+        self.token_for(user, Duration::from_secs(3600))
+    }
+
+    pub fn token_for(&self, user: &str, ttl: Duration) -> String {
+        let user = herald::domain::UserId::parse("user", user).expect("a valid user id");
+        self.auth.mint(&user, ttl)
+    }
+
+    /// A user with a gRPC client of their own.
+    pub async fn user(&self, id: &str) -> User {
+        User::with_token(self, self.token(id)).await
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("a valid endpoint")
+            .connect()
+            .await
+            .expect("the gRPC port accepts")
+    }
+
+    /// Shuts the server down as SIGTERM would and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let finished = tokio::time::timeout(PATIENCE, &mut self.task).await;
+        finished
+            .expect("herald stops within the drain time")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
+}
+
+/// A user talking to herald over gRPC.
+pub struct User {
+    token: String,
+    client: MessengerClient<Channel>,
+}
+
+impl User {
+    pub async fn with_token(app: &TestApp, token: String) -> Self {
+        let client = MessengerClient::new(app.channel().await);
+        Self { token, client }
+    }
+
+    /// `body` with this user's bearer token.
+    pub fn request<T>(&self, body: T) -> Request<T> {
+        authorized(body, &format!("Bearer {}", self.token))
+    }
+
+    pub async fn create_conversation(&self, others: &[&str]) -> Result<pb::Conversation, Status> {
+        let participant_ids = others.iter().map(|o| o.to_string()).collect();
+        let body = pb::CreateConversationRequest { participant_ids };
+        Ok(self
+            .client
+            .clone()
+            .create_conversation(self.request(body))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn send(&self, conversation_id: &str, content: &str) -> Result<pb::Message, Status> {
+        let body = pb::CreateMessageRequest {
+            conversation_id: conversation_id.into(),
+            content: content.into(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .create_message(self.request(body))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn conversations(&self) -> Result<Vec<pb::Conversation>, Status> {
+        let body = pb::ListConversationsRequest {};
+        Ok(self
+            .client
+            .clone()
+            .list_conversations(self.request(body))
+            .await?
+            .into_inner()
+            .conversations)
+    }
+
+    pub async fn messages(
+        &self,
+        body: pb::ListMessagesRequest,
+    ) -> Result<Vec<pb::Message>, Status> {
+        Ok(self
+            .client
+            .clone()
+            .list_messages(self.request(body))
+            .await?
+            .into_inner()
+            .messages)
+    }
+
+    pub async fn mark_read(
+        &self,
+        conversation_id: &str,
+        message_id: &str,
+    ) -> Result<pb::Conversation, Status> {
+        let body = pb::MarkReadRequest {
+            conversation_id: conversation_id.into(),
+            message_id: message_id.into(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .mark_read(self.request(body))
+            .await?
+            .into_inner())
+    }
+
+    /// Opens a subscription; it is live once this returns.
+    pub async fn subscribe(&self, after_id: &str) -> Result<Streaming<pb::Message>, Status> {
+        let body = pb::SubscribeMessagesRequest {
+            after_id: after_id.into(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .subscribe_messages(self.request(body))
+            .await?
+            .into_inner())
+    }
+}
+
+/// `body` with `authorization` set to `value`.
+pub fn authorized<T>(body: T, value: &str) -> Request<T> {
+    let mut request = Request::new(body);
+    request.metadata_mut().insert(
+        "authorization",
+        value.parse().expect("a valid header value"),
+    );
+    request
+}
+
+/// The next message on `stream`; fails the test if none comes in time.
+pub async fn next_message(stream: &mut Streaming<pb::Message>) -> pb::Message {
+    match tokio::time::timeout(PATIENCE, stream.message()).await {
+        Ok(Ok(Some(message))) => message,
+        Ok(Ok(None)) => panic!("the stream ended"),
+        Ok(Err(status)) => panic!("the stream failed: {status:?}"),
+        Err(_) => panic!("no message within {PATIENCE:?}"),
+    }
+}
+
+/// The next `count` message contents on `stream`.
+pub async fn next_contents(stream: &mut Streaming<pb::Message>, count: usize) -> Vec<String> {
+    let mut contents = Vec::with_capacity(count);
+    for _ in 0..count {
+        contents.push(next_message(stream).await.content);
+    }
+    contents
+}
+
+/// How `stream` ends, skipping any messages still on it.
+pub async fn end_of(stream: &mut Streaming<pb::Message>, within: Duration) -> Status {
+    let ending = async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Status::ok("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    };
+    tokio::time::timeout(within, ending)
+        .await
+        .expect("the stream ends in time")
+}
+
+/// The status code of a call that must fail.
+pub fn code<T: std::fmt::Debug>(result: Result<T, Status>) -> tonic::Code {
+    result.expect_err("the call must fail").code()
+}
+
+/// A list-messages request for one conversation.
+pub fn page(conversation_id: &str) -> pb::ListMessagesRequest {
+    pb::ListMessagesRequest {
+        conversation_id: conversation_id.into(),
+        ..Default::default()
+    }
+}
+
+/// The contents of `messages`, in order.
+pub fn contents(messages: &[pb::Message]) -> Vec<String> {
+    messages.iter().map(|m| m.content.clone()).collect()
+}
+
+/// `prefix-from` .. `prefix-to` (inclusive), the contents tests send.
+pub fn numbered(prefix: &str, range: std::ops::RangeInclusive<usize>) -> Vec<String> {
+    range.map(|n| format!("{prefix}-{n}")).collect()
+}
