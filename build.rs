@@ -18,12 +18,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("herald_descriptor.bin"), &encoded)?;
 
     tonic_prost_build::configure()
+        // Our own Timestamp, whose JSON is the canonical `...Z` form that
+        // grpcurl prints too.
         .compile_well_known_types(true)
-        .extern_path(".google.protobuf", "::pbjson_types")
+        .extern_path(".google.protobuf.Timestamp", "crate::pb::Timestamp")
         .compile_fds(descriptors)?;
 
+    // Unknown JSON fields are ignored, as proto3 JSON parsers may, so newer
+    // clients can talk to older servers.
     pbjson_build::Builder::new()
         .register_descriptors(&encoded)?
+        .ignore_unknown_fields()
         .build(&[".herald.v1"])?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The command line. Every flag has a `HERALD_...` environment equivalent,
 //! and its `///` doc is its `--help` text.
 
-use crate::limits::Limits;
+use crate::{http::HttpOptions, limits::Limits};
 use clap::{Args, Parser, Subcommand};
 use std::{fmt, str::FromStr, time::Duration};
 
@@ -87,6 +87,24 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_RATE_BURST", value_name = "N", default_value_t = Limits::default().message_burst)]
     pub rate_burst: f64,
 
+    /// Origin allowed to call the HTTP API from a browser page (CORS); repeat
+    /// the flag or separate with commas; `*` allows any.
+    #[arg(
+        long,
+        env = "HERALD_CORS_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origin: Vec<String>,
+
+    /// Largest HTTP request body, in bytes (larger ones get 413).
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 128 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long an idle SSE stream waits before sending a comment line.
+    #[arg(long, env = "HERALD_SSE_HEARTBEAT", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub sse_heartbeat: Duration,
+
     /// Most missed messages replayed to a resuming stream (at least 10000).
     #[arg(long, env = "HERALD_REPLAY_LIMIT", value_name = "N", default_value_t = Limits::default().replay_limit)]
     pub replay_limit: usize,
@@ -115,6 +133,14 @@ impl ServeConfig {
                     .filter(|url| !url.is_empty())
             })
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.into())
+    }
+
+    pub fn http_options(&self) -> HttpOptions {
+        HttpOptions {
+            cors_origins: self.cors_origin.clone(),
+            max_body_bytes: self.max_body_bytes,
+            heartbeat: self.sse_heartbeat,
+        }
     }
 
     pub fn limits(&self) -> Limits {

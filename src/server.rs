@@ -14,7 +14,7 @@ use crate::{
     auth::Auth,
     config::ServeConfig,
     grpc,
-    http::{self, AppState},
+    http::{self, AppState, HttpOptions},
     pb,
     service::Herald,
     store::Store,
@@ -52,6 +52,7 @@ pub struct Server {
     feed: JoinHandle<()>,
     shutdown: CancellationToken,
     drain: Duration,
+    http_options: HttpOptions,
 }
 
 impl Server {
@@ -75,6 +76,7 @@ impl Server {
             feed,
             shutdown,
             drain: config.drain_timeout,
+            http_options: config.http_options(),
         })
     }
 
@@ -130,10 +132,12 @@ impl Server {
                 .add_service(grpc::service(self.herald.clone(), self.auth.clone()))
                 .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
         );
-        let app = http::router(AppState {
+        let state = AppState {
             herald: self.herald.clone(),
             auth: self.auth.clone(),
-        });
+            heartbeat: self.http_options.heartbeat,
+        };
+        let app = http::router(state, &self.http_options);
         let mut http_server = tokio::spawn(
             axum::serve(self.http, app)
                 .with_graceful_shutdown(stop.clone().cancelled_owned())

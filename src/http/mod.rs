@@ -1,30 +1,102 @@
-//! The HTTP door: REST, the SSE stream, health and the chat page, over the
-//! same core as gRPC.
+//! The HTTP door: REST, the SSE stream, health and the chat page, as thin
+//! adapters over the same core as gRPC.
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | `caller.rs` | the token extractor (header, then `?token=`) |
+//! | `api.rs` | REST routes and their JSON bodies |
+//! | `sse.rs` | `GET /api/messages`, the Server-Sent Events stream |
+//! | `page.rs` | the chat page at `/` |
+//! | `log.rs` | the request log, which never shows a token |
+
+mod api;
+mod caller;
+mod log;
+mod page;
+mod sse;
 
 use crate::{auth::Auth, error::Error, service::Herald};
 use axum::{
     Json, Router,
-    http::StatusCode,
+    extract::DefaultBodyLimit,
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use caller::Caller;
 
 /// What every HTTP handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub herald: Herald,
     pub auth: Auth,
+    /// How long an idle SSE stream waits before sending a comment.
+    pub heartbeat: std::time::Duration,
+}
+
+/// Settings of the HTTP door that the core does not know.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Origins allowed by CORS; `*` allows any. Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Largest request body, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long an idle SSE stream waits before sending a comment.
+    pub heartbeat: std::time::Duration,
 }
 
 /// The whole HTTP application.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+pub fn router(state: AppState, options: &HttpOptions) -> Router {
+    let app = Router::new()
+        .merge(api::router())
+        .merge(sse::router())
+        .merge(page::router())
         .route("/healthz", get(healthz))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .with_state(state);
+    let app = match cors(&options.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    log::layer(app)
 }
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// CORS for pages on other origins that call the API or open EventSource.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = match origins.iter().any(|origin| origin == "*") {
+        true => AllowOrigin::any(),
+        false => AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        ),
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("idempotency-key"),
+            ])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
+}
+
+/// The one shape of every HTTP error: `{"error": "..."}`.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 impl IntoResponse for Error {
@@ -38,7 +110,12 @@ impl IntoResponse for Error {
             Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::ShuttingDown | Error::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let body = Json(serde_json::json!({ "error": self.to_string() }));
-        (status, body).into_response()
+        let mut response = error_response(status, &self.to_string());
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

@@ -37,4 +37,6 @@ mod conversations;
 mod delivery;
 mod lifecycle;
 mod messages;
+mod rest;
+mod sse;
 mod support;

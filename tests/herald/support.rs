@@ -325,3 +325,79 @@ pub fn contents(messages: &[pb::Message]) -> Vec<String> {
 pub fn numbered(prefix: &str, range: std::ops::RangeInclusive<usize>) -> Vec<String> {
     range.map(|n| format!("{prefix}-{n}")).collect()
 }
+
+// ---- HTTP -----------------------------------------------------------------
+
+impl TestApp {
+    /// The full URL of `path` on the HTTP port.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// A request for the SSE stream with `token` in the Authorization header.
+    pub fn sse_request(&self, token: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .get(self.url("/api/messages"))
+            .header("accept", "text/event-stream")
+            .bearer_auth(token)
+    }
+}
+
+/// The events of an open SSE response, parsed by eventsource-stream.
+pub struct SseStream {
+    events: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<eventsource_stream::Event, String>> + Send>,
+    >,
+}
+
+/// Sends `request` and expects an event stream.
+pub async fn open_sse(request: reqwest::RequestBuilder) -> SseStream {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let response = request.send().await.expect("the HTTP port answers");
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    let events = response
+        .bytes_stream()
+        .eventsource()
+        .map(|event| event.map_err(|error| error.to_string()));
+    SseStream {
+        events: Box::pin(events),
+    }
+}
+
+impl SseStream {
+    /// The next dispatched event (one with data), or `None` when the stream ends.
+    pub async fn next_event(&mut self) -> Option<eventsource_stream::Event> {
+        use futures_util::StreamExt;
+        let next = async {
+            loop {
+                match self.events.next().await? {
+                    Ok(event) if event.data.is_empty() => continue,
+                    Ok(event) => return Some(event),
+                    Err(_) => return None,
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, next)
+            .await
+            .expect("an event or the end, in time")
+    }
+
+    /// The next message event, parsed from its JSON.
+    pub async fn next_message(&mut self) -> pb::Message {
+        let event = self.next_event().await.expect("the stream goes on");
+        assert_eq!(event.event, "message", "a message event has no event: line");
+        let message: pb::Message = serde_json::from_str(&event.data).expect("a message as JSON");
+        assert_eq!(event.id, message.id, "the event id is the message id");
+        message
+    }
+
+    /// The next `count` message contents.
+    pub async fn next_contents(&mut self, count: usize) -> Vec<String> {
+        let mut contents = Vec::with_capacity(count);
+        for _ in 0..count {
+            contents.push(self.next_message().await.content);
+        }
+        contents
+    }
+}

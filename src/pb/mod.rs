@@ -11,10 +11,14 @@ include!(concat!(env!("OUT_DIR"), "/herald.v1.serde.rs"));
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/herald_descriptor.bin"));
 
+mod timestamp;
+
+pub use timestamp::Timestamp;
+
 use crate::domain;
 
-fn timestamp(micros: i64) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp {
+fn timestamp(micros: i64) -> Timestamp {
+    Timestamp {
         seconds: micros.div_euclid(1_000_000),
         nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
     }

@@ -1,0 +1,132 @@
+//! REST: the same calls as gRPC, with the proto3 JSON mapping of the same
+//! messages as bodies (from pbjson), so both doors speak one schema.
+
+use super::{AppState, Caller, error_response};
+use crate::{error::Error, pb};
+use axum::{
+    Json, Router,
+    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde::{Deserialize, de::DeserializeOwned};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/conversations",
+            post(create_conversation).get(list_conversations),
+        )
+        .route(
+            "/api/conversations/{id}/messages",
+            post(create_message).get(list_messages),
+        )
+        .route("/api/conversations/{id}/read", post(mark_read))
+}
+
+async fn create_conversation(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Body(body): Body<pb::CreateConversationRequest>,
+) -> Result<(StatusCode, Json<pb::Conversation>), Error> {
+    let (conversation, created) = state
+        .herald
+        .create_conversation(&caller.user, &body.participant_ids)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json((&conversation).into())))
+}
+
+async fn list_conversations(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<pb::ListConversationsResponse>, Error> {
+    let conversations = state.herald.list_conversations(&caller.user).await?;
+    Ok(Json(pb::ListConversationsResponse {
+        conversations: conversations.iter().map(Into::into).collect(),
+    }))
+}
+
+async fn create_message(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Body(body): Body<pb::CreateMessageRequest>,
+) -> Result<(StatusCode, Json<pb::Message>), Error> {
+    let message = state
+        .herald
+        .create_message(&caller.user, &id, body.content)
+        .await?;
+    Ok((StatusCode::CREATED, Json((&message).into())))
+}
+
+/// `ListMessages` parameters, named as in the JSON mapping.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageQuery {
+    page_size: Option<i32>,
+    before_id: Option<String>,
+    after_id: Option<String>,
+}
+
+async fn list_messages(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<pb::ListMessagesResponse>, Error> {
+    let Query(query) = query.map_err(|rejection| Error::invalid(rejection.body_text()))?;
+    let messages = state
+        .herald
+        .list_messages(
+            &caller.user,
+            &id,
+            query.page_size.unwrap_or(0),
+            query.before_id.as_deref().unwrap_or(""),
+            query.after_id.as_deref().unwrap_or(""),
+        )
+        .await?;
+    Ok(Json(pb::ListMessagesResponse {
+        messages: messages.iter().map(Into::into).collect(),
+    }))
+}
+
+async fn mark_read(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Body(body): Body<pb::MarkReadRequest>,
+) -> Result<Json<pb::Conversation>, Error> {
+    let conversation = state
+        .herald
+        .mark_read(&caller.user, &id, &body.message_id)
+        .await?;
+    Ok(Json((&conversation).into()))
+}
+
+/// A JSON body whose rejections use herald's error shape: 413 when too
+/// large, 400 for everything else (bad JSON, wrong types, no content type).
+struct Body<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(body)) => Ok(Self(body)),
+            Err(rejection) => Err(body_rejection(rejection)),
+        }
+    }
+}
+
+fn body_rejection(rejection: JsonRejection) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    Error::invalid(format!("invalid JSON body: {}", rejection.body_text())).into_response()
+}

@@ -1,0 +1,295 @@
+// herald's chat page: REST for history and sending, EventSource for live
+// messages. No framework and no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "herald.token";
+
+const state = {
+  token: null,
+  me: null,
+  conversations: new Map(), // id -> Conversation (JSON mapping of the proto)
+  order: [],                // conversation ids, most recently active first
+  current: null,            // open conversation id
+  shown: new Set(),         // message ids rendered in the open conversation
+  events: null,             // the EventSource
+};
+
+// ---- token -----------------------------------------------------------------
+
+function tokenFromHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const token = params.get("token");
+  if (token) history.replaceState(null, "", location.pathname + location.search);
+  return token;
+}
+
+function subjectOf(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(payload)).sub || null;
+  } catch {
+    return null;
+  }
+}
+
+// ---- API -------------------------------------------------------------------
+
+async function api(method, path, body) {
+  const response = await fetch(path, {
+    method,
+    headers: {
+      Authorization: `Bearer ${state.token}`,
+      ...(body ? { "Content-Type": "application/json" } : {}),
+    },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await response.json().catch(() => ({}));
+  if (response.status === 401) signOut("Your token was refused (expired or invalid).");
+  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+  return data;
+}
+
+// ---- rendering -------------------------------------------------------------
+
+function othersIn(conversation) {
+  const others = (conversation.participantIds || []).filter((id) => id !== state.me);
+  return others.length ? others.join(", ") : state.me;
+}
+
+function timeOf(message) {
+  return message.createdAt
+    ? new Date(message.createdAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+    : "";
+}
+
+function renderConversations() {
+  const list = $("conversations");
+  list.replaceChildren();
+  if (!state.order.length) {
+    const empty = document.createElement("li");
+    empty.className = "empty";
+    empty.textContent = "No conversations yet";
+    list.append(empty);
+  }
+  for (const id of state.order) {
+    const conversation = state.conversations.get(id);
+    const item = document.createElement("li");
+    item.className = "conversation";
+    item.dataset.id = id;
+    item.setAttribute("aria-current", String(id === state.current));
+    const avatar = document.createElement("span");
+    avatar.className = "avatar";
+    avatar.textContent = othersIn(conversation).slice(0, 1);
+    const summary = document.createElement("div");
+    summary.className = "summary";
+    const title = document.createElement("div");
+    title.className = "title";
+    title.textContent = othersIn(conversation);
+    const preview = document.createElement("div");
+    preview.className = "preview";
+    const last = conversation.lastMessage;
+    preview.textContent = last ? `${last.userId === state.me ? "You: " : ""}${last.content}` : "No messages yet";
+    summary.append(title, preview);
+    item.append(avatar, summary);
+    const unread = Number(conversation.unreadCount || 0);
+    if (unread > 0) {
+      const badge = document.createElement("span");
+      badge.className = "unread";
+      badge.textContent = unread;
+      item.append(badge);
+    }
+    item.addEventListener("click", () => openConversation(id));
+    list.append(item);
+  }
+}
+
+function appendMessage(message) {
+  if (state.shown.has(message.id)) return;
+  state.shown.add(message.id);
+  const list = $("messages");
+  list.querySelector(".empty")?.remove();
+  const item = document.createElement("li");
+  item.className = "message" + (message.userId === state.me ? " mine" : "");
+  item.dataset.id = message.id;
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  bubble.textContent = message.content;
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  meta.textContent = `${message.userId === state.me ? "" : message.userId + " · "}${timeOf(message)}`;
+  item.append(bubble, meta);
+  const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  list.append(item);
+  if (stick || message.userId === state.me) list.scrollTop = list.scrollHeight;
+}
+
+function remember(conversation) {
+  state.conversations.set(conversation.id, conversation);
+  state.order = [conversation.id, ...state.order.filter((id) => id !== conversation.id)];
+}
+
+// ---- actions ---------------------------------------------------------------
+
+async function loadConversations() {
+  const { conversations = [] } = await api("GET", "/api/conversations");
+  state.conversations = new Map(conversations.map((c) => [c.id, c]));
+  state.order = conversations.map((c) => c.id);
+  renderConversations();
+}
+
+async function openConversation(id) {
+  state.current = id;
+  state.shown = new Set();
+  $("thread-title").textContent = othersIn(state.conversations.get(id));
+  $("composer").hidden = false;
+  $("thread-error").textContent = "";
+  const list = $("messages");
+  list.replaceChildren();
+  renderConversations();
+  try {
+    const { messages = [] } = await api("GET", `/api/conversations/${encodeURIComponent(id)}/messages`);
+    if (state.current !== id) return;
+    if (!messages.length) {
+      const empty = document.createElement("li");
+      empty.className = "empty";
+      empty.textContent = "Say hello 👋";
+      list.append(empty);
+    }
+    messages.forEach(appendMessage);
+    list.scrollTop = list.scrollHeight;
+    await markRead(id, messages[messages.length - 1]);
+  } catch (error) {
+    $("thread-error").textContent = error.message;
+  }
+  $("content").focus();
+}
+
+async function markRead(conversationId, message) {
+  if (!message) return;
+  const conversation = await api("POST", `/api/conversations/${encodeURIComponent(conversationId)}/read`, {
+    messageId: message.id,
+  });
+  state.conversations.set(conversation.id, conversation);
+  renderConversations();
+}
+
+async function send(event) {
+  event.preventDefault();
+  const input = $("content");
+  const content = input.value;
+  if (!content.trim() || !state.current) return;
+  $("send").disabled = true;
+  try {
+    const message = await api("POST", `/api/conversations/${encodeURIComponent(state.current)}/messages`, { content });
+    input.value = "";
+    appendMessage(message);
+    $("thread-error").textContent = "";
+  } catch (error) {
+    $("thread-error").textContent = error.message;
+  } finally {
+    $("send").disabled = false;
+    input.focus();
+  }
+}
+
+async function startConversation(event) {
+  event.preventDefault();
+  const input = $("new-participants");
+  const participantIds = input.value.split(",").map((s) => s.trim()).filter(Boolean);
+  try {
+    const conversation = await api("POST", "/api/conversations", { participantIds });
+    input.value = "";
+    $("sidebar-error").textContent = "";
+    remember(conversation);
+    await openConversation(conversation.id);
+  } catch (error) {
+    $("sidebar-error").textContent = error.message;
+  }
+}
+
+// ---- live messages ---------------------------------------------------------
+
+function connect() {
+  state.events?.close();
+  // EventSource cannot send headers, hence the token in the query string.
+  // On reconnect the browser sends Last-Event-ID, and herald replays what
+  // was missed before going live.
+  const events = new EventSource(`/api/messages?token=${encodeURIComponent(state.token)}`);
+  state.events = events;
+  const status = $("status");
+  events.onopen = () => {
+    status.dataset.state = "live";
+    status.textContent = "live";
+  };
+  events.onerror = () => {
+    status.dataset.state = "connecting";
+    status.textContent = "reconnecting…";
+  };
+  events.onmessage = (event) => receive(JSON.parse(event.data));
+  // The server could not replay what we missed: start over from the API.
+  events.addEventListener("reset", () => {
+    loadConversations().then(() => state.current && openConversation(state.current));
+  });
+}
+
+async function receive(message) {
+  const known = state.conversations.get(message.conversationId);
+  if (!known) {
+    await loadConversations();
+  } else {
+    known.lastMessage = message;
+    const open = message.conversationId === state.current && document.visibilityState === "visible";
+    if (!open && message.userId !== state.me) known.unreadCount = String(Number(known.unreadCount || 0) + 1);
+    remember(known);
+    renderConversations();
+  }
+  if (message.conversationId === state.current) {
+    appendMessage(message);
+    if (message.userId !== state.me) markRead(message.conversationId, message).catch(() => {});
+  }
+}
+
+// ---- start -----------------------------------------------------------------
+
+function signOut(reason) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.events?.close();
+  state.token = null;
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = reason || "";
+}
+
+async function signIn(token) {
+  const me = subjectOf(token);
+  if (!me) return signOut("That does not look like a token.");
+  state.token = token;
+  state.me = me;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("me-name").textContent = me;
+  $("me-avatar").textContent = me.slice(0, 1);
+  try {
+    await loadConversations();
+    connect();
+  } catch (error) {
+    $("sidebar-error").textContent = error.message;
+  }
+}
+
+$("login-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  signIn($("token-input").value.trim());
+});
+$("sign-out").addEventListener("click", () => signOut());
+$("composer").addEventListener("submit", send);
+$("new-conversation").addEventListener("submit", startConversation);
+$("content").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) send(event);
+});
+
+const initial = tokenFromHash() || sessionStorage.getItem(TOKEN_KEY);
+if (initial) signIn(initial);
+else signOut();
