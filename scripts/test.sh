@@ -14,4 +14,14 @@ if [[ -n "${HERALD_TEST_DATABASE_URL:-}" ]] && command -v psql >/dev/null; then
         done
 fi
 
+# The browser test needs Debian's Chromium and playwright-core from npm.
+if ! command -v chromium >/dev/null; then
+    echo "installing Chromium for the browser test" >&2
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+fi
+if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
+    (cd tests/browser && npm ci --no-audit --no-fund)
+fi
+export HERALD_REQUIRE_BROWSER=1
+
 cargo test "$@"

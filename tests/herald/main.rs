@@ -33,9 +33,11 @@ macro_rules! on_every_backend {
 }
 
 mod auth;
+mod browser;
 mod conversations;
 mod delivery;
 mod lifecycle;
+mod logs;
 mod messages;
 mod rest;
 mod sse;

@@ -401,3 +401,75 @@ impl SseStream {
         contents
     }
 }
+
+// ---- the real binary --------------------------------------------------------
+
+/// `herald` as built by cargo, with a clean environment for its settings.
+pub fn herald_command() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .env_remove("HERALD_JWT_SECRET")
+        .env_remove("DATABASE_URL")
+        .env_remove("HERALD_DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// A `herald serve` process on port 0, with its whole stderr kept.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub http: String,
+    pub grpc: String,
+    pub stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr_task: JoinHandle<()>,
+}
+
+impl Process {
+    /// Starts `herald serve` on a SQLite file in `dir`, after `configure`
+    /// adds arguments or environment, and waits until it serves.
+    pub async fn serve(dir: &std::path::Path, configure: impl FnOnce(&mut tokio::process::Command)) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let database = format!("sqlite://{}/herald.db", dir.display());
+        let mut command = herald_command();
+        command
+            .args(["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--database-url", &database])
+            .args(["--drain-timeout", "3s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().expect("herald runs");
+        let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready, serving) = oneshot::channel();
+        let kept = stderr.clone();
+        let stderr_task = tokio::spawn(async move {
+            let mut ready = Some(ready);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("herald is serving") {
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(line.clone());
+                    }
+                }
+                kept.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let line = tokio::time::timeout(PATIENCE, serving).await.expect("herald starts in time").expect("herald starts");
+        let field = |name: &str| line.split(&format!("{name}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+        Self { child, http: field("http"), grpc: field("grpc"), stdout, stderr, stderr_task }
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns it and the whole stderr.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().expect("still running").to_string();
+        let kill = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+        assert!(kill.success());
+        let exit = tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("herald exits in time").unwrap();
+        let _ = tokio::time::timeout(PATIENCE, self.stderr_task).await;
+        let stderr = self.stderr.lock().unwrap().clone();
+        (exit, stderr)
+    }
+}
