@@ -13,7 +13,7 @@ const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
-    let (auth, ephemeral) = match &config.jwt_secret {
+    let (auth, ephemeral) = match &config.secret.jwt_secret {
         Some(secret) => (Auth::hs256(secret.expose().as_bytes()), false),
         None => (Auth::hs256(ephemeral_secret().as_bytes()), true),
     };
@@ -27,7 +27,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
 
 /// Prints one token for `args.user` on stdout.
 pub fn token(args: &TokenArgs) -> Result<(), StartError> {
-    let secret = args.jwt_secret.as_ref().ok_or_else(|| {
+    let secret = args.secret.jwt_secret.as_ref().ok_or_else(|| {
         StartError::new(
             "herald token needs --jwt-secret or HERALD_JWT_SECRET (the server's secret)",
         )

@@ -49,15 +49,8 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
 
-    /// HS256 secret for tokens. Without one, an ephemeral secret is made and
-    /// demo tokens are printed at start.
-    #[arg(
-        long,
-        env = "HERALD_JWT_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    pub jwt_secret: Option<Secret>,
+    #[command(flatten)]
+    pub secret: SecretArg,
 
     /// How long shutdown waits for in-flight requests (e.g. 5s, 500ms).
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -170,7 +163,15 @@ pub struct TokenArgs {
     )]
     pub ttl: u64,
 
-    /// HS256 secret to sign with (the server's).
+    #[command(flatten)]
+    pub secret: SecretArg,
+}
+
+/// The HS256 secret, shared by `serve` and `token`.
+#[derive(Args, Debug, Clone)]
+pub struct SecretArg {
+    /// HS256 secret for tokens. `serve` without one makes an ephemeral
+    /// secret and prints demo tokens at start; `token` needs the server's.
     #[arg(
         long,
         env = "HERALD_JWT_SECRET",

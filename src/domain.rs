@@ -30,42 +30,55 @@ fn check_id(field: &str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A user id: the `sub` claim of a token, or a participant named by a client.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(Arc<str>);
+/// Declares an id newtype: cheap to clone, parsed from client input once.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
 
-impl UserId {
-    /// Parses a user id given by a client; `field` names it in the error.
-    pub fn parse(field: &str, value: &str) -> Result<Self, Error> {
-        check_id(field, value)?;
-        Ok(Self(value.into()))
-    }
+        impl $name {
+            /// Parses an id given by a client; `field` names it in the error.
+            /// A well-formed id may still name nothing.
+            pub fn parse(field: &str, value: &str) -> Result<Self, Error> {
+                check_id(field, value)?;
+                Ok(Self(value.into()))
+            }
 
-    /// Wraps an id read back from the database, where only parsed ids are written.
-    pub(crate) fn from_stored(value: String) -> Self {
-        Self(value.into())
-    }
+            /// Wraps an id read back from the database, where only parsed
+            /// or generated ids are written.
+            pub(crate) fn from_stored(value: String) -> Self {
+                Self(value.into())
+            }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl fmt::Debug for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
+id_type!(
+    /// A user id: the `sub` claim of a token, or a participant named by a client.
+    UserId
+);
 
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A conversation id: 32 lowercase hex digits of randomness.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct ConversationId(Arc<str>);
+id_type!(
+    /// A conversation id: 32 lowercase hex digits of randomness.
+    ConversationId
+);
 
 impl ConversationId {
     /// A fresh, unguessable id.
@@ -74,20 +87,6 @@ impl ConversationId {
         // The OS random source failing is not something herald can serve around.
         getrandom::fill(&mut bytes).expect("the operating system's random source failed");
         Self(hex(&bytes).into())
-    }
-
-    /// Parses an id given by a client. A well-formed id may still name nothing.
-    pub fn parse(field: &str, value: &str) -> Result<Self, Error> {
-        check_id(field, value)?;
-        Ok(Self(value.into()))
-    }
-
-    pub(crate) fn from_stored(value: String) -> Self {
-        Self(value.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 

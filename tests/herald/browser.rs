@@ -10,11 +10,17 @@ use std::{path::Path, time::Duration};
 async fn two_people_chat_through_the_page_and_it_survives_a_server_restart() {
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let ready = browser_dir.join("node_modules/playwright-core").exists() && Path::new(&chromium).exists();
+    let ready =
+        browser_dir.join("node_modules/playwright-core").exists() && Path::new(&chromium).exists();
     if !ready {
         let required = std::env::var_os("HERALD_REQUIRE_BROWSER").is_some();
-        assert!(!required, "Chromium or tests/browser/node_modules is missing; run scripts/test.sh");
-        eprintln!("skipped: Chromium or tests/browser/node_modules is missing (scripts/test.sh installs them)");
+        assert!(
+            !required,
+            "Chromium or tests/browser/node_modules is missing; run scripts/test.sh"
+        );
+        eprintln!(
+            "skipped: Chromium or tests/browser/node_modules is missing (scripts/test.sh installs them)"
+        );
         return;
     }
 
@@ -30,6 +36,9 @@ async fn two_people_chat_through_the_page_and_it_survives_a_server_restart() {
 
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("browser chat test passed"), "{stdout}");
 }

@@ -146,17 +146,7 @@ async fn a_subscriber_that_falls_behind_is_ended_and_loses_nothing_on_resume(db:
 
     // More than HTTP/2 flow control and socket buffers hold, so the
     // subscription's own small queue fills while bob does not read.
-    let filler = "x".repeat(12 * 1024);
-    let mut sent = Vec::new();
-    for n in 1..=400 {
-        sent.push(
-            alice
-                .send(&conversation.id, &format!("{n} {filler}"))
-                .await
-                .unwrap()
-                .id,
-        );
-    }
+    let sent = alice.send_bulky(&conversation.id, 400).await;
 
     let mut received = Vec::new();
     let ended = loop {

@@ -1,7 +1,8 @@
 //! Start, restart and shutdown, in process and as the real binary.
 
 use crate::support::{
-    PATIENCE, Process, TestDb, authorized, contents, end_of, herald_command, next_message, page, spawn_app,
+    PATIENCE, Process, TestDb, authorized, contents, end_of, herald_command, next_message, page,
+    spawn_app,
 };
 use herald::pb;
 use tonic::{Code, transport::Channel};
@@ -54,13 +55,19 @@ on_every_backend!(
 
 #[tokio::test]
 async fn herald_token_prints_one_token_and_nothing_else() {
-    let output = herald_command().args(["token", "alice", "--jwt-secret", "s3cret"]).output().await.unwrap();
+    let output = herald_command()
+        .args(["token", "alice", "--jwt-secret", "s3cret"])
+        .output()
+        .await
+        .unwrap();
 
     assert!(output.status.success());
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
-    let claims = herald::auth::Auth::hs256(b"s3cret").verify(lines[0]).unwrap();
+    let claims = herald::auth::Auth::hs256(b"s3cret")
+        .verify(lines[0])
+        .unwrap();
     assert_eq!(claims.user.as_str(), "alice");
 }
 
@@ -70,15 +77,40 @@ async fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
     let database = format!("sqlite://{}/x.db", dir.path().display());
     let cases: [&[&str]; 4] = [
         &["token", "alice"],
-        &["serve", "--http", "not an address", "--database-url", &database],
-        &["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--database-url", "mysql://nope"],
-        &["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--database-url", "postgres://127.0.0.1:1/x"],
+        &[
+            "serve",
+            "--http",
+            "not an address",
+            "--database-url",
+            &database,
+        ],
+        &[
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--database-url",
+            "mysql://nope",
+        ],
+        &[
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://127.0.0.1:1/x",
+        ],
     ];
     for args in cases {
         let output = herald_command().args(args).output().await.unwrap();
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert!(!output.status.success(), "{args:?}");
-        let reason: Vec<&str> = stderr.lines().filter(|line| line.starts_with("herald: ")).collect();
+        let reason: Vec<&str> = stderr
+            .lines()
+            .filter(|line| line.starts_with("herald: "))
+            .collect();
         assert_eq!(reason.len(), 1, "{args:?}: {stderr}");
     }
 }
@@ -88,16 +120,31 @@ async fn a_first_run_prints_working_demo_tokens_and_sigterm_exits_zero_with_stre
     let dir = tempfile::tempdir().unwrap();
     let mut herald = Process::serve(dir.path(), |_| {}).await;
     let token = loop {
-        let line = tokio::time::timeout(PATIENCE, herald.stdout.next_line()).await.unwrap().unwrap().unwrap();
+        let line = tokio::time::timeout(PATIENCE, herald.stdout.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Some(token) = line.trim().strip_prefix("alice's token: ") {
             break token.to_owned();
         }
     };
 
-    let channel = Channel::from_shared(format!("http://{}", herald.grpc)).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", herald.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = pb::messenger_client::MessengerClient::new(channel);
-    let request = authorized(pb::SubscribeMessagesRequest::default(), &format!("Bearer {token}"));
-    let mut stream = client.subscribe_messages(request).await.unwrap().into_inner();
+    let request = authorized(
+        pb::SubscribeMessagesRequest::default(),
+        &format!("Bearer {token}"),
+    );
+    let mut stream = client
+        .subscribe_messages(request)
+        .await
+        .unwrap()
+        .into_inner();
     let (exit, _) = herald.terminate().await;
     let status = end_of(&mut stream, PATIENCE).await;
 

@@ -10,25 +10,54 @@ async fn no_token_appears_in_the_log_even_at_debug_level() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "log-test-secret";
     let herald = Process::serve(dir.path(), |command| {
-        command.args(["--jwt-secret", secret]).env("RUST_LOG", "debug");
+        command
+            .args(["--jwt-secret", secret])
+            .env("RUST_LOG", "debug");
     })
     .await;
     let auth = herald::auth::Auth::hs256(secret.as_bytes());
-    let mint = |user: &str| auth.mint(&herald::domain::UserId::parse("user", user).unwrap(), std::time::Duration::from_secs(600));
+    let mint = |user: &str| {
+        auth.mint(
+            &herald::domain::UserId::parse("user", user).unwrap(),
+            std::time::Duration::from_secs(600),
+        )
+    };
     let (valid, for_header, forged) = (mint("alice"), mint("bob"), format!("{}x", mint("carol")));
     let http = Client::new();
     let url = |path: &str| format!("http://{}{path}", herald.http);
 
-    let sse = http.get(url(&format!("/api/messages?token={valid}"))).header("accept", "text/event-stream").send().await.unwrap();
+    let sse = http
+        .get(url(&format!("/api/messages?token={valid}")))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(sse.status(), 200);
     drop(sse);
-    for path in [format!("/api/conversations?token={forged}"), format!("/api/messages?token={forged}&lastEventId=1")] {
-        let response = http.get(url(&path)).header("accept", "text/event-stream").send().await.unwrap();
+    for path in [
+        format!("/api/conversations?token={forged}"),
+        format!("/api/messages?token={forged}&lastEventId=1"),
+    ] {
+        let response = http
+            .get(url(&path))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 401);
     }
-    let response = http.get(url("/api/conversations")).bearer_auth(&for_header).send().await.unwrap();
+    let response = http
+        .get(url("/api/conversations"))
+        .bearer_auth(&for_header)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    let channel = Channel::from_shared(format!("http://{}", herald.grpc)).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", herald.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = pb::messenger_client::MessengerClient::new(channel);
     for token in [&valid, &forged] {
         let request = authorized(pb::ListConversationsRequest {}, &format!("Bearer {token}"));
@@ -36,10 +65,19 @@ async fn no_token_appears_in_the_log_even_at_debug_level() {
     }
     let (_, log) = herald.terminate().await;
 
-    assert!(log.contains("/api/messages"), "the request log is there: {log}");
-    assert!(log.contains("token=[redacted]"), "the query is logged, redacted: {log}");
+    assert!(
+        log.contains("/api/messages"),
+        "the request log is there: {log}"
+    );
+    assert!(
+        log.contains("token=[redacted]"),
+        "the query is logged, redacted: {log}"
+    );
     for token in [&valid, &for_header, &forged] {
         let signature = token.rsplit('.').next().unwrap();
-        assert!(!log.contains(signature), "a token leaked into the log:\n{log}");
+        assert!(
+            !log.contains(signature),
+            "a token leaked into the log:\n{log}"
+        );
     }
 }

@@ -24,6 +24,12 @@ async fn call(
     (status, body)
 }
 
+/// Asks for a conversation of the token's user and `other`.
+async fn create_pair(app: &TestApp, token: &str, other: &str) -> (StatusCode, Value) {
+    let body = json!({ "participantIds": [other] });
+    call(app, token, Method::POST, "/api/conversations", Some(body)).await
+}
+
 async fn the_rest_calls_follow_the_contract(db: TestDb) {
     let app = spawn_app(&db).await;
     let (alice, bob) = (app.token("alice"), app.token("bob"));
@@ -39,14 +45,7 @@ async fn the_rest_calls_follow_the_contract(db: TestDb) {
     .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(created["participantIds"], json!(["alice", "bob"]));
-    let (status, found) = call(
-        &app,
-        &bob,
-        Method::POST,
-        "/api/conversations",
-        Some(json!({ "participantIds": ["alice"] })),
-    )
-    .await;
+    let (status, found) = create_pair(&app, &bob, "alice").await;
     assert_eq!(status, StatusCode::OK, "an existing pair is found");
     assert_eq!(found["id"], created["id"]);
     let id = created["id"].as_str().unwrap();
@@ -120,14 +119,7 @@ async fn the_rest_calls_follow_the_contract(db: TestDb) {
 async fn errors_have_the_contract_status_and_a_json_body(db: TestDb) {
     let app = spawn_app_with(&db, |config| config.max_body_bytes = 64 * 1024).await;
     let (alice, carol) = (app.token("alice"), app.token("carol"));
-    let (_, conversation) = call(
-        &app,
-        &alice,
-        Method::POST,
-        "/api/conversations",
-        Some(json!({ "participantIds": ["bob"] })),
-    )
-    .await;
+    let (_, conversation) = create_pair(&app, &alice, "bob").await;
     let path = format!(
         "/api/conversations/{}/messages",
         conversation["id"].as_str().unwrap()

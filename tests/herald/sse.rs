@@ -243,17 +243,7 @@ async fn a_browser_that_stops_reading_is_dropped_and_resumes_losslessly(db: Test
     let mut stalled = stalled_stream(&app, &app.token("bob")).await;
     wait_for_subscriptions(&app, 1).await;
 
-    let filler = "x".repeat(12 * 1024);
-    let mut sent = Vec::new();
-    for n in 1..=300 {
-        sent.push(
-            alice
-                .send(&conversation.id, &format!("{n} {filler}"))
-                .await
-                .unwrap()
-                .id,
-        );
-    }
+    let sent = alice.send_bulky(&conversation.id, 300).await;
     wait_for_subscriptions(&app, 0).await;
     assert_eq!(app.herald.hub().lagged_total(), 1);
 

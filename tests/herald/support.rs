@@ -244,6 +244,22 @@ impl User {
             .into_inner())
     }
 
+    /// Sends `count` messages of about 12 KiB each, more than transport
+    /// buffers hold for a reader that stopped; returns their ids.
+    pub async fn send_bulky(&self, conversation_id: &str, count: usize) -> Vec<String> {
+        let filler = "x".repeat(12 * 1024);
+        let mut sent = Vec::with_capacity(count);
+        for n in 1..=count {
+            sent.push(
+                self.send(conversation_id, &format!("{n} {filler}"))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        sent
+    }
+
     /// Opens a subscription; it is live once this returns.
     pub async fn subscribe(&self, after_id: &str) -> Result<Streaming<pb::Message>, Status> {
         let body = pb::SubscribeMessagesRequest {
@@ -430,12 +446,23 @@ pub struct Process {
 impl Process {
     /// Starts `herald serve` on a SQLite file in `dir`, after `configure`
     /// adds arguments or environment, and waits until it serves.
-    pub async fn serve(dir: &std::path::Path, configure: impl FnOnce(&mut tokio::process::Command)) -> Self {
+    pub async fn serve(
+        dir: &std::path::Path,
+        configure: impl FnOnce(&mut tokio::process::Command),
+    ) -> Self {
         use tokio::io::AsyncBufReadExt;
         let database = format!("sqlite://{}/herald.db", dir.display());
         let mut command = herald_command();
         command
-            .args(["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--database-url", &database])
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--grpc",
+                "127.0.0.1:0",
+                "--database-url",
+                &database,
+            ])
             .args(["--drain-timeout", "3s"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -449,25 +476,50 @@ impl Process {
         let stderr_task = tokio::spawn(async move {
             let mut ready = Some(ready);
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("herald is serving") {
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(line.clone());
-                    }
+                if line.contains("herald is serving")
+                    && let Some(ready) = ready.take()
+                {
+                    let _ = ready.send(line.clone());
                 }
                 kept.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let line = tokio::time::timeout(PATIENCE, serving).await.expect("herald starts in time").expect("herald starts");
-        let field = |name: &str| line.split(&format!("{name}=")).nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
-        Self { child, http: field("http"), grpc: field("grpc"), stdout, stderr, stderr_task }
+        let line = tokio::time::timeout(PATIENCE, serving)
+            .await
+            .expect("herald starts in time")
+            .expect("herald starts");
+        let field = |name: &str| {
+            line.split(&format!("{name}="))
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        Self {
+            child,
+            http: field("http"),
+            grpc: field("grpc"),
+            stdout,
+            stderr,
+            stderr_task,
+        }
     }
 
     /// Sends SIGTERM and waits for the exit; returns it and the whole stderr.
     pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().expect("still running").to_string();
-        let kill = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+        let kill = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
         assert!(kill.success());
-        let exit = tokio::time::timeout(PATIENCE, self.child.wait()).await.expect("herald exits in time").unwrap();
+        let exit = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("herald exits in time")
+            .unwrap();
         let _ = tokio::time::timeout(PATIENCE, self.stderr_task).await;
         let stderr = self.stderr.lock().unwrap().clone();
         (exit, stderr)
