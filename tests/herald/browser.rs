@@ -16,10 +16,10 @@ async fn two_people_chat_through_the_page_and_it_survives_a_server_restart() {
         let required = std::env::var_os("HERALD_REQUIRE_BROWSER").is_some();
         assert!(
             !required,
-            "Chromium or tests/browser/node_modules is missing; run scripts/test.sh"
+            "Chromium, grpcurl or tests/browser/node_modules is missing; run scripts/test.sh"
         );
         eprintln!(
-            "skipped: Chromium or tests/browser/node_modules is missing (scripts/test.sh installs them)"
+            "skipped: Chromium, grpcurl or tests/browser/node_modules is missing (scripts/test.sh installs them)"
         );
         return;
     }

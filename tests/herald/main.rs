@@ -39,6 +39,7 @@ mod delivery;
 mod lifecycle;
 mod logs;
 mod messages;
+mod readme;
 mod rest;
 mod sse;
 mod support;
