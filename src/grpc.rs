@@ -10,6 +10,7 @@ use crate::{
 use futures_util::{Stream, stream};
 use std::pin::Pin;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
+use tower_layer::Layer;
 
 /// The Messenger service with authentication in front.
 pub type Service = InterceptedService<MessengerServer<Messenger>, Authenticate>;
@@ -17,6 +18,13 @@ pub type Service = InterceptedService<MessengerServer<Messenger>, Authenticate>;
 /// Builds the authenticated Messenger service.
 pub fn service(herald: Herald, auth: Auth) -> Service {
     MessengerServer::with_interceptor(Messenger { herald }, Authenticate { auth })
+}
+
+/// The Messenger service as gRPC-Web (and plain gRPC) routes for the HTTP
+/// port, so browsers can call it directly; tonic-web translates.
+pub fn web_routes(herald: Herald, auth: Auth) -> axum::Router {
+    let web = tonic_web::GrpcWebLayer::new().layer(service(herald, auth));
+    tonic::service::Routes::new(web).into_axum_router()
 }
 
 /// Verifies `authorization: Bearer <token>` and puts the [`Claims`] into the

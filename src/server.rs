@@ -137,7 +137,8 @@ impl Server {
             auth: self.auth.clone(),
             heartbeat: self.http_options.heartbeat,
         };
-        let app = http::router(state, &self.http_options);
+        let grpc_web = grpc::web_routes(self.herald.clone(), self.auth.clone());
+        let app = http::router(state, &self.http_options, grpc_web);
         let mut http_server = tokio::spawn(
             axum::serve(self.http, app)
                 .with_graceful_shutdown(stop.clone().cancelled_owned())

@@ -47,15 +47,17 @@ pub struct HttpOptions {
     pub heartbeat: std::time::Duration,
 }
 
-/// The whole HTTP application.
-pub fn router(state: AppState, options: &HttpOptions) -> Router {
+/// The whole HTTP application; `grpc_web` holds the gRPC-Web routes, which
+/// share the port, CORS and the request log.
+pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Router {
     let app = Router::new()
         .merge(api::router())
         .merge(sse::router())
         .merge(page::router())
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
-        .with_state(state);
+        .with_state(state)
+        .merge(grpc_web);
     let app = match cors(&options.cors_origins) {
         Some(cors) => app.layer(cors),
         None => app,
@@ -89,6 +91,14 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 HeaderName::from_static("last-event-id"),
                 HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("x-grpc-web"),
+                HeaderName::from_static("x-user-agent"),
+                HeaderName::from_static("grpc-timeout"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("grpc-status"),
+                HeaderName::from_static("grpc-message"),
+                HeaderName::from_static("grpc-status-details-bin"),
             ])
             .max_age(std::time::Duration::from_secs(3600)),
     )

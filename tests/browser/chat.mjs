@@ -6,63 +6,15 @@
 // Run by the Rust test `browser` (which passes HERALD_BIN), or by hand:
 //   HERALD_BIN=target/debug/herald node tests/browser/chat.mjs
 import { chromium } from "playwright-core";
-import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import {
+  CHROMIUM, CHROMIUM_ARGS, PATIENCE, rest, run, startHerald, stopHerald, token, track, until,
+} from "./herald.mjs";
 
-const BIN = process.env.HERALD_BIN;
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SECRET = "browser-test-secret";
-const PATIENCE = 15_000;
-const here = dirname(fileURLToPath(import.meta.url));
-const screenshots = join(here, "screenshots");
-const dir = mkdtempSync(join(tmpdir(), "herald-browser-"));
-const database = `sqlite://${dir}/herald.db`;
-const running = new Set();
-
-if (!BIN) throw new Error("set HERALD_BIN to the herald binary");
-
-/** Starts `herald serve` on `http` (port 0 allowed); resolves once it serves. */
-function startHerald(http) {
-  const args = ["serve", "--http", http, "--grpc", "127.0.0.1:0", "--database-url", database,
-    "--jwt-secret", SECRET, "--drain-timeout", "2s"];
-  const proc = spawn(BIN, args, { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, RUST_LOG: "info" } });
-  running.add(proc);
-  proc.on("exit", () => running.delete(proc));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("herald did not start")), PATIENCE);
-    createInterface({ input: proc.stderr }).on("line", (line) => {
-      const found = /herald is serving http=(\S+) grpc=(\S+)/.exec(line);
-      if (found) {
-        clearTimeout(timer);
-        resolve({ proc, http: found[1], grpc: found[2] });
-      }
-    });
-    proc.on("exit", (code) => reject(new Error(`herald exited with ${code}`)));
-  });
-}
-
-function stopHerald(server) {
-  return new Promise((resolve) => {
-    server.proc.on("exit", (code) => resolve(code));
-    server.proc.kill("SIGTERM");
-  });
-}
-
-const token = (user) => execFileSync(BIN, ["token", user, "--jwt-secret", SECRET]).toString().trim();
-
-async function rest(server, bearer, method, path, body) {
-  const response = await fetch(`http://${server.http}${path}`, {
-    method,
-    headers: { Authorization: `Bearer ${bearer}`, "Content-Type": "application/json" },
-    body: body && JSON.stringify(body),
-  });
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
-  return response.json();
-}
+const screenshots = join(dirname(fileURLToPath(import.meta.url)), "screenshots");
 
 async function openChat(browser, server, bearer, conversationId) {
   const page = await (await browser.newContext()).newPage();
@@ -79,21 +31,11 @@ const bubble = (page, text) => page.locator(".message .bubble", { hasText: text 
 function grpcurl(server, bearer, method, body) {
   const args = ["-plaintext", "-H", `authorization: Bearer ${bearer}`, "-d", JSON.stringify(body),
     server.grpc, `herald.v1.Messenger/${method}`];
-  const proc = spawn("grpcurl", args, { stdio: ["ignore", "pipe", "inherit"] });
-  running.add(proc);
-  proc.on("exit", () => running.delete(proc));
+  const proc = track(spawn("grpcurl", args, { stdio: ["ignore", "pipe", "inherit"] }));
   let output = "";
   proc.stdout.on("data", (chunk) => { output += chunk; });
   proc.output = () => output;
   return proc;
-}
-
-async function until(what, check) {
-  const deadline = Date.now() + PATIENCE;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 /** Bob on the page chats with carol on gRPC (grpcurl), both ways. */
@@ -120,11 +62,7 @@ async function main() {
   const [alice, bob] = [token("alice"), token("bob")];
   let server = await startHerald("127.0.0.1:0");
   const conversation = await rest(server, alice, "POST", "/api/conversations", { participantIds: ["bob"] });
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-      "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"],
-  });
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
   try {
     await chatWithGrpcUser(browser, server, bob);
     const alicePage = await openChat(browser, server, alice, conversation.id);
@@ -166,15 +104,4 @@ async function main() {
   }
 }
 
-main()
-  .then(() => {
-    console.log("browser chat test passed");
-  })
-  .catch((error) => {
-    console.error("browser chat test failed:", error);
-    process.exitCode = 1;
-  })
-  .finally(() => {
-    for (const proc of running) proc.kill("SIGKILL");
-    rmSync(dir, { recursive: true, force: true });
-  });
+run("browser chat test", main);

@@ -36,6 +36,7 @@ mod auth;
 mod browser;
 mod conversations;
 mod delivery;
+mod examples;
 mod lifecycle;
 mod logs;
 mod messages;

@@ -525,3 +525,17 @@ impl Process {
         (exit, stderr)
     }
 }
+
+/// Whether an external tool a test needs is here. When it is not, the test
+/// says it skipped, unless `HERALD_REQUIRE_TOOLS` is set (scripts/test.sh
+/// sets it after installing them), which makes that a failure.
+pub fn tools_ready(what: &str, present: bool) -> bool {
+    if !present {
+        assert!(
+            std::env::var_os("HERALD_REQUIRE_TOOLS").is_none(),
+            "{what} missing; scripts/test.sh installs them"
+        );
+        eprintln!("skipped: {what} missing (scripts/test.sh installs them)");
+    }
+    present
+}

@@ -1,0 +1,121 @@
+//! The example clients in other languages, against a live `herald serve`:
+//! a Python (grpcio) subscriber hears a Node (@grpc/grpc-js) sender, and the
+//! other way round.
+
+use crate::support::{PATIENCE, Process, tools_ready};
+use std::{path::Path, process::Stdio};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const SECRET: &str = "examples-secret";
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+fn python(herald: &Process, user: &str) -> Command {
+    let mut command = Command::new(examples().join("python/.venv/bin/python"));
+    command.arg(examples().join("python/herald_client.py"));
+    client_env(&mut command, herald, user);
+    command
+}
+
+fn node(herald: &Process, user: &str) -> Command {
+    let mut command = Command::new("node");
+    command.arg(examples().join("node/client.mjs"));
+    client_env(&mut command, herald, user);
+    command
+}
+
+fn client_env(command: &mut Command, herald: &Process, user: &str) {
+    let user = herald::domain::UserId::parse("user", user).unwrap();
+    let token = herald::auth::Auth::hs256(SECRET.as_bytes())
+        .mint(&user, std::time::Duration::from_secs(600));
+    command
+        .env("HERALD_GRPC", &herald.grpc)
+        .env("HERALD_TOKEN", token)
+        .kill_on_drop(true);
+}
+
+/// Starts a `subscribe --count 1` client and waits until it is live.
+async fn live_subscriber(mut command: Command) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = command
+        .args(["subscribe", "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, stderr.next_line())
+        .await
+        .expect("the subscriber starts")
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("subscribed"));
+    let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, stdout)
+}
+
+/// Sends one message with `command` and checks it exits cleanly.
+async fn send(mut command: Command, conversation: &str, content: &str) {
+    let status = command
+        .args(["send", conversation, content])
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_python_subscriber_hears_node_and_a_node_subscriber_hears_python() {
+    let ready = examples()
+        .join("python/gen/herald/v1/herald_pb2_grpc.py")
+        .exists()
+        && examples().join("node/node_modules/@grpc/grpc-js").exists();
+    if !tools_ready("the Python venv and Node packages of examples/", ready) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", SECRET]);
+    })
+    .await;
+    let token = herald::auth::Auth::hs256(SECRET.as_bytes()).mint(
+        &herald::domain::UserId::parse("user", "alice").unwrap(),
+        std::time::Duration::from_secs(600),
+    );
+    let conversation: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{}/api/conversations", herald.http))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "participantIds": ["bob"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conversation = conversation["id"].as_str().unwrap();
+
+    for (listener, speaker, content) in [
+        (python(&herald, "alice"), node(&herald, "bob"), "from Node"),
+        (
+            node(&herald, "alice"),
+            python(&herald, "bob"),
+            "from Python",
+        ),
+    ] {
+        let (mut child, mut stdout) = live_subscriber(listener).await;
+        send(speaker, conversation, content).await;
+        let line = tokio::time::timeout(PATIENCE, stdout.next_line())
+            .await
+            .expect("the message arrives")
+            .unwrap();
+        assert!(line.unwrap().ends_with(&format!(" bob: {content}")));
+        let exit = tokio::time::timeout(PATIENCE, child.wait())
+            .await
+            .expect("the subscriber stops")
+            .unwrap();
+        assert!(exit.success(), "{exit:?}");
+    }
+    herald.terminate().await;
+}
