@@ -1,7 +1,11 @@
 //! The command line. Every flag has a `HERALD_...` environment equivalent,
 //! and its `///` doc is its `--help` text.
 
-use crate::{http::HttpOptions, limits::Limits};
+use crate::{
+    broker::{BrokerConfig, BrokerKind},
+    http::HttpOptions,
+    limits::Limits,
+};
 use clap::{Args, Parser, Subcommand};
 use std::{fmt, str::FromStr, time::Duration};
 
@@ -98,6 +102,20 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_SSE_HEARTBEAT", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub sse_heartbeat: Duration,
 
+    /// How nodes sharing one database tell each other of new messages:
+    /// local (one node), postgres (LISTEN/NOTIFY) or nats. [default: postgres
+    /// with a PostgreSQL database, local with SQLite]
+    #[arg(long, env = "HERALD_BROKER", value_name = "BROKER", value_enum)]
+    pub broker: Option<BrokerKind>,
+
+    /// NATS server for `--broker nats`, e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "HERALD_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+
+    /// NATS subject for `--broker nats`; one per deployment (per database).
+    #[arg(long, env = "HERALD_NATS_SUBJECT", value_name = "SUBJECT", default_value = "herald.messages")]
+    pub nats_subject: String,
+
     /// Most missed messages replayed to a resuming stream (at least 10000).
     #[arg(long, env = "HERALD_REPLAY_LIMIT", value_name = "N", default_value_t = Limits::default().replay_limit)]
     pub replay_limit: usize,
@@ -133,6 +151,14 @@ impl ServeConfig {
             cors_origins: self.cors_origin.clone(),
             max_body_bytes: self.max_body_bytes,
             heartbeat: self.sse_heartbeat,
+        }
+    }
+
+    pub fn broker(&self) -> BrokerConfig {
+        BrokerConfig {
+            kind: self.broker,
+            nats_url: self.nats_url.clone(),
+            nats_subject: self.nats_subject.clone(),
         }
     }
 

@@ -1,24 +1,34 @@
 //! The feed: hands committed messages to the hub in stream order, exactly once.
 //!
-//! Writers report each message after its commit ([`Feed::committed`]), but
-//! two writers that commit positions 7 and 8 may report them in either order,
-//! and a report can go missing (a writer whose commit succeeded but whose
-//! connection failed before it heard so). Since positions are gap-free (see
-//! `store`), the feed knows exactly what it has not seen: it holds reports
-//! past a gap, waits [`GAP_WAIT`] for the missing ones, then reads them from
-//! the database. When nothing moves for a [`POLL`] period it also asks the
-//! database for the head, so a lost report at the tail is found too. Reports
-//! at or below what was delivered are dropped as duplicates.
+//! Reports come from this node's writers ([`Feed::committed`], after each
+//! commit, with the recipients) and from the broker, which tells what other
+//! nodes committed ([`Feed::remote`] with the message, or [`Feed::head`]
+//! with just a position). They arrive in any order, twice, or not at all: two
+//! writers may report positions 7 and 8 either way round, NATS does not order
+//! publishers, and a notification is lost while a connection is down.
 //!
-//! This is the seam where a cross-node broker plugs in: anything that can
-//! report committed positions can feed the hub without touching it.
+//! Positions are gap-free (see `store`), so the feed always knows exactly
+//! what it has not seen. It delivers `next` as soon as it has it and holds
+//! what comes after a gap. A gap is read from the database once it has stayed
+//! open for [`GAP_WAIT`], or at once when a notification says the missing
+//! positions are committed. When nothing moves for a [`POLL`] period, or the
+//! broker reconnects ([`Feed::catch_up`]), the feed also asks the database
+//! for its head, so a lost report at the tail is found too. Reports at or
+//! below what was delivered are dropped as duplicates.
 
 use crate::{
-    domain::Position,
+    domain::{ConversationId, Message, Position, UserId},
     hub::{Delivery, Hub},
     store::Store,
 };
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -28,11 +38,22 @@ pub const GAP_WAIT: Duration = Duration::from_millis(50);
 pub const POLL: Duration = Duration::from_secs(1);
 /// The most messages read from the database in one go.
 const FILL_BATCH: i64 = 1_000;
+/// Conversations whose participants are cached before the cache starts over.
+/// Participants never change, so a cached list never goes stale.
+const RECIPIENT_CACHE: usize = 100_000;
 
-/// Where writers report commits; cheap to clone.
+enum Report {
+    Committed(Arc<Delivery>),
+    Remote(Message),
+    Head(Position),
+    CatchUp,
+}
+
+/// Where commits are reported; cheap to clone. Never waits.
 #[derive(Clone)]
 pub struct Feed {
-    tx: mpsc::UnboundedSender<Arc<Delivery>>,
+    tx: mpsc::UnboundedSender<Report>,
+    fills: Arc<AtomicU64>,
 }
 
 impl Feed {
@@ -44,42 +65,70 @@ impl Feed {
     ) -> Result<(Self, JoinHandle<()>), sqlx::Error> {
         let next = store.head().await?.0 + 1;
         let (tx, rx) = mpsc::unbounded_channel();
+        let fills = Arc::new(AtomicU64::new(0));
         let sequencer = Sequencer {
             next,
+            head: next - 1,
             pending: BTreeMap::new(),
             gap_since: None,
+            recipients: HashMap::new(),
+            fills: fills.clone(),
             store,
             hub,
         };
         let task = tokio::spawn(sequencer.run(rx, shutdown));
-        Ok((Self { tx }, task))
+        Ok((Self { tx, fills }, task))
     }
 
-    /// Reports a committed message. Never waits.
+    /// This node committed `delivery`.
     pub fn committed(&self, delivery: Arc<Delivery>) {
+        self.report(Report::Committed(delivery));
+    }
+
+    /// Another node committed `message`.
+    pub fn remote(&self, message: Message) {
+        self.report(Report::Remote(message));
+    }
+
+    /// Every position up to `position` is committed.
+    pub fn head(&self, position: Position) {
+        self.report(Report::Head(position));
+    }
+
+    /// Reports may have been lost: read what is missing from the database.
+    pub fn catch_up(&self) {
+        self.report(Report::CatchUp);
+    }
+
+    /// Messages read from the database to fill gaps, so far.
+    pub fn filled_total(&self) -> u64 {
+        self.fills.load(Ordering::Relaxed)
+    }
+
+    fn report(&self, report: Report) {
         // Only fails once the feed has stopped at shutdown; the database has
         // the message and resuming clients will get it.
-        let _ = self.tx.send(delivery);
+        let _ = self.tx.send(report);
     }
 }
 
 struct Sequencer {
     /// The next position to deliver.
     next: i64,
+    /// The highest position known to be committed.
+    head: i64,
     /// Reports past a gap, by position.
     pending: BTreeMap<i64, Arc<Delivery>>,
     /// When the current gap opened.
     gap_since: Option<Instant>,
+    recipients: HashMap<ConversationId, Arc<[UserId]>>,
+    fills: Arc<AtomicU64>,
     store: Store,
     hub: Hub,
 }
 
 impl Sequencer {
-    async fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Arc<Delivery>>,
-        shutdown: CancellationToken,
-    ) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Report>, shutdown: CancellationToken) {
         let mut poll = tokio::time::interval(POLL);
         let mut seen_at_last_poll = self.next;
         loop {
@@ -87,13 +136,13 @@ impl Sequencer {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 report = rx.recv() => match report {
-                    Some(delivery) => self.offer(delivery),
+                    Some(report) => self.take(report).await,
                     None => break,
                 },
-                _ = sleep_until(gap_deadline), if gap_deadline.is_some() => self.fill().await,
+                _ = sleep_until(gap_deadline), if gap_deadline.is_some() => self.fill(false).await,
                 _ = poll.tick() => {
                     if self.next == seen_at_last_poll {
-                        self.fill().await;
+                        self.fill(true).await;
                     }
                     seen_at_last_poll = self.next;
                 }
@@ -101,17 +150,40 @@ impl Sequencer {
         }
     }
 
-    /// Takes one report and delivers whatever is now contiguous.
+    async fn take(&mut self, report: Report) {
+        match report {
+            Report::Committed(delivery) => self.offer(delivery),
+            Report::Remote(message) if message.position.0 < self.next => {}
+            Report::Remote(message) => match self.recipients_of(&message.conversation_id).await {
+                Ok(recipients) => self.offer(Arc::new(Delivery { message, recipients })),
+                // Known committed: the gap timer reads it from the database.
+                Err(error) => {
+                    self.head = self.head.max(message.position.0);
+                    self.retry_later(&error)
+                }
+            },
+            Report::Head(position) => {
+                self.head = self.head.max(position.0);
+                if self.head >= self.next && !self.pending.contains_key(&self.next) {
+                    self.fill(false).await;
+                }
+            }
+            Report::CatchUp => self.fill(true).await,
+        }
+    }
+
+    /// Takes one message and delivers whatever is now contiguous.
     fn offer(&mut self, delivery: Arc<Delivery>) {
         let position = delivery.message.position.0;
         if position < self.next {
             return;
         }
+        self.head = self.head.max(position);
         self.pending.insert(position, delivery);
         self.flush();
     }
 
-    /// Delivers pending reports from `next` on, up to the first gap.
+    /// Delivers pending messages from `next` on, up to the first gap.
     fn flush(&mut self) {
         while let Some(delivery) = self.pending.remove(&self.next) {
             self.hub.deliver(delivery);
@@ -124,11 +196,14 @@ impl Sequencer {
     }
 
     /// Reads what is missing from the database: up to the first pending
-    /// report, or up to the head when nothing is pending.
-    async fn fill(&mut self) {
+    /// message, else up to the known head, else (with `ask_database`) up to
+    /// the database's head.
+    async fn fill(&mut self, ask_database: bool) {
         loop {
             let to = match self.pending.keys().next() {
                 Some(first) => *first,
+                None if self.head >= self.next => self.head + 1,
+                None if !ask_database => return self.flush(),
                 None => match self.store.head().await {
                     Ok(head) => head.0 + 1,
                     Err(error) => return self.retry_later(&error),
@@ -138,31 +213,44 @@ impl Sequencer {
                 return self.flush();
             }
             let until = to.min(self.next + FILL_BATCH);
-            let read = self
-                .store
-                .deliveries(Position(self.next), Position(until))
-                .await;
-            match read {
+            match self.read(Position(self.next), Position(until)).await {
                 Ok(found) if !found.is_empty() => {
                     tracing::debug!(from = self.next, count = found.len(), "feed filled a gap");
-                    for delivery in found {
-                        self.offer(Arc::new(delivery));
-                    }
+                    self.fills.fetch_add(found.len() as u64, Ordering::Relaxed);
+                    found.into_iter().for_each(|delivery| self.offer(delivery));
                 }
-                Ok(_) => {
-                    return self.retry_later(&"no committed message at the next position");
-                }
+                Ok(_) => return self.retry_later(&"no committed message at the next position"),
                 Err(error) => return self.retry_later(&error),
             }
         }
     }
 
+    /// Committed messages at positions `from..to`, with their recipients.
+    async fn read(&mut self, from: Position, to: Position) -> Result<Vec<Arc<Delivery>>, sqlx::Error> {
+        let mut deliveries = Vec::new();
+        for message in self.store.messages_between(from, to).await? {
+            let recipients = self.recipients_of(&message.conversation_id).await?;
+            deliveries.push(Arc::new(Delivery { message, recipients }));
+        }
+        Ok(deliveries)
+    }
+
+    async fn recipients_of(&mut self, conversation: &ConversationId) -> Result<Arc<[UserId]>, sqlx::Error> {
+        if let Some(recipients) = self.recipients.get(conversation) {
+            return Ok(recipients.clone());
+        }
+        let recipients: Arc<[UserId]> = self.store.participants(conversation).await?.into();
+        if self.recipients.len() >= RECIPIENT_CACHE {
+            self.recipients.clear();
+        }
+        self.recipients.insert(conversation.clone(), recipients.clone());
+        Ok(recipients)
+    }
+
     /// Gives up on this fill; the gap timer or the next poll tries again.
     fn retry_later(&mut self, error: &dyn std::fmt::Display) {
         tracing::warn!(%error, position = self.next, "feed could not fill a gap; retrying");
-        if !self.pending.is_empty() {
-            self.gap_since = Some(Instant::now());
-        }
+        self.gap_since = Some(Instant::now());
     }
 }
 

@@ -20,6 +20,7 @@
 //! | [`limits`] | configurable limits and the rate limiter |
 //! | [`store`] | SQLite / PostgreSQL persistence and stream positions |
 //! | [`feed`] | stream order and gap filling between commits and the hub |
+//! | [`broker`] | cross-node fan-out: PostgreSQL LISTEN/NOTIFY or NATS |
 //! | [`hub`] | per-user fan-out with bounded queues |
 //! | [`service`] | the core the transports adapt |
 //! | [`pb`] | generated proto types and their JSON mapping |
@@ -27,6 +28,7 @@
 //! | [`http`] | the HTTP adapter |
 
 pub mod auth;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod domain;

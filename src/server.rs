@@ -12,6 +12,7 @@
 
 use crate::{
     auth::Auth,
+    broker::{Broker, Reconnects},
     config::ServeConfig,
     grpc,
     http::{self, AppState, HttpOptions},
@@ -50,6 +51,8 @@ pub struct Server {
     herald: Herald,
     auth: Auth,
     feed: JoinHandle<()>,
+    broker: JoinHandle<()>,
+    reconnects: Reconnects,
     shutdown: CancellationToken,
     drain: Duration,
     http_options: HttpOptions,
@@ -61,19 +64,27 @@ impl Server {
     pub async fn bind(config: &ServeConfig, auth: Auth) -> Result<Self, StartError> {
         let http = listen("--http", &config.http).await?;
         let grpc = listen("--grpc", &config.grpc).await?;
-        let store = Store::connect(&config.database_url())
+        let database_url = config.database_url();
+        let store = Store::connect(&database_url)
             .await
             .map_err(|error| StartError(format!("cannot open the database: {error}")))?;
+        let broker = Broker::connect(&config.broker(), &store, &database_url)
+            .await
+            .map_err(StartError)?;
         let shutdown = CancellationToken::new();
-        let (herald, feed) = Herald::start(store, config.limits(), shutdown.clone())
+        let (herald, feed) = Herald::start(store, config.limits(), broker.publisher(), shutdown.clone())
             .await
             .map_err(|error| StartError(format!("cannot start: {error}")))?;
+        let reconnects = broker.reconnects();
+        let broker = broker.start(herald.feed().clone(), shutdown.clone());
         Ok(Self {
             http,
             grpc,
             herald,
             auth,
             feed,
+            broker,
+            reconnects,
             shutdown,
             drain: config.drain_timeout,
             http_options: config.http_options(),
@@ -95,6 +106,11 @@ impl Server {
     /// The core, for callers that embed herald.
     pub fn herald(&self) -> &Herald {
         &self.herald
+    }
+
+    /// How often the cross-node broker link was lost and caught up.
+    pub fn broker_reconnects(&self) -> Reconnects {
+        self.reconnects.clone()
     }
 
     /// Serves until `signal` completes, then shuts down in order (see the
@@ -165,6 +181,7 @@ impl Server {
             http_server.abort();
         }
         let _ = self.feed.await;
+        let _ = self.broker.await;
         self.herald.store().close().await;
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 use crate::{
     auth::Claims,
+    broker::Publisher,
     domain::{Content, Conversation, ConversationId, Message, Position, UserId, now_micros},
     error::Error,
     feed::Feed,
@@ -30,17 +31,20 @@ struct Inner {
     store: Store,
     hub: Hub,
     feed: Feed,
+    publisher: Publisher,
     limits: Limits,
     rate: RateLimiter,
     shutdown: CancellationToken,
 }
 
 impl Herald {
-    /// Starts the core on `store`. Streams end when `shutdown` is cancelled;
-    /// the returned task is the feed, which stops then too.
+    /// Starts the core on `store`; `publisher` tells other nodes of each
+    /// commit. Streams end when `shutdown` is cancelled; the returned task is
+    /// the feed, which stops then too.
     pub async fn start(
         store: Store,
         limits: Limits,
+        publisher: Publisher,
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), Error> {
         let hub = Hub::new(limits.subscription_queue);
@@ -50,6 +54,7 @@ impl Herald {
             store,
             hub,
             feed,
+            publisher,
             limits,
             rate,
             shutdown,
@@ -68,6 +73,11 @@ impl Herald {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Where commits are reported; brokers report other nodes' commits here.
+    pub fn feed(&self) -> &Feed {
+        &self.inner.feed
     }
 
     pub fn limits(&self) -> &Limits {
@@ -133,24 +143,17 @@ impl Herald {
         let recipients: Arc<[UserId]> = self.authorize(caller, &conversation_id).await?.into();
         // Spawned so that a client hanging up cannot cancel the call between
         // commit and publish; an acknowledged message is always published.
-        let (store, feed, caller) = (
-            self.inner.store.clone(),
-            self.inner.feed.clone(),
-            caller.clone(),
-        );
+        let core = self.inner.clone();
+        let caller = caller.clone();
         let commit = tokio::spawn(async move {
-            let message = store
-                .insert_message(
-                    &conversation_id,
-                    &caller,
-                    content.into_string(),
-                    now_micros(),
-                )
-                .await?;
-            feed.committed(Arc::new(Delivery {
+            let content = content.into_string();
+            let message = core.store.insert_message(&conversation_id, &caller, content, now_micros()).await?;
+            let delivery = Arc::new(Delivery {
                 message: message.clone(),
                 recipients,
-            }));
+            });
+            core.feed.committed(delivery.clone());
+            core.publisher.published(&delivery).await;
             Ok::<_, Error>(message)
         });
         commit.await.map_err(|_| Error::ShuttingDown)?

@@ -13,16 +13,13 @@
 //! Both backends run the same SQL (`$n` placeholders work on both); each keeps
 //! its own migrations folder for its column types.
 
-use crate::{
-    domain::{Conversation, ConversationId, Message, Position, UserId},
-    hub::Delivery,
-};
+use crate::domain::{Conversation, ConversationId, Message, Position, UserId};
 use sqlx::{
     FromRow, PgPool, SqlitePool,
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
-use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
+use std::{collections::HashMap, str::FromStr, time::Duration};
 
 /// The database, whichever backend; cheap to clone (pools are handles).
 #[derive(Clone, Debug)]
@@ -315,42 +312,16 @@ impl Store {
         Ok(rows.into_iter().map(Message::from).collect())
     }
 
-    /// Committed messages at positions `from..to`, with their recipients: how
-    /// the feed fills a gap in what it was told.
-    pub async fn deliveries(
-        &self,
-        from: Position,
-        to: Position,
-    ) -> Result<Vec<Delivery>, sqlx::Error> {
+    /// Committed messages at positions `from..to`: how the feed fills a gap.
+    pub async fn messages_between(&self, from: Position, to: Position) -> Result<Vec<Message>, sqlx::Error> {
         let sql = concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE position >= $1 AND position < $2
+            "SELECT ", message_columns!(), " FROM messages WHERE position >= $1 AND position < $2
              ORDER BY position"
         );
         let rows: Vec<MessageRow> = with_pool!(self, pool => {
             sqlx::query_as(sql).bind(from.0).bind(to.0).fetch_all(pool).await
         })?;
-        let mut recipients: HashMap<String, Arc<[UserId]>> = HashMap::new();
-        let mut deliveries = Vec::with_capacity(rows.len());
-        for row in rows {
-            let message = Message::from(row);
-            let key = message.conversation_id.as_str().to_owned();
-            let to = match recipients.get(&key) {
-                Some(to) => to.clone(),
-                None => {
-                    let to: Arc<[UserId]> =
-                        self.participants(&message.conversation_id).await?.into();
-                    recipients.insert(key, to.clone());
-                    to
-                }
-            };
-            deliveries.push(Delivery {
-                message,
-                recipients: to,
-            });
-        }
-        Ok(deliveries)
+        Ok(rows.into_iter().map(Message::from).collect())
     }
 
     /// Moves `user`'s read mark in a conversation forward to `position`
