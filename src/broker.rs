@@ -76,7 +76,10 @@ impl Reconnects {
 #[derive(Clone)]
 pub enum Publisher {
     Quiet,
-    Nats { client: async_nats::Client, subject: String },
+    Nats {
+        client: async_nats::Client,
+        subject: String,
+    },
 }
 
 /// A message as it travels over NATS.
@@ -93,7 +96,9 @@ impl Publisher {
     /// Publishes a committed message; a failure is logged, and other nodes
     /// fill the gap from the database.
     pub async fn published(&self, delivery: &Delivery) {
-        let Publisher::Nats { client, subject } = self else { return };
+        let Publisher::Nats { client, subject } = self else {
+            return;
+        };
         let message = &delivery.message;
         let wire = Wire {
             position: message.position.0,
@@ -119,12 +124,19 @@ pub struct Broker {
 enum Receiver {
     Local,
     Postgres(PgListener),
-    Nats(async_nats::Subscriber, tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>),
+    Nats(
+        async_nats::Subscriber,
+        tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    ),
 }
 
 impl Broker {
     /// Connects to the configured broker.
-    pub async fn connect(config: &BrokerConfig, store: &Store, database_url: &str) -> Result<Self, String> {
+    pub async fn connect(
+        config: &BrokerConfig,
+        store: &Store,
+        database_url: &str,
+    ) -> Result<Self, String> {
         let kind = config.kind.unwrap_or(match store {
             Store::Postgres(_) => BrokerKind::Postgres,
             Store::Sqlite(_) => BrokerKind::Local,
@@ -132,9 +144,15 @@ impl Broker {
         let reconnects = Reconnects::default();
         let (publisher, receiver) = match kind {
             BrokerKind::Local => (Publisher::Quiet, Receiver::Local),
-            BrokerKind::Postgres => (Publisher::Quiet, Receiver::Postgres(listen(store, database_url).await?)),
+            BrokerKind::Postgres => (
+                Publisher::Quiet,
+                Receiver::Postgres(listen(store, database_url).await?),
+            ),
             BrokerKind::Nats => {
-                let url = config.nats_url.as_deref().ok_or("the nats broker needs --nats-url")?;
+                let url = config
+                    .nats_url
+                    .as_deref()
+                    .ok_or("the nats broker needs --nats-url")?;
                 let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
                 let client = async_nats::ConnectOptions::new()
                     .name("herald")
@@ -151,12 +169,19 @@ impl Broker {
                     .subscribe(config.nats_subject.clone())
                     .await
                     .map_err(|error| format!("cannot subscribe to NATS: {error}"))?;
-                let publisher = Publisher::Nats { client, subject: config.nats_subject.clone() };
+                let publisher = Publisher::Nats {
+                    client,
+                    subject: config.nats_subject.clone(),
+                };
                 (publisher, Receiver::Nats(subscriber, events_rx))
             }
         };
         tracing::info!(broker = ?kind, "cross-node broker ready");
-        Ok(Self { publisher, receiver, reconnects })
+        Ok(Self {
+            publisher,
+            receiver,
+            reconnects,
+        })
     }
 
     pub fn publisher(&self) -> Publisher {
@@ -172,7 +197,9 @@ impl Broker {
         let reconnects = self.reconnects;
         match self.receiver {
             Receiver::Local => tokio::spawn(async {}),
-            Receiver::Postgres(listener) => tokio::spawn(receive_notifications(listener, feed, reconnects, shutdown)),
+            Receiver::Postgres(listener) => {
+                tokio::spawn(receive_notifications(listener, feed, reconnects, shutdown))
+            }
             Receiver::Nats(subscriber, events) => {
                 tokio::spawn(receive_nats(subscriber, events, feed, reconnects, shutdown))
             }
@@ -185,8 +212,9 @@ async fn listen(store: &Store, database_url: &str) -> Result<PgListener, String>
     let Store::Postgres(_) = store else {
         return Err("the postgres broker needs a postgres:// database".into());
     };
-    let options: sqlx::postgres::PgConnectOptions =
-        database_url.parse().map_err(|error| format!("bad database URL: {error}"))?;
+    let options: sqlx::postgres::PgConnectOptions = database_url
+        .parse()
+        .map_err(|error| format!("bad database URL: {error}"))?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_lazy_with(options.application_name("herald-listener"));
@@ -214,14 +242,25 @@ async fn receive_notifications(
         match received {
             Ok(Some(notification)) => match notification.payload().parse::<i64>() {
                 Ok(position) => feed.head(Position(position)),
-                Err(_) => tracing::warn!(payload = notification.payload(), "ignoring a foreign notification"),
+                Err(_) => tracing::warn!(
+                    payload = notification.payload(),
+                    "ignoring a foreign notification"
+                ),
             },
             // The connection was lost; the next try_recv reconnects and
             // LISTENs again. Whatever was notified meanwhile is lost, so the
             // feed reads it from the database.
-            Ok(None) => lost_link(&feed, &reconnects, "the LISTEN connection was lost; reconnecting"),
+            Ok(None) => lost_link(
+                &feed,
+                &reconnects,
+                "the LISTEN connection was lost; reconnecting",
+            ),
             Err(error) => {
-                lost_link(&feed, &reconnects, &format!("LISTEN failed: {error}; retrying"));
+                lost_link(
+                    &feed,
+                    &reconnects,
+                    &format!("LISTEN failed: {error}; retrying"),
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }

@@ -113,7 +113,12 @@ pub struct ServeConfig {
     pub nats_url: Option<String>,
 
     /// NATS subject for `--broker nats`; one per deployment (per database).
-    #[arg(long, env = "HERALD_NATS_SUBJECT", value_name = "SUBJECT", default_value = "herald.messages")]
+    #[arg(
+        long,
+        env = "HERALD_NATS_SUBJECT",
+        value_name = "SUBJECT",
+        default_value = "herald.messages"
+    )]
     pub nats_subject: String,
 
     /// Most missed messages replayed to a resuming stream (at least 10000).

@@ -155,7 +155,10 @@ impl Sequencer {
             Report::Committed(delivery) => self.offer(delivery),
             Report::Remote(message) if message.position.0 < self.next => {}
             Report::Remote(message) => match self.recipients_of(&message.conversation_id).await {
-                Ok(recipients) => self.offer(Arc::new(Delivery { message, recipients })),
+                Ok(recipients) => self.offer(Arc::new(Delivery {
+                    message,
+                    recipients,
+                })),
                 // Known committed: the gap timer reads it from the database.
                 Err(error) => {
                     self.head = self.head.max(message.position.0);
@@ -226,16 +229,26 @@ impl Sequencer {
     }
 
     /// Committed messages at positions `from..to`, with their recipients.
-    async fn read(&mut self, from: Position, to: Position) -> Result<Vec<Arc<Delivery>>, sqlx::Error> {
+    async fn read(
+        &mut self,
+        from: Position,
+        to: Position,
+    ) -> Result<Vec<Arc<Delivery>>, sqlx::Error> {
         let mut deliveries = Vec::new();
         for message in self.store.messages_between(from, to).await? {
             let recipients = self.recipients_of(&message.conversation_id).await?;
-            deliveries.push(Arc::new(Delivery { message, recipients }));
+            deliveries.push(Arc::new(Delivery {
+                message,
+                recipients,
+            }));
         }
         Ok(deliveries)
     }
 
-    async fn recipients_of(&mut self, conversation: &ConversationId) -> Result<Arc<[UserId]>, sqlx::Error> {
+    async fn recipients_of(
+        &mut self,
+        conversation: &ConversationId,
+    ) -> Result<Arc<[UserId]>, sqlx::Error> {
         if let Some(recipients) = self.recipients.get(conversation) {
             return Ok(recipients.clone());
         }
@@ -243,7 +256,8 @@ impl Sequencer {
         if self.recipients.len() >= RECIPIENT_CACHE {
             self.recipients.clear();
         }
-        self.recipients.insert(conversation.clone(), recipients.clone());
+        self.recipients
+            .insert(conversation.clone(), recipients.clone());
         Ok(recipients)
     }
 

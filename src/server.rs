@@ -72,9 +72,10 @@ impl Server {
             .await
             .map_err(StartError)?;
         let shutdown = CancellationToken::new();
-        let (herald, feed) = Herald::start(store, config.limits(), broker.publisher(), shutdown.clone())
-            .await
-            .map_err(|error| StartError(format!("cannot start: {error}")))?;
+        let (herald, feed) =
+            Herald::start(store, config.limits(), broker.publisher(), shutdown.clone())
+                .await
+                .map_err(|error| StartError(format!("cannot start: {error}")))?;
         let reconnects = broker.reconnects();
         let broker = broker.start(herald.feed().clone(), shutdown.clone());
         Ok(Self {

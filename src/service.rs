@@ -147,7 +147,10 @@ impl Herald {
         let caller = caller.clone();
         let commit = tokio::spawn(async move {
             let content = content.into_string();
-            let message = core.store.insert_message(&conversation_id, &caller, content, now_micros()).await?;
+            let message = core
+                .store
+                .insert_message(&conversation_id, &caller, content, now_micros())
+                .await?;
             let delivery = Arc::new(Delivery {
                 message: message.clone(),
                 recipients,

@@ -313,9 +313,15 @@ impl Store {
     }
 
     /// Committed messages at positions `from..to`: how the feed fills a gap.
-    pub async fn messages_between(&self, from: Position, to: Position) -> Result<Vec<Message>, sqlx::Error> {
+    pub async fn messages_between(
+        &self,
+        from: Position,
+        to: Position,
+    ) -> Result<Vec<Message>, sqlx::Error> {
         let sql = concat!(
-            "SELECT ", message_columns!(), " FROM messages WHERE position >= $1 AND position < $2
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE position >= $1 AND position < $2
              ORDER BY position"
         );
         let rows: Vec<MessageRow> = with_pool!(self, pool => {

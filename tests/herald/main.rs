@@ -34,6 +34,7 @@ macro_rules! on_every_backend {
 
 mod auth;
 mod browser;
+mod cluster;
 mod conversations;
 mod delivery;
 mod examples;

@@ -450,8 +450,15 @@ impl Process {
         dir: &std::path::Path,
         configure: impl FnOnce(&mut tokio::process::Command),
     ) -> Self {
+        Self::serve_on(&format!("sqlite://{}/herald.db", dir.display()), configure).await
+    }
+
+    /// Starts `herald serve` on `database` (any URL).
+    pub async fn serve_on(
+        database: &str,
+        configure: impl FnOnce(&mut tokio::process::Command),
+    ) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let database = format!("sqlite://{}/herald.db", dir.display());
         let mut command = herald_command();
         command
             .args([
@@ -461,7 +468,7 @@ impl Process {
                 "--grpc",
                 "127.0.0.1:0",
                 "--database-url",
-                &database,
+                database,
             ])
             .args(["--drain-timeout", "3s"])
             .stdout(std::process::Stdio::piped())

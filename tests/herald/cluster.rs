@@ -1,0 +1,295 @@
+//! Several `herald serve` processes on one PostgreSQL database: writers on
+//! two nodes, SSE and gRPC subscribers on others, through each broker, with
+//! the broker link cut mid-run. Every message must arrive exactly once, in
+//! the order `ListMessages` shows.
+
+use crate::support::{PATIENCE, Process, authorized, open_sse, tools_ready};
+use herald::pb::{self, messenger_client::MessengerClient};
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+use tonic::transport::Channel;
+
+const SECRET: &str = "cluster-secret";
+const PER_WRITER: usize = 150;
+
+fn token(user: &str) -> String {
+    let user = herald::domain::UserId::parse("user", user).unwrap();
+    herald::auth::Auth::hs256(SECRET.as_bytes()).mint(&user, Duration::from_secs(600))
+}
+
+async fn client(node: &Process) -> MessengerClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{}", node.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    MessengerClient::new(channel)
+}
+
+/// Starts `count` nodes on `database` with the broker `args`.
+async fn nodes(database: &str, count: usize, args: &[String]) -> Vec<Process> {
+    let mut nodes = Vec::new();
+    // One after the other: the first one migrates.
+    for _ in 0..count {
+        nodes.push(
+            Process::serve_on(database, |command| {
+                command.args(["--jwt-secret", SECRET]).args(args);
+            })
+            .await,
+        );
+    }
+    nodes
+}
+
+/// Writes `PER_WRITER` messages as `user` through `node`, counting them in `written`.
+async fn write(node: &Process, user: &str, conversation: &str, written: &AtomicUsize) {
+    let mut client = client(node).await;
+    let bearer = format!("Bearer {}", token(user));
+    for n in 1..=PER_WRITER {
+        let body = pb::CreateMessageRequest {
+            conversation_id: conversation.into(),
+            content: format!("{user}-{n}"),
+        };
+        client
+            .create_message(authorized(body, &bearer))
+            .await
+            .unwrap();
+        written.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the whole scenario on `nodes`; `cut` breaks the broker link midway.
+async fn deliver_across_nodes(nodes: &[Process], cut: impl std::future::Future<Output = ()>) {
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut on_a = client(a).await;
+    let group = pb::CreateConversationRequest {
+        participant_ids: vec!["bob".into(), "carol".into()],
+    };
+    let group = on_a
+        .create_conversation(authorized(group, &format!("Bearer {}", token("alice"))))
+        .await
+        .unwrap()
+        .into_inner();
+    let sse_request = reqwest::Client::new()
+        .get(format!("http://{}/api/messages", b.http))
+        .header("accept", "text/event-stream")
+        .bearer_auth(token("bob"));
+    let mut bob_on_b = open_sse(sse_request).await;
+    let subscribe = authorized(
+        pb::SubscribeMessagesRequest::default(),
+        &format!("Bearer {}", token("carol")),
+    );
+    let mut carol_on_c = client(c)
+        .await
+        .subscribe_messages(subscribe)
+        .await
+        .unwrap()
+        .into_inner();
+
+    let written = AtomicUsize::new(0);
+    let writers = async {
+        let midway = async {
+            while written.load(Ordering::Relaxed) < PER_WRITER {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            cut.await;
+        };
+        let alice = write(a, "alice", &group.id, &written);
+        let bob = write(b, "bob", &group.id, &written);
+        tokio::join!(alice, bob, midway);
+        written.load(Ordering::Relaxed)
+    };
+    let written = tokio::time::timeout(Duration::from_secs(60), writers)
+        .await
+        .expect("the writers finish");
+    assert_eq!(written, 2 * PER_WRITER);
+
+    let total = 2 * PER_WRITER;
+    let mut over_sse = Vec::with_capacity(total);
+    while over_sse.len() < total {
+        over_sse.push(bob_on_b.next_message().await.id);
+    }
+    let mut over_grpc = Vec::with_capacity(total);
+    while over_grpc.len() < total {
+        let message = tokio::time::timeout(PATIENCE, carol_on_c.message())
+            .await
+            .expect("in time")
+            .unwrap()
+            .unwrap();
+        over_grpc.push(message.id);
+    }
+    let history = pb::ListMessagesRequest {
+        conversation_id: group.id.clone(),
+        page_size: 500,
+        ..Default::default()
+    };
+    let history = on_a
+        .list_messages(authorized(history, &format!("Bearer {}", token("alice"))))
+        .await
+        .unwrap();
+    let history: Vec<String> = history
+        .into_inner()
+        .messages
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(history.len(), total);
+    assert_eq!(over_sse, history, "SSE on node B");
+    assert_eq!(over_grpc, history, "gRPC on node C");
+}
+
+/// Terminates every herald LISTEN connection to `database`; returns how many.
+async fn terminate_listeners(admin_url: &str, database: &str) -> i64 {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'herald-listener' AND datname = $1",
+    )
+    .bind(database)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    terminated.into_iter().filter(|done| *done).count() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_listen_notify_lose_nothing_when_listeners_are_killed() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let nodes = nodes(&db.url, 3, &[]).await;
+    let admin = std::env::var("HERALD_TEST_DATABASE_URL").unwrap();
+    let name = db
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    deliver_across_nodes(&nodes, async {
+        assert_eq!(
+            terminate_listeners(&admin, &name).await,
+            3,
+            "one listener per node"
+        );
+    })
+    .await;
+
+    for node in nodes {
+        let (exit, log) = node.terminate().await;
+        assert!(exit.success());
+        assert!(log.contains("LISTEN connection was lost"), "{log}");
+    }
+}
+
+/// A NATS server of the test's own, so the test can take it away.
+struct Nats {
+    port: u16,
+    process: tokio::process::Child,
+}
+
+impl Nats {
+    async fn start(port: u16) -> Self {
+        let process = tokio::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server runs");
+        let ready = async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, ready)
+            .await
+            .expect("nats-server listens");
+        Self { port, process }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_nats_lose_nothing_when_nats_goes_away() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let present = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !tools_ready("nats-server", present) {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut nats = Nats::start(port).await;
+    let args = [
+        "--broker",
+        "nats",
+        "--nats-url",
+        &format!("nats://127.0.0.1:{port}"),
+    ]
+    .map(String::from);
+    let nodes = nodes(&db.url, 3, &args).await;
+
+    deliver_across_nodes(&nodes, async {
+        nats.process.kill().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nats = Nats::start(nats.port).await;
+    })
+    .await;
+
+    for node in nodes {
+        let (exit, log) = node.terminate().await;
+        assert!(exit.success());
+        assert!(log.contains("NATS reconnected"), "{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_the_machines_nats_when_it_is_configured() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let Some(url) = std::env::var("HERALD_TEST_NATS_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+    else {
+        eprintln!("skipped: HERALD_TEST_NATS_URL is not set, so this NATS test did not run");
+        return;
+    };
+    // A subject of this test's own: other deployments on the same NATS must not mix in.
+    let subject = format!(
+        "herald.test.{}",
+        herald::domain::ConversationId::generate().as_str()
+    );
+    let args = [
+        "--broker",
+        "nats",
+        "--nats-url",
+        &url,
+        "--nats-subject",
+        &subject,
+    ]
+    .map(String::from);
+    let nodes = nodes(&db.url, 3, &args).await;
+
+    deliver_across_nodes(&nodes, async {}).await;
+
+    for node in nodes {
+        assert!(node.terminate().await.0.success());
+    }
+}
