@@ -47,6 +47,7 @@ macro_rules! id_type {
 
             /// Wraps an id read back from the database, where only parsed
             /// or generated ids are written.
+            #[allow(dead_code, reason = "not every kind of id is read back")]
             pub(crate) fn from_stored(value: String) -> Self {
                 Self(value.into())
             }
@@ -78,6 +79,11 @@ id_type!(
 id_type!(
     /// A conversation id: 32 lowercase hex digits of randomness.
     ConversationId
+);
+
+id_type!(
+    /// A client's name for one of its messages, which makes sending it retry-safe.
+    IdempotencyKey
 );
 
 impl ConversationId {

@@ -5,12 +5,12 @@
 use crate::{
     auth::Claims,
     broker::Publisher,
-    domain::{Content, Conversation, ConversationId, Message, Position, UserId, now_micros},
+    domain::{Content, Conversation, ConversationId, IdempotencyKey, Message, Position, UserId, now_micros},
     error::Error,
     feed::Feed,
     hub::{Closed, Delivery, Hub, Subscription},
     limits::{Limits, RateLimiter},
-    store::{Page, Store},
+    store::{Inserted, Page, Store},
 };
 use std::{collections::BTreeSet, sync::Arc};
 use tokio::{task::JoinHandle, time::Instant};
@@ -124,14 +124,22 @@ impl Herald {
     }
 
     /// Persists a message, then publishes it: the one place that does both.
+    ///
+    /// A non-empty `client_message_id` makes the call retry-safe: sending the
+    /// same key again returns the original message, published once.
     pub async fn create_message(
         &self,
         caller: &UserId,
         conversation_id: &str,
         content: String,
+        client_message_id: &str,
     ) -> Result<Message, Error> {
         let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
         let content = Content::parse(content, self.inner.limits.max_content_bytes)?;
+        let key = match client_message_id.is_empty() {
+            true => None,
+            false => Some(IdempotencyKey::parse("client_message_id", client_message_id)?),
+        };
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -146,11 +154,18 @@ impl Herald {
         let core = self.inner.clone();
         let caller = caller.clone();
         let commit = tokio::spawn(async move {
+            let key = key.as_ref().map(IdempotencyKey::as_str);
             let content = content.into_string();
-            let message = core
-                .store
-                .insert_message(&conversation_id, &caller, content, now_micros())
-                .await?;
+            let inserted = core.store.insert_message(&conversation_id, &caller, content.clone(), key, now_micros());
+            let message = match inserted.await? {
+                Inserted::New(message) => message,
+                Inserted::Existing(original) if original.conversation_id == conversation_id && original.content == content => {
+                    return Ok(original);
+                }
+                Inserted::Existing(_) => {
+                    return Err(Error::invalid("client_message_id was already used for a different message"));
+                }
+            };
             let delivery = Arc::new(Delivery {
                 message: message.clone(),
                 recipients,

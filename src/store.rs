@@ -43,6 +43,19 @@ macro_rules! with_pool {
 /// database unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What [`Store::insert_message`] did.
+#[derive(Debug)]
+pub enum Inserted {
+    /// Committed now.
+    New(Message),
+    /// Sent before with the same idempotency key.
+    Existing(Message),
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|error| error.is_unique_violation())
+}
+
 /// Which page of a conversation's history to read.
 #[derive(Clone, Copy, Debug)]
 pub enum Page {
@@ -199,12 +212,39 @@ impl Store {
         })
     }
 
-    /// Commits a message at the next stream position.
+    /// Commits a message at the next stream position, unless `key` names a
+    /// message this user already sent: then that one is returned.
     pub async fn insert_message(
         &self,
         conversation_id: &ConversationId,
         user_id: &UserId,
         content: String,
+        key: Option<&str>,
+        now_micros: i64,
+    ) -> Result<Inserted, sqlx::Error> {
+        if let Some(key) = key
+            && let Some(existing) = self.message_by_key(user_id, key).await?
+        {
+            return Ok(Inserted::Existing(existing));
+        }
+        match self.insert_new(conversation_id, user_id, content, key, now_micros).await {
+            Ok(message) => Ok(Inserted::New(message)),
+            // A concurrent retry with the same key won the race; its
+            // transaction's position was rolled back with it, so no gap.
+            Err(error) if key.is_some() && is_unique_violation(&error) => {
+                let key = key.unwrap_or_default();
+                self.message_by_key(user_id, key).await?.map(Inserted::Existing).ok_or(error)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn insert_new(
+        &self,
+        conversation_id: &ConversationId,
+        user_id: &UserId,
+        content: String,
+        key: Option<&str>,
         now_micros: i64,
     ) -> Result<Message, sqlx::Error> {
         let position: i64 = with_pool!(self, pool => {
@@ -217,14 +257,15 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             sqlx::query(
-                "INSERT INTO messages (position, conversation_id, user_id, content, created_at)
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO messages (position, conversation_id, user_id, content, created_at, client_message_id)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(position)
             .bind(conversation_id.as_str())
             .bind(user_id.as_str())
             .bind(&content)
             .bind(now_micros)
+            .bind(key)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -237,6 +278,16 @@ impl Store {
             content,
             created_at_micros: now_micros,
         })
+    }
+
+    async fn message_by_key(&self, user_id: &UserId, key: &str) -> Result<Option<Message>, sqlx::Error> {
+        let sql = concat!(
+            "SELECT ", message_columns!(), " FROM messages WHERE user_id = $1 AND client_message_id = $2"
+        );
+        let row: Option<MessageRow> = with_pool!(self, pool => {
+            sqlx::query_as(sql).bind(user_id.as_str()).bind(key).fetch_optional(pool).await
+        })?;
+        Ok(row.map(Message::from))
     }
 
     /// The conversation a message belongs to, if the message exists.

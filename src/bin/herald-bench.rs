@@ -153,6 +153,7 @@ async fn crossnode(args: CrossNode) -> Result<(), Box<dyn std::error::Error>> {
                 let body = pb::CreateMessageRequest {
                     conversation_id: conversation.clone(),
                     content: now_micros().to_string(),
+                    ..Default::default()
                 };
                 client.create_message(authorized(body, &alice)).await?;
             }

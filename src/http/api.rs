@@ -6,7 +6,7 @@ use crate::{error::Error, pb};
 use axum::{
     Json, Router,
     extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
 };
@@ -52,15 +52,23 @@ async fn list_conversations(
     }))
 }
 
+/// The body may carry `clientMessageId`; an `Idempotency-Key` header wins.
 async fn create_message(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Body(body): Body<pb::CreateMessageRequest>,
 ) -> Result<(StatusCode, Json<pb::Message>), Error> {
+    let key = match headers.get("idempotency-key") {
+        Some(value) => value
+            .to_str()
+            .map_err(|_| Error::invalid("Idempotency-Key must be printable"))?,
+        None => &body.client_message_id,
+    };
     let message = state
         .herald
-        .create_message(&caller.user, &id, body.content)
+        .create_message(&caller.user, &id, body.content, key)
         .await?;
     Ok((StatusCode::CREATED, Json((&message).into())))
 }

@@ -51,6 +51,7 @@ async fn write(node: &Process, user: &str, conversation: &str, written: &AtomicU
         let body = pb::CreateMessageRequest {
             conversation_id: conversation.into(),
             content: format!("{user}-{n}"),
+            ..Default::default()
         };
         client
             .create_message(authorized(body, &bearer))

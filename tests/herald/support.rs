@@ -194,6 +194,7 @@ impl User {
         let body = pb::CreateMessageRequest {
             conversation_id: conversation_id.into(),
             content: content.into(),
+            ..Default::default()
         };
         Ok(self
             .client
