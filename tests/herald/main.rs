@@ -38,6 +38,7 @@ mod cluster;
 mod conversations;
 mod delivery;
 mod examples;
+mod guarantees;
 mod lifecycle;
 mod logs;
 mod messages;

@@ -28,7 +28,7 @@ pub enum Backend {
 /// fresh PostgreSQL database when `HERALD_TEST_DATABASE_URL` is set.
 pub struct TestDb {
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
+    pub _dir: Option<tempfile::TempDir>,
 }
 
 impl TestDb {

@@ -1,0 +1,421 @@
+//! Delivery guarantees under stress: concurrent writers with resuming
+//! readers, retries, slow consumers, shutdown with writes in flight, and
+//! database connections killed mid-run.
+
+use crate::support::{
+    PATIENCE, Process, TestApp, TestDb, authorized, code, open_sse, spawn_app,
+};
+use herald::pb::{self, messenger_client::MessengerClient};
+use std::time::Duration;
+use tonic::{Code, transport::Channel};
+
+/// Every message of a conversation, oldest first: pages from the newest
+/// back with `before_id`.
+async fn whole_history(client: &mut MessengerClient<Channel>, bearer: &str, conversation_id: &str) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    loop {
+        let request = pb::ListMessagesRequest {
+            conversation_id: conversation_id.into(),
+            page_size: 500,
+            before_id: ids.first().cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        let page = client.list_messages(authorized(request, bearer)).await.unwrap().into_inner().messages;
+        if page.is_empty() {
+            return ids;
+        }
+        ids.splice(0..0, page.into_iter().map(|m| m.id));
+    }
+}
+
+async fn four_writers_and_a_reader_resuming_every_fifty_agree_with_history(db: TestDb) {
+    const PER_WRITER: usize = 500;
+    let app = spawn_app(&db).await;
+    let writers = ["w1", "w2", "w3", "w4"];
+    let first = app.user(writers[0]).await;
+    let group = first.create_conversation(&["w2", "w3", "w4", "reader"]).await.unwrap();
+    let reader_token = app.token("reader");
+
+    let write = |name: &'static str| {
+        let (app, group) = (&app, group.id.clone());
+        async move {
+            let user = app.user(name).await;
+            for n in 1..=PER_WRITER {
+                user.send(&group, &format!("{name}-{n}")).await.unwrap();
+            }
+        }
+    };
+    let read = async {
+        let mut received: Vec<String> = Vec::new();
+        let mut resumes = 0;
+        while received.len() < writers.len() * PER_WRITER {
+            let mut request = app.sse_request(&reader_token);
+            if let Some(last) = received.last() {
+                request = request.header("last-event-id", last);
+                resumes += 1;
+            }
+            let mut stream = open_sse(request).await;
+            for _ in 0..50 {
+                if received.len() == writers.len() * PER_WRITER {
+                    break;
+                }
+                received.push(stream.next_message().await.id);
+            }
+        }
+        (received, resumes)
+    };
+    let (received, resumes) = tokio::join!(
+        async { tokio::join!(write("w1"), write("w2"), write("w3"), write("w4")) },
+        read
+    )
+    .1;
+
+    assert!(resumes >= 39, "the reader resumed {resumes} times");
+    let mut client = MessengerClient::new(app.channel().await);
+    let bearer = format!("Bearer {}", app.token("w1"));
+    assert_eq!(received, whole_history(&mut client, &bearer, &group.id).await);
+}
+
+async fn a_retried_send_returns_the_original_message_once(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    let mut bobs = app.user("bob").await.subscribe("").await.unwrap();
+    let mut client = MessengerClient::new(app.channel().await);
+    let send = |key: &str, content: &str| {
+        let body = pb::CreateMessageRequest {
+            conversation_id: conversation.id.clone(),
+            content: content.into(),
+            client_message_id: key.into(),
+        };
+        alice.request(body)
+    };
+
+    // Ten concurrent retries of one send, as a flaky network would make them.
+    let attempts = (0..10).map(|_| {
+        let mut client = client.clone();
+        let request = send("key-1", "hello once");
+        async move { client.create_message(request).await.unwrap().into_inner() }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let again = client.create_message(send("key-1", "hello once")).await.unwrap().into_inner();
+    let reused = client.create_message(send("key-1", "something else")).await;
+
+    assert!(results.iter().all(|message| *message == again));
+    assert_eq!(code(reused), Code::InvalidArgument);
+    let rest = reqwest::Client::new()
+        .post(app.url(&format!("/api/conversations/{}/messages", conversation.id)))
+        .bearer_auth(app.token("alice"))
+        .header("idempotency-key", "key-1")
+        .json(&serde_json::json!({ "content": "hello once" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.json::<pb::Message>().await.unwrap(), again);
+    let alice_bearer = format!("Bearer {}", app.token("alice"));
+    assert_eq!(whole_history(&mut client, &alice_bearer, &conversation.id).await, [again.id.clone()]);
+    let other = alice.send(&conversation.id, "next").await.unwrap();
+    assert_eq!(crate::support::next_message(&mut bobs).await, again);
+    assert_eq!(crate::support::next_message(&mut bobs).await, other, "delivered once");
+}
+
+/// Sends as `user` through `node` until told to stop or a call fails;
+/// returns the ids of acknowledged messages.
+async fn write_until_refused(client: &mut MessengerClient<Channel>, bearer: &str, conversation: &str, limit: usize) -> Vec<String> {
+    let mut acknowledged = Vec::new();
+    for n in 0..limit {
+        let body = pb::CreateMessageRequest { conversation_id: conversation.into(), content: format!("m-{n}"), ..Default::default() };
+        match client.create_message(authorized(body, bearer)).await {
+            Ok(message) => acknowledged.push(message.into_inner().id),
+            Err(_) => break,
+        }
+    }
+    acknowledged
+}
+
+async fn database_connections_killed_mid_run_lose_nothing_acknowledged(db: TestDb) {
+    let Some(admin) = std::env::var("HERALD_TEST_DATABASE_URL").ok().filter(|_| db.url.starts_with("postgres")) else {
+        return eprintln!("skipped: only PostgreSQL connections can be killed from outside");
+    };
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    let mut bobs = app.user("bob").await.subscribe("").await.unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+
+    let mut acknowledged = Vec::new();
+    let mut refused = Vec::new();
+    for n in 0..300 {
+        if n == 100 {
+            assert!(terminate_connections(&admin, &name).await > 0);
+        }
+        match alice.send(&conversation.id, &format!("m-{n}")).await {
+            Ok(message) => acknowledged.push(message.id),
+            Err(status) => refused.push(status),
+        }
+    }
+
+    eprintln!("{} acknowledged, {} refused while connections were killed", acknowledged.len(), refused.len());
+    assert!(refused.iter().all(|status| status.code() == Code::Unavailable), "{refused:?}");
+    assert!(acknowledged.len() >= 250, "herald recovered: {} of 300 acknowledged", acknowledged.len());
+    let mut client = MessengerClient::new(app.channel().await);
+    let history = whole_history(&mut client, &format!("Bearer {}", app.token("alice")), &conversation.id).await;
+    assert!(acknowledged.iter().all(|id| history.contains(id)));
+    let mut received = Vec::new();
+    while received.len() < history.len() {
+        received.push(crate::support::next_message(&mut bobs).await.id);
+    }
+    assert_eq!(received, history, "the live subscriber saw every committed message in order");
+}
+
+/// Terminates every connection to `database` but the caller's own.
+async fn terminate_connections(admin_url: &str, database: &str) -> usize {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    let done: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    done.into_iter().filter(|terminated| *terminated).count()
+}
+
+
+const SECRET: &str = "guarantees-secret";
+
+fn bearer(user: &str) -> String {
+    let user = herald::domain::UserId::parse("user", user).unwrap();
+    format!("Bearer {}", herald::auth::Auth::hs256(SECRET.as_bytes()).mint(&user, Duration::from_secs(600)))
+}
+
+async fn grpc_client(node: &Process) -> MessengerClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{}", node.grpc)).unwrap().connect().await.unwrap();
+    MessengerClient::new(channel)
+}
+
+async fn pair(node: &Process) -> String {
+    let request = authorized(pb::CreateConversationRequest { participant_ids: vec!["bob".into()] }, &bearer("alice"));
+    grpc_client(node).await.create_conversation(request).await.unwrap().into_inner().id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_writers_in_flight_keeps_every_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", SECRET]);
+    })
+    .await;
+    let conversation = pair(&herald).await;
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let (mut client, conversation) = (grpc_client(&herald).await, conversation.clone());
+        writers.push(tokio::spawn(async move { write_until_refused(&mut client, &bearer("alice"), &conversation, 100_000).await }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (exit, _) = herald.terminate().await;
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+
+    assert!(exit.success(), "{exit:?}");
+    eprintln!("{} messages acknowledged before SIGTERM stopped the writers", acknowledged.len());
+    assert!(!acknowledged.is_empty());
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", SECRET]);
+    })
+    .await;
+    let mut client = grpc_client(&herald).await;
+    let stored = whole_history(&mut client, &bearer("alice"), &conversation).await;
+    let missing: Vec<&String> = acknowledged.iter().filter(|id| !stored.contains(id)).collect();
+    assert!(missing.is_empty(), "acknowledged but not stored: {missing:?}");
+    herald.terminate().await;
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stopped_costs_bounded_memory_and_holds_up_no_one() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", SECRET]);
+    })
+    .await;
+    let conversation = pair(&herald).await;
+    let pid = herald.child.id().unwrap();
+    let bob = bearer("bob");
+    let bob = bob.trim_start_matches("Bearer ");
+    // Bob's stuck tab: a tiny receive buffer, and it never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(herald.http.parse().unwrap()).await.unwrap();
+    let request = format!("GET /api/messages?token={bob} HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n");
+    stuck.write_all(request.as_bytes()).await.unwrap();
+    let live = reqwest::Client::new()
+        .get(format!("http://{}/api/messages", herald.http))
+        .header("accept", "text/event-stream")
+        .bearer_auth(bob);
+    let mut live = open_sse(live).await;
+    let before = rss_kib(pid);
+
+    let mut client = grpc_client(&herald).await;
+    let kib = "k".repeat(1024);
+    for n in 0..3_000 {
+        let body = pb::CreateMessageRequest { conversation_id: conversation.clone(), content: format!("{n} {kib}"), ..Default::default() };
+        client.create_message(authorized(body, &bearer("alice"))).await.unwrap();
+    }
+    for n in 0..3_000 {
+        assert!(live.next_message().await.content.starts_with(&format!("{n} ")));
+    }
+    let grown = rss_kib(pid).saturating_sub(before);
+    drop(stuck);
+
+    eprintln!("server RSS grew by {grown} KiB while 3,000 messages of 1 KiB passed a stuck reader");
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    herald.terminate().await;
+}
+
+#[tokio::test]
+async fn hostile_input_gets_clear_errors_and_the_server_stays_up() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let app = spawn_app(&db).await;
+    let client = reqwest::Client::new();
+    let alice = app.token("alice");
+    let conversation = app.user("alice").await.create_conversation(&["bob"]).await.unwrap();
+    let path = app.url(&format!("/api/conversations/{}/messages", conversation.id));
+
+    // Half-open: a request that never finishes, held open throughout.
+    let mut half_open = tokio::net::TcpStream::connect(app.http).await.unwrap();
+    half_open.write_all(b"POST /api/conversations HTTP/1.1\r\nContent-Len").await.unwrap();
+    // A client that asks for a stream and vanishes.
+    let mut vanished = tokio::net::TcpStream::connect(app.http).await.unwrap();
+    let request = format!("GET /api/messages?token={alice} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
+    vanished.write_all(request.as_bytes()).await.unwrap();
+    drop(vanished);
+
+    let invalid_utf8 = client.post(&path).bearer_auth(&alice).header("content-type", "application/json").body(b"{\"content\": \"\xff\xfe\"}".to_vec());
+    assert_eq!(invalid_utf8.send().await.unwrap().status(), 400);
+    let megabyte_token = "a".repeat(1024 * 1024);
+    let huge_header = client.get(app.url("/api/conversations")).bearer_auth(&megabyte_token).send().await;
+    assert!(huge_header.is_err() || huge_header.unwrap().status() == 431);
+    let huge_query = client.get(app.url(&format!("/api/messages?token={megabyte_token}"))).send().await;
+    assert!(huge_query.is_err() || huge_query.unwrap().status().is_client_error());
+    let bad_resume = app.sse_request(&alice).header("last-event-id", "1\t2").send().await.unwrap();
+    assert_eq!(bad_resume.status(), 400);
+    let big_grpc_token = authorized(pb::ListConversationsRequest {}, &format!("Bearer {}", "a".repeat(64 * 1024)));
+    let refused = MessengerClient::new(app.channel().await).list_conversations(big_grpc_token).await;
+    assert!(refused.is_err());
+
+    // Still serving everyone else, and nothing left behind.
+    let ok = client.post(&path).bearer_auth(&alice).json(&serde_json::json!({ "content": "still here" })).send().await.unwrap();
+    assert_eq!(ok.status(), 201);
+    assert!(app.user("bob").await.conversations().await.is_ok());
+    wait_for_no_subscriptions(&app).await;
+}
+
+async fn wait_for_no_subscriptions(app: &TestApp) {
+    let hub = app.herald.hub().clone();
+    let emptied = async move {
+        while hub.subscription_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, emptied).await.expect("the vanished client's stream is gone");
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can take down (closing
+/// every connection and refusing new ones) and bring back.
+struct Outage {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Outage {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let watch = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut state = watch.subscribe();
+                if !*state.borrow() {
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = state.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+async fn a_database_outage_answers_unavailable_and_herald_recovers_by_itself(db: TestDb) {
+    if !db.url.starts_with("postgres") {
+        return eprintln!("skipped: the outage is staged between herald and PostgreSQL");
+    }
+    let rest = db.url.split_once("://").unwrap().1;
+    let (credentials, after) = rest.split_once('@').unwrap_or(("", rest));
+    let (host, path) = after.split_once('/').unwrap();
+    let outage = Outage::start(host.to_owned()).await;
+    let credentials = if credentials.is_empty() { String::new() } else { format!("{credentials}@") };
+    let proxied = TestDb { url: format!("postgres://{credentials}{}/{path}", outage.addr), ..db };
+    let app = spawn_app(&proxied).await;
+    let alice = app.user("alice").await;
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    let mut bobs = app.user("bob").await.subscribe("").await.unwrap();
+    let before = alice.send(&conversation.id, "before").await.unwrap();
+
+    outage.set(false);
+    let during = alice.send(&conversation.id, "during").await;
+    let rest_during = reqwest::Client::new()
+        .get(app.url("/api/conversations"))
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .unwrap();
+    outage.set(true);
+    let after = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Ok(message) = alice.send(&conversation.id, "after").await {
+                return message;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("herald recovers once the database is back");
+
+    eprintln!("during the outage: {during:?}, REST {}", rest_during.status());
+    assert_eq!(code(during), Code::Unavailable);
+    assert_eq!(rest_during.status(), 503);
+    assert_eq!(crate::support::next_message(&mut bobs).await, before);
+    assert_eq!(crate::support::next_message(&mut bobs).await, after);
+}
+
+on_every_backend!(
+    four_writers_and_a_reader_resuming_every_fifty_agree_with_history,
+    a_retried_send_returns_the_original_message_once,
+    database_connections_killed_mid_run_lose_nothing_acknowledged,
+    a_database_outage_answers_unavailable_and_herald_recovers_by_itself,
+);
