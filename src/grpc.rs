@@ -99,7 +99,12 @@ impl pb::messenger_server::Messenger for Messenger {
         let body = request.into_inner();
         let message = self
             .herald
-            .create_message(&caller, &body.conversation_id, body.content, &body.client_message_id)
+            .create_message(
+                &caller,
+                &body.conversation_id,
+                body.content,
+                &body.client_message_id,
+            )
             .await?;
         Ok(Response::new((&message).into()))
     }

@@ -5,7 +5,10 @@
 use crate::{
     auth::Claims,
     broker::Publisher,
-    domain::{Content, Conversation, ConversationId, IdempotencyKey, Message, Position, UserId, now_micros},
+    domain::{
+        Content, Conversation, ConversationId, IdempotencyKey, Message, Position, UserId,
+        now_micros,
+    },
     error::Error,
     feed::Feed,
     hub::{Closed, Delivery, Hub, Subscription},
@@ -138,7 +141,10 @@ impl Herald {
         let content = Content::parse(content, self.inner.limits.max_content_bytes)?;
         let key = match client_message_id.is_empty() {
             true => None,
-            false => Some(IdempotencyKey::parse("client_message_id", client_message_id)?),
+            false => Some(IdempotencyKey::parse(
+                "client_message_id",
+                client_message_id,
+            )?),
         };
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -156,14 +162,25 @@ impl Herald {
         let commit = tokio::spawn(async move {
             let key = key.as_ref().map(IdempotencyKey::as_str);
             let content = content.into_string();
-            let inserted = core.store.insert_message(&conversation_id, &caller, content.clone(), key, now_micros());
+            let inserted = core.store.insert_message(
+                &conversation_id,
+                &caller,
+                content.clone(),
+                key,
+                now_micros(),
+            );
             let message = match inserted.await? {
                 Inserted::New(message) => message,
-                Inserted::Existing(original) if original.conversation_id == conversation_id && original.content == content => {
+                Inserted::Existing(original)
+                    if original.conversation_id == conversation_id
+                        && original.content == content =>
+                {
                     return Ok(original);
                 }
                 Inserted::Existing(_) => {
-                    return Err(Error::invalid("client_message_id was already used for a different message"));
+                    return Err(Error::invalid(
+                        "client_message_id was already used for a different message",
+                    ));
                 }
             };
             let delivery = Arc::new(Delivery {

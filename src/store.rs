@@ -53,7 +53,9 @@ pub enum Inserted {
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error.as_database_error().is_some_and(|error| error.is_unique_violation())
+    error
+        .as_database_error()
+        .is_some_and(|error| error.is_unique_violation())
 }
 
 /// Which page of a conversation's history to read.
@@ -227,13 +229,19 @@ impl Store {
         {
             return Ok(Inserted::Existing(existing));
         }
-        match self.insert_new(conversation_id, user_id, content, key, now_micros).await {
+        match self
+            .insert_new(conversation_id, user_id, content, key, now_micros)
+            .await
+        {
             Ok(message) => Ok(Inserted::New(message)),
             // A concurrent retry with the same key won the race; its
             // transaction's position was rolled back with it, so no gap.
             Err(error) if key.is_some() && is_unique_violation(&error) => {
                 let key = key.unwrap_or_default();
-                self.message_by_key(user_id, key).await?.map(Inserted::Existing).ok_or(error)
+                self.message_by_key(user_id, key)
+                    .await?
+                    .map(Inserted::Existing)
+                    .ok_or(error)
             }
             Err(error) => Err(error),
         }
@@ -280,9 +288,15 @@ impl Store {
         })
     }
 
-    async fn message_by_key(&self, user_id: &UserId, key: &str) -> Result<Option<Message>, sqlx::Error> {
+    async fn message_by_key(
+        &self,
+        user_id: &UserId,
+        key: &str,
+    ) -> Result<Option<Message>, sqlx::Error> {
         let sql = concat!(
-            "SELECT ", message_columns!(), " FROM messages WHERE user_id = $1 AND client_message_id = $2"
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE user_id = $1 AND client_message_id = $2"
         );
         let row: Option<MessageRow> = with_pool!(self, pool => {
             sqlx::query_as(sql).bind(user_id.as_str()).bind(key).fetch_optional(pool).await

@@ -3,29 +3,18 @@
 //! the broker link cut mid-run. Every message must arrive exactly once, in
 //! the order `ListMessages` shows.
 
-use crate::support::{PATIENCE, Process, authorized, open_sse, tools_ready};
-use herald::pb::{self, messenger_client::MessengerClient};
+use crate::support::{PATIENCE, Process, authorized, mint, open_sse, tools_ready};
+use herald::pb;
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
-use tonic::transport::Channel;
 
 const SECRET: &str = "cluster-secret";
 const PER_WRITER: usize = 150;
 
 fn token(user: &str) -> String {
-    let user = herald::domain::UserId::parse("user", user).unwrap();
-    herald::auth::Auth::hs256(SECRET.as_bytes()).mint(&user, Duration::from_secs(600))
-}
-
-async fn client(node: &Process) -> MessengerClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", node.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    MessengerClient::new(channel)
+    mint(SECRET, user)
 }
 
 /// Starts `count` nodes on `database` with the broker `args`.
@@ -45,7 +34,7 @@ async fn nodes(database: &str, count: usize, args: &[String]) -> Vec<Process> {
 
 /// Writes `PER_WRITER` messages as `user` through `node`, counting them in `written`.
 async fn write(node: &Process, user: &str, conversation: &str, written: &AtomicUsize) {
-    let mut client = client(node).await;
+    let mut client = node.client().await;
     let bearer = format!("Bearer {}", token(user));
     for n in 1..=PER_WRITER {
         let body = pb::CreateMessageRequest {
@@ -64,7 +53,7 @@ async fn write(node: &Process, user: &str, conversation: &str, written: &AtomicU
 /// Runs the whole scenario on `nodes`; `cut` breaks the broker link midway.
 async fn deliver_across_nodes(nodes: &[Process], cut: impl std::future::Future<Output = ()>) {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
-    let mut on_a = client(a).await;
+    let mut on_a = a.client().await;
     let group = pb::CreateConversationRequest {
         participant_ids: vec!["bob".into(), "carol".into()],
     };
@@ -82,7 +71,8 @@ async fn deliver_across_nodes(nodes: &[Process], cut: impl std::future::Future<O
         pb::SubscribeMessagesRequest::default(),
         &format!("Bearer {}", token("carol")),
     );
-    let mut carol_on_c = client(c)
+    let mut carol_on_c = c
+        .client()
         .await
         .subscribe_messages(subscribe)
         .await

@@ -181,15 +181,7 @@ async fn a_closed_subscription_leaves_no_registry_entry(db: TestDb) {
 
     drop(stream);
 
-    let hub = app.herald.hub().clone();
-    let emptied = async move {
-        while hub.subscription_count() > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, emptied)
-        .await
-        .expect("the registry empties");
+    app.wait_for_subscriptions(0).await;
 }
 
 async fn a_user_cannot_open_more_streams_than_the_limit(db: TestDb) {

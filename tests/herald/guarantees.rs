@@ -2,16 +2,19 @@
 //! readers, retries, slow consumers, shutdown with writes in flight, and
 //! database connections killed mid-run.
 
-use crate::support::{
-    PATIENCE, Process, TestApp, TestDb, authorized, code, open_sse, spawn_app,
-};
+use crate::support::{PATIENCE, Process, TestDb, authorized, code, mint, open_sse, spawn_app};
+use futures_util::StreamExt;
 use herald::pb::{self, messenger_client::MessengerClient};
 use std::time::Duration;
 use tonic::{Code, transport::Channel};
 
 /// Every message of a conversation, oldest first: pages from the newest
 /// back with `before_id`.
-async fn whole_history(client: &mut MessengerClient<Channel>, bearer: &str, conversation_id: &str) -> Vec<String> {
+async fn whole_history(
+    client: &mut MessengerClient<Channel>,
+    bearer: &str,
+    conversation_id: &str,
+) -> Vec<String> {
     let mut ids: Vec<String> = Vec::new();
     loop {
         let request = pb::ListMessagesRequest {
@@ -20,7 +23,12 @@ async fn whole_history(client: &mut MessengerClient<Channel>, bearer: &str, conv
             before_id: ids.first().cloned().unwrap_or_default(),
             ..Default::default()
         };
-        let page = client.list_messages(authorized(request, bearer)).await.unwrap().into_inner().messages;
+        let page = client
+            .list_messages(authorized(request, bearer))
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
         if page.is_empty() {
             return ids;
         }
@@ -33,7 +41,10 @@ async fn four_writers_and_a_reader_resuming_every_fifty_agree_with_history(db: T
     let app = spawn_app(&db).await;
     let writers = ["w1", "w2", "w3", "w4"];
     let first = app.user(writers[0]).await;
-    let group = first.create_conversation(&["w2", "w3", "w4", "reader"]).await.unwrap();
+    let group = first
+        .create_conversation(&["w2", "w3", "w4", "reader"])
+        .await
+        .unwrap();
     let reader_token = app.token("reader");
 
     let write = |name: &'static str| {
@@ -70,10 +81,17 @@ async fn four_writers_and_a_reader_resuming_every_fifty_agree_with_history(db: T
     )
     .1;
 
+    eprintln!(
+        "{} messages from 4 writers, {resumes} resumes with Last-Event-ID",
+        received.len()
+    );
     assert!(resumes >= 39, "the reader resumed {resumes} times");
     let mut client = MessengerClient::new(app.channel().await);
     let bearer = format!("Bearer {}", app.token("w1"));
-    assert_eq!(received, whole_history(&mut client, &bearer, &group.id).await);
+    assert_eq!(
+        received,
+        whole_history(&mut client, &bearer, &group.id).await
+    );
 }
 
 async fn a_retried_send_returns_the_original_message_once(db: TestDb) {
@@ -98,7 +116,11 @@ async fn a_retried_send_returns_the_original_message_once(db: TestDb) {
         async move { client.create_message(request).await.unwrap().into_inner() }
     });
     let results = futures_util::future::join_all(attempts).await;
-    let again = client.create_message(send("key-1", "hello once")).await.unwrap().into_inner();
+    let again = client
+        .create_message(send("key-1", "hello once"))
+        .await
+        .unwrap()
+        .into_inner();
     let reused = client.create_message(send("key-1", "something else")).await;
 
     assert!(results.iter().all(|message| *message == again));
@@ -113,18 +135,34 @@ async fn a_retried_send_returns_the_original_message_once(db: TestDb) {
         .unwrap();
     assert_eq!(rest.json::<pb::Message>().await.unwrap(), again);
     let alice_bearer = format!("Bearer {}", app.token("alice"));
-    assert_eq!(whole_history(&mut client, &alice_bearer, &conversation.id).await, [again.id.clone()]);
+    assert_eq!(
+        whole_history(&mut client, &alice_bearer, &conversation.id).await,
+        std::slice::from_ref(&again.id)
+    );
     let other = alice.send(&conversation.id, "next").await.unwrap();
     assert_eq!(crate::support::next_message(&mut bobs).await, again);
-    assert_eq!(crate::support::next_message(&mut bobs).await, other, "delivered once");
+    assert_eq!(
+        crate::support::next_message(&mut bobs).await,
+        other,
+        "delivered once"
+    );
 }
 
 /// Sends as `user` through `node` until told to stop or a call fails;
 /// returns the ids of acknowledged messages.
-async fn write_until_refused(client: &mut MessengerClient<Channel>, bearer: &str, conversation: &str, limit: usize) -> Vec<String> {
+async fn write_until_refused(
+    client: &mut MessengerClient<Channel>,
+    bearer: &str,
+    conversation: &str,
+    limit: usize,
+) -> Vec<String> {
     let mut acknowledged = Vec::new();
     for n in 0..limit {
-        let body = pb::CreateMessageRequest { conversation_id: conversation.into(), content: format!("m-{n}"), ..Default::default() };
+        let body = pb::CreateMessageRequest {
+            conversation_id: conversation.into(),
+            content: format!("m-{n}"),
+            ..Default::default()
+        };
         match client.create_message(authorized(body, bearer)).await {
             Ok(message) => acknowledged.push(message.into_inner().id),
             Err(_) => break,
@@ -134,7 +172,10 @@ async fn write_until_refused(client: &mut MessengerClient<Channel>, bearer: &str
 }
 
 async fn database_connections_killed_mid_run_lose_nothing_acknowledged(db: TestDb) {
-    let Some(admin) = std::env::var("HERALD_TEST_DATABASE_URL").ok().filter(|_| db.url.starts_with("postgres")) else {
+    let Some(admin) = std::env::var("HERALD_TEST_DATABASE_URL")
+        .ok()
+        .filter(|_| db.url.starts_with("postgres"))
+    else {
         return eprintln!("skipped: only PostgreSQL connections can be killed from outside");
     };
     let app = spawn_app(&db).await;
@@ -155,17 +196,38 @@ async fn database_connections_killed_mid_run_lose_nothing_acknowledged(db: TestD
         }
     }
 
-    eprintln!("{} acknowledged, {} refused while connections were killed", acknowledged.len(), refused.len());
-    assert!(refused.iter().all(|status| status.code() == Code::Unavailable), "{refused:?}");
-    assert!(acknowledged.len() >= 250, "herald recovered: {} of 300 acknowledged", acknowledged.len());
+    eprintln!(
+        "{} acknowledged, {} refused while connections were killed",
+        acknowledged.len(),
+        refused.len()
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|status| status.code() == Code::Unavailable),
+        "{refused:?}"
+    );
+    assert!(
+        acknowledged.len() >= 250,
+        "herald recovered: {} of 300 acknowledged",
+        acknowledged.len()
+    );
     let mut client = MessengerClient::new(app.channel().await);
-    let history = whole_history(&mut client, &format!("Bearer {}", app.token("alice")), &conversation.id).await;
+    let history = whole_history(
+        &mut client,
+        &format!("Bearer {}", app.token("alice")),
+        &conversation.id,
+    )
+    .await;
     assert!(acknowledged.iter().all(|id| history.contains(id)));
     let mut received = Vec::new();
     while received.len() < history.len() {
         received.push(crate::support::next_message(&mut bobs).await.id);
     }
-    assert_eq!(received, history, "the live subscriber saw every committed message in order");
+    assert_eq!(
+        received, history,
+        "the live subscriber saw every committed message in order"
+    );
 }
 
 /// Terminates every connection to `database` but the caller's own.
@@ -182,22 +244,26 @@ async fn terminate_connections(admin_url: &str, database: &str) -> usize {
     done.into_iter().filter(|terminated| *terminated).count()
 }
 
-
 const SECRET: &str = "guarantees-secret";
 
 fn bearer(user: &str) -> String {
-    let user = herald::domain::UserId::parse("user", user).unwrap();
-    format!("Bearer {}", herald::auth::Auth::hs256(SECRET.as_bytes()).mint(&user, Duration::from_secs(600)))
-}
-
-async fn grpc_client(node: &Process) -> MessengerClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", node.grpc)).unwrap().connect().await.unwrap();
-    MessengerClient::new(channel)
+    format!("Bearer {}", mint(SECRET, user))
 }
 
 async fn pair(node: &Process) -> String {
-    let request = authorized(pb::CreateConversationRequest { participant_ids: vec!["bob".into()] }, &bearer("alice"));
-    grpc_client(node).await.create_conversation(request).await.unwrap().into_inner().id
+    let request = authorized(
+        pb::CreateConversationRequest {
+            participant_ids: vec!["bob".into()],
+        },
+        &bearer("alice"),
+    );
+    node.client()
+        .await
+        .create_conversation(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,8 +276,10 @@ async fn sigterm_with_writers_in_flight_keeps_every_acknowledged_message() {
     let conversation = pair(&herald).await;
     let mut writers = Vec::new();
     for _ in 0..4 {
-        let (mut client, conversation) = (grpc_client(&herald).await, conversation.clone());
-        writers.push(tokio::spawn(async move { write_until_refused(&mut client, &bearer("alice"), &conversation, 100_000).await }));
+        let (mut client, conversation) = (herald.client().await, conversation.clone());
+        writers.push(tokio::spawn(async move {
+            write_until_refused(&mut client, &bearer("alice"), &conversation, 100_000).await
+        }));
     }
 
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -222,23 +290,35 @@ async fn sigterm_with_writers_in_flight_keeps_every_acknowledged_message() {
     }
 
     assert!(exit.success(), "{exit:?}");
-    eprintln!("{} messages acknowledged before SIGTERM stopped the writers", acknowledged.len());
+    eprintln!(
+        "{} messages acknowledged before SIGTERM stopped the writers",
+        acknowledged.len()
+    );
     assert!(!acknowledged.is_empty());
     let herald = Process::serve(dir.path(), |command| {
         command.args(["--jwt-secret", SECRET]);
     })
     .await;
-    let mut client = grpc_client(&herald).await;
+    let mut client = herald.client().await;
     let stored = whole_history(&mut client, &bearer("alice"), &conversation).await;
-    let missing: Vec<&String> = acknowledged.iter().filter(|id| !stored.contains(id)).collect();
-    assert!(missing.is_empty(), "acknowledged but not stored: {missing:?}");
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
     herald.terminate().await;
 }
 
 /// The resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
@@ -258,7 +338,8 @@ async fn a_reader_that_stopped_costs_bounded_memory_and_holds_up_no_one() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stuck = socket.connect(herald.http.parse().unwrap()).await.unwrap();
-    let request = format!("GET /api/messages?token={bob} HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n");
+    let request =
+        format!("GET /api/messages?token={bob} HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n");
     stuck.write_all(request.as_bytes()).await.unwrap();
     let live = reqwest::Client::new()
         .get(format!("http://{}/api/messages", herald.http))
@@ -267,14 +348,26 @@ async fn a_reader_that_stopped_costs_bounded_memory_and_holds_up_no_one() {
     let mut live = open_sse(live).await;
     let before = rss_kib(pid);
 
-    let mut client = grpc_client(&herald).await;
+    let mut client = herald.client().await;
     let kib = "k".repeat(1024);
     for n in 0..3_000 {
-        let body = pb::CreateMessageRequest { conversation_id: conversation.clone(), content: format!("{n} {kib}"), ..Default::default() };
-        client.create_message(authorized(body, &bearer("alice"))).await.unwrap();
+        let body = pb::CreateMessageRequest {
+            conversation_id: conversation.clone(),
+            content: format!("{n} {kib}"),
+            ..Default::default()
+        };
+        client
+            .create_message(authorized(body, &bearer("alice")))
+            .await
+            .unwrap();
     }
     for n in 0..3_000 {
-        assert!(live.next_message().await.content.starts_with(&format!("{n} ")));
+        assert!(
+            live.next_message()
+                .await
+                .content
+                .starts_with(&format!("{n} "))
+        );
     }
     let grown = rss_kib(pid).saturating_sub(before);
     drop(stuck);
@@ -291,46 +384,73 @@ async fn hostile_input_gets_clear_errors_and_the_server_stays_up() {
     let app = spawn_app(&db).await;
     let client = reqwest::Client::new();
     let alice = app.token("alice");
-    let conversation = app.user("alice").await.create_conversation(&["bob"]).await.unwrap();
+    let conversation = app
+        .user("alice")
+        .await
+        .create_conversation(&["bob"])
+        .await
+        .unwrap();
     let path = app.url(&format!("/api/conversations/{}/messages", conversation.id));
 
     // Half-open: a request that never finishes, held open throughout.
     let mut half_open = tokio::net::TcpStream::connect(app.http).await.unwrap();
-    half_open.write_all(b"POST /api/conversations HTTP/1.1\r\nContent-Len").await.unwrap();
+    half_open
+        .write_all(b"POST /api/conversations HTTP/1.1\r\nContent-Len")
+        .await
+        .unwrap();
     // A client that asks for a stream and vanishes.
     let mut vanished = tokio::net::TcpStream::connect(app.http).await.unwrap();
-    let request = format!("GET /api/messages?token={alice} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
+    let request = format!(
+        "GET /api/messages?token={alice} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    );
     vanished.write_all(request.as_bytes()).await.unwrap();
     drop(vanished);
 
-    let invalid_utf8 = client.post(&path).bearer_auth(&alice).header("content-type", "application/json").body(b"{\"content\": \"\xff\xfe\"}".to_vec());
+    let invalid_utf8 = client
+        .post(&path)
+        .bearer_auth(&alice)
+        .header("content-type", "application/json")
+        .body(b"{\"content\": \"\xff\xfe\"}".to_vec());
     assert_eq!(invalid_utf8.send().await.unwrap().status(), 400);
     let megabyte_token = "a".repeat(1024 * 1024);
-    let huge_header = client.get(app.url("/api/conversations")).bearer_auth(&megabyte_token).send().await;
+    let huge_header = client
+        .get(app.url("/api/conversations"))
+        .bearer_auth(&megabyte_token)
+        .send()
+        .await;
     assert!(huge_header.is_err() || huge_header.unwrap().status() == 431);
-    let huge_query = client.get(app.url(&format!("/api/messages?token={megabyte_token}"))).send().await;
+    let huge_query = client
+        .get(app.url(&format!("/api/messages?token={megabyte_token}")))
+        .send()
+        .await;
     assert!(huge_query.is_err() || huge_query.unwrap().status().is_client_error());
-    let bad_resume = app.sse_request(&alice).header("last-event-id", "1\t2").send().await.unwrap();
+    let bad_resume = app
+        .sse_request(&alice)
+        .header("last-event-id", "1\t2")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_resume.status(), 400);
-    let big_grpc_token = authorized(pb::ListConversationsRequest {}, &format!("Bearer {}", "a".repeat(64 * 1024)));
-    let refused = MessengerClient::new(app.channel().await).list_conversations(big_grpc_token).await;
+    let big_grpc_token = authorized(
+        pb::ListConversationsRequest {},
+        &format!("Bearer {}", "a".repeat(64 * 1024)),
+    );
+    let refused = MessengerClient::new(app.channel().await)
+        .list_conversations(big_grpc_token)
+        .await;
     assert!(refused.is_err());
 
     // Still serving everyone else, and nothing left behind.
-    let ok = client.post(&path).bearer_auth(&alice).json(&serde_json::json!({ "content": "still here" })).send().await.unwrap();
+    let ok = client
+        .post(&path)
+        .bearer_auth(&alice)
+        .json(&serde_json::json!({ "content": "still here" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 201);
     assert!(app.user("bob").await.conversations().await.is_ok());
-    wait_for_no_subscriptions(&app).await;
-}
-
-async fn wait_for_no_subscriptions(app: &TestApp) {
-    let hub = app.herald.hub().clone();
-    let emptied = async move {
-        while hub.subscription_count() > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, emptied).await.expect("the vanished client's stream is gone");
+    app.wait_for_subscriptions(0).await;
 }
 
 /// A TCP proxy in front of PostgreSQL that the test can take down (closing
@@ -354,7 +474,9 @@ impl Outage {
                 }
                 let target = target.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = state.wait_for(|up| !*up) => {}
@@ -378,8 +500,15 @@ async fn a_database_outage_answers_unavailable_and_herald_recovers_by_itself(db:
     let (credentials, after) = rest.split_once('@').unwrap_or(("", rest));
     let (host, path) = after.split_once('/').unwrap();
     let outage = Outage::start(host.to_owned()).await;
-    let credentials = if credentials.is_empty() { String::new() } else { format!("{credentials}@") };
-    let proxied = TestDb { url: format!("postgres://{credentials}{}/{path}", outage.addr), ..db };
+    let credentials = if credentials.is_empty() {
+        String::new()
+    } else {
+        format!("{credentials}@")
+    };
+    let proxied = TestDb {
+        url: format!("postgres://{credentials}{}/{path}", outage.addr),
+        ..db
+    };
     let app = spawn_app(&proxied).await;
     let alice = app.user("alice").await;
     let conversation = alice.create_conversation(&["bob"]).await.unwrap();
@@ -395,6 +524,7 @@ async fn a_database_outage_answers_unavailable_and_herald_recovers_by_itself(db:
         .await
         .unwrap();
     outage.set(true);
+    let back = std::time::Instant::now();
     let after = tokio::time::timeout(PATIENCE, async {
         loop {
             if let Ok(message) = alice.send(&conversation.id, "after").await {
@@ -405,15 +535,70 @@ async fn a_database_outage_answers_unavailable_and_herald_recovers_by_itself(db:
     })
     .await
     .expect("herald recovers once the database is back");
+    eprintln!(
+        "first successful send {:?} after the database came back",
+        back.elapsed()
+    );
 
-    eprintln!("during the outage: {during:?}, REST {}", rest_during.status());
+    eprintln!(
+        "during the outage: {during:?}, REST {}",
+        rest_during.status()
+    );
     assert_eq!(code(during), Code::Unavailable);
     assert_eq!(rest_during.status(), 503);
     assert_eq!(crate::support::next_message(&mut bobs).await, before);
     assert_eq!(crate::support::next_message(&mut bobs).await, after);
 }
 
+async fn ten_thousand_missed_messages_replay_and_one_more_resets(db: TestDb) {
+    const LIMIT: usize = 10_000;
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.rate_limit = 1e9;
+        config.rate_burst = 1e9;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    let start = alice.send(&conversation.id, "start").await.unwrap();
+    let mut client = MessengerClient::new(app.channel().await);
+    let sends = (1..=LIMIT).map(|n| {
+        let mut client = client.clone();
+        let request = alice.request(pb::CreateMessageRequest {
+            conversation_id: conversation.id.clone(),
+            content: format!("m-{n}"),
+            ..Default::default()
+        });
+        async move { client.create_message(request).await.map(|_| ()) }
+    });
+    let sent = futures_util::stream::iter(sends)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(sent.iter().all(Result::is_ok));
+
+    let bob = app.user("bob").await;
+    let mut replay = bob.subscribe(&start.id).await.unwrap();
+    let mut replayed = Vec::with_capacity(LIMIT);
+    for _ in 0..LIMIT {
+        replayed.push(crate::support::next_message(&mut replay).await.id);
+    }
+    drop(replay);
+    let bearer = format!("Bearer {}", app.token("bob"));
+    let history = whole_history(&mut client, &bearer, &conversation.id).await;
+    assert_eq!(replayed, history[1..]);
+
+    alice.send(&conversation.id, "one more").await.unwrap();
+    assert_eq!(code(bob.subscribe(&start.id).await), Code::OutOfRange);
+    let mut sse = open_sse(
+        app.sse_request(&app.token("bob"))
+            .header("last-event-id", &start.id),
+    )
+    .await;
+    assert_eq!(sse.next_event().await.unwrap().event, "reset");
+}
+
 on_every_backend!(
+    ten_thousand_missed_messages_replay_and_one_more_resets,
     four_writers_and_a_reader_resuming_every_fifty_agree_with_history,
     a_retried_send_returns_the_original_message_once,
     database_connections_killed_mid_run_lose_nothing_acknowledged,

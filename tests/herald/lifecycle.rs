@@ -5,7 +5,7 @@ use crate::support::{
     spawn_app,
 };
 use herald::pb;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 async fn messages_survive_a_restart_on_the_same_database(db: TestDb) {
     let app = spawn_app(&db).await;
@@ -130,12 +130,7 @@ async fn a_first_run_prints_working_demo_tokens_and_sigterm_exits_zero_with_stre
         }
     };
 
-    let channel = Channel::from_shared(format!("http://{}", herald.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = pb::messenger_client::MessengerClient::new(channel);
+    let mut client = herald.client().await;
     let request = authorized(
         pb::SubscribeMessagesRequest::default(),
         &format!("Bearer {token}"),

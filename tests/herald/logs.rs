@@ -3,7 +3,6 @@
 use crate::support::{Process, authorized};
 use herald::pb;
 use reqwest::Client;
-use tonic::transport::Channel;
 
 #[tokio::test]
 async fn no_token_appears_in_the_log_even_at_debug_level() {
@@ -53,12 +52,7 @@ async fn no_token_appears_in_the_log_even_at_debug_level() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let channel = Channel::from_shared(format!("http://{}", herald.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = pb::messenger_client::MessengerClient::new(channel);
+    let mut client = herald.client().await;
     for token in [&valid, &forged] {
         let request = authorized(pb::ListConversationsRequest {}, &format!("Bearer {token}"));
         let _ = client.list_conversations(request).await;

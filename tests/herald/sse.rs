@@ -204,20 +204,7 @@ async fn a_disconnected_browser_leaves_no_subscription_behind(db: TestDb) {
 
     drop(stream);
 
-    wait_for_subscriptions(&app, 0).await;
-}
-
-/// Waits until the hub holds exactly `count` subscriptions.
-async fn wait_for_subscriptions(app: &TestApp, count: usize) {
-    let hub = app.herald.hub().clone();
-    let reached = async move {
-        while hub.subscription_count() != count {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, reached)
-        .await
-        .expect("the hub reaches the expected count");
+    app.wait_for_subscriptions(0).await;
 }
 
 /// Opens the SSE stream over a raw HTTP/1.0 connection with a tiny receive
@@ -241,10 +228,10 @@ async fn a_browser_that_stops_reading_is_dropped_and_resumes_losslessly(db: Test
     let alice = app.user("alice").await;
     let conversation = alice.create_conversation(&["bob"]).await.unwrap();
     let mut stalled = stalled_stream(&app, &app.token("bob")).await;
-    wait_for_subscriptions(&app, 1).await;
+    app.wait_for_subscriptions(1).await;
 
     let sent = alice.send_bulky(&conversation.id, 300).await;
-    wait_for_subscriptions(&app, 0).await;
+    app.wait_for_subscriptions(0).await;
     assert_eq!(app.herald.hub().lagged_total(), 1);
 
     let mut raw = Vec::new();

@@ -16,7 +16,7 @@ use tonic::{Request, Status, Streaming, transport::Channel};
 pub const SECRET: &[u8] = b"test-secret-that-is-long-enough-for-hs256";
 
 /// How long a test waits for something that should happen at once.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub const PATIENCE: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
@@ -546,4 +546,37 @@ pub fn tools_ready(what: &str, present: bool) -> bool {
         eprintln!("skipped: {what} missing (scripts/test.sh installs them)");
     }
     present
+}
+
+impl Process {
+    /// A gRPC client of this process.
+    pub async fn client(&self) -> MessengerClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("a valid endpoint")
+            .connect()
+            .await
+            .expect("the gRPC port accepts");
+        MessengerClient::new(channel)
+    }
+}
+
+/// A token for `user` signed with `secret`, valid for ten minutes.
+pub fn mint(secret: &str, user: &str) -> String {
+    let user = herald::domain::UserId::parse("user", user).expect("a valid user id");
+    Auth::hs256(secret.as_bytes()).mint(&user, Duration::from_secs(600))
+}
+
+impl TestApp {
+    /// Waits until the hub holds exactly `count` subscriptions.
+    pub async fn wait_for_subscriptions(&self, count: usize) {
+        let hub = self.herald.hub().clone();
+        let reached = async move {
+            while hub.subscription_count() != count {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, reached)
+            .await
+            .expect("the hub reaches the expected number of subscriptions");
+    }
 }
