@@ -3,8 +3,9 @@
 //!
 //! How a message travels: a transport adapter ([`grpc`], [`http`]) checks the
 //! caller with [`auth`] and calls the core ([`service::Herald`]), which parses
-//! input into [`domain`] types, commits the message with [`store`] at the
-//! next stream position, and reports it to the [`feed`]. The feed hands
+//! input into [`domain`] types and hands the message to the [`commit`] task,
+//! which commits it with [`store`] at the next stream position (many at once
+//! under load) and reports it to the [`feed`]. The feed hands
 //! committed messages to the [`hub`] in stream order, and the hub fans each
 //! out to the live subscriptions of its participants. A subscription that
 //! resumes replays from the store first, then goes live with no gap.
@@ -19,6 +20,7 @@
 //! | [`domain`] | ids, content, messages, conversations |
 //! | [`limits`] | configurable limits and the rate limiter |
 //! | [`store`] | SQLite / PostgreSQL persistence and stream positions |
+//! | [`commit`] | group commit: persist, then publish, in one place |
 //! | [`feed`] | stream order and gap filling between commits and the hub |
 //! | [`broker`] | cross-node fan-out: PostgreSQL LISTEN/NOTIFY or NATS |
 //! | [`hub`] | per-user fan-out with bounded queues |
@@ -30,6 +32,7 @@
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -5,6 +5,7 @@
 use crate::{
     auth::Claims,
     broker::Publisher,
+    commit::{Committed, Committer},
     domain::{
         Content, Conversation, ConversationId, IdempotencyKey, Message, Position, UserId,
         now_micros,
@@ -13,7 +14,7 @@ use crate::{
     feed::Feed,
     hub::{Closed, Delivery, Hub, Subscription},
     limits::{Limits, RateLimiter},
-    store::{Inserted, Page, Store},
+    store::{NewMessage, Page, Store},
 };
 use std::{collections::BTreeSet, sync::Arc};
 use tokio::{task::JoinHandle, time::Instant};
@@ -34,7 +35,7 @@ struct Inner {
     store: Store,
     hub: Hub,
     feed: Feed,
-    publisher: Publisher,
+    committer: Committer,
     limits: Limits,
     rate: RateLimiter,
     shutdown: CancellationToken,
@@ -53,11 +54,12 @@ impl Herald {
         let hub = Hub::new(limits.subscription_queue);
         let (feed, feed_task) = Feed::start(store.clone(), hub.clone(), shutdown.clone()).await?;
         let rate = RateLimiter::new(limits.messages_per_second, limits.message_burst);
+        let committer = Committer::start(store.clone(), feed.clone(), publisher);
         let inner = Inner {
             store,
             hub,
+            committer,
             feed,
-            publisher,
             limits,
             rate,
             shutdown,
@@ -155,43 +157,23 @@ impl Herald {
             ));
         }
         let recipients: Arc<[UserId]> = self.authorize(caller, &conversation_id).await?.into();
-        // Spawned so that a client hanging up cannot cancel the call between
-        // commit and publish; an acknowledged message is always published.
-        let core = self.inner.clone();
-        let caller = caller.clone();
-        let commit = tokio::spawn(async move {
-            let key = key.as_ref().map(IdempotencyKey::as_str);
-            let content = content.into_string();
-            let inserted = core.store.insert_message(
-                &conversation_id,
-                &caller,
-                content.clone(),
-                key,
-                now_micros(),
-            );
-            let message = match inserted.await? {
-                Inserted::New(message) => message,
-                Inserted::Existing(original)
-                    if original.conversation_id == conversation_id
-                        && original.content == content =>
-                {
-                    return Ok(original);
-                }
-                Inserted::Existing(_) => {
-                    return Err(Error::invalid(
-                        "client_message_id was already used for a different message",
-                    ));
-                }
-            };
-            let delivery = Arc::new(Delivery {
-                message: message.clone(),
-                recipients,
-            });
-            core.feed.committed(delivery.clone());
-            core.publisher.published(&delivery).await;
-            Ok::<_, Error>(message)
-        });
-        commit.await.map_err(|_| Error::ShuttingDown)?
+        let key = key.map(|key| key.as_str().to_owned());
+        if let Some(key) = &key
+            && let Some(original) = self.inner.store.message_by_key(caller, key).await?
+        {
+            return same_message(original, &conversation_id, content.as_str());
+        }
+        let new = NewMessage {
+            conversation_id: conversation_id.clone(),
+            user_id: caller.clone(),
+            content: content.as_str().to_owned(),
+            key,
+            created_at_micros: now_micros(),
+        };
+        match self.inner.committer.commit(new, recipients).await? {
+            Committed::New(message) => Ok(message),
+            Committed::Existing(original) => same_message(original, &conversation_id, content.as_str()),
+        }
     }
 
     /// One page of a conversation's history, oldest first.
@@ -369,6 +351,15 @@ impl Herald {
             Some(found) if &found == conversation => Ok(position),
             _ => Err(Error::NotFound("message")),
         }
+    }
+}
+
+/// A message sent before under the same idempotency key, if it is the same
+/// message.
+fn same_message(original: Message, conversation_id: &ConversationId, content: &str) -> Result<Message, Error> {
+    match original.conversation_id == *conversation_id && original.content == content {
+        true => Ok(original),
+        false => Err(Error::invalid("client_message_id was already used for a different message")),
     }
 }
 

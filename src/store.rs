@@ -43,16 +43,19 @@ macro_rules! with_pool {
 /// database unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What [`Store::insert_message`] did.
-#[derive(Debug)]
-pub enum Inserted {
-    /// Committed now.
-    New(Message),
-    /// Sent before with the same idempotency key.
-    Existing(Message),
+/// A message to commit.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub conversation_id: ConversationId,
+    pub user_id: UserId,
+    pub content: String,
+    /// The client's idempotency key, unique per user.
+    pub key: Option<String>,
+    pub created_at_micros: i64,
 }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
+/// Whether `error` is a unique-constraint violation (a reused idempotency key).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .is_some_and(|error| error.is_unique_violation())
@@ -214,81 +217,54 @@ impl Store {
         })
     }
 
-    /// Commits a message at the next stream position, unless `key` names a
-    /// message this user already sent: then that one is returned.
-    pub async fn insert_message(
-        &self,
-        conversation_id: &ConversationId,
-        user_id: &UserId,
-        content: String,
-        key: Option<&str>,
-        now_micros: i64,
-    ) -> Result<Inserted, sqlx::Error> {
-        if let Some(key) = key
-            && let Some(existing) = self.message_by_key(user_id, key).await?
-        {
-            return Ok(Inserted::Existing(existing));
-        }
-        match self
-            .insert_new(conversation_id, user_id, content, key, now_micros)
-            .await
-        {
-            Ok(message) => Ok(Inserted::New(message)),
-            // A concurrent retry with the same key won the race; its
-            // transaction's position was rolled back with it, so no gap.
-            Err(error) if key.is_some() && is_unique_violation(&error) => {
-                let key = key.unwrap_or_default();
-                self.message_by_key(user_id, key)
-                    .await?
-                    .map(Inserted::Existing)
-                    .ok_or(error)
-            }
-            Err(error) => Err(error),
-        }
-    }
-
-    async fn insert_new(
-        &self,
-        conversation_id: &ConversationId,
-        user_id: &UserId,
-        content: String,
-        key: Option<&str>,
-        now_micros: i64,
-    ) -> Result<Message, sqlx::Error> {
-        let position: i64 = with_pool!(self, pool => {
+    /// Commits `rows` in one transaction at the next stream positions, in
+    /// order: one commit (and one wait for the disk) for the whole batch.
+    /// Fails whole, with every position rolled back, on any error — a
+    /// unique violation of an idempotency key included.
+    pub async fn insert_batch(&self, rows: &[NewMessage]) -> Result<Vec<Message>, sqlx::Error> {
+        let count = rows.len() as i64;
+        let last: i64 = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            // Taking the position first locks `stream_head` until commit: see
+            // Taking the positions first locks `stream_head` until commit: see
             // the module comment.
-            let position: i64 = sqlx::query_scalar(
-                "UPDATE stream_head SET position = position + 1 WHERE id = 1 RETURNING position",
+            let last: i64 = sqlx::query_scalar(
+                "UPDATE stream_head SET position = position + $1 WHERE id = 1 RETURNING position",
             )
+            .bind(count)
             .fetch_one(&mut *tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO messages (position, conversation_id, user_id, content, created_at, client_message_id)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(position)
-            .bind(conversation_id.as_str())
-            .bind(user_id.as_str())
-            .bind(&content)
-            .bind(now_micros)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO messages (position, conversation_id, user_id, content, created_at, client_message_id) ",
+            );
+            insert.push_values(rows.iter().enumerate(), |mut values, (index, row)| {
+                values
+                    .push_bind(last - count + 1 + index as i64)
+                    .push_bind(row.conversation_id.as_str())
+                    .push_bind(row.user_id.as_str())
+                    .push_bind(row.content.as_str())
+                    .push_bind(row.created_at_micros)
+                    .push_bind(row.key.as_deref());
+            });
+            insert.build().execute(&mut *tx).await?;
             tx.commit().await?;
-            position
+            last
         });
-        Ok(Message {
-            position: Position(position),
-            conversation_id: conversation_id.clone(),
-            user_id: user_id.clone(),
-            content,
-            created_at_micros: now_micros,
-        })
+        let first = last - count + 1;
+        Ok(rows
+            .iter()
+            .enumerate()
+            .map(|(index, row)| Message {
+                position: Position(first + index as i64),
+                conversation_id: row.conversation_id.clone(),
+                user_id: row.user_id.clone(),
+                content: row.content.clone(),
+                created_at_micros: row.created_at_micros,
+            })
+            .collect())
     }
 
-    async fn message_by_key(
+    /// The message `user_id` sent with idempotency key `key`, if any.
+    pub async fn message_by_key(
         &self,
         user_id: &UserId,
         key: &str,
