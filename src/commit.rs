@@ -56,15 +56,33 @@ impl Committer {
     /// Starts the committer task; it runs until every handle is dropped.
     pub fn start(store: Store, feed: Feed, publisher: Publisher) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, Sink { store, feed, publisher }));
+        tokio::spawn(run(
+            rx,
+            Sink {
+                store,
+                feed,
+                publisher,
+            },
+        ));
         Self { tx }
     }
 
     /// Commits `message`, reports it, and answers once it is persisted.
-    pub async fn commit(&self, message: NewMessage, recipients: Arc<[UserId]>) -> Result<Committed, sqlx::Error> {
+    pub async fn commit(
+        &self,
+        message: NewMessage,
+        recipients: Arc<[UserId]>,
+    ) -> Result<Committed, sqlx::Error> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { message, recipients, reply };
-        self.tx.send(job).await.map_err(|_| sqlx::Error::PoolClosed)?;
+        let job = Job {
+            message,
+            recipients,
+            reply,
+        };
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
         answer.await.map_err(|_| sqlx::Error::PoolClosed)?
     }
 }
@@ -95,7 +113,9 @@ impl Sink {
             Err(error) => {
                 tracing::warn!(%error, messages = jobs.len(), "a commit failed");
                 for job in jobs {
-                    let _ = job.reply.send(Err(sqlx::Error::Protocol(format!("commit failed: {error}"))));
+                    let _ = job.reply.send(Err(sqlx::Error::Protocol(format!(
+                        "commit failed: {error}"
+                    ))));
                 }
             }
         }
@@ -103,7 +123,11 @@ impl Sink {
 
     /// Commits one message of a batch that failed on an idempotency key.
     async fn commit_alone(&self, job: Job) {
-        match self.store.insert_batch(std::slice::from_ref(&job.message)).await {
+        match self
+            .store
+            .insert_batch(std::slice::from_ref(&job.message))
+            .await
+        {
             Ok(mut messages) => match messages.pop() {
                 Some(message) => self.publish(vec![(job, message)]).await,
                 None => {
@@ -131,7 +155,10 @@ impl Sink {
     async fn publish(&self, committed: Vec<(Job, Message)>) {
         let mut deliveries = Vec::with_capacity(committed.len());
         for (job, message) in committed {
-            let delivery = Arc::new(Delivery { message: message.clone(), recipients: job.recipients });
+            let delivery = Arc::new(Delivery {
+                message: message.clone(),
+                recipients: job.recipients,
+            });
             self.feed.committed(delivery.clone());
             let _ = job.reply.send(Ok(Committed::New(message)));
             deliveries.push(delivery);

@@ -42,6 +42,14 @@ const FILL_BATCH: i64 = 1_000;
 /// Participants never change, so a cached list never goes stale.
 const RECIPIENT_CACHE: usize = 100_000;
 
+/// What a batch of reports requires the feed to read, least to most.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Read {
+    Nothing,
+    UpToHead,
+    AskDatabase,
+}
+
 enum Report {
     Committed(Arc<Delivery>),
     Remote(Message),
@@ -136,7 +144,7 @@ impl Sequencer {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 report = rx.recv() => match report {
-                    Some(report) => self.take(report).await,
+                    Some(report) => self.take_all(report, &mut rx).await,
                     None => break,
                 },
                 _ = sleep_until(gap_deadline), if gap_deadline.is_some() => self.fill(false).await,
@@ -150,7 +158,23 @@ impl Sequencer {
         }
     }
 
-    async fn take(&mut self, report: Report) {
+    /// Takes `first` and every report already queued behind it, then reads
+    /// the database once for whatever they say is missing: under load one
+    /// range read serves many notifications.
+    async fn take_all(&mut self, first: Report, rx: &mut mpsc::UnboundedReceiver<Report>) {
+        let mut read = self.take(first).await;
+        while let Ok(report) = rx.try_recv() {
+            read = read.max(self.take(report).await);
+        }
+        match read {
+            Read::Nothing => {}
+            Read::UpToHead => self.fill(false).await,
+            Read::AskDatabase => self.fill(true).await,
+        }
+    }
+
+    /// Takes one report and says what must be read from the database.
+    async fn take(&mut self, report: Report) -> Read {
         match report {
             Report::Committed(delivery) => self.offer(delivery),
             Report::Remote(message) if message.position.0 < self.next => {}
@@ -168,11 +192,12 @@ impl Sequencer {
             Report::Head(position) => {
                 self.head = self.head.max(position.0);
                 if self.head >= self.next && !self.pending.contains_key(&self.next) {
-                    self.fill(false).await;
+                    return Read::UpToHead;
                 }
             }
-            Report::CatchUp => self.fill(true).await,
+            Report::CatchUp => return Read::AskDatabase,
         }
+        Read::Nothing
     }
 
     /// Takes one message and delivers whatever is now contiguous.

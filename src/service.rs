@@ -172,7 +172,9 @@ impl Herald {
         };
         match self.inner.committer.commit(new, recipients).await? {
             Committed::New(message) => Ok(message),
-            Committed::Existing(original) => same_message(original, &conversation_id, content.as_str()),
+            Committed::Existing(original) => {
+                same_message(original, &conversation_id, content.as_str())
+            }
         }
     }
 
@@ -356,10 +358,16 @@ impl Herald {
 
 /// A message sent before under the same idempotency key, if it is the same
 /// message.
-fn same_message(original: Message, conversation_id: &ConversationId, content: &str) -> Result<Message, Error> {
+fn same_message(
+    original: Message,
+    conversation_id: &ConversationId,
+    content: &str,
+) -> Result<Message, Error> {
     match original.conversation_id == *conversation_id && original.content == content {
         true => Ok(original),
-        false => Err(Error::invalid("client_message_id was already used for a different message")),
+        false => Err(Error::invalid(
+            "client_message_id was already used for a different message",
+        )),
     }
 }
 

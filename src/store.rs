@@ -7,8 +7,9 @@
 //! only after `p` is committed and visible: positions are gap-free and in
 //! commit order. "Every message after position P" is therefore an exact
 //! resume point, which a plain sequence or autoincrement is not (a value
-//! taken earlier can commit later). The price is that message inserts are
-//! serialized per database, which SQLite does anyway.
+//! taken earlier can commit later). The price is that message commits are
+//! serialized per database, which SQLite does anyway; group commit (see
+//! `commit`) makes each one carry every message queued meanwhile.
 //!
 //! Both backends run the same SQL (`$n` placeholders work on both); each keeps
 //! its own migrations folder for its column types.
