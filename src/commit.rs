@@ -155,10 +155,7 @@ impl Sink {
     async fn publish(&self, committed: Vec<(Job, Message)>) {
         let mut deliveries = Vec::with_capacity(committed.len());
         for (job, message) in committed {
-            let delivery = Arc::new(Delivery {
-                message: message.clone(),
-                recipients: job.recipients,
-            });
+            let delivery = Delivery::new(message.clone(), job.recipients);
             self.feed.committed(delivery.clone());
             let _ = job.reply.send(Ok(Committed::New(message)));
             deliveries.push(delivery);

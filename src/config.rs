@@ -5,6 +5,7 @@ use crate::{
     broker::{BrokerConfig, BrokerKind},
     http::HttpOptions,
     limits::Limits,
+    telemetry::LogFormat,
 };
 use clap::{Args, Parser, Subcommand};
 use std::{fmt, str::FromStr, time::Duration};
@@ -120,6 +121,16 @@ pub struct ServeConfig {
         default_value = "herald.messages"
     )]
     pub nats_subject: String,
+
+    /// Log lines as readable text or as JSON objects (levels: RUST_LOG).
+    #[arg(
+        long,
+        env = "HERALD_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 
     /// Most missed messages replayed to a resuming stream (at least 10000).
     #[arg(long, env = "HERALD_REPLAY_LIMIT", value_name = "N", default_value_t = Limits::default().replay_limit)]

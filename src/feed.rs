@@ -179,10 +179,7 @@ impl Sequencer {
             Report::Committed(delivery) => self.offer(delivery),
             Report::Remote(message) if message.position.0 < self.next => {}
             Report::Remote(message) => match self.recipients_of(&message.conversation_id).await {
-                Ok(recipients) => self.offer(Arc::new(Delivery {
-                    message,
-                    recipients,
-                })),
+                Ok(recipients) => self.offer(Delivery::new(message, recipients)),
                 // Known committed: the gap timer reads it from the database.
                 Err(error) => {
                     self.head = self.head.max(message.position.0);
@@ -262,10 +259,7 @@ impl Sequencer {
         let mut deliveries = Vec::new();
         for message in self.store.messages_between(from, to).await? {
             let recipients = self.recipients_of(&message.conversation_id).await?;
-            deliveries.push(Arc::new(Delivery {
-                message,
-                recipients,
-            }));
+            deliveries.push(Delivery::new(message, recipients));
         }
         Ok(deliveries)
     }

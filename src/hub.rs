@@ -18,17 +18,32 @@ use crate::domain::{Message, UserId};
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
 };
 use tokio::sync::mpsc;
 
-/// A committed message and the users it goes to.
+/// A committed message and the users it goes to, shared by every
+/// subscription it is delivered to.
 #[derive(Debug)]
 pub struct Delivery {
     pub message: Message,
     pub recipients: Arc<[UserId]>,
+    /// The message as a transport writes it (the SSE door keeps its JSON
+    /// here), made by the first subscription that sends it and reused by the
+    /// others: one serialization per fan-out, not per subscriber.
+    pub encoded: OnceLock<String>,
+}
+
+impl Delivery {
+    pub fn new(message: Message, recipients: Arc<[UserId]>) -> Arc<Self> {
+        Arc::new(Self {
+            message,
+            recipients,
+            encoded: OnceLock::new(),
+        })
+    }
 }
 
 /// Why a subscription's queue ended.
@@ -212,16 +227,14 @@ mod tests {
     }
 
     fn delivery(position: i64, recipients: &[&str]) -> Arc<Delivery> {
-        Arc::new(Delivery {
-            message: Message {
-                position: Position(position),
-                conversation_id: ConversationId::generate(),
-                user_id: user("alice"),
-                content: "hi".into(),
-                created_at_micros: 0,
-            },
-            recipients: recipients.iter().map(|name| user(name)).collect(),
-        })
+        let message = Message {
+            position: Position(position),
+            conversation_id: ConversationId::generate(),
+            user_id: user("alice"),
+            content: "hi".into(),
+            created_at_micros: 0,
+        };
+        Delivery::new(message, recipients.iter().map(|name| user(name)).collect())
     }
 
     #[tokio::test]

@@ -1,11 +1,18 @@
 use clap::Parser;
-use herald::config::{Cli, Command};
+use herald::{
+    config::{Cli, Command},
+    telemetry::LogFormat,
+};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    herald::telemetry::init();
+    let log_format = match &cli.command {
+        Command::Serve(config) => config.log_format,
+        Command::Token(_) => LogFormat::Text,
+    };
+    herald::telemetry::init(log_format);
     let result = match cli.command {
         Command::Serve(config) => herald::cli::serve(*config).await,
         Command::Token(args) => herald::cli::token(&args),

@@ -170,6 +170,9 @@ impl Server {
         health
             .set_service_status("", ServingStatus::NotServing)
             .await;
+        health
+            .set_not_serving::<pb::messenger_server::MessengerServer<grpc::Messenger>>()
+            .await;
         stop.cancel();
         let drained = tokio::time::timeout(self.drain, async {
             let _ = (&mut grpc_server).await;

@@ -85,6 +85,11 @@ impl Herald {
         &self.inner.feed
     }
 
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
     }
@@ -413,10 +418,7 @@ impl MessageStream {
         }
         if let Some(message) = self.replay.next() {
             let recipients = Arc::from([self.live.user().clone()]);
-            return Ok(Arc::new(Delivery {
-                message,
-                recipients,
-            }));
+            return Ok(Delivery::new(message, recipients));
         }
         loop {
             tokio::select! {

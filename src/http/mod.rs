@@ -18,7 +18,7 @@ mod sse;
 use crate::{auth::Auth, error::Error, service::Herald};
 use axum::{
     Json, Router,
-    extract::DefaultBodyLimit,
+    extract::{DefaultBodyLimit, State},
     http::{HeaderName, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -55,6 +55,7 @@ pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Route
         .merge(sse::router())
         .merge(page::router())
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .with_state(state)
         .merge(grpc_web);
@@ -65,9 +66,26 @@ pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Route
     log::layer(app)
 }
 
+/// Liveness: the process serves HTTP.
 async fn healthz() -> &'static str {
     "ok"
 }
+
+/// Readiness: the database answers and the server is not draining.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.herald.is_shutting_down() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    let answer = tokio::time::timeout(READY_TIMEOUT, state.herald.store().head()).await;
+    match answer {
+        Ok(Ok(_)) => "ready".into_response(),
+        Ok(Err(error)) => Error::Database(error).into_response(),
+        Err(_) => error_response(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+    }
+}
+
+/// How long `/readyz` waits for the database.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// CORS for pages on other origins that call the API or open EventSource.
 fn cors(origins: &[String]) -> Option<CorsLayer> {

@@ -23,7 +23,7 @@
 //! [`Herald::subscribe`]: crate::service::Herald::subscribe
 
 use super::{AppState, Caller, error_response};
-use crate::{error::Error, pb, service::MessageStream};
+use crate::{error::Error, hub::Delivery, pb, service::MessageStream};
 use axum::{
     Router,
     extract::{Query, State, rejection::QueryRejection},
@@ -113,7 +113,7 @@ fn events(stream: MessageStream) -> impl Stream<Item = Result<Event, Infallible>
     }
     let messages = stream::unfold(stream, |mut stream| async move {
         match stream.next().await {
-            Ok(delivery) => Some((message_event(&delivery.message), stream)),
+            Ok(delivery) => Some((message_event(&delivery), stream)),
             Err(end) => {
                 tracing::debug!(?end, "SSE stream ended");
                 None
@@ -123,13 +123,20 @@ fn events(stream: MessageStream) -> impl Stream<Item = Result<Event, Infallible>
     stream::iter(head).chain(messages).map(Ok)
 }
 
-fn message_event(message: &crate::domain::Message) -> Event {
-    match serde_json::to_string(&pb::Message::from(message)) {
-        Ok(json) => Event::default().id(message.position.id()).data(json),
-        // Unreachable for strings and a server timestamp; never a panic.
-        Err(error) => {
+/// The event of one message; its JSON is made once per fan-out.
+fn message_event(delivery: &Delivery) -> Event {
+    let message = &delivery.message;
+    let json = delivery.encoded.get_or_init(|| {
+        serde_json::to_string(&pb::Message::from(message)).unwrap_or_else(|error| {
+            // Unreachable for strings and a server timestamp; never a panic.
             tracing::error!(%error, id = message.position.0, "message did not serialize");
-            Event::default().comment("a message could not be serialized")
-        }
+            String::new()
+        })
+    });
+    match json.is_empty() {
+        true => Event::default().comment("a message could not be serialized"),
+        false => Event::default()
+            .id(message.position.id())
+            .data(json.as_str()),
     }
 }

@@ -515,8 +515,11 @@ async fn a_database_outage_answers_unavailable_and_herald_recovers_by_itself(db:
     let mut bobs = app.user("bob").await.subscribe("").await.unwrap();
     let before = alice.send(&conversation.id, "before").await.unwrap();
 
+    let ready = |app: &crate::support::TestApp| reqwest::get(app.url("/readyz"));
+    assert_eq!(ready(&app).await.unwrap().status(), 200);
     outage.set(false);
     let during = alice.send(&conversation.id, "during").await;
+    let not_ready = ready(&app).await.unwrap().status();
     let rest_during = reqwest::Client::new()
         .get(app.url("/api/conversations"))
         .bearer_auth(app.token("alice"))
@@ -546,6 +549,8 @@ async fn a_database_outage_answers_unavailable_and_herald_recovers_by_itself(db:
     );
     assert_eq!(code(during), Code::Unavailable);
     assert_eq!(rest_during.status(), 503);
+    assert_eq!(not_ready, 503, "/readyz says the database is gone");
+    assert_eq!(ready(&app).await.unwrap().status(), 200);
     assert_eq!(crate::support::next_message(&mut bobs).await, before);
     assert_eq!(crate::support::next_message(&mut bobs).await, after);
 }

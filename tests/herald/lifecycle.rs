@@ -48,7 +48,29 @@ async fn shutdown_ends_open_streams_and_finishes(db: TestDb) {
     assert_eq!(status.code(), Code::Unavailable);
 }
 
+async fn draining_flips_grpc_health_to_not_serving(db: TestDb) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let app = spawn_app(&db).await;
+    let mut health = HealthClient::new(app.channel().await);
+    let request = HealthCheckRequest {
+        service: "herald.v1.Messenger".into(),
+    };
+    let mut watch = health.watch(request).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    let (next, ()) = tokio::join!(async { watch.message().await }, app.stop());
+
+    let next = next
+        .expect("an update before the stream ends")
+        .expect("a status");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+}
+
 on_every_backend!(
+    draining_flips_grpc_health_to_not_serving,
     messages_survive_a_restart_on_the_same_database,
     shutdown_ends_open_streams_and_finishes
 );

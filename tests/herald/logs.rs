@@ -75,3 +75,28 @@ async fn no_token_appears_in_the_log_even_at_debug_level() {
         );
     }
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--log-format", "json"]);
+    })
+    .await;
+    let _ = reqwest::get(format!("http://{}/healthz", herald.http))
+        .await
+        .unwrap();
+    let (exit, log) = herald.terminate().await;
+
+    assert!(exit.success());
+    let lines: Vec<&str> = log.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert!(lines.len() >= 2, "{log}");
+    for line in lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            event["level"].is_string() && event["fields"].is_object(),
+            "{line}"
+        );
+    }
+}

@@ -496,14 +496,17 @@ impl Process {
             .await
             .expect("herald starts in time")
             .expect("herald starts");
-        let field = |name: &str| {
-            line.split(&format!("{name}="))
+        // `name=value` in text logs, `"name":"value"` in JSON logs.
+        let field = |name: &str| match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(event) => event["fields"][name].as_str().unwrap().to_owned(),
+            Err(_) => line
+                .split(&format!("{name}="))
                 .nth(1)
                 .unwrap()
                 .split_whitespace()
                 .next()
                 .unwrap()
-                .to_owned()
+                .to_owned(),
         };
         Self {
             child,
