@@ -8,7 +8,10 @@ use crate::{domain::UserId, error::Error};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -48,7 +51,18 @@ struct Wire {
 #[derive(Clone)]
 pub struct Auth {
     keys: Arc<Keys>,
+    refused: Arc<[AtomicU64; REASONS.len()]>,
 }
+
+/// Why tokens are refused, as counted for `/metrics`.
+pub const REASONS: [&str; 6] = [
+    "missing",
+    "malformed",
+    "signature",
+    "expired",
+    "algorithm",
+    "claims",
+];
 
 struct Keys {
     encoding: EncodingKey,
@@ -71,6 +85,7 @@ impl Auth {
                 decoding: DecodingKey::from_secret(secret),
                 validation,
             }),
+            refused: Arc::default(),
         }
     }
 
@@ -78,21 +93,43 @@ impl Auth {
     pub fn verify(&self, token: &str) -> Result<Claims, Error> {
         if token.len() > MAX_TOKEN_BYTES {
             tracing::debug!(bytes = token.len(), "token refused: too long");
-            return Err(Error::Unauthenticated);
+            return Err(self.refuse("malformed"));
         }
         let data = jsonwebtoken::decode::<Wire>(token, &self.keys.decoding, &self.keys.validation)
             .map_err(|error| {
                 tracing::debug!(reason = ?error.kind(), "token refused");
-                Error::Unauthenticated
+                self.refuse(reason_of(error.kind()))
             })?;
         let user = UserId::parse("sub", &data.claims.sub).map_err(|error| {
             tracing::debug!(reason = %error, "token refused: bad sub claim");
-            Error::Unauthenticated
+            self.refuse("claims")
         })?;
         Ok(Claims {
             user,
             expires_at: data.claims.exp,
         })
+    }
+
+    /// Counts a request that came with no token at all.
+    pub fn refuse_missing(&self) -> Error {
+        tracing::debug!("token refused: none given");
+        self.refuse("missing")
+    }
+
+    /// Refusals so far, by reason (see [`REASONS`]).
+    pub fn refused(&self) -> Vec<(&'static str, u64)> {
+        REASONS
+            .iter()
+            .zip(self.refused.iter())
+            .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn refuse(&self, reason: &str) -> Error {
+        if let Some(index) = REASONS.iter().position(|known| *known == reason) {
+            self.refused[index].fetch_add(1, Ordering::Relaxed);
+        }
+        Error::Unauthenticated
     }
 
     /// Mints a token for `user` valid for `ttl`.
@@ -109,6 +146,22 @@ impl Auth {
         // HS256 signing with an HMAC key cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.keys.encoding)
             .expect("HS256 signing failed")
+    }
+}
+
+/// The metrics reason of a jsonwebtoken failure.
+fn reason_of(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::InvalidSignature => "signature",
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm => "algorithm",
+        ErrorKind::MissingRequiredClaim(_)
+        | ErrorKind::InvalidClaimFormat(_)
+        | ErrorKind::ImmatureSignature => "claims",
+        _ => "malformed",
     }
 }
 

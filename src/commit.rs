@@ -21,6 +21,7 @@ use crate::{
     domain::{Message, UserId},
     feed::Feed,
     hub::Delivery,
+    metrics::Metrics,
     store::{NewMessage, Store, is_unique_violation},
 };
 use std::sync::Arc;
@@ -54,16 +55,15 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer task; it runs until every handle is dropped.
-    pub fn start(store: Store, feed: Feed, publisher: Publisher) -> Self {
+    pub fn start(store: Store, feed: Feed, publisher: Publisher, metrics: Metrics) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(
-            rx,
-            Sink {
-                store,
-                feed,
-                publisher,
-            },
-        ));
+        let sink = Sink {
+            store,
+            feed,
+            publisher,
+            metrics,
+        };
+        tokio::spawn(run(rx, sink));
         Self { tx }
     }
 
@@ -91,6 +91,7 @@ struct Sink {
     store: Store,
     feed: Feed,
     publisher: Publisher,
+    metrics: Metrics,
 }
 
 async fn run(mut rx: mpsc::Receiver<Job>, sink: Sink) {
@@ -103,8 +104,13 @@ async fn run(mut rx: mpsc::Receiver<Job>, sink: Sink) {
 impl Sink {
     async fn commit(&self, jobs: Vec<Job>) {
         let rows: Vec<NewMessage> = jobs.iter().map(|job| job.message.clone()).collect();
+        let started = std::time::Instant::now();
         match self.store.insert_batch(&rows).await {
-            Ok(messages) => self.publish(jobs.into_iter().zip(messages).collect()).await,
+            Ok(messages) => {
+                self.metrics
+                    .created(messages.len() as u64, started.elapsed().as_secs_f64());
+                self.publish(jobs.into_iter().zip(messages).collect()).await
+            }
             Err(error) if is_unique_violation(&error) => {
                 for job in jobs {
                     self.commit_alone(job).await;
@@ -129,7 +135,10 @@ impl Sink {
             .await
         {
             Ok(mut messages) => match messages.pop() {
-                Some(message) => self.publish(vec![(job, message)]).await,
+                Some(message) => {
+                    self.metrics.created(1, 0.0);
+                    self.publish(vec![(job, message)]).await
+                }
                 None => {
                     let _ = job.reply.send(Err(sqlx::Error::RowNotFound));
                 }

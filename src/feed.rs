@@ -19,6 +19,7 @@
 use crate::{
     domain::{ConversationId, Message, Position, UserId},
     hub::{Delivery, Hub},
+    metrics::Metrics,
     store::Store,
 };
 use std::{
@@ -69,6 +70,7 @@ impl Feed {
     pub async fn start(
         store: Store,
         hub: Hub,
+        metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), sqlx::Error> {
         let next = store.head().await?.0 + 1;
@@ -81,6 +83,7 @@ impl Feed {
             gap_since: None,
             recipients: HashMap::new(),
             fills: fills.clone(),
+            metrics,
             store,
             hub,
         };
@@ -131,6 +134,7 @@ struct Sequencer {
     gap_since: Option<Instant>,
     recipients: HashMap<ConversationId, Arc<[UserId]>>,
     fills: Arc<AtomicU64>,
+    metrics: Metrics,
     store: Store,
     hub: Hub,
 }
@@ -211,7 +215,7 @@ impl Sequencer {
     /// Delivers pending messages from `next` on, up to the first gap.
     fn flush(&mut self) {
         while let Some(delivery) = self.pending.remove(&self.next) {
-            self.hub.deliver(delivery);
+            self.metrics.delivered(self.hub.deliver(delivery) as u64);
             self.next += 1;
         }
         self.gap_since = match self.pending.is_empty() {

@@ -4,6 +4,7 @@
 use crate::{
     auth::{Auth, Claims, bearer},
     error::Error,
+    metrics::Transport,
     pb::{self, messenger_server::MessengerServer},
     service::{Herald, MessageStream, StreamEnd},
 };
@@ -42,10 +43,7 @@ impl tonic::service::Interceptor for Authenticate {
             .and_then(bearer);
         let claims = match token {
             Some(token) => self.auth.verify(token)?,
-            None => {
-                tracing::debug!("token refused: no bearer token");
-                return Err(Error::Unauthenticated.into());
-            }
+            None => return Err(self.auth.refuse_missing().into()),
         };
         request.extensions_mut().insert(claims);
         Ok(request)
@@ -137,13 +135,14 @@ impl pb::messenger_server::Messenger for Messenger {
         request: Request<pb::SubscribeMessagesRequest>,
     ) -> Result<Response<Self::SubscribeMessagesStream>, Status> {
         let claims = claims(&request)?;
-        let stream = self
+        let mut stream = self
             .herald
             .subscribe(&claims, &request.get_ref().after_id)
             .await?;
         if let Some(reason) = stream.reset() {
             return Err(Error::ResumeImpossible(reason.to_owned()).into());
         }
+        stream.count_as(Transport::Grpc);
         Ok(Response::new(Box::pin(messages(stream))))
     }
 

@@ -122,10 +122,12 @@ impl Hub {
         })
     }
 
-    /// Offers `delivery` to every subscription of its recipients, never waiting.
-    pub fn deliver(&self, delivery: Arc<Delivery>) {
+    /// Offers `delivery` to every subscription of its recipients, never
+    /// waiting; returns how many queued it.
+    pub fn deliver(&self, delivery: Arc<Delivery>) -> usize {
         let mut registry = self.lock();
         let mut removed = 0;
+        let mut queued = 0;
         for user in delivery.recipients.iter() {
             let Some(slots) = registry.by_user.get_mut(user) else {
                 continue;
@@ -133,7 +135,10 @@ impl Hub {
             let before = slots.len();
             // A full queue removes its slot: the lag policy above.
             slots.retain(|slot| match slot.tx.try_send(delivery.clone()) {
-                Ok(()) => true,
+                Ok(()) => {
+                    queued += 1;
+                    true
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => false,
                 // The receiver is gone; its registration will find nothing.
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -150,6 +155,7 @@ impl Hub {
                 .fetch_add(removed as u64, Ordering::Relaxed);
             tracing::info!(removed, "dropped subscriptions that fell behind");
         }
+        queued
     }
 
     /// Open subscriptions, across all users.

@@ -19,6 +19,7 @@
 //! | [`auth`] | JWT verification and minting |
 //! | [`domain`] | ids, content, messages, conversations |
 //! | [`limits`] | configurable limits and the rate limiter |
+//! | [`metrics`] | Prometheus counters and histograms |
 //! | [`store`] | SQLite / PostgreSQL persistence and stream positions |
 //! | [`commit`] | group commit: persist, then publish, in one place |
 //! | [`feed`] | stream order and gap filling between commits and the hub |
@@ -41,6 +42,7 @@ pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod pb;
 pub mod server;
 pub mod service;

@@ -152,6 +152,7 @@ impl Server {
         let state = AppState {
             herald: self.herald.clone(),
             auth: self.auth.clone(),
+            reconnects: self.reconnects.clone(),
             heartbeat: self.http_options.heartbeat,
         };
         let grpc_web = grpc::web_routes(self.herald.clone(), self.auth.clone());

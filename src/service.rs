@@ -14,6 +14,7 @@ use crate::{
     feed::Feed,
     hub::{Closed, Delivery, Hub, Subscription},
     limits::{Limits, RateLimiter},
+    metrics::{Metrics, OpenStream, Transport},
     store::{NewMessage, Page, Store},
 };
 use std::{collections::BTreeSet, sync::Arc};
@@ -36,6 +37,7 @@ struct Inner {
     hub: Hub,
     feed: Feed,
     committer: Committer,
+    metrics: Metrics,
     limits: Limits,
     rate: RateLimiter,
     shutdown: CancellationToken,
@@ -52,13 +54,21 @@ impl Herald {
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), Error> {
         let hub = Hub::new(limits.subscription_queue);
-        let (feed, feed_task) = Feed::start(store.clone(), hub.clone(), shutdown.clone()).await?;
+        let metrics = Metrics::default();
+        let (feed, feed_task) = Feed::start(
+            store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         let rate = RateLimiter::new(limits.messages_per_second, limits.message_burst);
-        let committer = Committer::start(store.clone(), feed.clone(), publisher);
+        let committer = Committer::start(store.clone(), feed.clone(), publisher, metrics.clone());
         let inner = Inner {
             store,
             hub,
             committer,
+            metrics,
             feed,
             limits,
             rate,
@@ -83,6 +93,11 @@ impl Herald {
     /// Where commits are reported; brokers report other nodes' commits here.
     pub fn feed(&self) -> &Feed {
         &self.inner.feed
+    }
+
+    /// The core's counters and histograms.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Whether shutdown has begun.
@@ -268,6 +283,8 @@ impl Herald {
             live,
             deadline: Instant::now() + claims.remaining(),
             shutdown: self.inner.shutdown.clone(),
+            metrics: self.inner.metrics.clone(),
+            open: None,
         };
         if let Some(resume) = resume {
             match self.missed(&claims.user, resume).await? {
@@ -276,9 +293,13 @@ impl Herald {
                     // live queue: it, too, must not come twice.
                     stream.replayed_up_to =
                         missed.last().map_or(resume_point(resume), |m| m.position);
+                    self.inner.metrics.resumed(missed.len() as u64);
                     stream.replay = missed.into_iter();
                 }
-                Err(reason) => stream.reset = Some(reason),
+                Err(reason) => {
+                    self.inner.metrics.reset();
+                    stream.reset = Some(reason);
+                }
             }
         }
         Ok(stream)
@@ -400,9 +421,16 @@ pub struct MessageStream {
     live: Subscription,
     deadline: Instant,
     shutdown: CancellationToken,
+    metrics: Metrics,
+    open: Option<OpenStream>,
 }
 
 impl MessageStream {
+    /// Counts this stream as open on `transport` until it is dropped.
+    pub fn count_as(&mut self, transport: Transport) {
+        self.open = Some(self.metrics.stream_opened(transport));
+    }
+
     /// Why the requested replay could not be made, if it could not.
     pub fn reset(&self) -> Option<&str> {
         self.reset.as_deref()
@@ -426,7 +454,11 @@ impl MessageStream {
                 _ = tokio::time::sleep_until(self.deadline) => return Err(StreamEnd::TokenExpired),
                 received = self.live.recv() => match received {
                     Ok(delivery) if delivery.message.position <= self.replayed_up_to => continue,
-                    Ok(delivery) => return Ok(delivery),
+                    Ok(delivery) => {
+                        let age = now_micros().saturating_sub(delivery.message.created_at_micros);
+                        self.metrics.written(age as f64 / 1e6);
+                        return Ok(delivery);
+                    }
                     Err(Closed::Lagged) => return Err(StreamEnd::Lagged),
                 },
             }

@@ -32,8 +32,7 @@ impl FromRequestParts<AppState> for Caller {
                 .and_then(|Query(param)| param.token),
         };
         let Some(token) = token else {
-            tracing::debug!("token refused: none in the header or the query");
-            return Err(Error::Unauthenticated);
+            return Err(state.auth.refuse_missing());
         };
         state.auth.verify(&token).map(Caller)
     }

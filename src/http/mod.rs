@@ -32,6 +32,8 @@ pub use caller::Caller;
 pub struct AppState {
     pub herald: Herald,
     pub auth: Auth,
+    /// Cross-node broker link losses, for `/metrics`.
+    pub reconnects: crate::broker::Reconnects,
     /// How long an idle SSE stream waits before sending a comment.
     pub heartbeat: std::time::Duration,
 }
@@ -56,6 +58,7 @@ pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Route
         .merge(page::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .with_state(state)
         .merge(grpc_web);
@@ -82,6 +85,54 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(Err(error)) => Error::Database(error).into_response(),
         Err(_) => error_response(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
     }
+}
+
+/// Prometheus metrics in the text exposition format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let herald = &state.herald;
+    let lagged = [("", herald.hub().lagged_total())];
+    let filled = [("", herald.feed().filled_total())];
+    let reconnects = [("", state.reconnects.total())];
+    let refused: Vec<(String, u64)> = state
+        .auth
+        .refused()
+        .into_iter()
+        .map(|(reason, count)| (format!("reason=\"{reason}\""), count))
+        .collect();
+    let refused: Vec<(&str, u64)> = refused
+        .iter()
+        .map(|(labels, count)| (labels.as_str(), *count))
+        .collect();
+    let text = herald.metrics().render(&[
+        (
+            "herald_subscriptions_dropped_lagging_total",
+            "Streams dropped because their queue filled.",
+            &lagged,
+        ),
+        (
+            "herald_feed_filled_messages_total",
+            "Messages the feed read from the database to fill gaps.",
+            &filled,
+        ),
+        (
+            "herald_broker_reconnects_total",
+            "Times the cross-node broker link was lost and caught up.",
+            &reconnects,
+        ),
+        (
+            "herald_auth_failures_total",
+            "Refused tokens, by reason.",
+            &refused,
+        ),
+    ]);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// How long `/readyz` waits for the database.

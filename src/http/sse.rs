@@ -23,7 +23,7 @@
 //! [`Herald::subscribe`]: crate::service::Herald::subscribe
 
 use super::{AppState, Caller, error_response};
-use crate::{error::Error, hub::Delivery, pb, service::MessageStream};
+use crate::{error::Error, hub::Delivery, metrics::Transport, pb, service::MessageStream};
 use axum::{
     Router,
     extract::{Query, State, rejection::QueryRejection},
@@ -74,7 +74,8 @@ async fn subscribe(
             query.last_event_id.unwrap_or_default()
         }
     };
-    let stream = state.herald.subscribe(&caller, &resume).await?;
+    let mut stream = state.herald.subscribe(&caller, &resume).await?;
+    stream.count_as(Transport::Sse);
     let sse = Sse::new(events(stream)).keep_alive(
         KeepAlive::new()
             .interval(state.heartbeat)

@@ -42,6 +42,7 @@ mod guarantees;
 mod lifecycle;
 mod logs;
 mod messages;
+mod metrics;
 mod readme;
 mod rest;
 mod sse;
