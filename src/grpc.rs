@@ -28,6 +28,11 @@ pub fn web_routes(herald: Herald, auth: Auth) -> axum::Router {
     tonic::service::Routes::new(web).into_axum_router()
 }
 
+/// The request log's span for one gRPC call: the method, nothing else.
+pub fn log_span(request: &axum::http::Request<tonic::body::Body>) -> tracing::Span {
+    tracing::info_span!("grpc", method = %request.uri().path())
+}
+
 /// Verifies `authorization: Bearer <token>` and puts the [`Claims`] into the
 /// request's extensions.
 #[derive(Clone)]

@@ -28,6 +28,8 @@ use tokio::{
 use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
+use tower_http::trace::{DefaultOnEos, DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 /// Pending connections the kernel queues per listener: a thousand clients
 /// connecting at once must not be dropped.
@@ -143,6 +145,15 @@ impl Server {
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                // The request log: method and outcome, never metadata (tokens).
+                .layer(
+                    TraceLayer::new_for_grpc()
+                        .make_span_with(grpc::log_span as fn(&_) -> _)
+                        .on_request(())
+                        .on_response(DefaultOnResponse::new().level(Level::INFO))
+                        .on_failure(DefaultOnFailure::new().level(Level::INFO))
+                        .on_eos(DefaultOnEos::new().level(Level::INFO)),
+                )
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
