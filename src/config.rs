@@ -31,6 +31,11 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeConfig {
+    /// A TOML file of settings, named like the flags (`http = "0.0.0.0:8080"`,
+    /// `jwt-secret = "..."`); flags and environment variables win over it.
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Address for REST, SSE, health and the chat page.
     #[arg(
         long,
@@ -207,6 +212,74 @@ pub struct TokenArgs {
 
     #[command(flatten)]
     pub secret: SecretArg,
+}
+
+/// The command line with `serve --config FILE` unfolded: each setting of the
+/// file becomes its flag, unless the flag is on the command line or its
+/// environment variable is set, so flags > environment > file.
+pub fn with_config_file(args: Vec<String>) -> Result<Vec<String>, String> {
+    let Some(serve) = args.iter().position(|arg| arg == "serve") else {
+        return Ok(args);
+    };
+    let given = |flag: &str| {
+        args.iter()
+            .any(|arg| arg == flag || arg.starts_with(&format!("{flag}=")))
+    };
+    let path = match args.iter().position(|arg| arg == "--config") {
+        Some(index) => args.get(index + 1).cloned(),
+        None => args
+            .iter()
+            .find_map(|arg| arg.strip_prefix("--config=").map(str::to_owned))
+            .or_else(|| std::env::var("HERALD_CONFIG").ok()),
+    };
+    let Some(path) = path else { return Ok(args) };
+    let text =
+        std::fs::read_to_string(&path).map_err(|error| format!("cannot read {path}: {error}"))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|error| format!("{path} is not valid TOML: {error}"))?;
+    let command = <Cli as clap::CommandFactory>::command();
+    let serve_command = command
+        .find_subcommand("serve")
+        .expect("serve is a subcommand");
+    let mut extra = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let argument = serve_command
+            .get_arguments()
+            .find(|argument| argument.get_long() == Some(flag.as_str()) && flag != "config")
+            .ok_or_else(|| format!("{path}: unknown setting '{key}'"))?;
+        let from_env = argument
+            .get_env()
+            .is_some_and(|name| std::env::var_os(name).is_some());
+        if given(&format!("--{flag}")) || from_env {
+            continue;
+        }
+        extra.push(format!("--{flag}"));
+        extra.push(
+            setting(&value)
+                .ok_or_else(|| format!("{path}: '{key}' must be a string, number or list"))?,
+        );
+    }
+    let mut args = args;
+    args.splice(serve + 1..serve + 1, extra);
+    Ok(args)
+}
+
+/// A TOML value as the text of a flag (lists joined by commas).
+fn setting(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(text) => Some(text.clone()),
+        toml::Value::Integer(number) => Some(number.to_string()),
+        toml::Value::Float(number) => Some(number.to_string()),
+        toml::Value::Boolean(flag) => Some(flag.to_string()),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(setting)
+            .collect::<Option<Vec<_>>>()
+            .map(|items| items.join(",")),
+        _ => None,
+    }
 }
 
 /// The HS256 secret, shared by `serve` and `token`.

@@ -1,13 +1,20 @@
 use clap::Parser;
 use herald::{
-    config::{Cli, Command},
+    config::{Cli, Command, with_config_file},
     telemetry::LogFormat,
 };
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match with_config_file(std::env::args().collect()) {
+        Ok(args) => args,
+        Err(reason) => {
+            eprintln!("herald: {reason}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
     let log_format = match &cli.command {
         Command::Serve(config) => config.log_format,
         Command::Token(_) => LogFormat::Text,

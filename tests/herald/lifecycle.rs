@@ -1,8 +1,8 @@
 //! Start, restart and shutdown, in process and as the real binary.
 
 use crate::support::{
-    PATIENCE, Process, TestDb, authorized, contents, end_of, herald_command, next_message, page,
-    spawn_app,
+    PATIENCE, Process, TestDb, authorized, code, contents, end_of, herald_command, next_message,
+    page, spawn_app,
 };
 use herald::pb;
 use tonic::Code;
@@ -167,4 +167,73 @@ async fn a_first_run_prints_working_demo_tokens_and_sigterm_exits_zero_with_stre
 
     assert_eq!(status.code(), Code::Unavailable);
     assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn a_config_file_sets_what_flags_and_environment_leave_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("herald.toml");
+    let settings = "jwt-secret = \"from-the-file\"\nmax_content_bytes = 10\ncors-origin = [\"http://a.example\", \"http://b.example\"]\n";
+    std::fs::write(&file, settings).unwrap();
+    let herald = Process::serve(dir.path(), |command| {
+        command
+            .arg("--config")
+            .arg(&file)
+            .args(["--max-content-bytes", "20"]);
+    })
+    .await;
+    let bearer = format!("Bearer {}", crate::support::mint("from-the-file", "alice"));
+    let mut client = herald.client().await;
+    let pair = pb::CreateConversationRequest {
+        participant_ids: vec!["bob".into()],
+    };
+    let conversation = client
+        .create_conversation(authorized(pair, &bearer))
+        .await
+        .unwrap()
+        .into_inner();
+    let send = |content: &str| {
+        let body = pb::CreateMessageRequest {
+            conversation_id: conversation.id.clone(),
+            content: content.into(),
+            ..Default::default()
+        };
+        authorized(body, &bearer)
+    };
+
+    let fifteen = client.create_message(send("fifteen bytes!!")).await;
+    let too_long = client.create_message(send("twenty-one bytes long")).await;
+    let preflight = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("http://{}/api/messages", herald.http),
+        )
+        .header("origin", "http://b.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+
+    assert!(fifteen.is_ok(), "the flag (20) wins over the file (10)");
+    assert_eq!(code(too_long), Code::InvalidArgument);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "http://b.example"
+    );
+    herald.terminate().await;
+
+    std::fs::write(&file, "no-such-setting = 1\n").unwrap();
+    let output = herald_command()
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("herald: ")
+    );
 }
