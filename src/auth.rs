@@ -40,11 +40,43 @@ impl Claims {
     }
 }
 
+/// The `aud` of a stream ticket: a token good only for opening the SSE stream.
+pub const STREAM_AUDIENCE: &str = "herald-stream";
+/// How long a stream ticket can open a stream.
+pub const TICKET_TTL: Duration = Duration::from_secs(60);
+
 /// The claims herald reads and writes.
 #[derive(Serialize, Deserialize)]
 struct Wire {
     sub: String,
     exp: u64,
+    /// Any JWT audience: a string or a list; only [`STREAM_AUDIENCE`] means
+    /// something to herald.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<serde_json::Value>,
+    /// On a stream ticket: when the token it was issued for expires, which is
+    /// when a stream it opened must end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session_exp: Option<u64>,
+}
+
+impl Wire {
+    fn is_ticket(&self) -> bool {
+        match &self.aud {
+            Some(serde_json::Value::String(aud)) => aud == STREAM_AUDIENCE,
+            Some(serde_json::Value::Array(auds)) => auds.iter().any(|aud| aud == STREAM_AUDIENCE),
+            _ => false,
+        }
+    }
+}
+
+/// What a token may be used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// Any call: stream tickets are refused.
+    Api,
+    /// Opening the SSE stream: stream tickets are welcome.
+    Stream,
 }
 
 /// Verifies and mints tokens; cheap to clone.
@@ -89,8 +121,15 @@ impl Auth {
         }
     }
 
-    /// Verifies `token`. Every failure is the same [`Error::Unauthenticated`].
+    /// Verifies `token` for any call. Every failure is the same
+    /// [`Error::Unauthenticated`].
     pub fn verify(&self, token: &str) -> Result<Claims, Error> {
+        self.verify_for(token, Use::Api)
+    }
+
+    /// Verifies `token` for `usage`: a stream ticket opens only the stream,
+    /// which then lasts as long as the token the ticket was issued for.
+    pub fn verify_for(&self, token: &str, usage: Use) -> Result<Claims, Error> {
         if token.len() > MAX_TOKEN_BYTES {
             tracing::debug!(bytes = token.len(), "token refused: too long");
             return Err(self.refuse("malformed"));
@@ -104,10 +143,30 @@ impl Auth {
             tracing::debug!(reason = %error, "token refused: bad sub claim");
             self.refuse("claims")
         })?;
-        Ok(Claims {
-            user,
-            expires_at: data.claims.exp,
-        })
+        let expires_at = match (data.claims.is_ticket(), usage) {
+            (false, _) => data.claims.exp,
+            (true, Use::Stream) => data.claims.session_exp.unwrap_or(data.claims.exp),
+            (true, Use::Api) => {
+                tracing::debug!("token refused: a stream ticket used for another call");
+                return Err(self.refuse("claims"));
+            }
+        };
+        Ok(Claims { user, expires_at })
+    }
+
+    /// A stream ticket for `claims`' user: opens the SSE stream within
+    /// [`TICKET_TTL`], and the stream lasts until `claims` expire.
+    pub fn ticket(&self, claims: &Claims) -> (String, u64) {
+        let exp = unix_now()
+            .saturating_add(TICKET_TTL.as_secs())
+            .min(claims.expires_at);
+        let wire = Wire {
+            sub: claims.user.to_string(),
+            exp,
+            aud: Some(serde_json::Value::String(STREAM_AUDIENCE.into())),
+            session_exp: Some(claims.expires_at),
+        };
+        (self.sign(&wire), exp)
     }
 
     /// Counts a request that came with no token at all.
@@ -134,19 +193,27 @@ impl Auth {
 
     /// Mints a token for `user` valid for `ttl`.
     pub fn mint(&self, user: &UserId, ttl: Duration) -> String {
-        let exp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_add(ttl)
-            .as_secs();
-        let claims = Wire {
+        let wire = Wire {
             sub: user.to_string(),
-            exp,
+            exp: unix_now().saturating_add(ttl.as_secs()),
+            aud: None,
+            session_exp: None,
         };
+        self.sign(&wire)
+    }
+
+    fn sign(&self, wire: &Wire) -> String {
         // HS256 signing with an HMAC key cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.keys.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), wire, &self.keys.encoding)
             .expect("HS256 signing failed")
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// The metrics reason of a jsonwebtoken failure.
@@ -197,6 +264,21 @@ mod tests {
             Auth::hs256(b"secret").verify(&token),
             Err(Error::Unauthenticated)
         ));
+    }
+
+    #[test]
+    fn a_stream_ticket_opens_only_the_stream_which_lasts_the_session() {
+        let auth = Auth::hs256(b"secret");
+        let alice = UserId::parse("sub", "alice").unwrap();
+        let session = auth
+            .verify(&auth.mint(&alice, Duration::from_secs(3600)))
+            .unwrap();
+        let (ticket, exp) = auth.ticket(&session);
+        assert!(exp < session.expires_at);
+        assert!(auth.verify(&ticket).is_err(), "not for API calls");
+        let stream = auth.verify_for(&ticket, Use::Stream).unwrap();
+        assert_eq!(stream.user, alice);
+        assert_eq!(stream.expires_at, session.expires_at);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub fn router() -> Router<AppState> {
             post(create_message).get(list_messages),
         )
         .route("/api/conversations/{id}/read", post(mark_read))
+        .route("/api/stream-tickets", post(stream_ticket))
 }
 
 async fn create_conversation(
@@ -115,6 +116,25 @@ async fn mark_read(
         .mark_read(&caller.user, &id, &body.message_id)
         .await?;
     Ok(Json((&conversation).into()))
+}
+
+/// A short-lived token good only for opening the SSE stream, so that the
+/// long-lived token never has to sit in a URL. The stream it opens lasts as
+/// long as the caller's own token.
+async fn stream_ticket(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let (ticket, expires) = state.auth.ticket(&caller);
+    let expires_at = pb::Timestamp {
+        seconds: expires as i64,
+        nanos: 0,
+    }
+    .to_rfc3339();
+    (
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "ticket": ticket, "expiresAt": expires_at })),
+    )
 }
 
 /// A JSON body whose rejections use herald's error shape: 413 when too

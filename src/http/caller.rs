@@ -1,20 +1,34 @@
-//! Who is calling over HTTP: `Authorization: Bearer <token>`, or `?token=`
-//! for browsers' EventSource, which cannot set headers. The header wins when
-//! both are present. Verification itself is [`Auth::verify`], shared with gRPC.
+//! Who is calling over HTTP. The token comes from, in this order:
+//! `Authorization: Bearer <token>`; the `herald_token` cookie (set it
+//! `Secure; HttpOnly; SameSite=Strict`); the `?token=` query parameter, which
+//! browsers' EventSource needs since it cannot set headers. Verification
+//! itself is [`Auth::verify_for`], shared with gRPC.
+//!
+//! [`Caller`] refuses stream tickets; [`StreamCaller`], used only by the SSE
+//! stream, accepts them.
 
 use super::AppState;
 use crate::{
-    auth::{Claims, bearer},
+    auth::{Claims, Use, bearer},
     error::Error,
 };
 use axum::{
     extract::{FromRequestParts, Query},
-    http::{header::AUTHORIZATION, request::Parts},
+    http::{
+        header::{AUTHORIZATION, COOKIE},
+        request::Parts,
+    },
 };
 use serde::Deserialize;
 
-/// The verified caller of a request.
+/// The cookie herald reads a token from.
+pub const TOKEN_COOKIE: &str = "herald_token";
+
+/// The verified caller of an API request.
 pub struct Caller(pub Claims);
+
+/// The verified caller of the SSE stream (a stream ticket will do).
+pub struct StreamCaller(pub Claims);
 
 #[derive(Deserialize)]
 struct TokenParam {
@@ -25,15 +39,44 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let token = match parts.headers.get(AUTHORIZATION) {
-            Some(header) => header.to_str().ok().and_then(bearer).map(str::to_owned),
-            None => Query::<TokenParam>::try_from_uri(&parts.uri)
-                .ok()
-                .and_then(|Query(param)| param.token),
-        };
-        let Some(token) = token else {
-            return Err(state.auth.refuse_missing());
-        };
-        state.auth.verify(&token).map(Caller)
+        authenticate(parts, state, Use::Api).map(Caller)
     }
+}
+
+impl FromRequestParts<AppState> for StreamCaller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        authenticate(parts, state, Use::Stream).map(StreamCaller)
+    }
+}
+
+fn authenticate(parts: &Parts, state: &AppState, usage: Use) -> Result<Claims, Error> {
+    let token = match parts.headers.get(AUTHORIZATION) {
+        // A header that is present decides, even when it is wrong.
+        Some(header) => header.to_str().ok().and_then(bearer).map(str::to_owned),
+        None => cookie(parts).or_else(|| {
+            Query::<TokenParam>::try_from_uri(&parts.uri)
+                .ok()
+                .and_then(|Query(param)| param.token)
+        }),
+    };
+    match token {
+        Some(token) => state.auth.verify_for(&token, usage),
+        None => Err(state.auth.refuse_missing()),
+    }
+}
+
+/// The token in the `herald_token` cookie, if any.
+fn cookie(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == TOKEN_COOKIE && !value.is_empty()).then(|| value.to_owned())
+        })
 }

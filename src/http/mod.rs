@@ -25,7 +25,7 @@ use axum::{
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-pub use caller::Caller;
+pub use caller::{Caller, StreamCaller};
 
 /// What every HTTP handler can reach.
 #[derive(Clone)]

@@ -22,7 +22,7 @@
 //!
 //! [`Herald::subscribe`]: crate::service::Herald::subscribe
 
-use super::{AppState, Caller, error_response};
+use super::{AppState, StreamCaller, error_response};
 use crate::{error::Error, hub::Delivery, metrics::Transport, pb, service::MessageStream};
 use axum::{
     Router,
@@ -55,7 +55,7 @@ struct ResumeQuery {
 
 async fn subscribe(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    StreamCaller(caller): StreamCaller,
     headers: HeaderMap,
     query: Result<Query<ResumeQuery>, QueryRejection>,
 ) -> Result<Response, Error> {

@@ -259,7 +259,77 @@ async fn a_browser_that_stops_reading_is_dropped_and_resumes_losslessly(db: Test
     assert_eq!(received, sent);
 }
 
+async fn a_stream_ticket_opens_the_stream_and_nothing_else(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    let issued: serde_json::Value = Client::new()
+        .post(app.url("/api/stream-tickets"))
+        .bearer_auth(app.token("bob"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ticket = issued["ticket"].as_str().unwrap();
+    assert!(issued["expiresAt"].as_str().unwrap().ends_with('Z'));
+
+    let url = app.url(&format!("/api/messages?token={ticket}"));
+    let mut stream = open_sse(Client::new().get(url).header("accept", "text/event-stream")).await;
+    let sent = alice.send(&conversation.id, "via a ticket").await.unwrap();
+    assert_eq!(stream.next_message().await, sent);
+
+    let rest = Client::new()
+        .get(app.url("/api/conversations"))
+        .bearer_auth(ticket)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), StatusCode::UNAUTHORIZED);
+    let grpc = crate::support::User::with_token(&app, ticket.to_owned()).await;
+    assert_eq!(
+        crate::support::code(grpc.conversations().await),
+        tonic::Code::Unauthenticated
+    );
+}
+
+async fn a_token_in_the_cookie_works_and_a_header_still_wins(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let cookie = format!("theme=dark; herald_token={}", app.token("bob"));
+
+    let by_cookie = Client::new()
+        .get(app.url("/api/conversations"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let stream = app
+        .sse_request("forged")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let header_wins = Client::new()
+        .get(app.url("/api/conversations"))
+        .header("cookie", &cookie)
+        .bearer_auth("forged")
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(by_cookie.status(), StatusCode::OK);
+    assert_eq!(
+        stream.status(),
+        StatusCode::UNAUTHORIZED,
+        "the forged header decides"
+    );
+    assert_eq!(header_wins.status(), StatusCode::UNAUTHORIZED);
+}
+
 on_every_backend!(
+    a_stream_ticket_opens_the_stream_and_nothing_else,
+    a_token_in_the_cookie_works_and_a_header_still_wins,
     a_request_that_does_not_accept_event_streams_gets_406,
     the_stream_has_the_contract_headers_and_framing,
     an_idle_stream_gets_comment_heartbeats,

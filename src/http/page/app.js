@@ -13,6 +13,7 @@ const state = {
   current: null,            // open conversation id
   shown: new Set(),         // message ids rendered in the open conversation
   events: null,             // the EventSource
+  lastEventId: null,        // the id of the last message received live
 };
 
 // ---- token -----------------------------------------------------------------
@@ -210,14 +211,26 @@ async function startConversation(event) {
 
 // ---- live messages ---------------------------------------------------------
 
-function connect() {
+async function connect() {
   state.events?.close();
-  // EventSource cannot send headers, hence the token in the query string.
-  // On reconnect the browser sends Last-Event-ID, and herald replays what
-  // was missed before going live.
-  const events = new EventSource(`/api/messages?token=${encodeURIComponent(state.token)}`);
-  state.events = events;
   const status = $("status");
+  // EventSource cannot send headers, so the stream is opened with a
+  // short-lived stream ticket in the URL rather than the long-lived token.
+  let ticket;
+  try {
+    ({ ticket } = await api("POST", "/api/stream-tickets"));
+  } catch {
+    status.dataset.state = "connecting";
+    status.textContent = "reconnecting…";
+    setTimeout(connect, 2000);
+    return;
+  }
+  const params = new URLSearchParams({ token: ticket });
+  if (state.lastEventId) params.set("lastEventId", state.lastEventId);
+  // On its own reconnects the browser sends Last-Event-ID, and herald
+  // replays what was missed before going live.
+  const events = new EventSource(`/api/messages?${params}`);
+  state.events = events;
   events.onopen = () => {
     status.dataset.state = "live";
     status.textContent = "live";
@@ -225,8 +238,14 @@ function connect() {
   events.onerror = () => {
     status.dataset.state = "connecting";
     status.textContent = "reconnecting…";
+    // The browser gave up (for example, the ticket expired while the server
+    // was away): start over with a new ticket, resuming after the last id.
+    if (events.readyState === EventSource.CLOSED && state.events === events) setTimeout(connect, 1000);
   };
-  events.onmessage = (event) => receive(JSON.parse(event.data));
+  events.onmessage = (event) => {
+    state.lastEventId = event.lastEventId;
+    receive(JSON.parse(event.data));
+  };
   // The server could not replay what we missed: start over from the API.
   events.addEventListener("reset", () => {
     loadConversations().then(() => state.current && openConversation(state.current));
