@@ -13,10 +13,14 @@ const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
-    let (auth, ephemeral) = match &config.secret.jwt_secret {
-        Some(secret) => (Auth::hs256(secret.expose().as_bytes()), false),
-        None => (Auth::hs256(ephemeral_secret().as_bytes()), true),
+    let identity = config.identity();
+    // Without a secret, an ephemeral one still signs stream tickets; demo
+    // tokens are printed only when no identity provider is configured.
+    let (secret, ephemeral) = match &config.secret.jwt_secret {
+        Some(secret) => (secret.expose().to_owned(), false),
+        None => (ephemeral_secret(), !identity.is_configured()),
     };
+    let auth = Auth::new(secret.as_bytes(), &identity).map_err(StartError::new)?;
     let server = Server::bind(&config, auth.clone()).await?;
     tracing::info!(http = %server.http_addr(), grpc = %server.grpc_addr(), "herald is serving");
     if ephemeral {

@@ -2,6 +2,7 @@
 //! and its `///` doc is its `--help` text.
 
 use crate::{
+    auth::IdentityConfig,
     broker::{BrokerConfig, BrokerKind},
     http::HttpOptions,
     limits::Limits,
@@ -61,6 +62,24 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub secret: SecretArg,
+
+    /// An identity provider's public key (PEM: RSA, EC P-256 or Ed25519) that
+    /// verifies RS256, ES256 or EdDSA tokens.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// An identity provider's JWKS file; keys are chosen by `kid`, and the
+    /// file is reloaded when it changes.
+    #[arg(long, env = "HERALD_JWT_JWKS", value_name = "FILE")]
+    pub jwt_jwks: Option<std::path::PathBuf>,
+
+    /// The `iss` that identity-provider tokens must carry.
+    #[arg(long, env = "HERALD_JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The `aud` that identity-provider tokens must carry.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
 
     /// How long shutdown waits for in-flight requests (e.g. 5s, 500ms).
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -172,6 +191,15 @@ impl ServeConfig {
             cors_origins: self.cors_origin.clone(),
             max_body_bytes: self.max_body_bytes,
             heartbeat: self.sse_heartbeat,
+        }
+    }
+
+    pub fn identity(&self) -> IdentityConfig {
+        IdentityConfig {
+            public_key: self.jwt_public_key.clone(),
+            jwks: self.jwt_jwks.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
         }
     }
 

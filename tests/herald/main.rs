@@ -39,6 +39,7 @@ mod conversations;
 mod delivery;
 mod examples;
 mod guarantees;
+mod identity;
 mod lifecycle;
 mod logs;
 mod messages;

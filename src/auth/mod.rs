@@ -5,7 +5,8 @@
 //! the reason goes to the debug log, never the token itself.
 
 use crate::{domain::UserId, error::Error};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, Header};
+use keys::Keys;
 use serde::{Deserialize, Serialize};
 use std::{
     sync::{
@@ -79,6 +80,10 @@ pub enum Use {
     Stream,
 }
 
+mod keys;
+
+pub use keys::IdentityConfig;
+
 /// Verifies and mints tokens; cheap to clone.
 #[derive(Clone)]
 pub struct Auth {
@@ -96,29 +101,19 @@ pub const REASONS: [&str; 6] = [
     "claims",
 ];
 
-struct Keys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
-}
-
 impl Auth {
     /// HS256 with a shared secret.
     pub fn hs256(secret: &[u8]) -> Self {
-        // `Validation::new` already refuses `alg: none` and every other
-        // algorithm; herald adds the required claims and a smaller leeway.
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = LEEWAY.as_secs();
-        validation.validate_aud = false;
-        Self {
-            keys: Arc::new(Keys {
-                encoding: EncodingKey::from_secret(secret),
-                decoding: DecodingKey::from_secret(secret),
-                validation,
-            }),
+        Self::new(secret, &IdentityConfig::default()).expect("an HS256 secret needs no files")
+    }
+
+    /// HS256 with `secret` (herald's own tokens and stream tickets), plus
+    /// an identity provider's keys when `identity` names them.
+    pub fn new(secret: &[u8], identity: &IdentityConfig) -> Result<Self, String> {
+        Ok(Self {
+            keys: Arc::new(Keys::load(secret, identity)?),
             refused: Arc::default(),
-        }
+        })
     }
 
     /// Verifies `token` for any call. Every failure is the same
@@ -134,11 +129,18 @@ impl Auth {
             tracing::debug!(bytes = token.len(), "token refused: too long");
             return Err(self.refuse("malformed"));
         }
-        let data = jsonwebtoken::decode::<Wire>(token, &self.keys.decoding, &self.keys.validation)
-            .map_err(|error| {
-                tracing::debug!(reason = ?error.kind(), "token refused");
-                self.refuse(reason_of(error.kind()))
-            })?;
+        let header = jsonwebtoken::decode_header(token).map_err(|error| {
+            tracing::debug!(reason = ?error.kind(), "token refused");
+            self.refuse(reason_of(error.kind()))
+        })?;
+        let (key, rules) = self.keys.for_header(&header).map_err(|reason| {
+            tracing::debug!(reason, alg = ?header.alg, "token refused: no key fits");
+            self.refuse(reason)
+        })?;
+        let data = jsonwebtoken::decode::<Wire>(token, &key, &rules).map_err(|error| {
+            tracing::debug!(reason = ?error.kind(), "token refused");
+            self.refuse(reason_of(error.kind()))
+        })?;
         let user = UserId::parse("sub", &data.claims.sub).map_err(|error| {
             tracing::debug!(reason = %error, "token refused: bad sub claim");
             self.refuse("claims")

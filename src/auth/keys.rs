@@ -1,0 +1,229 @@
+//! Verification keys: herald's HS256 secret, and optionally an identity
+//! provider's public key (RS256, ES256 or EdDSA, from a PEM file) or a JWKS
+//! file whose keys are chosen by `kid` and which is reloaded when it changes.
+//! The provider's `iss` and `aud` are checked when configured; herald's own
+//! HS256 tokens (and stream tickets) are not the provider's, so they are not.
+
+use super::{LEEWAY, STREAM_AUDIENCE};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation,
+    jwk::{AlgorithmParameters, JwkSet},
+};
+use std::{
+    path::PathBuf,
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime},
+};
+
+/// How often, at most, the JWKS file is checked for changes.
+const JWKS_CHECK: Duration = Duration::from_secs(1);
+
+/// Where an identity provider's keys come from, and what its tokens must say.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityConfig {
+    /// A PEM public key (RSA, EC P-256 or Ed25519).
+    pub public_key: Option<PathBuf>,
+    /// A JWKS file.
+    pub jwks: Option<PathBuf>,
+    /// The `iss` the provider's tokens must carry.
+    pub issuer: Option<String>,
+    /// The `aud` the provider's tokens must carry.
+    pub audience: Option<String>,
+}
+
+impl IdentityConfig {
+    pub fn is_configured(&self) -> bool {
+        self.public_key.is_some() || self.jwks.is_some()
+    }
+}
+
+pub(super) struct Keys {
+    pub encoding: EncodingKey,
+    secret: DecodingKey,
+    public: Option<(Algorithm, DecodingKey)>,
+    jwks: Option<Jwks>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+/// Why no key fits a token, as a metrics reason.
+pub(super) type Refusal = &'static str;
+
+impl Keys {
+    pub fn load(secret: &[u8], identity: &IdentityConfig) -> Result<Self, String> {
+        let public = match &identity.public_key {
+            Some(path) => Some(
+                public_key(
+                    &std::fs::read(path)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                )
+                .ok_or_else(|| {
+                    format!(
+                        "{} is not an RSA, EC P-256 or Ed25519 public key in PEM",
+                        path.display()
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        let jwks = match &identity.jwks {
+            Some(path) => Some(Jwks::load(path.clone())?),
+            None => None,
+        };
+        Ok(Self {
+            encoding: EncodingKey::from_secret(secret),
+            secret: DecodingKey::from_secret(secret),
+            public,
+            jwks,
+            issuer: identity.issuer.clone(),
+            audience: identity.audience.clone(),
+        })
+    }
+
+    /// The key and the checks for a token with `header`.
+    pub fn for_header(&self, header: &Header) -> Result<(DecodingKey, Validation), Refusal> {
+        if header.alg == Algorithm::HS256 {
+            return Ok((
+                self.secret.clone(),
+                validation(Algorithm::HS256, None, None),
+            ));
+        }
+        if !matches!(
+            header.alg,
+            Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
+        ) {
+            return Err("algorithm");
+        }
+        let key = match (&self.jwks, &self.public) {
+            (Some(jwks), _) if header.kid.is_some() => {
+                jwks.key(header.kid.as_deref(), header.alg)?
+            }
+            (_, Some((alg, key))) if *alg == header.alg => key.clone(),
+            (Some(jwks), _) => jwks.key(None, header.alg)?,
+            _ => return Err("algorithm"),
+        };
+        let rules = validation(header.alg, self.issuer.as_deref(), self.audience.as_deref());
+        Ok((key, rules))
+    }
+}
+
+fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
+    // `Validation::new` refuses `alg: none` and every other algorithm.
+    let mut rules = Validation::new(alg);
+    let mut required = vec!["exp", "sub"];
+    required.extend(issuer.map(|_| "iss"));
+    required.extend(audience.map(|_| "aud"));
+    rules.set_required_spec_claims(&required);
+    rules.leeway = LEEWAY.as_secs();
+    match audience {
+        Some(audience) => rules.set_audience(&[audience, STREAM_AUDIENCE]),
+        None => rules.validate_aud = false,
+    }
+    if let Some(issuer) = issuer {
+        rules.set_issuer(&[issuer]);
+    }
+    rules
+}
+
+/// A PEM public key and the algorithm it verifies.
+fn public_key(pem: &[u8]) -> Option<(Algorithm, DecodingKey)> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Some((Algorithm::RS256, key));
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Some((Algorithm::ES256, key));
+    }
+    DecodingKey::from_ed_pem(pem)
+        .ok()
+        .map(|key| (Algorithm::EdDSA, key))
+}
+
+/// A JWKS file, reloaded when its modification time changes.
+struct Jwks {
+    path: PathBuf,
+    state: Mutex<JwksState>,
+}
+
+struct JwksState {
+    checked: Instant,
+    modified: Option<SystemTime>,
+    set: JwkSet,
+}
+
+impl Jwks {
+    fn load(path: PathBuf) -> Result<Self, String> {
+        let (modified, set) = read_jwks(&path)?;
+        let state = JwksState {
+            checked: Instant::now(),
+            modified,
+            set,
+        };
+        Ok(Self {
+            path,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The key named `kid` (or the only key of the family of `alg`).
+    fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, Refusal> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.refresh(&mut state);
+        let fits = |jwk: &&jsonwebtoken::jwk::Jwk| family_fits(&jwk.algorithm, alg);
+        let jwk = match kid {
+            Some(kid) => state.set.find(kid).filter(fits).ok_or("signature")?,
+            None => {
+                let mut candidates = state.set.keys.iter().filter(fits);
+                match (candidates.next(), candidates.next()) {
+                    (Some(only), None) => only,
+                    _ => return Err("signature"),
+                }
+            }
+        };
+        DecodingKey::from_jwk(jwk).map_err(|_| "signature")
+    }
+
+    fn refresh(&self, state: &mut JwksState) {
+        if state.checked.elapsed() < JWKS_CHECK {
+            return;
+        }
+        state.checked = Instant::now();
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|meta| meta.modified())
+            .ok();
+        if modified == state.modified {
+            return;
+        }
+        match read_jwks(&self.path) {
+            Ok((modified, set)) => {
+                tracing::info!(path = %self.path.display(), keys = set.keys.len(), "JWKS reloaded");
+                state.modified = modified;
+                state.set = set;
+            }
+            Err(error) => tracing::warn!(%error, "JWKS reload failed; keeping the previous keys"),
+        }
+    }
+}
+
+fn read_jwks(path: &PathBuf) -> Result<(Option<SystemTime>, JwkSet), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let set = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a JWKS: {e}", path.display()))?;
+    let modified = std::fs::metadata(path)
+        .and_then(|meta| meta.modified())
+        .ok();
+    Ok((modified, set))
+}
+
+/// Whether a JWK's key type can verify `alg`.
+fn family_fits(parameters: &AlgorithmParameters, alg: Algorithm) -> bool {
+    matches!(
+        (parameters, alg),
+        (AlgorithmParameters::RSA(_), Algorithm::RS256)
+            | (AlgorithmParameters::EllipticCurve(_), Algorithm::ES256)
+            | (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA)
+    )
+}
