@@ -19,9 +19,10 @@ if ! command -v chromium >/dev/null; then
     echo "installing Chromium for the browser test" >&2
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
 fi
-# openssl makes the identity-provider keys of the token tests.
-if ! command -v openssl >/dev/null; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >/dev/null
+# openssl makes the keys and certificates of the token and TLS tests; curl
+# is the TLS test's HTTP/2 SSE client.
+if ! command -v openssl >/dev/null || ! command -v curl >/dev/null; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl curl >/dev/null
 fi
 # npm packages of the JavaScript tests and the Node example; a venv with
 # grpcio and generated stubs for the Python example.

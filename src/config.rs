@@ -6,7 +6,9 @@ use crate::{
     broker::{BrokerConfig, BrokerKind},
     http::HttpOptions,
     limits::Limits,
+    server::StartError,
     telemetry::LogFormat,
+    tls::TlsFiles,
 };
 use clap::{Args, Parser, Subcommand};
 use std::{fmt, str::FromStr, time::Duration};
@@ -80,6 +82,14 @@ pub struct ServeConfig {
     /// The `aud` that identity-provider tokens must carry.
     #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// TLS certificate chain (PEM) for both listeners; needs --tls-key.
+    #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// TLS private key (PEM) for both listeners; needs --tls-cert.
+    #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
 
     /// How long shutdown waits for in-flight requests (e.g. 5s, 500ms).
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -191,6 +201,18 @@ impl ServeConfig {
             cors_origins: self.cors_origin.clone(),
             max_body_bytes: self.max_body_bytes,
             heartbeat: self.sse_heartbeat,
+        }
+    }
+
+    /// The TLS files, when both are given.
+    pub fn tls(&self) -> Result<Option<TlsFiles>, StartError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None) => Ok(None),
+            _ => Err(StartError::new("--tls-cert and --tls-key go together")),
         }
     }
 

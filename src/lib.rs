@@ -15,6 +15,7 @@
 //! | [`config`] | the command line and its environment variables |
 //! | [`cli`] | what `serve` and `token` do |
 //! | [`server`] | binding, running, graceful shutdown |
+//! | [`tls`] | optional TLS on both listeners, HTTP/2 by ALPN |
 //! | [`error`] | the error type, and its gRPC mapping |
 //! | [`auth`] | JWT verification and minting |
 //! | [`domain`] | ids, content, messages, conversations |
@@ -48,6 +49,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::Error;
 pub use server::Server;

@@ -19,13 +19,17 @@ use crate::{
     pb,
     service::Herald,
     store::Store,
+    tls::{self, TlsFiles},
 };
 use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::{
     net::{TcpListener, TcpSocket},
     task::JoinHandle,
 };
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tokio_stream::{
+    StreamExt,
+    wrappers::{ReceiverStream, TcpListenerStream},
+};
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tower_http::trace::{DefaultOnEos, DefaultOnFailure, DefaultOnResponse, TraceLayer};
@@ -58,6 +62,7 @@ pub struct Server {
     shutdown: CancellationToken,
     drain: Duration,
     http_options: HttpOptions,
+    tls: Option<TlsFiles>,
 }
 
 impl Server {
@@ -91,6 +96,7 @@ impl Server {
             shutdown,
             drain: config.drain_timeout,
             http_options: config.http_options(),
+            tls: config.tls()?,
         })
     }
 
@@ -136,30 +142,22 @@ impl Server {
         let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
         let stop = self.shutdown.clone();
-        let incoming = TcpListenerStream::new(self.grpc).map(|accepted| {
-            accepted.inspect(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            })
-        });
-        let mut grpc_server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                // The request log: method and outcome, never metadata (tokens).
-                .layer(
-                    TraceLayer::new_for_grpc()
-                        .make_span_with(grpc::log_span as fn(&_) -> _)
-                        .on_request(())
-                        .on_response(DefaultOnResponse::new().level(Level::INFO))
-                        .on_failure(DefaultOnFailure::new().level(Level::INFO))
-                        .on_eos(DefaultOnEos::new().level(Level::INFO)),
-                )
-                .add_service(health_service)
-                .add_service(reflection_v1)
-                .add_service(reflection_v1alpha)
-                .add_service(grpc::service(self.herald.clone(), self.auth.clone()))
-                .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()),
-        );
+        let grpc_router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // The request log: method and outcome, never metadata (tokens).
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(grpc::log_span as fn(&_) -> _)
+                    .on_request(())
+                    .on_response(DefaultOnResponse::new().level(Level::INFO))
+                    .on_failure(DefaultOnFailure::new().level(Level::INFO))
+                    .on_eos(DefaultOnEos::new().level(Level::INFO)),
+            )
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(grpc::service(self.herald.clone(), self.auth.clone()));
         let state = AppState {
             herald: self.herald.clone(),
             auth: self.auth.clone(),
@@ -168,11 +166,42 @@ impl Server {
         };
         let grpc_web = grpc::web_routes(self.herald.clone(), self.auth.clone());
         let app = http::router(state, &self.http_options, grpc_web);
-        let mut http_server = tokio::spawn(
-            axum::serve(self.http, app)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let graceful = || stop.clone().cancelled_owned();
+        let (mut grpc_server, mut http_server) = match &self.tls {
+            None => {
+                let incoming = TcpListenerStream::new(self.grpc).map(|accepted| {
+                    accepted.inspect(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    })
+                });
+                let http = axum::serve(self.http, app).with_graceful_shutdown(graceful());
+                (
+                    tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, graceful())),
+                    tokio::spawn(http.into_future()),
+                )
+            }
+            Some(files) => {
+                let http_addr = self
+                    .http
+                    .local_addr()
+                    .map_err(|e| StartError(e.to_string()))?;
+                let grpc_tls = tls::acceptor(files, &[b"h2"]).map_err(StartError)?;
+                let http_tls = tls::acceptor(files, &[b"h2", b"http/1.1"]).map_err(StartError)?;
+                let grpc_connections = tls::incoming(self.grpc, grpc_tls, stop.clone());
+                let incoming = ReceiverStream::new(grpc_connections)
+                    .map(|(tls, _)| Ok::<_, std::io::Error>(tls));
+                let connections = tls::incoming(self.http, http_tls, stop.clone());
+                let listener = tls::TlsListener {
+                    connections,
+                    addr: http_addr,
+                };
+                let http = axum::serve(listener, app).with_graceful_shutdown(graceful());
+                (
+                    tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, graceful())),
+                    tokio::spawn(http.into_future()),
+                )
+            }
+        };
 
         tokio::select! {
             _ = signal => tracing::info!("shutting down"),

@@ -48,3 +48,4 @@ mod readme;
 mod rest;
 mod sse;
 mod support;
+mod tls;
