@@ -33,6 +33,7 @@ macro_rules! on_every_backend {
 }
 
 mod auth;
+mod bench;
 mod browser;
 mod cluster;
 mod conversations;

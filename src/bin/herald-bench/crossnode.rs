@@ -1,12 +1,10 @@
-//! herald-bench: load scenarios against running herald nodes, reporting
-//! delivery throughput and create-to-delivery latency.
-//!
 //! `crossnode`: writers send through one node's gRPC port while a subscriber
 //! listens on another's, so every message crosses the broker. Each message
 //! carries its send time; latency is measured when the subscriber parses it
 //! (same clock, one process).
 
-use clap::{Args, Parser, Subcommand};
+use crate::fanout::authorized;
+use clap::Args;
 use herald::{
     auth::Auth,
     domain::UserId,
@@ -19,26 +17,11 @@ use std::{
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
-use tonic::{Request, transport::Channel};
+use tonic::transport::Channel;
 
-#[derive(Parser)]
-#[command(
-    name = "herald-bench",
-    about = "Load scenarios against running herald nodes"
-)]
-struct Cli {
-    #[command(subcommand)]
-    scenario: Scenario,
-}
-
-#[derive(Subcommand)]
-enum Scenario {
-    /// Writers on one node, a subscriber on another: cross-node latency and throughput.
-    Crossnode(CrossNode),
-}
-
+/// Writers on one node, a subscriber on another.
 #[derive(Args)]
-struct CrossNode {
+pub struct CrossNode {
     /// gRPC address of the node the writers use.
     #[arg(long)]
     write: String,
@@ -59,26 +42,11 @@ struct CrossNode {
     concurrency: usize,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    match Cli::parse().scenario {
-        Scenario::Crossnode(args) => crossnode(args).await,
-    }
-}
-
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_micros() as u64
-}
-
-fn authorized<T>(body: T, token: &str) -> Request<T> {
-    let mut request = Request::new(body);
-    if let Ok(value) = format!("Bearer {token}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
 }
 
 async fn connect(address: &str) -> Result<MessengerClient<Channel>, tonic::transport::Error> {
@@ -89,7 +57,7 @@ async fn connect(address: &str) -> Result<MessengerClient<Channel>, tonic::trans
     Ok(MessengerClient::new(channel))
 }
 
-async fn crossnode(args: CrossNode) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn crossnode(args: CrossNode) -> Result<(), Box<dyn std::error::Error>> {
     let auth = Auth::hs256(args.jwt_secret.as_bytes());
     let token = |user: &str| {
         auth.mint(
@@ -198,27 +166,6 @@ fn report(args: &CrossNode, latencies: &mut [u64], sent_in: Duration, delivered_
         at(0.99),
         at(0.999),
         at(1.0),
-        own_cpu_seconds(),
+        crate::fanout::own_cpu_seconds(),
     );
-}
-
-/// CPU time (user + system) this process used, from /proc (Linux).
-fn own_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which ends with ')'): utime is the
-    // 12th and stime the 13th of those, in clock ticks (100 per second).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }

@@ -1,0 +1,408 @@
+//! SSE scenarios that run against herald or nchan alike: `idle` (memory
+//! per held stream), `group` (one conversation or channel, many members)
+//! and `direct` (one-to-one pairs, round robin).
+
+use crate::sse::{Tally, now_micros, subscribe};
+use clap::{Args, ValueEnum};
+use futures_util::StreamExt;
+use herald::{
+    auth::Auth,
+    domain::UserId,
+    pb::{self, messenger_client::MessengerClient},
+};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Request, transport::Channel};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Server {
+    Herald,
+    Nchan,
+}
+
+/// Which server, and how to reach it.
+#[derive(Args, Clone)]
+pub struct Target {
+    #[arg(long, value_enum, default_value = "herald")]
+    pub server: Server,
+    /// HTTP address: herald's --http, or nginx's listen.
+    #[arg(long)]
+    pub http: SocketAddr,
+    /// herald's gRPC address, which publishes.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub grpc: String,
+    /// herald's HS256 secret.
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        hide_env_values = true,
+        default_value = "bench-secret"
+    )]
+    pub jwt_secret: String,
+    /// The server's process ids (nginx: every worker), to read memory and
+    /// CPU from /proc.
+    #[arg(long, value_delimiter = ',')]
+    pub pid: Vec<u32>,
+}
+
+#[derive(Args)]
+pub struct Idle {
+    #[command(flatten)]
+    target: Target,
+    /// Streams to open and hold.
+    #[arg(long, default_value_t = 1_000)]
+    subscribers: usize,
+}
+
+#[derive(Args)]
+pub struct Fanout {
+    #[command(flatten)]
+    target: Target,
+    /// Members (group) or users (direct).
+    #[arg(long, default_value_t = 1_000)]
+    users: usize,
+    /// Messages to publish.
+    #[arg(long, default_value_t = 1_000)]
+    messages: usize,
+    /// Publishes in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+}
+
+impl Target {
+    fn token(&self, user: &str) -> String {
+        let user = UserId::parse("user", user).expect("a valid user");
+        Auth::hs256(self.jwt_secret.as_bytes()).mint(&user, Duration::from_secs(3600))
+    }
+
+    fn stream_path(&self, user: &str, channel: &str) -> String {
+        match self.server {
+            Server::Herald => format!("/api/messages?token={}", self.token(user)),
+            Server::Nchan => format!("/sub/{channel}"),
+        }
+    }
+
+    async fn grpc(&self) -> MessengerClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc)).expect("an address");
+        MessengerClient::new(channel.connect().await.expect("herald's gRPC port answers"))
+    }
+}
+
+/// Opens one stream per `(user, channel)` and waits until all are live.
+async fn open_streams(target: &Target, streams: &[(String, String)]) -> Arc<Tally> {
+    let tally = Arc::new(Tally::default());
+    for (user, channel) in streams {
+        let (path, tally) = (target.stream_path(user, channel), tally.clone());
+        let addr = target.http;
+        tokio::spawn(async move {
+            if let Err(error) = subscribe(addr, path, tally).await {
+                eprintln!("subscriber failed: {error}");
+            }
+        });
+    }
+    wait(
+        &tally,
+        |t| t.connected.load(Ordering::Relaxed) >= streams.len(),
+        "streams to open",
+    )
+    .await;
+    tally
+}
+
+async fn wait(tally: &Tally, done: impl Fn(&Tally) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(tally) {
+        if Instant::now() > deadline {
+            eprintln!("gave up waiting for {what}");
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), tally.changed.notified()).await;
+    }
+}
+
+pub async fn idle(args: Idle) -> Result<(), Box<dyn std::error::Error>> {
+    let before = rss_kib(&args.target.pid);
+    let streams: Vec<(String, String)> = (0..args.subscribers)
+        .map(|i| (format!("idle-{i}"), format!("idle-{i}")))
+        .collect();
+    let tally = open_streams(&args.target, &streams).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(&args.target.pid);
+    let held = tally.connected.load(Ordering::Relaxed);
+    let per = after.saturating_sub(before) as f64 * 1024.0 / held.max(1) as f64;
+    println!(
+        "idle server={:?} streams={held} server_rss_kib={after} per_stream_bytes={per:.0} bench_cpu_s={:.2}",
+        args.target.server,
+        own_cpu_seconds()
+    );
+    Ok(())
+}
+
+pub async fn group(args: Fanout) -> Result<(), Box<dyn std::error::Error>> {
+    let members: Vec<String> = (0..args.users).map(|i| format!("g{i}")).collect();
+    let streams: Vec<(String, String)> = members
+        .iter()
+        .map(|m| (m.clone(), "group".to_owned()))
+        .collect();
+    let conversation = match args.target.server {
+        Server::Herald => {
+            let request = pb::CreateConversationRequest {
+                participant_ids: members[1..].to_vec(),
+            };
+            let request = authorized(request, &args.target.token(&members[0]));
+            Some(
+                args.target
+                    .grpc()
+                    .await
+                    .create_conversation(request)
+                    .await?
+                    .into_inner()
+                    .id,
+            )
+        }
+        Server::Nchan => None,
+    };
+    let tally = open_streams(&args.target, &streams).await;
+    let channel = |_: usize| {
+        (
+            "group".to_owned(),
+            members[0].clone(),
+            conversation.clone().unwrap_or_default(),
+        )
+    };
+    publish_and_measure("group", &args, &tally, args.users, channel).await
+}
+
+pub async fn direct(args: Fanout) -> Result<(), Box<dyn std::error::Error>> {
+    let pairs = args.users / 2;
+    let users: Vec<String> = (0..pairs * 2).map(|i| format!("d{i}")).collect();
+    let streams: Vec<(String, String)> = users.iter().map(|u| (u.clone(), u.clone())).collect();
+    let mut conversations = vec![String::new(); pairs];
+    if args.target.server == Server::Herald {
+        let client = args.target.grpc().await;
+        let create = (0..pairs).map(|pair| {
+            let (mut client, token) = (client.clone(), args.target.token(&users[2 * pair]));
+            let request = pb::CreateConversationRequest {
+                participant_ids: vec![users[2 * pair + 1].clone()],
+            };
+            async move {
+                client
+                    .create_conversation(authorized(request, &token))
+                    .await
+            }
+        });
+        // Bounded, or thousands of calls at once exceed HTTP/2's stream limit.
+        let created: Vec<_> = futures_util::stream::iter(create)
+            .buffered(64)
+            .collect()
+            .await;
+        for (pair, result) in created.into_iter().enumerate() {
+            conversations[pair] = result?.into_inner().id;
+        }
+    }
+    let tally = open_streams(&args.target, &streams).await;
+    // herald also delivers each message to its sender's own stream.
+    let per_message = if args.target.server == Server::Herald {
+        2
+    } else {
+        1
+    };
+    let channel = |i: usize| {
+        let pair = i % pairs.max(1);
+        (
+            users[2 * pair + 1].clone(),
+            users[2 * pair].clone(),
+            conversations[pair].clone(),
+        )
+    };
+    publish_and_measure("direct", &args, &tally, per_message, channel).await
+}
+
+/// Publishes `args.messages` (message `i` to `channel(i)`: nchan channel,
+/// herald sender and conversation) and reports when every delivery arrived.
+async fn publish_and_measure(
+    scenario: &str,
+    args: &Fanout,
+    tally: &Arc<Tally>,
+    deliveries_per_message: usize,
+    channel: impl Fn(usize) -> (String, String, String),
+) -> Result<(), Box<dyn std::error::Error>> {
+    let jobs: Vec<(String, String, String)> = (0..args.messages).map(&channel).collect();
+    let jobs = Arc::new(jobs);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server_cpu = cpu_seconds(&args.target.pid);
+    let started = Instant::now();
+    let mut publishers = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (target, jobs, next) = (args.target.clone(), jobs.clone(), next.clone());
+        publishers.push(tokio::spawn(
+            async move { publisher(target, jobs, next).await },
+        ));
+    }
+    for publisher in publishers {
+        publisher.await?.map_err(|error| error.to_string())?;
+    }
+    let expected = args.messages * deliveries_per_message;
+    wait(
+        tally,
+        |t| t.events.load(Ordering::Relaxed) >= expected,
+        "deliveries",
+    )
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let server_cpu = cpu_seconds(&args.target.pid) - server_cpu;
+    let mut latencies =
+        std::mem::take(&mut *tally.latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        let index =
+            ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
+        latencies.get(index).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    println!(
+        "{scenario} server={:?} users={} messages={} delivered={} deliveries/s={:.0} messages/s={:.0} \
+         latency_ms p50={:.2} p99={:.2} p99.9={:.2} server_cpu_s={server_cpu:.2} bench_cpu_s={:.2}",
+        args.target.server,
+        args.users,
+        args.messages,
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        args.messages as f64 / elapsed,
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        own_cpu_seconds(),
+    );
+    Ok(())
+}
+
+type Job = (String, String, String);
+
+async fn publisher(
+    target: Target,
+    jobs: Arc<Vec<Job>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut grpc = match target.server {
+        Server::Herald => Some(target.grpc().await),
+        Server::Nchan => None,
+    };
+    let mut nchan = match target.server {
+        Server::Nchan => Some(tokio::net::TcpStream::connect(target.http).await?),
+        Server::Herald => None,
+    };
+    let mut tokens = std::collections::HashMap::new();
+    loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        let Some((channel, sender, conversation)) = jobs.get(index) else {
+            return Ok(());
+        };
+        let content = format!("t={}", now_micros());
+        if let Some(client) = grpc.as_mut() {
+            let token = tokens
+                .entry(sender.clone())
+                .or_insert_with(|| target.token(sender));
+            let body = pb::CreateMessageRequest {
+                conversation_id: conversation.clone(),
+                content,
+                ..Default::default()
+            };
+            client.create_message(authorized(body, token)).await?;
+        } else if let Some(stream) = nchan.as_mut() {
+            post(
+                stream,
+                &target.http,
+                &format!("/pub?id={channel}"),
+                &content,
+            )
+            .await?;
+        }
+    }
+}
+
+/// One HTTP/1.1 POST on a kept-alive connection; reads the whole answer.
+async fn post(
+    stream: &mut tokio::net::TcpStream,
+    host: &SocketAddr,
+    path: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        answer.extend_from_slice(&buffer[..read]);
+        let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        if answer.len() >= end + 4 + length {
+            return Ok(());
+        }
+    }
+}
+
+pub fn authorized<T>(body: T, token: &str) -> Request<T> {
+    let mut request = Request::new(body);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// Resident memory of the processes `pids`, in KiB.
+fn rss_kib(pids: &[u32]) -> u64 {
+    let one = |pid: &u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    pids.iter().map(one).sum()
+}
+
+/// CPU seconds (user + system) of the processes `pids` so far (Linux, 100
+/// clock ticks a second).
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    let one = |pid: &u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
+    };
+    pids.iter().map(one).sum()
+}
+
+pub fn own_cpu_seconds() -> f64 {
+    cpu_seconds(&[std::process::id()])
+}

@@ -1,0 +1,80 @@
+//! A smoke run of every herald-bench scenario with tiny counts against the
+//! real binary, so the benchmark tool keeps working. (The figures come from
+//! `bench/run.sh`, never from tests.)
+
+use crate::support::Process;
+
+async fn run_bench(args: &[&str]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), output)
+        .await
+        .expect("the bench ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_scenario_runs_against_herald() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Process::serve(dir.path(), |command| {
+        command.args([
+            "--jwt-secret",
+            "bench-secret",
+            "--rate-limit",
+            "100000",
+            "--rate-burst",
+            "100000",
+        ]);
+    })
+    .await;
+    let pid = herald.child.id().unwrap().to_string();
+    let target = [
+        "--http",
+        &herald.http,
+        "--grpc",
+        &herald.grpc,
+        "--jwt-secret",
+        "bench-secret",
+        "--pid",
+        &pid,
+    ];
+
+    let idle = run_bench(&[&["idle", "--subscribers", "20"], &target[..]].concat()).await;
+    let group =
+        run_bench(&[&["group", "--users", "10", "--messages", "5"], &target[..]].concat()).await;
+    let direct = run_bench(
+        &[
+            &["direct", "--users", "10", "--messages", "10"],
+            &target[..],
+        ]
+        .concat(),
+    )
+    .await;
+    let crossnode = [
+        "crossnode",
+        "--write",
+        &herald.grpc,
+        "--read",
+        &herald.grpc,
+        "--jwt-secret",
+        "bench-secret",
+        "--messages",
+        "20",
+    ];
+    let crossnode = run_bench(&crossnode).await;
+
+    assert!(idle.contains("streams=20 "), "{idle}");
+    assert!(group.contains("delivered=50 "), "{group}");
+    assert!(direct.contains("delivered=20 "), "{direct}");
+    assert!(crossnode.contains("delivered=20 "), "{crossnode}");
+    herald.terminate().await;
+}
