@@ -6,7 +6,8 @@ use crate::{
     error::Error,
     metrics::Transport,
     pb::{self, messenger_server::MessengerServer},
-    service::{Herald, MessageStream, StreamEnd},
+    service::Herald,
+    stream::{MessageStream, StreamEnd},
 };
 use futures_util::{Stream, stream};
 use std::pin::Pin;

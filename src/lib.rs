@@ -27,6 +27,7 @@
 //! | [`broker`] | cross-node fan-out: PostgreSQL LISTEN/NOTIFY or NATS |
 //! | [`hub`] | per-user fan-out with bounded queues |
 //! | [`service`] | the core the transports adapt |
+//! | [`stream`] | one subscriber's stream: replay, then live |
 //! | [`pb`] | generated proto types and their JSON mapping |
 //! | [`grpc`] | the gRPC adapter |
 //! | [`http`] | the HTTP adapter |
@@ -48,6 +49,7 @@ pub mod pb;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 pub mod tls;
 

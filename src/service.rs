@@ -12,10 +12,11 @@ use crate::{
     },
     error::Error,
     feed::Feed,
-    hub::{Closed, Delivery, Hub, Subscription},
+    hub::Hub,
     limits::{Limits, RateLimiter},
-    metrics::{Metrics, OpenStream, Transport},
+    metrics::Metrics,
     store::{NewMessage, Page, Store},
+    stream::MessageStream,
 };
 use std::{collections::BTreeSet, sync::Arc};
 use tokio::{task::JoinHandle, time::Instant};
@@ -276,29 +277,25 @@ impl Herald {
             .map_err(|_| {
                 Error::ResourceExhausted("too many open subscriptions for this user".into())
             })?;
-        let mut stream = MessageStream {
-            replay: Vec::new().into_iter(),
-            replayed_up_to: Position(0),
-            reset: None,
+        let deadline = Instant::now() + claims.remaining();
+        let mut stream = MessageStream::new(
             live,
-            deadline: Instant::now() + claims.remaining(),
-            shutdown: self.inner.shutdown.clone(),
-            metrics: self.inner.metrics.clone(),
-            open: None,
-        };
+            deadline,
+            self.inner.shutdown.clone(),
+            self.inner.metrics.clone(),
+        );
         if let Some(resume) = resume {
             match self.missed(&claims.user, resume).await? {
                 Ok(missed) => {
+                    self.inner.metrics.resumed(missed.len() as u64);
                     // The resume point itself may still be on its way to the
                     // live queue: it, too, must not come twice.
-                    stream.replayed_up_to =
-                        missed.last().map_or(resume_point(resume), |m| m.position);
-                    self.inner.metrics.resumed(missed.len() as u64);
-                    stream.replay = missed.into_iter();
+                    let up_to = missed.last().map_or(resume_point(resume), |m| m.position);
+                    stream.replay(missed, up_to);
                 }
                 Err(reason) => {
                     self.inner.metrics.reset();
-                    stream.reset = Some(reason);
+                    stream.reset_because(reason);
                 }
             }
         }
@@ -400,68 +397,4 @@ fn same_message(
 /// The position a resume request names (0, before every message, if none).
 fn resume_point(resume: Option<Position>) -> Position {
     resume.unwrap_or(Position(0))
-}
-
-/// Why a message stream ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// The subscriber fell behind and was dropped; it should resume.
-    Lagged,
-    /// The token the stream was opened with expired.
-    TokenExpired,
-    /// The server is shutting down; reconnect elsewhere.
-    ShuttingDown,
-}
-
-/// One subscriber's messages: the replay, then live, in stream order.
-pub struct MessageStream {
-    replay: std::vec::IntoIter<Message>,
-    replayed_up_to: Position,
-    reset: Option<String>,
-    live: Subscription,
-    deadline: Instant,
-    shutdown: CancellationToken,
-    metrics: Metrics,
-    open: Option<OpenStream>,
-}
-
-impl MessageStream {
-    /// Counts this stream as open on `transport` until it is dropped.
-    pub fn count_as(&mut self, transport: Transport) {
-        self.open = Some(self.metrics.stream_opened(transport));
-    }
-
-    /// Why the requested replay could not be made, if it could not.
-    pub fn reset(&self) -> Option<&str> {
-        self.reset.as_deref()
-    }
-
-    /// The next message, or why the stream ends.
-    pub async fn next(&mut self) -> Result<Arc<Delivery>, StreamEnd> {
-        if self.shutdown.is_cancelled() {
-            return Err(StreamEnd::ShuttingDown);
-        }
-        if Instant::now() >= self.deadline {
-            return Err(StreamEnd::TokenExpired);
-        }
-        if let Some(message) = self.replay.next() {
-            let recipients = Arc::from([self.live.user().clone()]);
-            return Ok(Delivery::new(message, recipients));
-        }
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(StreamEnd::ShuttingDown),
-                _ = tokio::time::sleep_until(self.deadline) => return Err(StreamEnd::TokenExpired),
-                received = self.live.recv() => match received {
-                    Ok(delivery) if delivery.message.position <= self.replayed_up_to => continue,
-                    Ok(delivery) => {
-                        let age = now_micros().saturating_sub(delivery.message.created_at_micros);
-                        self.metrics.written(age as f64 / 1e6);
-                        return Ok(delivery);
-                    }
-                    Err(Closed::Lagged) => return Err(StreamEnd::Lagged),
-                },
-            }
-        }
-    }
 }

@@ -23,7 +23,7 @@
 //! [`Herald::subscribe`]: crate::service::Herald::subscribe
 
 use super::{AppState, StreamCaller, error_response};
-use crate::{error::Error, hub::Delivery, metrics::Transport, pb, service::MessageStream};
+use crate::{error::Error, hub::Delivery, metrics::Transport, pb, stream::MessageStream};
 use axum::{
     Router,
     extract::{Query, State, rejection::QueryRejection},
