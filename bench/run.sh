@@ -64,6 +64,10 @@ for round in $(seq "$ROUNDS"); do
         bench "$server" group --users "$GROUP_LARGE" --messages "$((GROUP_MESSAGES / 4))" --concurrency 8
         bench "$server" direct --users "$DIRECT_USERS" --messages "$DIRECT_MESSAGES" --concurrency 16
     done
+    # The same over gRPC SubscribeMessages streams (herald only).
+    bench herald idle --transport grpc --subscribers "$IDLE"
+    bench herald group --transport grpc --users "$GROUP_SMALL" --messages "$GROUP_MESSAGES" --concurrency 8
+    bench herald direct --transport grpc --users "$DIRECT_USERS" --messages "$DIRECT_MESSAGES" --concurrency 16
 done
 
 python3 - "$results" <<'PY'
@@ -72,15 +76,17 @@ rows = {}
 for line in open(sys.argv[1]):
     fields = dict(re.findall(r"(\S+)=(\S+)", line))
     scenario = line.split()[0]
-    key = (scenario, fields.get("users", fields.get("streams")))
+    key = (scenario, fields.get("transport", "Sse").lower(), fields.get("users", fields.get("streams")))
     server = fields["server"].lower()
     metric = {"idle": "per_stream_bytes", "group": "deliveries/s", "direct": "messages/s"}[scenario]
     rows.setdefault(key, {}).setdefault(server, []).append((float(fields[metric]), float(fields.get("p99", 0))))
-print("\n| scenario | size | metric | herald | nchan | herald/nchan | herald p99 ms | nchan p99 ms |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-for (scenario, size), servers in rows.items():
+print("\n| scenario | transport | size | metric | herald | nchan | herald/nchan | herald p99 ms | nchan p99 ms |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for (scenario, transport, size), servers in rows.items():
     metric = {"idle": "bytes per idle stream", "group": "deliveries/s", "direct": "messages/s"}[scenario]
     med = lambda s, i: statistics.median(v[i] for v in servers.get(s, [(0, 0)]))
     h, n = med("herald", 0), med("nchan", 0)
-    print(f"| {scenario} | {size} | {metric} | {h:,.0f} | {n:,.0f} | {h / n if n else 0:.2f} | {med('herald', 1):.1f} | {med('nchan', 1):.1f} |")
+    ratio = f"{h / n:.2f}" if n else "—"
+    nchan = f"{n:,.0f}" if n else "—"
+    print(f"| {scenario} | {transport} | {size} | {metric} | {h:,.0f} | {nchan} | {ratio} | {med('herald', 1):.1f} | {med('nchan', 1):.1f} |")
 PY

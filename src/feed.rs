@@ -20,10 +20,10 @@ use crate::{
     domain::{ConversationId, Message, Position, UserId},
     hub::{Delivery, Hub},
     metrics::Metrics,
-    store::Store,
+    store::{Participants, Store},
 };
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -39,9 +39,6 @@ pub const GAP_WAIT: Duration = Duration::from_millis(50);
 pub const POLL: Duration = Duration::from_secs(1);
 /// The most messages read from the database in one go.
 const FILL_BATCH: i64 = 1_000;
-/// Conversations whose participants are cached before the cache starts over.
-/// Participants never change, so a cached list never goes stale.
-const RECIPIENT_CACHE: usize = 100_000;
 
 /// What a batch of reports requires the feed to read, least to most.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,6 +66,7 @@ impl Feed {
     /// Starts the feed after the newest committed message.
     pub async fn start(
         store: Store,
+        participants: Participants,
         hub: Hub,
         metrics: Metrics,
         shutdown: CancellationToken,
@@ -81,7 +79,7 @@ impl Feed {
             head: next - 1,
             pending: BTreeMap::new(),
             gap_since: None,
-            recipients: HashMap::new(),
+            participants,
             fills: fills.clone(),
             metrics,
             store,
@@ -132,7 +130,7 @@ struct Sequencer {
     pending: BTreeMap<i64, Arc<Delivery>>,
     /// When the current gap opened.
     gap_since: Option<Instant>,
-    recipients: HashMap<ConversationId, Arc<[UserId]>>,
+    participants: Participants,
     fills: Arc<AtomicU64>,
     metrics: Metrics,
     store: Store,
@@ -269,19 +267,10 @@ impl Sequencer {
     }
 
     async fn recipients_of(
-        &mut self,
+        &self,
         conversation: &ConversationId,
     ) -> Result<Arc<[UserId]>, sqlx::Error> {
-        if let Some(recipients) = self.recipients.get(conversation) {
-            return Ok(recipients.clone());
-        }
-        let recipients: Arc<[UserId]> = self.store.participants(conversation).await?.into();
-        if self.recipients.len() >= RECIPIENT_CACHE {
-            self.recipients.clear();
-        }
-        self.recipients
-            .insert(conversation.clone(), recipients.clone());
-        Ok(recipients)
+        self.participants.of(conversation).await
     }
 
     /// Gives up on this fill; the gap timer or the next poll tries again.

@@ -15,7 +15,7 @@ use crate::{
     hub::Hub,
     limits::{Limits, RateLimiter},
     metrics::Metrics,
-    store::{NewMessage, Page, Store},
+    store::{NewMessage, Page, Participants, Store},
     stream::MessageStream,
 };
 use std::{collections::BTreeSet, sync::Arc};
@@ -35,6 +35,7 @@ pub struct Herald {
 
 struct Inner {
     store: Store,
+    participants: Participants,
     hub: Hub,
     feed: Feed,
     committer: Committer,
@@ -56,8 +57,10 @@ impl Herald {
     ) -> Result<(Self, JoinHandle<()>), Error> {
         let hub = Hub::new(limits.subscription_queue);
         let metrics = Metrics::default();
+        let participants = Participants::new(store.clone());
         let (feed, feed_task) = Feed::start(
             store.clone(),
+            participants.clone(),
             hub.clone(),
             metrics.clone(),
             shutdown.clone(),
@@ -67,6 +70,7 @@ impl Herald {
         let committer = Committer::start(store.clone(), feed.clone(), publisher, metrics.clone());
         let inner = Inner {
             store,
+            participants,
             hub,
             committer,
             metrics,
@@ -177,7 +181,7 @@ impl Herald {
                 "message rate limit reached; slow down".into(),
             ));
         }
-        let recipients: Arc<[UserId]> = self.authorize(caller, &conversation_id).await?.into();
+        let recipients = self.authorize(caller, &conversation_id).await?;
         let key = key.map(|key| key.as_str().to_owned());
         if let Some(key) = &key
             && let Some(original) = self.inner.store.message_by_key(caller, key).await?
@@ -353,8 +357,12 @@ impl Herald {
     }
 
     /// The participants of a conversation, if it exists and `caller` is one.
-    async fn authorize(&self, caller: &UserId, id: &ConversationId) -> Result<Vec<UserId>, Error> {
-        let participants = self.inner.store.participants(id).await?;
+    async fn authorize(
+        &self,
+        caller: &UserId,
+        id: &ConversationId,
+    ) -> Result<Arc<[UserId]>, Error> {
+        let participants = self.inner.participants.of(id).await?;
         if participants.is_empty() {
             return Err(Error::NotFound("conversation"));
         }

@@ -20,7 +20,12 @@ use sqlx::{
     postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
-use std::{collections::HashMap, str::FromStr, time::Duration};
+use std::{
+    collections::HashMap,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 /// The database, whichever backend; cheap to clone (pools are handles).
 #[derive(Clone, Debug)]
@@ -43,6 +48,50 @@ macro_rules! with_pool {
 /// How long a call waits for a free connection before reporting the
 /// database unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Conversations' participants, cached and shared; cheap to clone.
+/// Participants never change once a conversation exists, so a cached list
+/// never goes stale; the cache starts over past [`PARTICIPANT_CACHE`].
+#[derive(Clone)]
+pub struct Participants {
+    store: Store,
+    cache: Arc<Mutex<HashMap<ConversationId, Arc<[UserId]>>>>,
+}
+
+/// Conversations whose participants are cached before the cache starts over.
+const PARTICIPANT_CACHE: usize = 100_000;
+
+impl Participants {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The participants of `id`, sorted; empty when it does not exist.
+    pub async fn of(&self, id: &ConversationId) -> Result<Arc<[UserId]>, sqlx::Error> {
+        if let Some(found) = self.lock().get(id) {
+            return Ok(found.clone());
+        }
+        let found: Arc<[UserId]> = self.store.participants(id).await?.into();
+        if !found.is_empty() {
+            let mut cache = self.lock();
+            if cache.len() >= PARTICIPANT_CACHE {
+                cache.clear();
+            }
+            cache.insert(id.clone(), found.clone());
+        }
+        Ok(found)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConversationId, Arc<[UserId]>>> {
+        // A plain map: a panicking holder cannot leave it half-updated.
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// A message to commit.
 #[derive(Clone, Debug)]

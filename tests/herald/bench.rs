@@ -59,6 +59,16 @@ async fn every_bench_scenario_runs_against_herald() {
         .concat(),
     )
     .await;
+    let over_grpc = [
+        "group",
+        "--transport",
+        "grpc",
+        "--users",
+        "10",
+        "--messages",
+        "5",
+    ];
+    let over_grpc = run_bench(&[&over_grpc[..], &target[..]].concat()).await;
     let crossnode = [
         "crossnode",
         "--write",
@@ -75,6 +85,10 @@ async fn every_bench_scenario_runs_against_herald() {
     assert!(idle.contains("streams=20 "), "{idle}");
     assert!(group.contains("delivered=50 "), "{group}");
     assert!(direct.contains("delivered=20 "), "{direct}");
+    assert!(
+        over_grpc.contains("transport=Grpc") && over_grpc.contains("delivered=50 "),
+        "{over_grpc}"
+    );
     assert!(crossnode.contains("delivered=20 "), "{crossnode}");
     herald.terminate().await;
 }

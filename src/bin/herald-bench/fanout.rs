@@ -24,11 +24,24 @@ pub enum Server {
     Nchan,
 }
 
+/// How subscribers receive (herald only offers gRPC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Sse,
+    Grpc,
+}
+
+/// gRPC streams multiplexed on one connection.
+const STREAMS_PER_CONNECTION: usize = 100;
+
 /// Which server, and how to reach it.
 #[derive(Args, Clone)]
 pub struct Target {
     #[arg(long, value_enum, default_value = "herald")]
     pub server: Server,
+    /// How subscribers receive: SSE, or herald's SubscribeMessages streams.
+    #[arg(long, value_enum, default_value = "sse")]
+    pub transport: Transport,
     /// HTTP address: herald's --http, or nginx's listen.
     #[arg(long)]
     pub http: SocketAddr,
@@ -95,6 +108,23 @@ impl Target {
 /// Opens one stream per `(user, channel)` and waits until all are live.
 async fn open_streams(target: &Target, streams: &[(String, String)]) -> Arc<Tally> {
     let tally = Arc::new(Tally::default());
+    let mut grpc_connection: Option<MessengerClient<Channel>> = None;
+    if target.transport == Transport::Grpc {
+        for (index, (user, _)) in streams.iter().enumerate() {
+            if index % STREAMS_PER_CONNECTION == 0 {
+                grpc_connection = Some(target.grpc().await);
+            }
+            let client = grpc_connection.clone().expect("a connection");
+            tokio::spawn(grpc_subscriber(client, target.token(user), tally.clone()));
+        }
+        wait(
+            &tally,
+            |t| t.connected.load(Ordering::Relaxed) >= streams.len(),
+            "streams to open",
+        )
+        .await;
+        return tally;
+    }
     for (user, channel) in streams {
         let (path, tally) = (target.stream_path(user, channel), tally.clone());
         let addr = target.http;
@@ -111,6 +141,33 @@ async fn open_streams(target: &Target, streams: &[(String, String)]) -> Arc<Tall
     )
     .await;
     tally
+}
+
+/// One SubscribeMessages stream, tallied like an SSE subscriber.
+async fn grpc_subscriber(mut client: MessengerClient<Channel>, token: String, tally: Arc<Tally>) {
+    let request = authorized(pb::SubscribeMessagesRequest::default(), &token);
+    let Ok(response) = client.subscribe_messages(request).await else {
+        eprintln!("a gRPC subscription failed");
+        return;
+    };
+    let mut stream = response.into_inner();
+    tally.connected.fetch_add(1, Ordering::Relaxed);
+    tally.changed.notify_waiters();
+    while let Ok(Some(message)) = stream.message().await {
+        if let Some(sent) = message
+            .content
+            .strip_prefix("t=")
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            tally.events.fetch_add(1, Ordering::Relaxed);
+            tally
+                .latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(now_micros().saturating_sub(sent));
+            tally.changed.notify_waiters();
+        }
+    }
 }
 
 async fn wait(tally: &Tally, done: impl Fn(&Tally) -> bool, what: &str) {
@@ -135,8 +192,9 @@ pub async fn idle(args: Idle) -> Result<(), Box<dyn std::error::Error>> {
     let held = tally.connected.load(Ordering::Relaxed);
     let per = after.saturating_sub(before) as f64 * 1024.0 / held.max(1) as f64;
     println!(
-        "idle server={:?} streams={held} server_rss_kib={after} per_stream_bytes={per:.0} bench_cpu_s={:.2}",
+        "idle server={:?} transport={:?} streams={held} server_rss_kib={after} per_stream_bytes={per:.0} bench_cpu_s={:.2}",
         args.target.server,
+        args.target.transport,
         own_cpu_seconds()
     );
     Ok(())
@@ -264,9 +322,10 @@ async fn publish_and_measure(
         latencies.get(index).copied().unwrap_or(0) as f64 / 1000.0
     };
     println!(
-        "{scenario} server={:?} users={} messages={} delivered={} deliveries/s={:.0} messages/s={:.0} \
+        "{scenario} server={:?} transport={:?} users={} messages={} delivered={} deliveries/s={:.0} messages/s={:.0} \
          latency_ms p50={:.2} p99={:.2} p99.9={:.2} server_cpu_s={server_cpu:.2} bench_cpu_s={:.2}",
         args.target.server,
+        args.target.transport,
         args.users,
         args.messages,
         latencies.len(),
