@@ -204,6 +204,15 @@ impl Subscription {
         self.rx.recv().await.ok_or(Closed::Lagged)
     }
 
+    /// The next message if one is queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Result<Arc<Delivery>, Closed>> {
+        match self.rx.try_recv() {
+            Ok(delivery) => Some(Ok(delivery)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(Closed::Lagged)),
+        }
+    }
+
     pub fn user(&self) -> &UserId {
         &self.registration.user
     }

@@ -77,6 +77,29 @@ impl MessageStream {
     }
 
     /// The next message, or why the stream ends.
+    /// The next message if one is ready now (replayed or already queued),
+    /// so a transport can write several at once; `None` means wait with
+    /// [`next`](Self::next), which also reports how the stream ended.
+    pub fn try_next(&mut self) -> Option<Arc<Delivery>> {
+        if let Some(message) = self.replay.next() {
+            let recipients = Arc::from([self.live.user().clone()]);
+            return Some(Delivery::new(message, recipients));
+        }
+        loop {
+            match self.live.try_recv()? {
+                Ok(delivery) if delivery.message.position <= self.replayed_up_to => continue,
+                Ok(delivery) => return Some(self.counted(delivery)),
+                Err(Closed::Lagged) => return None,
+            }
+        }
+    }
+
+    fn counted(&self, delivery: Arc<Delivery>) -> Arc<Delivery> {
+        let age = now_micros().saturating_sub(delivery.message.created_at_micros);
+        self.metrics.written(age as f64 / 1e6);
+        delivery
+    }
+
     pub async fn next(&mut self) -> Result<Arc<Delivery>, StreamEnd> {
         if self.shutdown.is_cancelled() {
             return Err(StreamEnd::ShuttingDown);
@@ -94,11 +117,7 @@ impl MessageStream {
                 _ = tokio::time::sleep_until(self.deadline) => return Err(StreamEnd::TokenExpired),
                 received = self.live.recv() => match received {
                     Ok(delivery) if delivery.message.position <= self.replayed_up_to => continue,
-                    Ok(delivery) => {
-                        let age = now_micros().saturating_sub(delivery.message.created_at_micros);
-                        self.metrics.written(age as f64 / 1e6);
-                        return Ok(delivery);
-                    }
+                    Ok(delivery) => return Ok(self.counted(delivery)),
                     Err(Closed::Lagged) => return Err(StreamEnd::Lagged),
                 },
             }

@@ -26,12 +26,10 @@ use super::{AppState, StreamCaller, error_response};
 use crate::{error::Error, hub::Delivery, metrics::Transport, pb, stream::MessageStream};
 use axum::{
     Router,
+    body::{Body, Bytes},
     extract::{Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{
-        IntoResponse, Response,
-        sse::{Event, KeepAlive, Sse},
-    },
+    response::{IntoResponse, Response},
     routing::get,
 };
 use futures_util::{Stream, StreamExt, stream};
@@ -76,17 +74,20 @@ async fn subscribe(
     };
     let mut stream = state.herald.subscribe(&caller, &resume).await?;
     stream.count_as(Transport::Sse);
-    let sse = Sse::new(events(stream)).keep_alive(
-        KeepAlive::new()
-            .interval(state.heartbeat)
-            .text("keep-alive"),
-    );
-    // Proxies such as nginx buffer responses unless told not to.
-    let no_buffering = [(
-        header::HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    )];
-    Ok((no_buffering, sse).into_response())
+    let headers = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        // Proxies such as nginx buffer responses unless told not to.
+        (
+            header::HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
+    ];
+    let body = Body::from_stream(events(stream, state.heartbeat));
+    Ok((headers, body).into_response())
 }
 
 fn accepts_event_stream(headers: &HeaderMap) -> bool {
@@ -103,29 +104,49 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
         })
 }
 
-/// The events of one stream: the retry hint, a reset if any, then messages
-/// until the stream ends. Dropping it (the client went away) drops the
-/// subscription.
-fn events(stream: MessageStream) -> impl Stream<Item = Result<Event, Infallible>> {
-    let mut head = vec![Event::default().retry(RETRY)];
+/// The stream's bytes: the retry hint and a reset if any, then messages
+/// until the stream ends, with a comment after each idle `heartbeat`.
+/// Every message already queued when the subscriber is written to goes out
+/// in the same write (up to [`MAX_BATCH`]): under load one write serves many
+/// events. Dropping the body (the client went away) drops the subscription.
+fn events(
+    stream: MessageStream,
+    heartbeat: Duration,
+) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    let mut head = format!("retry: {}\n\n", RETRY.as_millis());
     if let Some(reason) = stream.reset() {
-        let data = serde_json::json!({ "reason": reason }).to_string();
-        head.push(Event::default().event("reset").data(data));
+        let data = serde_json::json!({ "reason": reason });
+        head.push_str(&format!("event: reset\ndata: {data}\n\n"));
     }
-    let messages = stream::unfold(stream, |mut stream| async move {
-        match stream.next().await {
-            Ok(delivery) => Some((message_event(&delivery), stream)),
-            Err(end) => {
+    let batches = stream::unfold(stream, move |mut stream| async move {
+        let first = match tokio::time::timeout(heartbeat, stream.next()).await {
+            Err(_) => return Some((Bytes::from_static(b": keep-alive\n\n"), stream)),
+            Ok(Err(end)) => {
                 tracing::debug!(?end, "SSE stream ended");
-                None
+                return None;
             }
+            Ok(Ok(delivery)) => delivery,
+        };
+        let mut out = String::with_capacity(512);
+        write_event(&mut out, &first);
+        for _ in 1..MAX_BATCH {
+            let Some(delivery) = stream.try_next() else {
+                break;
+            };
+            write_event(&mut out, &delivery);
         }
+        Some((Bytes::from(out), stream))
     });
-    stream::iter(head).chain(messages).map(Ok)
+    stream::once(async move { Bytes::from(head) })
+        .chain(batches)
+        .map(Ok)
 }
 
-/// The event of one message; its JSON is made once per fan-out.
-fn message_event(delivery: &Delivery) -> Event {
+/// The most events written to a subscriber at once.
+const MAX_BATCH: usize = 64;
+
+/// Appends the event of one message; its JSON is made once per fan-out.
+fn write_event(out: &mut String, delivery: &Delivery) {
     let message = &delivery.message;
     let json = delivery.encoded.get_or_init(|| {
         serde_json::to_string(&pb::Message::from(message)).unwrap_or_else(|error| {
@@ -134,10 +155,13 @@ fn message_event(delivery: &Delivery) -> Event {
             String::new()
         })
     });
-    match json.is_empty() {
-        true => Event::default().comment("a message could not be serialized"),
-        false => Event::default()
-            .id(message.position.id())
-            .data(json.as_str()),
+    if json.is_empty() {
+        out.push_str(": a message could not be serialized\n\n");
+        return;
     }
+    out.push_str("id: ");
+    out.push_str(&message.position.id());
+    out.push_str("\ndata: ");
+    out.push_str(json);
+    out.push_str("\n\n");
 }

@@ -162,10 +162,10 @@ async fn a_first_run_prints_working_demo_tokens_and_sigterm_exits_zero_with_stre
         .await
         .unwrap()
         .into_inner();
-    let (exit, _) = herald.terminate().await;
-    let status = end_of(&mut stream, PATIENCE).await;
+    // Read the stream's end while the process shuts down, as a client would.
+    let (status, (exit, _)) = tokio::join!(end_of(&mut stream, PATIENCE), herald.terminate());
 
-    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(exit.success(), "{exit:?}");
 }
 
