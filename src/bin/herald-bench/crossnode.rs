@@ -144,11 +144,7 @@ pub async fn crossnode(args: CrossNode) -> Result<(), Box<dyn std::error::Error>
 
 fn report(args: &CrossNode, latencies: &mut [u64], sent_in: Duration, delivered_in: Duration) {
     latencies.sort_unstable();
-    let at = |q: f64| {
-        let index =
-            ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
-        latencies.get(index).copied().unwrap_or(0) as f64 / 1000.0
-    };
+    let at = |q: f64| crate::fanout::quantile_ms(latencies, q);
     println!(
         "crossnode messages={} rate={} concurrency={} delivered={} sent/s={:.0} delivered/s={:.0} \
          latency_ms p50={:.2} p99={:.2} p99.9={:.2} max={:.2} bench_cpu_s={:.2}",

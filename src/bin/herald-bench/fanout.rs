@@ -316,11 +316,7 @@ async fn publish_and_measure(
     let mut latencies =
         std::mem::take(&mut *tally.latencies.lock().unwrap_or_else(|p| p.into_inner()));
     latencies.sort_unstable();
-    let at = |q: f64| {
-        let index =
-            ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
-        latencies.get(index).copied().unwrap_or(0) as f64 / 1000.0
-    };
+    let at = |q: f64| quantile_ms(&latencies, q);
     println!(
         "{scenario} server={:?} transport={:?} users={} messages={} delivered={} deliveries/s={:.0} messages/s={:.0} \
          latency_ms p50={:.2} p99={:.2} p99.9={:.2} server_cpu_s={server_cpu:.2} bench_cpu_s={:.2}",
@@ -418,6 +414,12 @@ async fn post(
             return Ok(());
         }
     }
+}
+
+/// The `q` quantile of sorted microsecond latencies, in milliseconds.
+pub fn quantile_ms(sorted: &[u64], q: f64) -> f64 {
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
+    sorted.get(index).copied().unwrap_or(0) as f64 / 1000.0
 }
 
 pub fn authorized<T>(body: T, token: &str) -> Request<T> {
