@@ -4,11 +4,12 @@
 //! allowed) so the caller can read the real addresses; [`Server::run`] serves
 //! until a shutdown future fires, then drains.
 //!
-//! **Shutdown order.** Mark gRPC health NOT_SERVING; cancel the one token
-//! that both servers and every open stream watch, so listeners stop
-//! accepting and SSE and gRPC streams end (axum and tonic would otherwise
-//! wait on them forever); give in-flight requests the drain time; stop the
-//! feed; close the database.
+//! **Shutdown order.** Mark gRPC health NOT_SERVING; cancel the token every
+//! open stream watches, so SSE and gRPC streams end with their final status
+//! (axum and tonic would otherwise wait on them forever); a moment later stop
+//! both servers, so listeners stop accepting once clients have read those
+//! statuses; give in-flight requests the drain time; stop the feed; close
+//! the database.
 
 use crate::{
     auth::Auth,
@@ -38,6 +39,10 @@ use tracing::Level;
 /// Pending connections the kernel queues per listener: a thousand clients
 /// connecting at once must not be dropped.
 const BACKLOG: u32 = 4096;
+
+/// How long ended streams get to deliver their final status before the
+/// servers stop and close connections.
+const STREAM_GRACE: Duration = Duration::from_millis(200);
 
 /// A reason herald could not start, in one line.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +146,10 @@ impl Server {
         let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
         let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
-        let stop = self.shutdown.clone();
+        // Servers stop accepting on `stop`, a moment after open streams have
+        // ended on `self.shutdown`, so clients read each stream's final
+        // status before the connection closes.
+        let stop = CancellationToken::new();
         let grpc_router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -214,6 +222,8 @@ impl Server {
         health
             .set_not_serving::<pb::messenger_server::MessengerServer<grpc::Messenger>>()
             .await;
+        self.shutdown.cancel();
+        tokio::time::sleep(STREAM_GRACE.min(self.drain)).await;
         stop.cancel();
         let drained = tokio::time::timeout(self.drain, async {
             let _ = (&mut grpc_server).await;
