@@ -103,7 +103,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, sink: Sink) {
 
 impl Sink {
     async fn commit(&self, jobs: Vec<Job>) {
-        let rows: Vec<NewMessage> = jobs.iter().map(|job| job.message.clone()).collect();
+        let rows: Vec<&NewMessage> = jobs.iter().map(|job| &job.message).collect();
         let started = std::time::Instant::now();
         match self.store.insert_batch(&rows).await {
             Ok(messages) => {
@@ -129,11 +129,7 @@ impl Sink {
 
     /// Commits one message of a batch that failed on an idempotency key.
     async fn commit_alone(&self, job: Job) {
-        match self
-            .store
-            .insert_batch(std::slice::from_ref(&job.message))
-            .await
-        {
+        match self.store.insert_batch(&[&job.message]).await {
             Ok(mut messages) => match messages.pop() {
                 Some(message) => {
                     self.metrics.created(1, 0.0);

@@ -322,8 +322,8 @@ impl Herald {
         };
         if !self
             .inner
-            .store
-            .participants(&conversation)
+            .participants
+            .of(&conversation)
             .await?
             .contains(user)
         {

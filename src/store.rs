@@ -271,7 +271,7 @@ impl Store {
     /// order: one commit (and one wait for the disk) for the whole batch.
     /// Fails whole, with every position rolled back, on any error — a
     /// unique violation of an idempotency key included.
-    pub async fn insert_batch(&self, rows: &[NewMessage]) -> Result<Vec<Message>, sqlx::Error> {
+    pub async fn insert_batch(&self, rows: &[&NewMessage]) -> Result<Vec<Message>, sqlx::Error> {
         let count = rows.len() as i64;
         let last: i64 = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;

@@ -8,8 +8,9 @@ use crate::{
     hub::{Closed, Delivery, Subscription},
     metrics::{Metrics, OpenStream, Transport},
 };
+use std::pin::Pin;
 use std::sync::Arc;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 /// Why a message stream ended.
@@ -29,7 +30,9 @@ pub struct MessageStream {
     replayed_up_to: Position,
     reset: Option<String>,
     live: Subscription,
-    deadline: Instant,
+    /// Fires when the token expires; one timer for the stream's whole life,
+    /// not one per message.
+    expiry: Pin<Box<Sleep>>,
     shutdown: CancellationToken,
     metrics: Metrics,
     open: Option<OpenStream>,
@@ -48,7 +51,7 @@ impl MessageStream {
             replayed_up_to: Position(0),
             reset: None,
             live,
-            deadline,
+            expiry: Box::pin(tokio::time::sleep_until(deadline)),
             shutdown,
             metrics,
             open: None,
@@ -104,7 +107,7 @@ impl MessageStream {
         if self.shutdown.is_cancelled() {
             return Err(StreamEnd::ShuttingDown);
         }
-        if Instant::now() >= self.deadline {
+        if Instant::now() >= self.expiry.deadline() {
             return Err(StreamEnd::TokenExpired);
         }
         if let Some(message) = self.replay.next() {
@@ -114,7 +117,7 @@ impl MessageStream {
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(StreamEnd::ShuttingDown),
-                _ = tokio::time::sleep_until(self.deadline) => return Err(StreamEnd::TokenExpired),
+                _ = &mut self.expiry => return Err(StreamEnd::TokenExpired),
                 received = self.live.recv() => match received {
                     Ok(delivery) if delivery.message.position <= self.replayed_up_to => continue,
                     Ok(delivery) => return Ok(self.counted(delivery)),

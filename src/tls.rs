@@ -6,13 +6,7 @@
 //! Handshakes run concurrently, off the accept loop, so a slow or silent
 //! client cannot hold up the others.
 
-use std::{
-    io,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::mpsc,
@@ -44,13 +38,13 @@ pub fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> Result<TlsAcceptor, String>
         .map_err(|error| {
             format!(
                 "cannot read the certificate {}: {error}",
-                display(&files.cert)
+                files.cert.display()
             )
         })?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|error| {
         format!(
             "cannot read the private key {}: {error}",
-            display(&files.key)
+            files.key.display()
         )
     })?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
@@ -60,10 +54,6 @@ pub fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> Result<TlsAcceptor, String>
         .map_err(|error| format!("unusable certificate or key: {error}"))?;
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-fn display(path: &Path) -> std::path::Display<'_> {
-    path.display()
 }
 
 /// Accepts on `listener` and hands over connections whose handshake

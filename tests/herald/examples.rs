@@ -2,7 +2,7 @@
 //! a Python (grpcio) subscriber hears a Node (@grpc/grpc-js) sender, and the
 //! other way round.
 
-use crate::support::{PATIENCE, Process, tools_ready};
+use crate::support::{PATIENCE, Process, mint, tools_ready};
 use std::{path::Path, process::Stdio};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -28,9 +28,7 @@ fn node(herald: &Process, user: &str) -> Command {
 }
 
 fn client_env(command: &mut Command, herald: &Process, user: &str) {
-    let user = herald::domain::UserId::parse("user", user).unwrap();
-    let token = herald::auth::Auth::hs256(SECRET.as_bytes())
-        .mint(&user, std::time::Duration::from_secs(600));
+    let token = mint(SECRET, user);
     command
         .env("HERALD_GRPC", &herald.grpc)
         .env("HERALD_TOKEN", token)
@@ -80,10 +78,7 @@ async fn a_python_subscriber_hears_node_and_a_node_subscriber_hears_python() {
         command.args(["--jwt-secret", SECRET]);
     })
     .await;
-    let token = herald::auth::Auth::hs256(SECRET.as_bytes()).mint(
-        &herald::domain::UserId::parse("user", "alice").unwrap(),
-        std::time::Duration::from_secs(600),
-    );
+    let token = mint(SECRET, "alice");
     let conversation: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{}/api/conversations", herald.http))
         .bearer_auth(token)
