@@ -9,22 +9,31 @@
 //! queued, the work belongs to the task, so a client that hangs up cannot
 //! leave a message committed but unpublished.
 //!
-//! A batch fails whole, every position rolled back. When it failed on an
-//! idempotency key (two retries of one send in flight at once), its messages
-//! are committed one by one so each gets its own answer. Any other failure is
-//! every writer's answer, with no automatic retry: a commit whose
-//! acknowledgement was lost may still have happened, and only the client's
-//! idempotency key can make a retry safe.
+//! **A message that fails fails alone.** A transaction fails whole, every
+//! position rolled back. When the database refuses a statement (a value it
+//! cannot store, a reused idempotency key), the batch is split in halves and
+//! each half committed on its own, down to the one message that the
+//! database refuses: its writer gets the error, its batch-mates commit. A
+//! failure of the database itself (connection lost, pool exhausted) is every
+//! writer's answer, with no automatic retry: a commit whose acknowledgement
+//! was lost may still have happened, and only the client's idempotency key
+//! can make a retry safe.
+//!
+//! Two sends with one idempotency key in one batch (a client retrying while
+//! its first try is queued) never meet in one transaction: the later ones
+//! wait for the next round, where they find the first and answer with it.
 
 use crate::{
     broker::Publisher,
     domain::{Message, UserId},
+    error::Error,
     feed::Feed,
     hub::Delivery,
     metrics::Metrics,
     store::{NewMessage, Store, is_unique_violation},
 };
-use std::sync::Arc;
+use futures_util::future::BoxFuture;
+use std::{collections::HashSet, sync::Arc};
 use tokio::sync::{mpsc, oneshot};
 
 /// The most messages committed in one transaction.
@@ -44,7 +53,7 @@ pub enum Committed {
 struct Job {
     message: NewMessage,
     recipients: Arc<[UserId]>,
-    reply: oneshot::Sender<Result<Committed, sqlx::Error>>,
+    reply: oneshot::Sender<Result<Committed, Error>>,
 }
 
 /// The committer's queue; cheap to clone.
@@ -72,18 +81,16 @@ impl Committer {
         &self,
         message: NewMessage,
         recipients: Arc<[UserId]>,
-    ) -> Result<Committed, sqlx::Error> {
+    ) -> Result<Committed, Error> {
         let (reply, answer) = oneshot::channel();
         let job = Job {
             message,
             recipients,
             reply,
         };
-        self.tx
-            .send(job)
-            .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+        // The task only stops when the core is dropped, at shutdown.
+        self.tx.send(job).await.map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
     }
 }
 
@@ -97,62 +104,75 @@ struct Sink {
 async fn run(mut rx: mpsc::Receiver<Job>, sink: Sink) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        sink.commit(std::mem::take(&mut jobs)).await;
+        let mut round = std::mem::take(&mut jobs);
+        while !round.is_empty() {
+            let later = defer_repeated_keys(&mut round);
+            sink.commit(round).await;
+            round = later;
+        }
     }
 }
 
-impl Sink {
-    async fn commit(&self, jobs: Vec<Job>) {
-        let rows: Vec<&NewMessage> = jobs.iter().map(|job| &job.message).collect();
-        let started = std::time::Instant::now();
-        match self.store.insert_batch(&rows).await {
-            Ok(messages) => {
-                self.metrics
-                    .created(messages.len() as u64, started.elapsed().as_secs_f64());
-                self.publish(jobs.into_iter().zip(messages).collect()).await
-            }
-            Err(error) if is_unique_violation(&error) => {
-                for job in jobs {
-                    self.commit_alone(job).await;
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, messages = jobs.len(), "a commit failed");
-                for job in jobs {
-                    let _ = job.reply.send(Err(sqlx::Error::Protocol(format!(
-                        "commit failed: {error}"
-                    ))));
-                }
-            }
+/// Takes out of `jobs` every send whose (user, idempotency key) came earlier
+/// in `jobs`, and returns them, in order.
+fn defer_repeated_keys(jobs: &mut Vec<Job>) -> Vec<Job> {
+    let mut seen = HashSet::new();
+    let (now, later): (Vec<Job>, Vec<Job>) = std::mem::take(jobs).into_iter().partition(|job| {
+        let message = &job.message;
+        match &message.key {
+            Some(key) => seen.insert((message.user_id.clone(), key.clone())),
+            None => true,
         }
+    });
+    *jobs = now;
+    later
+}
+
+impl Sink {
+    /// Commits `jobs` together, or, when the database refuses the batch,
+    /// each half on its own (see the module comment).
+    fn commit(&self, mut jobs: Vec<Job>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let rows: Vec<&NewMessage> = jobs.iter().map(|job| &job.message).collect();
+            let started = std::time::Instant::now();
+            let error = match self.store.insert_batch(&rows).await {
+                Ok(messages) => {
+                    self.metrics
+                        .created(messages.len() as u64, started.elapsed().as_secs_f64());
+                    return self.publish(jobs.into_iter().zip(messages).collect()).await;
+                }
+                Err(error) => error,
+            };
+            let refused = error.as_database_error().is_some();
+            if refused && jobs.len() > 1 {
+                let second = jobs.split_off(jobs.len() / 2);
+                self.commit(jobs).await;
+                return self.commit(second).await;
+            }
+            if let [job] = jobs.as_slice()
+                && is_unique_violation(&error)
+            {
+                let original = self.original(&job.message).await;
+                if let Some(job) = jobs.pop() {
+                    let _ = job.reply.send(original.map(Committed::Existing));
+                }
+                return;
+            }
+            tracing::warn!(%error, messages = jobs.len(), "a commit failed");
+            let error = Error::from(error);
+            for job in jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        })
     }
 
-    /// Commits one message of a batch that failed on an idempotency key.
-    async fn commit_alone(&self, job: Job) {
-        match self.store.insert_batch(&[&job.message]).await {
-            Ok(mut messages) => match messages.pop() {
-                Some(message) => {
-                    self.metrics.created(1, 0.0);
-                    self.publish(vec![(job, message)]).await
-                }
-                None => {
-                    let _ = job.reply.send(Err(sqlx::Error::RowNotFound));
-                }
-            },
-            Err(error) if is_unique_violation(&error) => {
-                let key = job.message.key.as_deref().unwrap_or_default();
-                let original = self.store.message_by_key(&job.message.user_id, key).await;
-                let answer = match original {
-                    Ok(Some(original)) => Ok(Committed::Existing(original)),
-                    Ok(None) => Err(error),
-                    Err(lookup) => Err(lookup),
-                };
-                let _ = job.reply.send(answer);
-            }
-            Err(error) => {
-                let _ = job.reply.send(Err(error));
-            }
-        }
+    /// The message committed before under `message`'s idempotency key.
+    async fn original(&self, message: &NewMessage) -> Result<Message, Error> {
+        let key = message.key.as_deref().unwrap_or_default();
+        self.store
+            .message_by_key(&message.user_id, key)
+            .await?
+            .ok_or_else(|| Error::invalid("client_message_id could not be stored"))
     }
 
     /// Reports committed messages to the feed in position order, answers

@@ -142,6 +142,12 @@ impl Content {
                 "content must be at most {max_bytes} bytes"
             )));
         }
+        // PostgreSQL's `text` cannot hold U+0000; refusing it here keeps
+        // both backends alike and keeps one user's bytes out of a shared
+        // commit (see `commit`).
+        if value.contains('\0') {
+            return Err(Error::invalid("content must not contain U+0000"));
+        }
         Ok(Self(value))
     }
 

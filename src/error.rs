@@ -4,13 +4,14 @@
 //! Clients get fixed, safe messages; causes of internal failures go to the
 //! log, never to the client.
 
+use std::sync::Arc;
 use tonic::{Code, Status};
 
 /// The message of every authentication failure, whatever the reason, so a
 /// client cannot probe why a token was refused.
 pub const UNAUTHENTICATED: &str = "missing or invalid token";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// No token, or a token that does not verify.
     #[error("{UNAUTHENTICATED}")]
@@ -33,9 +34,16 @@ pub enum Error {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
-    /// The database failed; the cause is logged, not returned.
+    /// The database failed; the cause is logged, not returned. Shared, so
+    /// one failed commit can be every writer's answer.
     #[error("database unavailable")]
-    Database(#[from] sqlx::Error),
+    Database(Arc<sqlx::Error>),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(cause: sqlx::Error) -> Self {
+        Self::Database(Arc::new(cause))
+    }
 }
 
 impl Error {

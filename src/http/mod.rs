@@ -82,7 +82,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let answer = tokio::time::timeout(READY_TIMEOUT, state.herald.store().head()).await;
     match answer {
         Ok(Ok(_)) => "ready".into_response(),
-        Ok(Err(error)) => Error::Database(error).into_response(),
+        Ok(Err(error)) => Error::from(error).into_response(),
         Err(_) => error_response(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
     }
 }

@@ -40,6 +40,7 @@ mod conversations;
 mod delivery;
 mod examples;
 mod guarantees;
+mod hostile;
 mod identity;
 mod lifecycle;
 mod logs;
