@@ -169,6 +169,11 @@ pub struct ServeConfig {
     /// Most missed messages replayed to a resuming stream (at least 10000).
     #[arg(long, env = "HERALD_REPLAY_LIMIT", value_name = "N", default_value_t = Limits::default().replay_limit)]
     pub replay_limit: usize,
+
+    /// Resuming streams that read their replay from the database at once,
+    /// across the node; the others wait their turn.
+    #[arg(long, env = "HERALD_REPLAY_CONCURRENCY", value_name = "N", default_value_t = Limits::default().replay_concurrency)]
+    pub replay_concurrency: usize,
 }
 
 impl ServeConfig {
@@ -242,6 +247,7 @@ impl ServeConfig {
             messages_per_second: self.rate_limit,
             message_burst: self.rate_burst,
             replay_limit: self.replay_limit,
+            replay_concurrency: self.replay_concurrency,
         }
     }
 }

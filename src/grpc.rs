@@ -184,6 +184,9 @@ fn end_status(end: StreamEnd) -> Status {
             "subscription fell behind; resubscribe with after_id set to the last id received",
         ),
         StreamEnd::TokenExpired => Status::unauthenticated(crate::error::UNAUTHENTICATED),
+        StreamEnd::Unavailable => {
+            Status::unavailable("the replay could not be read; resubscribe with after_id")
+        }
         StreamEnd::ShuttingDown => {
             Status::unavailable("server is shutting down; reconnect with after_id")
         }

@@ -20,6 +20,8 @@ pub struct Limits {
     pub message_burst: f64,
     /// The most missed messages a resuming subscription replays.
     pub replay_limit: usize,
+    /// Replay reads at once across the node (each reads one page).
+    pub replay_concurrency: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +34,7 @@ impl Default for Limits {
             messages_per_second: 2_000.0,
             message_burst: 2_000.0,
             replay_limit: 10_000,
+            replay_concurrency: 4,
         }
     }
 }

@@ -56,9 +56,14 @@ impl Metrics {
         self.inner.delivery_latency.observe(seconds);
     }
 
-    pub fn resumed(&self, replayed: u64) {
+    /// Counts a stream that resumed after an id.
+    pub fn resumed(&self) {
         self.inner.resumes.fetch_add(1, Ordering::Relaxed);
-        self.inner.replayed.fetch_add(replayed, Ordering::Relaxed);
+    }
+
+    /// Counts messages read from the database for a resuming stream.
+    pub fn replayed(&self, messages: u64) {
+        self.inner.replayed.fetch_add(messages, Ordering::Relaxed);
     }
 
     pub fn reset(&self) {

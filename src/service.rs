@@ -16,10 +16,10 @@ use crate::{
     limits::{Limits, RateLimiter},
     metrics::Metrics,
     store::{NewMessage, Page, Participants, Store},
-    stream::MessageStream,
+    stream::{MessageStream, REPLAY_PAGE_BYTES, ReplaySource},
 };
 use std::{collections::BTreeSet, sync::Arc};
-use tokio::{task::JoinHandle, time::Instant};
+use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Page size of `ListMessages` when the client sets none.
@@ -42,6 +42,10 @@ struct Inner {
     metrics: Metrics,
     limits: Limits,
     rate: RateLimiter,
+    /// Database reads of resuming streams at once, across the node.
+    replay_permits: Arc<Semaphore>,
+    /// Messages per replay page: about [`REPLAY_PAGE_BYTES`] of content.
+    replay_page: usize,
     shutdown: CancellationToken,
 }
 
@@ -75,6 +79,8 @@ impl Herald {
             committer,
             metrics,
             feed,
+            replay_permits: Arc::new(Semaphore::new(limits.replay_concurrency.max(1))),
+            replay_page: (REPLAY_PAGE_BYTES / limits.max_content_bytes.max(1)).clamp(1, 256),
             limits,
             rate,
             shutdown,
@@ -289,15 +295,19 @@ impl Herald {
             self.inner.metrics.clone(),
         );
         if let Some(resume) = resume {
+            self.inner.metrics.resumed();
             match self.missed(&claims.user, resume).await? {
-                Ok(missed) => {
-                    self.inner.metrics.resumed(missed.len() as u64);
-                    // The resume point itself may still be on its way to the
-                    // live queue: it, too, must not come twice.
-                    let up_to = missed.last().map_or(resume_point(resume), |m| m.position);
-                    stream.replay(missed, up_to);
+                Replay::From(after) => {
+                    let source = ReplaySource {
+                        store: self.inner.store.clone(),
+                        user: claims.user.clone(),
+                        permits: self.inner.replay_permits.clone(),
+                        page_size: self.inner.replay_page,
+                        metrics: self.inner.metrics.clone(),
+                    };
+                    stream.replay(source, after);
                 }
-                Err(reason) => {
+                Replay::Impossible(reason) => {
                     self.inner.metrics.reset();
                     stream.reset_because(reason);
                 }
@@ -306,19 +316,16 @@ impl Herald {
         Ok(stream)
     }
 
-    /// What `user` missed after `resume`, or why it cannot be replayed.
-    async fn missed(
-        &self,
-        user: &UserId,
-        resume: Option<Position>,
-    ) -> Result<Result<Vec<Message>, String>, Error> {
-        let unknown = || Ok(Err("unknown message id: replay is impossible".to_owned()));
+    /// Where `user`'s replay after `resume` starts, or why it cannot.
+    async fn missed(&self, user: &UserId, resume: Option<Position>) -> Result<Replay, Error> {
+        let unknown = || Replay::Impossible("unknown message id: replay is impossible".into());
         let Some(resume) = resume else {
-            return unknown();
+            // A well-formed id that names no message.
+            return Ok(unknown());
         };
         // A message of someone else's conversation is as unknown as none.
         let Some(conversation) = self.inner.store.conversation_of(resume).await? else {
-            return unknown();
+            return Ok(unknown());
         };
         if !self
             .inner
@@ -327,20 +334,22 @@ impl Herald {
             .await?
             .contains(user)
         {
-            return unknown();
+            return Ok(unknown());
         }
         let limit = self.inner.limits.replay_limit;
-        let missed = self
-            .inner
-            .store
-            .missed(user, resume, limit as i64 + 1)
-            .await?;
-        if missed.len() > limit {
-            return Ok(Err(format!(
+        let missed = {
+            let _permit = self.inner.replay_permits.acquire().await;
+            self.inner
+                .store
+                .missed_count(user, resume, limit + 1)
+                .await?
+        };
+        if missed > limit {
+            return Ok(Replay::Impossible(format!(
                 "more than {limit} messages were missed: replay is impossible"
             )));
         }
-        Ok(Ok(missed))
+        Ok(Replay::From(resume))
     }
 
     /// The conversation as `caller` sees it.
@@ -402,7 +411,10 @@ fn same_message(
     }
 }
 
-/// The position a resume request names (0, before every message, if none).
-fn resume_point(resume: Option<Position>) -> Position {
-    resume.unwrap_or(Position(0))
+/// What a resuming stream replays.
+enum Replay {
+    /// Everything the user missed after this position.
+    From(Position),
+    /// Nothing: the reason the client is told.
+    Impossible(String),
 }

@@ -403,6 +403,23 @@ impl Store {
         Ok(rows.into_iter().map(Message::from).collect())
     }
 
+    /// How many messages of `user`'s conversations follow `after`,
+    /// counting no further than `limit`.
+    pub async fn missed_count(
+        &self,
+        user: &UserId,
+        after: Position,
+        limit: usize,
+    ) -> Result<usize, sqlx::Error> {
+        let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM messages m
+                     JOIN participants p ON p.conversation_id = m.conversation_id
+                     WHERE p.user_id = $1 AND m.position > $2 LIMIT $3) AS missed";
+        let count: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(user.as_str()).bind(after.0).bind(limit as i64).fetch_one(pool).await
+        })?;
+        Ok(count.max(0) as usize)
+    }
+
     /// Committed messages at positions `from..to`: how the feed fills a gap.
     pub async fn messages_between(
         &self,

@@ -2,16 +2,29 @@
 //! messages from the hub, with no gap and no duplicate (see
 //! `Herald::subscribe`), ending when the subscriber lags, its token expires
 //! or the server shuts down.
+//!
+//! **Bounded replay.** A resume may ask for thousands of missed messages;
+//! they are read from the database a page at a time, as the subscriber
+//! consumes them, so a stream holds at most one page (about
+//! [`REPLAY_PAGE_BYTES`]) however much it missed and however slowly it
+//! reads. Page reads across the node share a few permits, so a reconnect
+//! storm queues instead of taking the whole database pool.
 
 use crate::{
-    domain::{Message, Position, now_micros},
+    domain::{Message, Position, UserId, now_micros},
     hub::{Closed, Delivery, Subscription},
     metrics::{Metrics, OpenStream, Transport},
+    store::Store,
 };
-use std::pin::Pin;
-use std::sync::Arc;
-use tokio::time::{Instant, Sleep};
+use std::{collections::VecDeque, pin::Pin, sync::Arc};
+use tokio::{
+    sync::Semaphore,
+    time::{Instant, Sleep},
+};
 use tokio_util::sync::CancellationToken;
+
+/// About how many bytes of replayed messages a stream holds at once.
+pub const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 
 /// Why a message stream ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,11 +35,33 @@ pub enum StreamEnd {
     TokenExpired,
     /// The server is shutting down; reconnect elsewhere.
     ShuttingDown,
+    /// The replay could not be read from the database; resume later.
+    Unavailable,
+}
+
+/// Where a resuming stream reads what it missed, a page at a time.
+pub(crate) struct ReplaySource {
+    pub store: Store,
+    pub user: UserId,
+    /// Shared by every stream of the node: concurrent page reads.
+    pub permits: Arc<Semaphore>,
+    pub page_size: usize,
+    pub metrics: Metrics,
+}
+
+/// The replay's progress.
+struct Replay {
+    source: ReplaySource,
+    page: VecDeque<Message>,
+    /// Whether the database has nothing more after `replayed_up_to`.
+    exhausted: bool,
 }
 
 /// One subscriber's messages: the replay, then live, in stream order.
 pub struct MessageStream {
-    replay: std::vec::IntoIter<Message>,
+    replay: Option<Replay>,
+    /// The last position replayed (or the resume point): live messages at
+    /// or below it came through the replay already.
     replayed_up_to: Position,
     reset: Option<String>,
     live: Subscription,
@@ -47,7 +82,7 @@ impl MessageStream {
         metrics: Metrics,
     ) -> Self {
         Self {
-            replay: Vec::new().into_iter(),
+            replay: None,
             replayed_up_to: Position(0),
             reset: None,
             live,
@@ -58,10 +93,14 @@ impl MessageStream {
         }
     }
 
-    /// Sends `missed` first; live messages up to `up_to` are duplicates.
-    pub(crate) fn replay(&mut self, missed: Vec<Message>, up_to: Position) {
-        self.replay = missed.into_iter();
-        self.replayed_up_to = up_to;
+    /// Replays what `source` has after `after` before going live.
+    pub(crate) fn replay(&mut self, source: ReplaySource, after: Position) {
+        self.replay = Some(Replay {
+            source,
+            page: VecDeque::new(),
+            exhausted: false,
+        });
+        self.replayed_up_to = after;
     }
 
     /// Records why the requested replay is impossible.
@@ -79,30 +118,28 @@ impl MessageStream {
         self.reset.as_deref()
     }
 
-    /// The next message, or why the stream ends.
-    /// The next message if one is ready now (replayed or already queued),
-    /// so a transport can write several at once; `None` means wait with
-    /// [`next`](Self::next), which also reports how the stream ended.
+    /// The next message if one is ready now (replayed and already read, or
+    /// queued live), so a transport can write several at once; `None` means
+    /// wait with [`next`](Self::next), which also reports how the stream
+    /// ended.
     pub fn try_next(&mut self) -> Option<Arc<Delivery>> {
-        if let Some(message) = self.replay.next() {
-            let recipients = Arc::from([self.live.user().clone()]);
-            return Some(Delivery::new(message, recipients));
+        match self.replayed() {
+            Ok(Some(delivery)) => return Some(delivery),
+            Ok(None) => {}
+            Err(()) => return None,
         }
         loop {
             match self.live.try_recv()? {
-                Ok(delivery) if delivery.message.position <= self.replayed_up_to => continue,
-                Ok(delivery) => return Some(self.counted(delivery)),
+                Ok(delivery) => match self.fresh(delivery) {
+                    Some(delivery) => return Some(delivery),
+                    None => continue,
+                },
                 Err(Closed::Lagged) => return None,
             }
         }
     }
 
-    fn counted(&self, delivery: Arc<Delivery>) -> Arc<Delivery> {
-        let age = now_micros().saturating_sub(delivery.message.created_at_micros);
-        self.metrics.written(age as f64 / 1e6);
-        delivery
-    }
-
+    /// The next message, or why the stream ends.
     pub async fn next(&mut self) -> Result<Arc<Delivery>, StreamEnd> {
         if self.shutdown.is_cancelled() {
             return Err(StreamEnd::ShuttingDown);
@@ -110,20 +147,85 @@ impl MessageStream {
         if Instant::now() >= self.expiry.deadline() {
             return Err(StreamEnd::TokenExpired);
         }
-        if let Some(message) = self.replay.next() {
-            let recipients = Arc::from([self.live.user().clone()]);
-            return Ok(Delivery::new(message, recipients));
+        loop {
+            match self.replayed() {
+                Ok(Some(delivery)) => return Ok(delivery),
+                Ok(None) => break,
+                Err(()) => self.read_page().await?,
+            }
         }
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Err(StreamEnd::ShuttingDown),
                 _ = &mut self.expiry => return Err(StreamEnd::TokenExpired),
                 received = self.live.recv() => match received {
-                    Ok(delivery) if delivery.message.position <= self.replayed_up_to => continue,
-                    Ok(delivery) => return Ok(self.counted(delivery)),
+                    Ok(delivery) => match self.fresh(delivery) {
+                        Some(delivery) => return Ok(delivery),
+                        None => continue,
+                    },
                     Err(Closed::Lagged) => return Err(StreamEnd::Lagged),
                 },
             }
         }
+    }
+
+    /// The next replayed message already read; `Ok(None)` once the replay
+    /// is over (or there is none), `Err` when the next page must be read.
+    fn replayed(&mut self) -> Result<Option<Arc<Delivery>>, ()> {
+        let Some(replay) = &mut self.replay else {
+            return Ok(None);
+        };
+        match replay.page.pop_front() {
+            Some(message) => {
+                let recipients = Arc::from([replay.source.user.clone()]);
+                Ok(Some(Delivery::new(message, recipients)))
+            }
+            None if replay.exhausted => {
+                self.replay = None;
+                Ok(None)
+            }
+            None => Err(()),
+        }
+    }
+
+    /// Reads the next page of the replay.
+    async fn read_page(&mut self) -> Result<(), StreamEnd> {
+        let Some(replay) = &mut self.replay else {
+            return Ok(());
+        };
+        let source = &replay.source;
+        let read = async {
+            let _permit = source.permits.acquire().await;
+            let limit = source.page_size as i64;
+            source
+                .store
+                .missed(&source.user, self.replayed_up_to, limit)
+                .await
+        };
+        let page = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(StreamEnd::ShuttingDown),
+            page = read => page,
+        };
+        let page = page.map_err(|error| {
+            tracing::warn!(%error, "a replay page could not be read; the stream ends");
+            StreamEnd::Unavailable
+        })?;
+        source.metrics.replayed(page.len() as u64);
+        replay.exhausted = page.len() < source.page_size;
+        if let Some(last) = page.last() {
+            self.replayed_up_to = last.position;
+        }
+        replay.page = page.into();
+        Ok(())
+    }
+
+    /// `delivery`, unless the replay already sent it.
+    fn fresh(&self, delivery: Arc<Delivery>) -> Option<Arc<Delivery>> {
+        if delivery.message.position <= self.replayed_up_to {
+            return None;
+        }
+        let age = now_micros().saturating_sub(delivery.message.created_at_micros);
+        self.metrics.written(age as f64 / 1e6);
+        Some(delivery)
     }
 }

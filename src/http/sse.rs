@@ -130,6 +130,9 @@ fn events(
         let mut out = String::with_capacity(512);
         write_event(&mut out, &first);
         for _ in 1..MAX_BATCH {
+            if out.len() >= MAX_BATCH_BYTES {
+                break;
+            }
             let Some(delivery) = stream.try_next() else {
                 break;
             };
@@ -144,6 +147,9 @@ fn events(
 
 /// The most events written to a subscriber at once.
 const MAX_BATCH: usize = 64;
+/// Past this many bytes a write takes no more events: what a reader that
+/// stopped leaves in the server's buffers stays small.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// Appends the event of one message; its JSON is made once per fan-out.
 fn write_event(out: &mut String, delivery: &Delivery) {

@@ -2,7 +2,9 @@
 //! readers, retries, slow consumers, shutdown with writes in flight, and
 //! database connections killed mid-run.
 
-use crate::support::{PATIENCE, Process, TestDb, authorized, code, mint, open_sse, spawn_app};
+use crate::support::{
+    PATIENCE, Process, TestDb, authorized, code, mint, open_sse, rss_kib, spawn_app,
+};
 use futures_util::StreamExt;
 use herald::pb::{self, messenger_client::MessengerClient};
 use std::time::Duration;
@@ -310,16 +312,6 @@ async fn sigterm_with_writers_in_flight_keeps_every_acknowledged_message() {
         "acknowledged but not stored: {missing:?}"
     );
     herald.terminate().await;
-}
-
-/// The resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

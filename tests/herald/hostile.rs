@@ -1,7 +1,8 @@
 //! Hostile clients: what one user sends must not hurt another user, exhaust
 //! the server, or forge a message. Each test names the attack it repels.
 
-use crate::support::{TestDb, code, spawn_app};
+use crate::support::{Process, TestDb, authorized, code, mint, rss_kib, spawn_app};
+use herald::pb;
 use sqlx::Connection;
 use tonic::Code;
 
@@ -119,6 +120,91 @@ async fn a_message_the_database_refuses_fails_alone_and_its_batch_mates_commit(d
     }
     assert_eq!(history, ORDINARY);
     app.stop().await;
+}
+
+/// A secret for tests that run the real binary.
+const SECRET: &str = "hostile-clients-test-secret-of-32-bytes-or-more";
+
+fn bearer(user: &str) -> String {
+    format!("Bearer {}", mint(SECRET, user))
+}
+
+/// Opens the SSE stream on a raw socket with a tiny receive buffer and
+/// reads only the response head: a subscriber that never reads its body.
+async fn stuck_sse(http: &str, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(http.parse().unwrap()).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_streams_that_never_read_hold_a_page_not_their_whole_replay() {
+    const MISSED: usize = 1_000;
+    const STREAMS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", SECRET]);
+    })
+    .await;
+    let mut client = herald.client().await;
+    let create = pb::CreateConversationRequest {
+        participant_ids: vec!["bob".into()],
+    };
+    let chat = client
+        .create_conversation(authorized(create, &bearer("alice")))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let send = |content: String| pb::CreateMessageRequest {
+        conversation_id: chat.clone(),
+        content,
+        ..Default::default()
+    };
+    let first = client
+        .create_message(authorized(send("first".into()), &bearer("alice")))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    // 16 MB that bob missed, in messages of the largest size.
+    let filler = "m".repeat(16 * 1024 - 8);
+    for n in 0..MISSED {
+        let request = authorized(send(format!("{n:>6} {filler}")), &bearer("alice"));
+        client.create_message(request).await.unwrap();
+    }
+    let pid = herald.child.id().unwrap();
+    let before = rss_kib(pid);
+    let token = mint(SECRET, "bob");
+    let path = format!("/api/messages?token={token}&lastEventId={first}");
+    let mut stuck = Vec::new();
+    for _ in 0..STREAMS {
+        stuck.push(stuck_sse(&herald.http, &path).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let grown = rss_kib(pid).saturating_sub(before);
+    eprintln!(
+        "{STREAMS} streams resuming {MISSED} missed 16 KiB messages without reading: server RSS grew by {grown} KiB"
+    );
+    // Holding each replay whole would take 16 x 16 MiB.
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    drop(stuck);
+    herald.terminate().await;
 }
 
 on_every_backend!(
