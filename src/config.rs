@@ -6,6 +6,7 @@ use crate::{
     broker::{BrokerConfig, BrokerKind},
     http::HttpOptions,
     limits::Limits,
+    listener::{ConnectionLimits, default_max_connections},
     server::StartError,
     telemetry::LogFormat,
     tls::TlsFiles,
@@ -90,6 +91,29 @@ pub struct ServeConfig {
     /// TLS private key (PEM) for both listeners; needs --tls-cert.
     #[arg(long, env = "HERALD_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<std::path::PathBuf>,
+
+    /// Most open connections on both ports together; a new one beyond it
+    /// replaces the connection idle longest, or is closed when all are busy.
+    /// [default: the open-file limit less a tenth (at least 128) for the
+    /// database, the broker and files]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// How long a client may take to send a request head (HTTP/1.1), open a
+    /// first stream (HTTP/2) or finish a TLS handshake before the
+    /// connection is closed.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Streams one HTTP/2 connection may have open at once (advertised as
+    /// SETTINGS_MAX_CONCURRENT_STREAMS on both ports).
+    #[arg(
+        long,
+        env = "HERALD_HTTP2_MAX_STREAMS",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    pub http2_max_streams: u32,
 
     /// How long shutdown waits for in-flight requests (e.g. 5s, 500ms).
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -206,6 +230,7 @@ impl ServeConfig {
             cors_origins: self.cors_origin.clone(),
             max_body_bytes: self.max_body_bytes,
             heartbeat: self.sse_heartbeat,
+            hsts: self.tls_cert.is_some(),
         }
     }
 
@@ -235,6 +260,14 @@ impl ServeConfig {
             kind: self.broker,
             nats_url: self.nats_url.clone(),
             nats_subject: self.nats_subject.clone(),
+        }
+    }
+
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections.unwrap_or_else(default_max_connections),
+            header_timeout: self.header_timeout,
+            max_streams: self.http2_max_streams.max(1),
         }
     }
 

@@ -30,7 +30,7 @@ pub fn web_routes(herald: Herald, auth: Auth) -> axum::Router {
 }
 
 /// The request log's span for one gRPC call: the method, nothing else.
-pub fn log_span(request: &axum::http::Request<tonic::body::Body>) -> tracing::Span {
+pub fn log_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
     tracing::info_span!("grpc", method = %request.uri().path())
 }
 

@@ -15,6 +15,7 @@
 //! | [`config`] | the command line and its environment variables |
 //! | [`cli`] | what `serve` and `token` do |
 //! | [`server`] | binding, running, graceful shutdown |
+//! | [`listener`] | accepting and serving connections, with their limits |
 //! | [`tls`] | optional TLS on both listeners, HTTP/2 by ALPN |
 //! | [`error`] | the error type, and its gRPC mapping |
 //! | [`auth`] | JWT verification and minting |
@@ -44,6 +45,7 @@ pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod pb;
 pub mod server;

@@ -17,19 +17,16 @@ use crate::{
     config::ServeConfig,
     grpc,
     http::{self, AppState, HttpOptions},
+    listener::{self, Connections, Protocol},
     pb,
     service::Herald,
     store::Store,
-    tls::{self, TlsFiles},
+    tls::{self, Acceptors},
 };
 use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::{
     net::{TcpListener, TcpSocket},
     task::JoinHandle,
-};
-use tokio_stream::{
-    StreamExt,
-    wrappers::{ReceiverStream, TcpListenerStream},
 };
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -67,13 +64,20 @@ pub struct Server {
     shutdown: CancellationToken,
     drain: Duration,
     http_options: HttpOptions,
-    tls: Option<TlsFiles>,
+    tls: Option<Acceptors>,
+    connections: Connections,
 }
 
 impl Server {
     /// Connects and migrates the database, starts the core and binds both
     /// listeners.
     pub async fn bind(config: &ServeConfig, auth: Auth) -> Result<Self, StartError> {
+        // TLS files first: a bad certificate fails the start, not the
+        // first handshake.
+        let tls = match config.tls()? {
+            Some(files) => Some(tls::acceptors(&files).map_err(StartError)?),
+            None => None,
+        };
         let http = listen("--http", &config.http).await?;
         let grpc = listen("--grpc", &config.grpc).await?;
         let database_url = config.database_url();
@@ -101,7 +105,8 @@ impl Server {
             shutdown,
             drain: config.drain_timeout,
             http_options: config.http_options(),
-            tls: config.tls()?,
+            tls,
+            connections: Connections::new(config.connection_limits()),
         })
     }
 
@@ -120,6 +125,11 @@ impl Server {
     /// The core, for callers that embed herald.
     pub fn herald(&self) -> &Herald {
         &self.herald
+    }
+
+    /// Open connections on both ports, as the connection cap counts them.
+    pub fn connections(&self) -> Connections {
+        self.connections.clone()
     }
 
     /// How often the cross-node broker link was lost and caught up.
@@ -150,71 +160,50 @@ impl Server {
         // ended on `self.shutdown`, so clients read each stream's final
         // status before the connection closes.
         let stop = CancellationToken::new();
-        let grpc_router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        let grpc_app = tonic::service::Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(grpc::service(self.herald.clone(), self.auth.clone()))
+            .into_axum_router()
             // The request log: method and outcome, never metadata (tokens).
             .layer(
                 TraceLayer::new_for_grpc()
-                    .make_span_with(grpc::log_span as fn(&_) -> _)
+                    .make_span_with(grpc::log_span)
                     .on_request(())
                     .on_response(DefaultOnResponse::new().level(Level::INFO))
                     .on_failure(DefaultOnFailure::new().level(Level::INFO))
                     .on_eos(DefaultOnEos::new().level(Level::INFO)),
-            )
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(grpc::service(self.herald.clone(), self.auth.clone()));
+            );
         let state = AppState {
             herald: self.herald.clone(),
             auth: self.auth.clone(),
             reconnects: self.reconnects.clone(),
+            connections: self.connections.clone(),
             heartbeat: self.http_options.heartbeat,
         };
         let grpc_web = grpc::web_routes(self.herald.clone(), self.auth.clone());
-        let app = http::router(state, &self.http_options, grpc_web);
-        let graceful = || stop.clone().cancelled_owned();
-        let (mut grpc_server, mut http_server) = match &self.tls {
-            None => {
-                let incoming = TcpListenerStream::new(self.grpc).map(|accepted| {
-                    accepted.inspect(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    })
-                });
-                let http = axum::serve(self.http, app).with_graceful_shutdown(graceful());
-                (
-                    tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, graceful())),
-                    tokio::spawn(http.into_future()),
-                )
-            }
-            Some(files) => {
-                let http_addr = self
-                    .http
-                    .local_addr()
-                    .map_err(|e| StartError(e.to_string()))?;
-                let grpc_tls = tls::acceptor(files, &[b"h2"]).map_err(StartError)?;
-                let http_tls = tls::acceptor(files, &[b"h2", b"http/1.1"]).map_err(StartError)?;
-                let grpc_connections = tls::incoming(self.grpc, grpc_tls, stop.clone());
-                let incoming = ReceiverStream::new(grpc_connections)
-                    .map(|(tls, _)| Ok::<_, std::io::Error>(tls));
-                let connections = tls::incoming(self.http, http_tls, stop.clone());
-                let listener = tls::TlsListener {
-                    connections,
-                    addr: http_addr,
-                };
-                let http = axum::serve(listener, app).with_graceful_shutdown(graceful());
-                (
-                    tokio::spawn(grpc_router.serve_with_incoming_shutdown(incoming, graceful())),
-                    tokio::spawn(http.into_future()),
-                )
-            }
-        };
+        let http_app = http::router(state, &self.http_options, grpc_web);
+        let mut grpc_server = listener::serve(
+            self.grpc,
+            self.tls.as_ref().map(|tls| tls.grpc.clone()),
+            grpc_app,
+            Protocol::Grpc,
+            self.connections.clone(),
+            stop.clone(),
+        );
+        let mut http_server = listener::serve(
+            self.http,
+            self.tls.as_ref().map(|tls| tls.http.clone()),
+            http_app,
+            Protocol::Http,
+            self.connections.clone(),
+            stop.clone(),
+        );
 
         tokio::select! {
             _ = signal => tracing::info!("shutting down"),
-            result = &mut grpc_server => tracing::error!(?result, "gRPC server stopped on its own"),
-            result = &mut http_server => tracing::error!(?result, "HTTP server stopped on its own"),
+            result = &mut grpc_server => tracing::error!(?result, "gRPC listener stopped on its own"),
+            result = &mut http_server => tracing::error!(?result, "HTTP listener stopped on its own"),
         }
         health
             .set_service_status("", ServingStatus::NotServing)

@@ -297,7 +297,7 @@ impl Herald {
         if let Some(resume) = resume {
             self.inner.metrics.resumed();
             match self.missed(&claims.user, resume).await? {
-                Replay::From(after) => {
+                Replay::From(after, first_page) => {
                     let source = ReplaySource {
                         store: self.inner.store.clone(),
                         user: claims.user.clone(),
@@ -305,7 +305,7 @@ impl Herald {
                         page_size: self.inner.replay_page,
                         metrics: self.inner.metrics.clone(),
                     };
-                    stream.replay(source, after);
+                    stream.replay(source, after, first_page);
                 }
                 Replay::Impossible(reason) => {
                     self.inner.metrics.reset();
@@ -316,7 +316,9 @@ impl Herald {
         Ok(stream)
     }
 
-    /// Where `user`'s replay after `resume` starts, or why it cannot.
+    /// What `user` missed after `resume`: the first page of it (read before
+    /// the stream starts, so a short replay is what was missed at this
+    /// moment), or why it cannot be replayed.
     async fn missed(&self, user: &UserId, resume: Option<Position>) -> Result<Replay, Error> {
         let unknown = || Replay::Impossible("unknown message id: replay is impossible".into());
         let Some(resume) = resume else {
@@ -336,20 +338,21 @@ impl Herald {
         {
             return Ok(unknown());
         }
+        let _permit = self.inner.replay_permits.acquire().await;
+        let page_size = self.inner.replay_page;
+        let store = &self.inner.store;
+        let first_page = store.missed(user, resume, page_size as i64).await?;
+        self.inner.metrics.replayed(first_page.len() as u64);
         let limit = self.inner.limits.replay_limit;
-        let missed = {
-            let _permit = self.inner.replay_permits.acquire().await;
-            self.inner
-                .store
-                .missed_count(user, resume, limit + 1)
-                .await?
-        };
-        if missed > limit {
+        let too_many = first_page.len() > limit
+            || (first_page.len() == page_size
+                && store.missed_count(user, resume, limit + 1).await? > limit);
+        if too_many {
             return Ok(Replay::Impossible(format!(
                 "more than {limit} messages were missed: replay is impossible"
             )));
         }
-        Ok(Replay::From(resume))
+        Ok(Replay::From(resume, first_page))
     }
 
     /// The conversation as `caller` sees it.
@@ -413,8 +416,9 @@ fn same_message(
 
 /// What a resuming stream replays.
 enum Replay {
-    /// Everything the user missed after this position.
-    From(Position),
+    /// Everything the user missed after this position, starting with
+    /// this page.
+    From(Position, Vec<Message>),
     /// Nothing: the reason the client is told.
     Impossible(String),
 }

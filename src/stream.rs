@@ -93,14 +93,20 @@ impl MessageStream {
         }
     }
 
-    /// Replays what `source` has after `after` before going live.
-    pub(crate) fn replay(&mut self, source: ReplaySource, after: Position) {
+    /// Replays `first_page`, then whatever else `source` has after it,
+    /// before going live; `after` is the resume point.
+    pub(crate) fn replay(
+        &mut self,
+        source: ReplaySource,
+        after: Position,
+        first_page: Vec<Message>,
+    ) {
+        self.replayed_up_to = first_page.last().map_or(after, |last| last.position);
         self.replay = Some(Replay {
+            exhausted: first_page.len() < source.page_size,
             source,
-            page: VecDeque::new(),
-            exhausted: false,
+            page: first_page.into(),
         });
-        self.replayed_up_to = after;
     }
 
     /// Records why the requested replay is impossible.

@@ -23,7 +23,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    set_header::SetResponseHeaderLayer,
+};
 
 pub use caller::{Caller, StreamCaller};
 
@@ -34,6 +37,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Cross-node broker link losses, for `/metrics`.
     pub reconnects: crate::broker::Reconnects,
+    /// Open connections on both ports, for `/metrics`.
+    pub connections: crate::listener::Connections,
     /// How long an idle SSE stream waits before sending a comment.
     pub heartbeat: std::time::Duration,
 }
@@ -47,7 +52,12 @@ pub struct HttpOptions {
     pub max_body_bytes: usize,
     /// How long an idle SSE stream waits before sending a comment.
     pub heartbeat: std::time::Duration,
+    /// Served over TLS: tell browsers to use HTTPS only (HSTS).
+    pub hsts: bool,
 }
+
+/// The HSTS policy under TLS: a year.
+const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 
 /// The whole HTTP application; `grpc_web` holds the gRPC-Web routes, which
 /// share the port, CORS and the request log.
@@ -65,6 +75,13 @@ pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Route
     let app = match cors(&options.cors_origins) {
         Some(cors) => app.layer(cors),
         None => app,
+    };
+    let app = match options.hsts {
+        true => app.layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HSTS,
+        )),
+        false => app,
     };
     log::layer(app)
 }
@@ -93,6 +110,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let lagged = [("", herald.hub().lagged_total())];
     let filled = [("", herald.feed().filled_total())];
     let reconnects = [("", state.reconnects.total())];
+    let refused_connections = [("", state.connections.refused_total())];
+    let evicted_connections = [("", state.connections.evicted_total())];
     let refused: Vec<(String, u64)> = state
         .auth
         .refused()
@@ -124,7 +143,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
             "Refused tokens, by reason.",
             &refused,
         ),
+        (
+            "herald_connections_refused_total",
+            "Connections closed on arrival: the cap was reached and every connection was busy.",
+            &refused_connections,
+        ),
+        (
+            "herald_connections_evicted_total",
+            "Idle connections closed to make room for new ones at the cap.",
+            &evicted_connections,
+        ),
     ]);
+    let text = format!(
+        "{text}# HELP herald_connections_open Open connections on both ports.\n\
+         # TYPE herald_connections_open gauge\nherald_connections_open {}\n",
+        state.connections.open()
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -211,3 +211,138 @@ on_every_backend!(
     content_with_nul_is_refused_at_every_door,
     a_message_the_database_refuses_fails_alone_and_its_batch_mates_commit,
 );
+
+/// Reads from `stream` until the server closes it; panics if it has not
+/// within `within`. Returns what was read.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let read_all = async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all)
+        .await
+        .expect("the server closes the connection in time");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_half_a_request_or_nothing_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.header_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let patience = std::time::Duration::from_secs(5);
+    // Half a request line on the HTTP port.
+    let mut half = tokio::net::TcpStream::connect(app.http).await.unwrap();
+    half.write_all(b"GET /healthz HTT").await.unwrap();
+    // Nothing at all on either port.
+    let mut silent_http = tokio::net::TcpStream::connect(app.http).await.unwrap();
+    let mut silent_grpc = tokio::net::TcpStream::connect(app.grpc).await.unwrap();
+    // An HTTP/2 preface, then no stream.
+    let mut idle_h2 = tokio::net::TcpStream::connect(app.grpc).await.unwrap();
+    idle_h2.write_all(PREFACE).await.unwrap();
+
+    closed_within(&mut half, patience).await;
+    closed_within(&mut silent_http, patience).await;
+    closed_within(&mut silent_grpc, patience).await;
+    closed_within(&mut idle_h2, patience).await;
+    // Those who ask in time are served.
+    let healthy = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(healthy.status(), 200);
+    app.stop().await;
+}
+
+/// The HTTP/2 connection preface and an empty SETTINGS frame.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// The server's SETTINGS_MAX_CONCURRENT_STREAMS on an HTTP/2 connection to
+/// `addr`, read from its first SETTINGS frame.
+async fn advertised_max_streams(addr: std::net::SocketAddr) -> Option<u32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(PREFACE).await.unwrap();
+    loop {
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).await.unwrap();
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        stream.read_exact(&mut payload).await.unwrap();
+        let (kind, ack) = (head[3], head[4] & 1 == 1);
+        if kind != 4 || ack {
+            continue;
+        }
+        return payload.chunks_exact(6).find_map(|setting| {
+            let id = u16::from_be_bytes([setting[0], setting[1]]);
+            (id == 3).then(|| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]))
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ports_advertise_a_finite_number_of_http2_streams() {
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let app = spawn_app(&db).await;
+    for addr in [app.grpc, app.http] {
+        let streams = advertised_max_streams(addr).await;
+        assert!(
+            streams.is_some_and(|n| (1..=1_000).contains(&n)),
+            "{addr}: {streams:?}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_at_the_cap_make_room_and_busy_ones_are_kept() {
+    const CAP: usize = 8;
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.max_connections = Some(CAP);
+    })
+    .await;
+    // A flood of connections that never send anything fills the cap...
+    let mut idle = Vec::new();
+    for _ in 0..CAP * 2 {
+        idle.push(tokio::net::TcpStream::connect(app.http).await.unwrap());
+    }
+    // ...yet a health check gets through, in the place of an idle one.
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let healthy = fresh().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthy.status(), 200);
+    assert!(app.connections().evicted_total() >= CAP as u64);
+    // Streams are busy connections: at the cap, nobody takes their place.
+    let token = app.token("bob");
+    let mut streams = Vec::new();
+    for _ in 0..CAP {
+        streams.push(
+            stuck_sse(
+                &app.http.to_string(),
+                &format!("/api/messages?token={token}"),
+            )
+            .await,
+        );
+    }
+    assert!(fresh().get(app.url("/healthz")).send().await.is_err());
+    assert!(app.connections().refused_total() >= 1);
+    streams.pop();
+    let healthy = crate::support::eventually(|| async {
+        fresh().get(app.url("/healthz")).send().await.is_ok()
+    })
+    .await;
+    assert!(healthy, "a closed stream frees its place");
+    app.stop().await;
+}

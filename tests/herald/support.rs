@@ -90,6 +90,7 @@ pub struct TestApp {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub herald: Herald,
+    connections: herald::listener::Connections,
     auth: Auth,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), herald::server::StartError>>,
@@ -111,6 +112,7 @@ pub async fn spawn_app_with(db: &TestDb, tweak: impl FnOnce(&mut ServeConfig)) -
         .expect("herald starts");
     let (http, grpc) = (server.http_addr(), server.grpc_addr());
     let herald = server.herald().clone();
+    let connections = server.connections();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -119,6 +121,7 @@ pub async fn spawn_app_with(db: &TestDb, tweak: impl FnOnce(&mut ServeConfig)) -
         http,
         grpc,
         herald,
+        connections,
         auth,
         stop: Some(stop),
         task,
@@ -126,6 +129,11 @@ pub async fn spawn_app_with(db: &TestDb, tweak: impl FnOnce(&mut ServeConfig)) -
 }
 
 impl TestApp {
+    /// The server's open connections, as its connection cap sees them.
+    pub fn connections(&self) -> &herald::listener::Connections {
+        &self.connections
+    }
+
     /// A signed token for `user`, valid for an hour.
     pub fn token(&self, user: &str) -> String {
         self.token_for(user, Duration::from_secs(3600))
@@ -592,4 +600,20 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find(|line| line.starts_with("VmRSS:"))
         .unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Whether `check` comes true within [`PATIENCE`], asking every 50 ms.
+pub async fn eventually<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }

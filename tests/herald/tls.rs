@@ -156,6 +156,8 @@ async fn grpc_and_sse_work_over_tls_and_browsers_get_http2() {
             "4",
             "-w",
             "\nversion=%{http_version}\n",
+            "-D",
+            "-",
         ])
         .args([
             "--resolve",
@@ -188,6 +190,10 @@ async fn grpc_and_sse_work_over_tls_and_browsers_get_http2() {
     assert!(
         output.contains("version=2"),
         "browsers get HTTP/2 over TLS: {output}"
+    );
+    assert!(
+        output.contains("strict-transport-security: max-age="),
+        "HSTS under TLS: {output}"
     );
     herald.terminate().await;
 }
