@@ -16,7 +16,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let identity = config.identity();
     // Without a secret, an ephemeral one still signs stream tickets; demo
     // tokens are printed only when no identity provider is configured.
-    let (secret, ephemeral) = match &config.secret.jwt_secret {
+    let (secret, ephemeral) = match &config.secret.load()? {
         Some(secret) => (secret.expose().to_owned(), false),
         None => (ephemeral_secret(), !identity.is_configured()),
     };
@@ -31,9 +31,9 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
 
 /// Prints one token for `args.user` on stdout.
 pub fn token(args: &TokenArgs) -> Result<(), StartError> {
-    let secret = args.secret.jwt_secret.as_ref().ok_or_else(|| {
+    let secret = args.secret.load()?.ok_or_else(|| {
         StartError::new(
-            "herald token needs --jwt-secret or HERALD_JWT_SECRET (the server's secret)",
+            "herald token needs --jwt-secret, HERALD_JWT_SECRET or --jwt-secret-file (the server's secret)",
         )
     })?;
     let user =

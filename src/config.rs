@@ -2,7 +2,7 @@
 //! and its `///` doc is its `--help` text.
 
 use crate::{
-    auth::IdentityConfig,
+    auth::{IdentityConfig, MIN_SECRET_BYTES},
     broker::{BrokerConfig, BrokerKind},
     http::HttpOptions,
     limits::Limits,
@@ -83,6 +83,16 @@ pub struct ServeConfig {
     /// The `aud` that identity-provider tokens must carry.
     #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// Accept identity-provider tokens from any issuer (instead of
+    /// requiring --jwt-issuer).
+    #[arg(long, env = "HERALD_JWT_ANY_ISSUER")]
+    pub jwt_any_issuer: bool,
+
+    /// Accept identity-provider tokens for any audience (instead of
+    /// requiring --jwt-audience).
+    #[arg(long, env = "HERALD_JWT_ANY_AUDIENCE")]
+    pub jwt_any_audience: bool,
 
     /// TLS certificate chain (PEM) for both listeners; needs --tls-key.
     #[arg(long, env = "HERALD_TLS_CERT", value_name = "FILE")]
@@ -194,6 +204,21 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_REPLAY_LIMIT", value_name = "N", default_value_t = Limits::default().replay_limit)]
     pub replay_limit: usize,
 
+    /// Expensive calls (creating conversations, listing, resuming, stream
+    /// tickets) one user may make per second, sustained; a group of N
+    /// members costs 1 + N/50.
+    #[arg(long, env = "HERALD_CALL_RATE_LIMIT", value_name = "PER_SECOND", default_value_t = Limits::default().calls_per_second)]
+    pub call_rate_limit: f64,
+
+    /// Expensive calls one user may make in a burst.
+    #[arg(long, env = "HERALD_CALL_RATE_BURST", value_name = "N", default_value_t = Limits::default().call_burst)]
+    pub call_rate_burst: f64,
+
+    /// Database calls one user may have in flight at once; more wait their
+    /// turn.
+    #[arg(long, env = "HERALD_USER_CONCURRENCY", value_name = "N", default_value_t = Limits::default().user_concurrency)]
+    pub user_concurrency: usize,
+
     /// Resuming streams that read their replay from the database at once,
     /// across the node; the others wait their turn.
     #[arg(long, env = "HERALD_REPLAY_CONCURRENCY", value_name = "N", default_value_t = Limits::default().replay_concurrency)]
@@ -252,6 +277,8 @@ impl ServeConfig {
             jwks: self.jwt_jwks.clone(),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
+            any_issuer: self.jwt_any_issuer,
+            any_audience: self.jwt_any_audience,
         }
     }
 
@@ -281,6 +308,9 @@ impl ServeConfig {
             message_burst: self.rate_burst,
             replay_limit: self.replay_limit,
             replay_concurrency: self.replay_concurrency,
+            calls_per_second: self.call_rate_limit,
+            call_burst: self.call_rate_burst,
+            user_concurrency: self.user_concurrency,
         }
     }
 }
@@ -383,6 +413,35 @@ pub struct SecretArg {
         hide_env_values = true
     )]
     pub jwt_secret: Option<Secret>,
+
+    /// A file holding the HS256 secret (one line), so it stays out of the
+    /// process list and the environment.
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET_FILE",
+        value_name = "FILE",
+        conflicts_with = "jwt_secret"
+    )]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+}
+
+impl SecretArg {
+    /// The secret from the flag, the environment or the file, if any.
+    pub fn load(&self) -> Result<Option<Secret>, StartError> {
+        if let Some(secret) = &self.jwt_secret {
+            return Ok(Some(secret.clone()));
+        }
+        let Some(path) = &self.jwt_secret_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| StartError::new(format!("cannot read {}: {error}", path.display())))?;
+        let secret = text.trim_end_matches(['\r', '\n']);
+        secret
+            .parse()
+            .map(Some)
+            .map_err(|error| StartError::new(format!("{}: {error}", path.display())))
+    }
 }
 
 /// A secret that never prints itself.
@@ -399,8 +458,10 @@ impl FromStr for Secret {
     type Err = String;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value.is_empty() {
-            true => Err("the secret must not be empty".into()),
+        match value.len() < MIN_SECRET_BYTES {
+            true => Err(format!(
+                "the secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518); `openssl rand -hex 32` makes one"
+            )),
             false => Ok(Self(value.into())),
         }
     }
@@ -447,7 +508,13 @@ mod tests {
 
     #[test]
     fn a_secret_never_shows_in_debug_output() {
-        let secret: Secret = "hunter2".parse().unwrap();
+        let secret: Secret = "hunter2-hunter2-hunter2-hunter2-hunter2".parse().unwrap();
         assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_secret_shorter_than_256_bits_is_refused() {
+        assert!("x".repeat(31).parse::<Secret>().is_err());
+        assert!("x".repeat(32).parse::<Secret>().is_ok());
     }
 }

@@ -89,10 +89,7 @@ id_type!(
 impl ConversationId {
     /// A fresh, unguessable id.
     pub fn generate() -> Self {
-        let mut bytes = [0u8; 16];
-        // The OS random source failing is not something herald can serve around.
-        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-        Self(hex(&bytes).into())
+        Self(random_hex().into())
     }
 }
 
@@ -158,6 +155,14 @@ impl Content {
     pub fn into_string(self) -> String {
         self.0
     }
+}
+
+/// 128 random bits as 32 hex digits: ids nobody can guess.
+pub fn random_hex() -> String {
+    let mut bytes = [0u8; 16];
+    // The OS random source failing is not something herald can serve around.
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    hex(&bytes)
 }
 
 /// A committed message.

@@ -1,7 +1,13 @@
-//! Configurable limits, and the per-user message rate limiter.
+//! Configurable limits, the per-user rate limiters and the per-user share
+//! of the database.
 
 use crate::domain::UserId;
-use std::{collections::HashMap, sync::Mutex, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What one user or request may use.
 #[derive(Clone, Debug)]
@@ -22,19 +28,29 @@ pub struct Limits {
     pub replay_limit: usize,
     /// Replay reads at once across the node (each reads one page).
     pub replay_concurrency: usize,
+    /// Expensive calls (creating conversations, listing, resuming,
+    /// tickets) a user may make per second, sustained.
+    pub calls_per_second: f64,
+    /// Expensive calls a user may make at once after being idle.
+    pub call_burst: f64,
+    /// Database calls one user may have in flight at once; more wait.
+    pub user_concurrency: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_content_bytes: 16 * 1024,
-            max_participants: 10_000,
+            max_participants: 1_000,
             max_subscriptions_per_user: 100,
             subscription_queue: 1_024,
             messages_per_second: 2_000.0,
             message_burst: 2_000.0,
             replay_limit: 10_000,
             replay_concurrency: 4,
+            calls_per_second: 100.0,
+            call_burst: 200.0,
+            user_concurrency: 4,
         }
     }
 }
@@ -65,6 +81,11 @@ impl RateLimiter {
 
     /// Takes one token from `user`'s bucket; false when it is empty.
     pub fn allow(&self, user: &UserId) -> bool {
+        self.allow_n(user, 1.0)
+    }
+
+    /// Takes `cost` tokens from `user`'s bucket; false when it has fewer.
+    pub fn allow_n(&self, user: &UserId, cost: f64) -> bool {
         let now = Instant::now();
         let mut buckets = self
             .buckets
@@ -79,12 +100,50 @@ impl RateLimiter {
         });
         bucket.tokens = bucket.level(now, self.rate, self.burst);
         bucket.refilled = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens >= cost {
+            bucket.tokens -= cost;
             true
         } else {
             false
         }
+    }
+}
+
+/// Each user's share of the database: at most a few calls in flight at
+/// once, so one user's parallel reads queue behind each other instead of
+/// taking the whole pool from everyone else.
+pub struct UserPermits {
+    per_user: usize,
+    users: Mutex<HashMap<UserId, Arc<Semaphore>>>,
+}
+
+impl UserPermits {
+    pub fn new(per_user: usize) -> Self {
+        Self {
+            per_user: per_user.max(1),
+            users: Mutex::default(),
+        }
+    }
+
+    /// Waits for one of `user`'s places; the place is held until the
+    /// returned permit is dropped. (`None` would mean a closed semaphore,
+    /// which these never are.)
+    pub async fn acquire(&self, user: &UserId) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut users = self
+                .users
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if users.len() > PRUNE_ABOVE {
+                // Only the map holds an idle user's semaphore.
+                users.retain(|_, semaphore| Arc::strong_count(semaphore) > 1);
+            }
+            users
+                .entry(user.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_user)))
+                .clone()
+        };
+        semaphore.acquire_owned().await.ok()
     }
 }
 

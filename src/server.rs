@@ -179,6 +179,7 @@ impl Server {
             auth: self.auth.clone(),
             reconnects: self.reconnects.clone(),
             connections: self.connections.clone(),
+            origins: self.http_options.cors_origins.clone().into(),
             heartbeat: self.http_options.heartbeat,
         };
         let grpc_web = grpc::web_routes(self.herald.clone(), self.auth.clone());

@@ -13,7 +13,7 @@ use crate::{
     error::Error,
     feed::Feed,
     hub::Hub,
-    limits::{Limits, RateLimiter},
+    limits::{Limits, RateLimiter, UserPermits},
     metrics::Metrics,
     store::{NewMessage, Page, Participants, Store},
     stream::{MessageStream, REPLAY_PAGE_BYTES, ReplaySource},
@@ -42,6 +42,10 @@ struct Inner {
     metrics: Metrics,
     limits: Limits,
     rate: RateLimiter,
+    /// Expensive calls per user (see [`Herald::meter`]).
+    calls: RateLimiter,
+    /// Each user's share of the database.
+    permits: UserPermits,
     /// Database reads of resuming streams at once, across the node.
     replay_permits: Arc<Semaphore>,
     /// Messages per replay page: about [`REPLAY_PAGE_BYTES`] of content.
@@ -81,6 +85,8 @@ impl Herald {
             feed,
             replay_permits: Arc::new(Semaphore::new(limits.replay_concurrency.max(1))),
             replay_page: (REPLAY_PAGE_BYTES / limits.max_content_bytes.max(1)).clamp(1, 256),
+            calls: RateLimiter::new(limits.calls_per_second, limits.call_burst),
+            permits: UserPermits::new(limits.user_concurrency),
             limits,
             rate,
             shutdown,
@@ -120,6 +126,47 @@ impl Herald {
         &self.inner.limits
     }
 
+    /// Meters an expensive call by `caller` costing `cost`: refused past
+    /// the user's call rate, and otherwise waiting for one of the user's
+    /// few places at the database, held while the returned guard lives.
+    /// Every user thus gets their share of the pool, whatever one user
+    /// sends at once.
+    pub async fn meter(&self, caller: &UserId, cost: f64) -> Result<Metered, Error> {
+        if !self.inner.calls.allow_n(caller, cost) {
+            return Err(Error::ResourceExhausted(
+                "request rate limit reached; slow down".into(),
+            ));
+        }
+        Ok(Metered {
+            _place: self.inner.permits.acquire(caller).await,
+        })
+    }
+
+    /// Redeems the stream ticket in `claims`, if any: a ticket opens one
+    /// stream, once, on any node.
+    pub async fn redeem(&self, claims: &Claims) -> Result<(), Error> {
+        let Some(ticket) = &claims.ticket else {
+            return Ok(());
+        };
+        let now = now_micros() / 1_000_000;
+        let expires_at = i64::try_from(ticket.expires_at).unwrap_or(i64::MAX);
+        match ticket.id.is_empty() {
+            false
+                if self
+                    .inner
+                    .store
+                    .redeem_ticket(&ticket.id, expires_at, now)
+                    .await? =>
+            {
+                Ok(())
+            }
+            _ => {
+                tracing::debug!("stream ticket refused: used before");
+                Err(Error::Unauthenticated)
+            }
+        }
+    }
+
     /// Creates a conversation of `caller` and `others`. A pair is
     /// found-or-created; returns whether it was created.
     pub async fn create_conversation(
@@ -142,6 +189,10 @@ impl Herald {
                 "a conversation has at most {max} participants"
             )));
         }
+        // A group costs by its size: a thousand members is a heavy write.
+        let _metered = self
+            .meter(caller, 1.0 + members.len() as f64 / 50.0)
+            .await?;
         let members: Vec<UserId> = members.into_iter().collect();
         // User ids cannot contain control characters, so "\n" joins a pair
         // unambiguously.
@@ -156,6 +207,7 @@ impl Herald {
 
     /// The caller's conversations, most recently active first.
     pub async fn list_conversations(&self, caller: &UserId) -> Result<Vec<Conversation>, Error> {
+        let _metered = self.meter(caller, 1.0).await?;
         Ok(self.inner.store.conversations(caller, None).await?)
     }
 
@@ -224,6 +276,7 @@ impl Herald {
             size if size < 0 => return Err(Error::invalid("page_size must not be negative")),
             size => size.min(MAX_PAGE_SIZE),
         };
+        let _metered = self.meter(caller, 1.0).await?;
         self.authorize(caller, &conversation_id).await?;
         let page = match (before_id.is_empty(), after_id.is_empty()) {
             (true, true) => Page::Before(None),
@@ -252,6 +305,7 @@ impl Herald {
         message_id: &str,
     ) -> Result<Conversation, Error> {
         let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
+        let _metered = self.meter(caller, 1.0).await?;
         self.authorize(caller, &conversation_id).await?;
         let position = self
             .message_in(&conversation_id, "message_id", message_id)
@@ -295,6 +349,7 @@ impl Herald {
             self.inner.metrics.clone(),
         );
         if let Some(resume) = resume {
+            let _metered = self.meter(&claims.user, 1.0).await?;
             self.inner.metrics.resumed();
             match self.missed(&claims.user, resume).await? {
                 Replay::From(after, first_page) => {
@@ -412,6 +467,11 @@ fn same_message(
             "client_message_id was already used for a different message",
         )),
     }
+}
+
+/// A user's place at the database for one call, given back when dropped.
+pub struct Metered {
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// What a resuming stream replays.

@@ -51,15 +51,23 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Conversations' participants, cached and shared; cheap to clone.
 /// Participants never change once a conversation exists, so a cached list
-/// never goes stale; the cache starts over past [`PARTICIPANT_CACHE`].
+/// never goes stale; the cache starts over past [`PARTICIPANT_CACHE_BYTES`],
+/// counted from the ids it holds, so a few giant groups cannot make it
+/// grow without bound.
 #[derive(Clone)]
 pub struct Participants {
     store: Store,
-    cache: Arc<Mutex<HashMap<ConversationId, Arc<[UserId]>>>>,
+    cache: Arc<Mutex<Cache>>,
 }
 
-/// Conversations whose participants are cached before the cache starts over.
-const PARTICIPANT_CACHE: usize = 100_000;
+#[derive(Default)]
+struct Cache {
+    lists: HashMap<ConversationId, Arc<[UserId]>>,
+    bytes: usize,
+}
+
+/// Bytes of ids cached before the cache starts over.
+const PARTICIPANT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Participants {
     pub fn new(store: Store) -> Self {
@@ -71,21 +79,30 @@ impl Participants {
 
     /// The participants of `id`, sorted; empty when it does not exist.
     pub async fn of(&self, id: &ConversationId) -> Result<Arc<[UserId]>, sqlx::Error> {
-        if let Some(found) = self.lock().get(id) {
+        if let Some(found) = self.lock().lists.get(id) {
             return Ok(found.clone());
         }
         let found: Arc<[UserId]> = self.store.participants(id).await?.into();
         if !found.is_empty() {
+            // Each id's bytes, its String and the list's slot.
+            let bytes = found
+                .iter()
+                .map(|user| user.as_str().len() + 48)
+                .sum::<usize>()
+                + id.as_str().len()
+                + 64;
             let mut cache = self.lock();
-            if cache.len() >= PARTICIPANT_CACHE {
-                cache.clear();
+            if cache.bytes + bytes > PARTICIPANT_CACHE_BYTES {
+                *cache = Cache::default();
             }
-            cache.insert(id.clone(), found.clone());
+            if cache.lists.insert(id.clone(), found.clone()).is_none() {
+                cache.bytes += bytes;
+            }
         }
         Ok(found)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConversationId, Arc<[UserId]>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         // A plain map: a panicking holder cannot leave it half-updated.
         self.cache
             .lock()
@@ -255,13 +272,14 @@ impl Store {
                 tx.commit().await?;
                 return Ok((ConversationId::from_stored(existing), false));
             }
-            for user in participants {
-                sqlx::query("INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)")
-                    .bind(id.as_str())
-                    .bind(user.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            // One statement for every member: a large group holds the
+            // database's write lock for one insert, not one per member.
+            let mut insert =
+                sqlx::QueryBuilder::new("INSERT INTO participants (conversation_id, user_id) ");
+            insert.push_values(participants, |mut values, user| {
+                values.push_bind(id.as_str()).push_bind(user.as_str());
+            });
+            insert.build().execute(&mut *tx).await?;
             tx.commit().await?;
             Ok((id, true))
         })
@@ -311,6 +329,24 @@ impl Store {
                 created_at_micros: row.created_at_micros,
             })
             .collect())
+    }
+
+    /// Records stream ticket `id` as used; false when it was used before.
+    /// Tickets expired for a minute are forgotten on the way.
+    pub async fn redeem_ticket(
+        &self,
+        id: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let forget = "DELETE FROM redeemed_tickets WHERE expires_at < $1";
+        let redeem = "INSERT INTO redeemed_tickets (id, expires_at) VALUES ($1, $2)
+                      ON CONFLICT (id) DO NOTHING";
+        let inserted = with_pool!(self, pool => {
+            sqlx::query(forget).bind(now - 60).execute(pool).await?;
+            sqlx::query(redeem).bind(id).bind(expires_at).execute(pool).await?.rows_affected()
+        });
+        Ok(inserted == 1)
     }
 
     /// The message `user_id` sent with idempotency key `key`, if any.

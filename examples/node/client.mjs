@@ -1,6 +1,6 @@
 // A herald client in Node.js: subscribe to your messages, or send one.
 //
-//   HERALD_TOKEN=$(herald token bob --jwt-secret s) node client.mjs subscribe [--count N]
+//   HERALD_TOKEN=$(herald token bob --jwt-secret $HERALD_JWT_SECRET) node client.mjs subscribe [--count N]
 //   HERALD_TOKEN=... node client.mjs send CONVERSATION_ID "hello"
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";

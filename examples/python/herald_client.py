@@ -1,6 +1,6 @@
 """A herald client in Python: subscribe to your messages, or send one.
 
-    HERALD_TOKEN=$(herald token alice --jwt-secret s) .venv/bin/python herald_client.py subscribe
+    HERALD_TOKEN=$(herald token alice --jwt-secret $HERALD_JWT_SECRET) .venv/bin/python herald_client.py subscribe
     HERALD_TOKEN=... .venv/bin/python herald_client.py send CONVERSATION_ID "hello"
 """
 

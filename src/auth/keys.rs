@@ -29,11 +29,31 @@ pub struct IdentityConfig {
     pub issuer: Option<String>,
     /// The `aud` the provider's tokens must carry.
     pub audience: Option<String>,
+    /// Accept the provider's tokens whatever their `iss` (an explicit opt-out).
+    pub any_issuer: bool,
+    /// Accept the provider's tokens whatever their `aud` (an explicit opt-out).
+    pub any_audience: bool,
 }
 
 impl IdentityConfig {
     pub fn is_configured(&self) -> bool {
         self.public_key.is_some() || self.jwks.is_some()
+    }
+
+    /// Refuses a provider whose tokens would be taken from any issuer or
+    /// for any audience without the operator saying so: a token minted by
+    /// the same provider for another service must not open herald.
+    fn check(&self) -> Result<(), String> {
+        if !self.is_configured() {
+            return Ok(());
+        }
+        if self.issuer.is_none() && !self.any_issuer {
+            return Err("an identity provider needs --jwt-issuer (or --jwt-any-issuer to accept every issuer)".into());
+        }
+        if self.audience.is_none() && !self.any_audience {
+            return Err("an identity provider needs --jwt-audience (or --jwt-any-audience to accept every audience)".into());
+        }
+        Ok(())
     }
 }
 
@@ -51,6 +71,7 @@ pub(super) type Refusal = &'static str;
 
 impl Keys {
     pub fn load(secret: &[u8], identity: &IdentityConfig) -> Result<Self, String> {
+        identity.check()?;
         let public = match &identity.public_key {
             Some(path) => Some(
                 public_key(
@@ -115,6 +136,8 @@ fn validation(alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> V
     required.extend(audience.map(|_| "aud"));
     rules.set_required_spec_claims(&required);
     rules.leeway = LEEWAY.as_secs();
+    // A token not valid yet is refused like an expired one.
+    rules.validate_nbf = true;
     match audience {
         Some(audience) => rules.set_audience(&[audience, STREAM_AUDIENCE]),
         None => rules.validate_aud = false,
@@ -171,7 +194,7 @@ impl Jwks {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.refresh(&mut state);
-        let fits = |jwk: &&jsonwebtoken::jwk::Jwk| family_fits(&jwk.algorithm, alg);
+        let fits = |jwk: &&jsonwebtoken::jwk::Jwk| usable_for(jwk, alg);
         let jwk = match kid {
             Some(kid) => state.set.find(kid).filter(fits).ok_or("signature")?,
             None => {
@@ -218,12 +241,28 @@ fn read_jwks(path: &PathBuf) -> Result<(Option<SystemTime>, JwkSet), String> {
     Ok((modified, set))
 }
 
-/// Whether a JWK's key type can verify `alg`.
-fn family_fits(parameters: &AlgorithmParameters, alg: Algorithm) -> bool {
-    matches!(
-        (parameters, alg),
+/// Whether a JWK may verify a token signed with `alg`: its key type
+/// (`kty`) fits, and its `use` and `alg`, when given, say so. A key the
+/// provider published for encryption, or for another algorithm, never
+/// verifies a signature.
+fn usable_for(jwk: &jsonwebtoken::jwk::Jwk, alg: Algorithm) -> bool {
+    use jsonwebtoken::jwk::{KeyAlgorithm, PublicKeyUse};
+    let kty = matches!(
+        (&jwk.algorithm, alg),
         (AlgorithmParameters::RSA(_), Algorithm::RS256)
             | (AlgorithmParameters::EllipticCurve(_), Algorithm::ES256)
             | (AlgorithmParameters::OctetKeyPair(_), Algorithm::EdDSA)
-    )
+    );
+    let usage = matches!(
+        jwk.common.public_key_use,
+        None | Some(PublicKeyUse::Signature)
+    );
+    let algorithm = match jwk.common.key_algorithm {
+        None => true,
+        Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
+        Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
+        Some(KeyAlgorithm::EdDSA) => alg == Algorithm::EdDSA,
+        Some(_) => false,
+    };
+    kty && usage && algorithm
 }

@@ -20,6 +20,13 @@ use std::{
 /// after their token's `exp` at the latest.
 pub const LEEWAY: Duration = Duration::from_secs(5);
 
+/// The longest a stream lasts, whatever its token's `exp` says.
+pub const MAX_STREAM: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// The shortest HS256 secret herald accepts (RFC 7518: at least the hash's
+/// 256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// Tokens longer than this are refused before any parsing.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -29,15 +36,28 @@ pub struct Claims {
     pub user: UserId,
     /// When the token stops being valid, in seconds since the Unix epoch.
     pub expires_at: u64,
+    /// Set when the token is a stream ticket, which opens one stream only.
+    pub ticket: Option<Ticket>,
+}
+
+/// A stream ticket's identity: redeemed once, across every node (see
+/// `Herald::redeem`).
+#[derive(Clone, Debug)]
+pub struct Ticket {
+    pub id: String,
+    /// When the ticket itself expires; it need not be remembered after.
+    pub expires_at: u64,
 }
 
 impl Claims {
-    /// How long from now until a stream opened with this token must end.
+    /// How long from now until a stream opened with this token must end;
+    /// any `exp`, however far, is clamped to [`MAX_STREAM`].
     pub fn remaining(&self) -> Duration {
-        let deadline = UNIX_EPOCH + Duration::from_secs(self.expires_at) + LEEWAY;
-        deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default()
+        let left = self
+            .expires_at
+            .saturating_add(LEEWAY.as_secs())
+            .saturating_sub(unix_now());
+        Duration::from_secs(left).min(MAX_STREAM)
     }
 }
 
@@ -59,6 +79,9 @@ struct Wire {
     /// when a stream it opened must end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     session_exp: Option<u64>,
+    /// On a stream ticket: its id, so it opens one stream only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
 }
 
 impl Wire {
@@ -145,15 +168,26 @@ impl Auth {
             tracing::debug!(reason = %error, "token refused: bad sub claim");
             self.refuse("claims")
         })?;
-        let expires_at = match (data.claims.is_ticket(), usage) {
-            (false, _) => data.claims.exp,
-            (true, Use::Stream) => data.claims.session_exp.unwrap_or(data.claims.exp),
+        let claims = data.claims;
+        let (expires_at, ticket) = match (claims.is_ticket(), usage) {
+            (false, _) => (claims.exp, None),
+            (true, Use::Stream) => {
+                let ticket = Ticket {
+                    id: claims.jti.unwrap_or_default(),
+                    expires_at: claims.exp,
+                };
+                (claims.session_exp.unwrap_or(claims.exp), Some(ticket))
+            }
             (true, Use::Api) => {
                 tracing::debug!("token refused: a stream ticket used for another call");
                 return Err(self.refuse("claims"));
             }
         };
-        Ok(Claims { user, expires_at })
+        Ok(Claims {
+            user,
+            expires_at,
+            ticket,
+        })
     }
 
     /// A stream ticket for `claims`' user: opens the SSE stream within
@@ -167,6 +201,7 @@ impl Auth {
             exp,
             aud: Some(serde_json::Value::String(STREAM_AUDIENCE.into())),
             session_exp: Some(claims.expires_at),
+            jti: Some(crate::domain::random_hex()),
         };
         (self.sign(&wire), exp)
     }
@@ -200,6 +235,7 @@ impl Auth {
             exp: unix_now().saturating_add(ttl.as_secs()),
             aud: None,
             session_exp: None,
+            jti: None,
         };
         self.sign(&wire)
     }

@@ -124,17 +124,18 @@ async fn mark_read(
 async fn stream_ticket(
     State(state): State<AppState>,
     Caller(caller): Caller,
-) -> (StatusCode, Json<serde_json::Value>) {
+) -> Result<(StatusCode, Json<serde_json::Value>), Error> {
+    let _metered = state.herald.meter(&caller.user, 1.0).await?;
     let (ticket, expires) = state.auth.ticket(&caller);
     let expires_at = pb::Timestamp {
         seconds: expires as i64,
         nanos: 0,
     }
     .to_rfc3339();
-    (
+    Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({ "ticket": ticket, "expiresAt": expires_at })),
-    )
+    ))
 }
 
 /// A JSON body whose rejections use herald's error shape: 413 when too

@@ -15,7 +15,7 @@ use crate::{
 use axum::{
     extract::{FromRequestParts, Query},
     http::{
-        header::{AUTHORIZATION, COOKIE},
+        header::{AUTHORIZATION, COOKIE, HOST, ORIGIN},
         request::Parts,
     },
 };
@@ -47,7 +47,9 @@ impl FromRequestParts<AppState> for StreamCaller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        authenticate(parts, state, Use::Stream).map(StreamCaller)
+        let claims = authenticate(parts, state, Use::Stream)?;
+        state.herald.redeem(&claims).await?;
+        Ok(StreamCaller(claims))
     }
 }
 
@@ -55,15 +57,50 @@ fn authenticate(parts: &Parts, state: &AppState, usage: Use) -> Result<Claims, E
     let token = match parts.headers.get(AUTHORIZATION) {
         // A header that is present decides, even when it is wrong.
         Some(header) => header.to_str().ok().and_then(bearer).map(str::to_owned),
-        None => cookie(parts).or_else(|| {
-            Query::<TokenParam>::try_from_uri(&parts.uri)
+        None => match cookie(parts) {
+            Some(token) => {
+                same_origin_or_allowed(parts, &state.origins)?;
+                Some(token)
+            }
+            None => Query::<TokenParam>::try_from_uri(&parts.uri)
                 .ok()
-                .and_then(|Query(param)| param.token)
-        }),
+                .and_then(|Query(param)| param.token),
+        },
     };
     match token {
         Some(token) => state.auth.verify_for(&token, usage),
         None => Err(state.auth.refuse_missing()),
+    }
+}
+
+/// A browser sends the cookie with requests that other sites' pages make;
+/// a request that changes state on the cookie's strength must come from
+/// herald's own origin or one allowed by `--cors-origin` (never `*`).
+fn same_origin_or_allowed(parts: &Parts, allowed: &[String]) -> Result<(), Error> {
+    if parts.method.is_safe() {
+        return Ok(());
+    }
+    let origin = parts
+        .headers
+        .get(ORIGIN)
+        .and_then(|value| value.to_str().ok());
+    let host = parts
+        .headers
+        .get(HOST)
+        .and_then(|value| value.to_str().ok());
+    let own = |origin: &str| {
+        let authority = origin.split_once("://").map(|(_, rest)| rest);
+        authority.is_some() && authority == host
+    };
+    match origin {
+        Some(origin) if own(origin) || allowed.iter().any(|a| a == origin) => Ok(()),
+        _ => {
+            tracing::debug!(
+                ?origin,
+                "cookie refused: a state-changing request from another origin"
+            );
+            Err(Error::Unauthenticated)
+        }
     }
 }
 

@@ -37,6 +37,9 @@ pub struct AppState {
     pub auth: Auth,
     /// Cross-node broker link losses, for `/metrics`.
     pub reconnects: crate::broker::Reconnects,
+    /// Origins allowed by `--cors-origin`, which cookie-authenticated
+    /// requests that change state must come from (or the page's own).
+    pub origins: std::sync::Arc<[String]>,
     /// Open connections on both ports, for `/metrics`.
     pub connections: crate::listener::Connections,
     /// How long an idle SSE stream waits before sending a comment.

@@ -11,7 +11,7 @@ export const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 export const CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"];
 export const PATIENCE = 15_000;
-const SECRET = "javascript-test-secret";
+const SECRET = "javascript-test-secret-0123456789abcdef0123456789abcdef";
 const dir = mkdtempSync(join(tmpdir(), "herald-js-"));
 const database = `sqlite://${dir}/herald.db`;
 const running = new Set();

@@ -28,7 +28,7 @@ async fn every_bench_scenario_runs_against_herald() {
     let herald = Process::serve(dir.path(), |command| {
         command.args([
             "--jwt-secret",
-            "bench-secret",
+            "bench-secret-0123456789abcdef0123456789abcdef",
             "--rate-limit",
             "100000",
             "--rate-burst",
@@ -43,7 +43,7 @@ async fn every_bench_scenario_runs_against_herald() {
         "--grpc",
         &herald.grpc,
         "--jwt-secret",
-        "bench-secret",
+        "bench-secret-0123456789abcdef0123456789abcdef",
         "--pid",
         &pid,
     ];
@@ -76,7 +76,7 @@ async fn every_bench_scenario_runs_against_herald() {
         "--read",
         &herald.grpc,
         "--jwt-secret",
-        "bench-secret",
+        "bench-secret-0123456789abcdef0123456789abcdef",
         "--messages",
         "20",
     ];

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-const SECRET: &str = "cluster-secret";
+const SECRET: &str = "cluster-secret-0123456789abcdef0123456789abcdef";
 const PER_WRITER: usize = 150;
 
 fn token(user: &str) -> String {

@@ -7,7 +7,7 @@ use std::{path::Path, process::Stdio};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-const SECRET: &str = "examples-secret";
+const SECRET: &str = "examples-secret-0123456789abcdef0123456789abcdef";
 
 fn examples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")

@@ -246,7 +246,7 @@ async fn terminate_connections(admin_url: &str, database: &str) -> usize {
     done.into_iter().filter(|terminated| *terminated).count()
 }
 
-const SECRET: &str = "guarantees-secret";
+const SECRET: &str = "guarantees-secret-0123456789abcdef0123456789abcdef";
 
 fn bearer(user: &str) -> String {
     format!("Bearer {}", mint(SECRET, user))

@@ -207,11 +207,6 @@ async fn resumed_streams_that_never_read_hold_a_page_not_their_whole_replay() {
     herald.terminate().await;
 }
 
-on_every_backend!(
-    content_with_nul_is_refused_at_every_door,
-    a_message_the_database_refuses_fails_alone_and_its_batch_mates_commit,
-);
-
 /// Reads from `stream` until the server closes it; panics if it has not
 /// within `within`. Returns what was read.
 async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> Vec<u8> {
@@ -344,5 +339,163 @@ async fn idle_connections_at_the_cap_make_room_and_busy_ones_are_kept() {
     })
     .await;
     assert!(healthy, "a closed stream frees its place");
+    app.stop().await;
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(crate::support::SECRET);
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+async fn a_token_not_yet_valid_is_refused_and_any_expiry_is_handled(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap();
+    let year = 365 * 24 * 3600;
+    let early = hs256(
+        serde_json::json!({ "sub": "bob", "exp": now_secs() + 2 * year, "nbf": now_secs() + year }),
+    );
+    let early = crate::support::User::with_token(&app, early).await;
+    assert_eq!(code(early.conversations().await), Code::Unauthenticated);
+
+    // An `exp` at the end of time: the stream opens and is clamped.
+    let forever = hs256(serde_json::json!({ "sub": "bob", "exp": u64::MAX }));
+    let bob = crate::support::User::with_token(&app, forever.clone()).await;
+    let mut stream = bob.subscribe("").await.unwrap();
+    let sse = reqwest::Client::new()
+        .get(app.url("/api/messages"))
+        .header("accept", "text/event-stream")
+        .bearer_auth(&forever);
+    let mut sse = crate::support::open_sse(sse).await;
+    let sent = alice.send(&chat.id, "to the end of time").await.unwrap();
+    assert_eq!(crate::support::next_message(&mut stream).await, sent);
+    assert_eq!(sse.next_message().await, sent);
+    app.stop().await;
+}
+
+async fn a_stream_ticket_opens_one_stream_only(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let client = reqwest::Client::new();
+    let issued: serde_json::Value = client
+        .post(app.url("/api/stream-tickets"))
+        .bearer_auth(app.token("bob"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ticket = issued["ticket"].as_str().unwrap();
+    let open = || {
+        client
+            .get(app.url(&format!("/api/messages?token={ticket}")))
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let first = open().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let again = open().await.unwrap();
+    assert_eq!(again.status(), 401);
+    drop(first);
+    app.stop().await;
+}
+
+async fn a_cookie_changes_state_only_from_the_pages_own_or_allowed_origins(db: TestDb) {
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.cors_origin = vec!["http://allowed.example".into()];
+    })
+    .await;
+    let cookie = format!("herald_token={}", app.token("alice"));
+    let create = |origin: Option<String>| {
+        let request = reqwest::Client::new()
+            .post(app.url("/api/conversations"))
+            .header("cookie", &cookie)
+            .json(&serde_json::json!({ "participantIds": ["bob"] }));
+        let request = match origin {
+            Some(origin) => request.header("origin", origin),
+            None => request,
+        };
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(create(Some("http://evil.example".into())).await, 401);
+    assert_eq!(create(None).await, 401);
+    assert_eq!(create(Some(format!("http://{}", app.http))).await, 201);
+    assert_eq!(create(Some("http://allowed.example".into())).await, 200);
+    // Reading with the cookie needs no Origin.
+    let listed = reqwest::Client::new()
+        .get(app.url("/api/conversations"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    app.stop().await;
+}
+
+on_every_backend!(
+    content_with_nul_is_refused_at_every_door,
+    a_message_the_database_refuses_fails_alone_and_its_batch_mates_commit,
+    a_token_not_yet_valid_is_refused_and_any_expiry_is_handled,
+    a_stream_ticket_opens_one_stream_only,
+    a_cookie_changes_state_only_from_the_pages_own_or_allowed_origins,
+    expensive_calls_are_metered_per_user_and_groups_are_bounded,
+);
+
+#[tokio::test]
+async fn a_short_secret_is_refused_at_start_and_a_secret_file_keeps_it_out_of_ps() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = crate::support::herald_command()
+        .args(["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .args(["--jwt-secret", "too-short"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+
+    let file = dir.path().join("secret");
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let output = crate::support::herald_command()
+        .args(["token", "alice", "--jwt-secret-file"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap();
+    let auth = herald::auth::Auth::hs256(SECRET.as_bytes());
+    assert_eq!(auth.verify(token.trim()).unwrap().user.as_str(), "alice");
+}
+
+async fn expensive_calls_are_metered_per_user_and_groups_are_bounded(db: TestDb) {
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.call_rate_limit = 0.0;
+        config.call_rate_burst = 5.0;
+    })
+    .await;
+    let (mallory, bob) = (app.user("mallory").await, app.user("bob").await);
+    let others: Vec<String> = (0..1_000).map(|n| format!("user-{n}")).collect();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    // A thousand others and the caller: one more than a group may hold.
+    assert_eq!(
+        code(mallory.create_conversation(&others).await),
+        Code::InvalidArgument
+    );
+    for _ in 0..5 {
+        mallory.conversations().await.unwrap();
+    }
+    assert_eq!(code(mallory.conversations().await), Code::ResourceExhausted);
+    assert_eq!(code(mallory.subscribe("1").await), Code::ResourceExhausted);
+    // Everyone else keeps their own allowance.
+    bob.conversations().await.unwrap();
+    bob.create_conversation(&others[..100]).await.unwrap();
     app.stop().await;
 }

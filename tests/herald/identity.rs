@@ -134,7 +134,11 @@ async fn rs256_es256_and_eddsa_tokens_verify_with_the_providers_public_key() {
             command
                 .arg("--jwt-public-key")
                 .arg(&provider.public_pem)
-                .args(["--jwt-secret", "own-secret"]);
+                .args([
+                    "--jwt-secret",
+                    "own-secret-0123456789abcdef0123456789abcdef",
+                ])
+                .args(["--jwt-any-issuer", "--jwt-any-audience"]);
         })
         .await;
 
@@ -149,7 +153,7 @@ async fn rs256_es256_and_eddsa_tokens_verify_with_the_providers_public_key() {
             Code::Unauthenticated,
             "{name}"
         );
-        let own = crate::support::mint("own-secret", "alice");
+        let own = crate::support::mint("own-secret-0123456789abcdef0123456789abcdef", "alice");
         assert!(
             accepted(&herald, own).await.is_ok(),
             "herald's own HS256 tokens still work"
@@ -169,15 +173,31 @@ async fn jwks_keys_are_chosen_by_kid_and_the_file_is_reloaded_when_it_changes() 
         generate(dir.path(), "ec", Algorithm::ES256),
     );
     let jwks = dir.path().join("jwks.json");
+    // The same Ed25519 key published twice more, for encryption and for
+    // another algorithm: neither may verify a signature.
+    let mut for_encryption = ed.jwk("ed-enc");
+    for_encryption["use"] = json!("enc");
+    let mut for_rs256 = ed.jwk("ed-rs");
+    for_rs256["alg"] = json!("RS256");
     std::fs::write(
         &jwks,
-        json!({ "keys": [ed.jwk("ed-1"), ec.jwk("ec-1")] }).to_string(),
+        json!({ "keys": [ed.jwk("ed-1"), ec.jwk("ec-1"), for_encryption, for_rs256] }).to_string(),
     )
     .unwrap();
     let herald = Process::serve(dir.path(), |command| {
-        command.arg("--jwt-jwks").arg(&jwks);
+        command
+            .arg("--jwt-jwks")
+            .arg(&jwks)
+            .args(["--jwt-any-issuer", "--jwt-any-audience"]);
     })
     .await;
+    for kid in ["ed-enc", "ed-rs"] {
+        assert_eq!(
+            code(accepted(&herald, ed.sign(Some(kid), claims("alice"))).await),
+            Code::Unauthenticated,
+            "{kid}"
+        );
+    }
 
     assert!(
         accepted(&herald, ed.sign(Some("ed-1"), claims("alice")))
@@ -270,4 +290,33 @@ async fn the_providers_issuer_and_audience_are_required_when_configured() {
         );
     }
     herald.terminate().await;
+}
+
+#[tokio::test]
+async fn a_provider_without_issuer_and_audience_is_refused_at_start_unless_opted_out() {
+    if !openssl_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let provider = generate(dir.path(), "ed", Algorithm::EdDSA);
+    let database = format!("sqlite://{}/herald.db", dir.path().display());
+    for (flags, refusal) in [
+        (vec![], "--jwt-issuer"),
+        (
+            vec!["--jwt-issuer", "https://idp.example"],
+            "--jwt-audience",
+        ),
+    ] {
+        let output = crate::support::herald_command()
+            .args(["serve", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .args(["--database-url", &database, "--jwt-public-key"])
+            .arg(&provider.public_pem)
+            .args(flags)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains(refusal), "{stderr}");
+    }
 }

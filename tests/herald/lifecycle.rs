@@ -78,7 +78,12 @@ on_every_backend!(
 #[tokio::test]
 async fn herald_token_prints_one_token_and_nothing_else() {
     let output = herald_command()
-        .args(["token", "alice", "--jwt-secret", "s3cret"])
+        .args([
+            "token",
+            "alice",
+            "--jwt-secret",
+            "s3cret-0123456789abcdef0123456789abcdef",
+        ])
         .output()
         .await
         .unwrap();
@@ -87,7 +92,7 @@ async fn herald_token_prints_one_token_and_nothing_else() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
-    let claims = herald::auth::Auth::hs256(b"s3cret")
+    let claims = herald::auth::Auth::hs256(b"s3cret-0123456789abcdef0123456789abcdef")
         .verify(lines[0])
         .unwrap();
     assert_eq!(claims.user.as_str(), "alice");
@@ -173,7 +178,7 @@ async fn a_first_run_prints_working_demo_tokens_and_sigterm_exits_zero_with_stre
 async fn a_config_file_sets_what_flags_and_environment_leave_unset() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("herald.toml");
-    let settings = "jwt-secret = \"from-the-file\"\nmax_content_bytes = 10\ncors-origin = [\"http://a.example\", \"http://b.example\"]\n";
+    let settings = "jwt-secret = \"from-the-file-0123456789abcdef0123456789abcdef\"\nmax_content_bytes = 10\ncors-origin = [\"http://a.example\", \"http://b.example\"]\n";
     std::fs::write(&file, settings).unwrap();
     let herald = Process::serve(dir.path(), |command| {
         command
@@ -182,7 +187,10 @@ async fn a_config_file_sets_what_flags_and_environment_leave_unset() {
             .args(["--max-content-bytes", "20"]);
     })
     .await;
-    let bearer = format!("Bearer {}", crate::support::mint("from-the-file", "alice"));
+    let bearer = format!(
+        "Bearer {}",
+        crate::support::mint("from-the-file-0123456789abcdef0123456789abcdef", "alice")
+    );
     let mut client = herald.client().await;
     let pair = pb::CreateConversationRequest {
         participant_ids: vec!["bob".into()],

@@ -7,7 +7,7 @@ use reqwest::Client;
 #[tokio::test]
 async fn no_token_appears_in_the_log_even_at_debug_level() {
     let dir = tempfile::tempdir().unwrap();
-    let secret = "log-test-secret";
+    let secret = "log-test-secret-0123456789abcdef0123456789abcdef";
     let herald = Process::serve(dir.path(), |command| {
         command
             .args(["--jwt-secret", secret])

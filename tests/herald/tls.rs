@@ -6,7 +6,7 @@ use herald::pb;
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-const SECRET: &str = "tls-secret";
+const SECRET: &str = "tls-secret-0123456789abcdef0123456789abcdef";
 
 /// Runs openssl with `args` in `dir`.
 fn openssl(dir: &std::path::Path, args: &[&str]) {

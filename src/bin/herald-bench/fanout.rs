@@ -53,7 +53,7 @@ pub struct Target {
         long,
         env = "HERALD_JWT_SECRET",
         hide_env_values = true,
-        default_value = "bench-secret"
+        default_value = "bench-secret-0123456789abcdef0123456789abcdef"
     )]
     pub jwt_secret: String,
     /// The server's process ids (nginx: every worker), to read memory and
