@@ -188,6 +188,29 @@ pub struct Conversation {
     pub created_at_micros: i64,
 }
 
+impl Conversation {
+    /// When it last saw activity: its newest message, else its creation.
+    pub fn activity_micros(&self) -> i64 {
+        self.last_message
+            .as_ref()
+            .map_or(self.created_at_micros, |message| message.created_at_micros)
+    }
+
+    /// About how many bytes it takes on the wire.
+    pub fn approximate_bytes(&self) -> usize {
+        let members: usize = self
+            .participant_ids
+            .iter()
+            .map(|id| id.as_str().len() + 3)
+            .sum();
+        let last = self
+            .last_message
+            .as_ref()
+            .map_or(0, |m| m.content.len() + 200);
+        members + last + 100
+    }
+}
+
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> i64 {
     let since_epoch = std::time::SystemTime::now()

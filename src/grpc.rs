@@ -89,9 +89,14 @@ impl pb::messenger_server::Messenger for Messenger {
         request: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
         let caller = claims(&request)?.user;
-        let conversations = self.herald.list_conversations(&caller).await?;
+        let body = request.into_inner();
+        let (conversations, next_page_token) = self
+            .herald
+            .list_conversations(&caller, body.page_size, &body.page_token)
+            .await?;
         Ok(Response::new(pb::ListConversationsResponse {
             conversations: conversations.iter().map(Into::into).collect(),
+            next_page_token,
         }))
     }
 

@@ -15,16 +15,17 @@ use crate::{
     hub::Hub,
     limits::{Limits, RateLimiter, UserPermits},
     metrics::Metrics,
-    store::{NewMessage, Page, Participants, Store},
+    store::{Cursor, NewMessage, Page, Participants, Store},
     stream::{MessageStream, REPLAY_PAGE_BYTES, ReplaySource},
 };
 use std::{collections::BTreeSet, sync::Arc};
 use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Page size of `ListMessages` when the client sets none.
+/// Page size of `ListMessages` and `ListConversations` when the client
+/// sets none.
 pub const DEFAULT_PAGE_SIZE: i32 = 50;
-/// The largest page `ListMessages` returns.
+/// The largest page `ListMessages` and `ListConversations` return.
 pub const MAX_PAGE_SIZE: i32 = 500;
 
 /// The messaging core; cheap to clone.
@@ -205,10 +206,29 @@ impl Herald {
         Ok((self.conversation(caller, &id).await?, created))
     }
 
-    /// The caller's conversations, most recently active first.
-    pub async fn list_conversations(&self, caller: &UserId) -> Result<Vec<Conversation>, Error> {
+    /// A page of the caller's conversations, most recently active first,
+    /// and the token of the next page (empty after the last).
+    pub async fn list_conversations(
+        &self,
+        caller: &UserId,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<Conversation>, String), Error> {
+        let limit = page_limit(page_size)?;
+        let after = match page_token.is_empty() {
+            true => None,
+            false => Some(parse_page_token(page_token)?),
+        };
         let _metered = self.meter(caller, 1.0).await?;
-        Ok(self.inner.store.conversations(caller, None).await?)
+        let (page, next) = self
+            .inner
+            .store
+            .conversation_page(caller, after.as_ref(), limit as usize)
+            .await?;
+        let next = next.map_or_else(String::new, |cursor| {
+            format!("{}.{}", cursor.activity, cursor.id)
+        });
+        Ok((page, next))
     }
 
     /// Persists a message, then publishes it: the one place that does both.
@@ -271,11 +291,7 @@ impl Herald {
         after_id: &str,
     ) -> Result<Vec<Message>, Error> {
         let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
-        let limit = match page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            size if size < 0 => return Err(Error::invalid("page_size must not be negative")),
-            size => size.min(MAX_PAGE_SIZE),
-        };
+        let limit = page_limit(page_size)?;
         let _metered = self.meter(caller, 1.0).await?;
         self.authorize(caller, &conversation_id).await?;
         let page = match (before_id.is_empty(), after_id.is_empty()) {
@@ -416,10 +432,10 @@ impl Herald {
         caller: &UserId,
         id: &ConversationId,
     ) -> Result<Conversation, Error> {
-        let found = self.inner.store.conversations(caller, Some(id)).await?;
-        found
-            .into_iter()
-            .next()
+        self.inner
+            .store
+            .conversation(caller, id)
+            .await?
             .ok_or(Error::NotFound("conversation"))
     }
 
@@ -467,6 +483,27 @@ fn same_message(
             "client_message_id was already used for a different message",
         )),
     }
+}
+
+/// The page size a client asked for: the default when unset, clamped.
+fn page_limit(page_size: i32) -> Result<i32, Error> {
+    match page_size {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        size if size < 0 => Err(Error::invalid("page_size must not be negative")),
+        size => Ok(size.min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// A `page_token` that herald issued: `<activity>.<conversation id>`.
+fn parse_page_token(token: &str) -> Result<Cursor, Error> {
+    let invalid = || Error::invalid("page_token is not one herald issued");
+    let (activity, id) = token.split_once('.').ok_or_else(invalid)?;
+    let activity = activity.parse().map_err(|_| invalid())?;
+    let id = ConversationId::parse("page_token", id).map_err(|_| invalid())?;
+    Ok(Cursor {
+        activity,
+        id: id.as_str().to_owned(),
+    })
 }
 
 /// A user's place at the database for one call, given back when dropped.

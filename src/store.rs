@@ -145,10 +145,15 @@ macro_rules! message_columns {
     };
 }
 
-/// The caller's conversations (`$1`), or just one (`$2`) when it is not NULL.
+/// The caller's conversations (`$1`), or just one (`$2`) when it is not
+/// NULL, each with its last activity: its newest message's time, else its
+/// creation's.
 macro_rules! my_conversations {
     () => {
-        "FROM participants p JOIN conversations c ON c.id = p.conversation_id
+        "SELECT c.id, c.created_at, p.last_read_position AS last_read,
+           COALESCE((SELECT m.created_at FROM messages m WHERE m.conversation_id = c.id
+                     ORDER BY m.position DESC LIMIT 1), c.created_at) AS activity
+         FROM participants p JOIN conversations c ON c.id = p.conversation_id
          WHERE p.user_id = $1 AND (CAST($2 AS TEXT) IS NULL OR c.id = $2)"
     };
 }
@@ -178,7 +183,6 @@ impl From<MessageRow> for Message {
 struct ConversationRow {
     id: String,
     created_at: i64,
-    unread: i64,
 }
 
 impl Store {
@@ -495,50 +499,148 @@ impl Store {
         })
     }
 
-    /// `user`'s conversations (or just `only`), most recently active first.
-    pub async fn conversations(
+    /// `user`'s conversations after `after` (from the newest activity when
+    /// `None`), most recently active first: at most `limit`, and fewer
+    /// once they add up to about [`PAGE_BYTES`]. Returns where the next
+    /// page starts, if there is one.
+    pub async fn conversation_page(
         &self,
         user: &UserId,
-        only: Option<&ConversationId>,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<Conversation>, Option<Cursor>), sqlx::Error> {
+        let sql = concat!(
+            "SELECT id, created_at, last_read, activity FROM (",
+            my_conversations!(),
+            ") t WHERE CAST($3 AS BIGINT) IS NULL OR t.activity < $3 OR (t.activity = $3 AND t.id < $4)
+             ORDER BY t.activity DESC, t.id DESC LIMIT $5"
+        );
+        let rows: Vec<ConversationRow> = with_pool!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(user.as_str())
+                .bind(None::<&str>)
+                .bind(after.map(|cursor| cursor.activity))
+                .bind(after.map(|cursor| cursor.id.as_str()))
+                .bind(limit as i64 + 1)
+                .fetch_all(pool)
+                .await
+        })?;
+        let more = rows.len() > limit;
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        // A few conversations at a time, so a page of giant groups is cut
+        // before it is all in memory.
+        for chunk in rows.chunks(DETAIL_CHUNK).take(limit.div_ceil(DETAIL_CHUNK)) {
+            for conversation in self.details(user, chunk).await? {
+                let size = conversation.approximate_bytes();
+                if page.len() == limit || (!page.is_empty() && bytes + size > PAGE_BYTES) {
+                    let next = page.last().map(Cursor::of);
+                    return Ok((page, next));
+                }
+                bytes += size;
+                page.push(conversation);
+            }
+        }
+        let next = more.then(|| page.last().map(Cursor::of)).flatten();
+        Ok((page, next))
+    }
+
+    /// Conversation `id` as `user` sees it, if `user` is a participant.
+    pub async fn conversation(
+        &self,
+        user: &UserId,
+        id: &ConversationId,
+    ) -> Result<Option<Conversation>, sqlx::Error> {
+        let sql = concat!(
+            "SELECT id, created_at, last_read, activity FROM (",
+            my_conversations!(),
+            ") t"
+        );
+        let rows: Vec<ConversationRow> = with_pool!(self, pool => {
+            sqlx::query_as(sql).bind(user.as_str()).bind(id.as_str()).fetch_all(pool).await
+        })?;
+        Ok(self.details(user, &rows).await?.into_iter().next())
+    }
+
+    /// `rows` with their participants, last messages and unread counts.
+    async fn details(
+        &self,
+        user: &UserId,
+        rows: &[ConversationRow],
     ) -> Result<Vec<Conversation>, sqlx::Error> {
-        // Three queries whatever the number of conversations: the rows with
-        // unread counts, every participant, every last message.
-        let rows_sql = concat!(
-            "SELECT c.id, c.created_at,
-               (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id
-                  AND m.position > p.last_read_position AND m.user_id <> p.user_id) AS unread ",
-            my_conversations!()
-        );
-        let members_sql = concat!(
-            "SELECT o.conversation_id, o.user_id FROM participants o
-             WHERE o.conversation_id IN (SELECT c.id ",
-            my_conversations!(),
-            ")"
-        );
-        let last_sql = concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE position IN (
-               SELECT MAX(position) FROM messages WHERE conversation_id IN (SELECT c.id ",
-            my_conversations!(),
-            ") GROUP BY conversation_id)"
-        );
-        let only = only.map(ConversationId::as_str);
-        let (rows, members, last): (Vec<ConversationRow>, Vec<(String, String)>, Vec<MessageRow>) = with_pool!(self, pool => (
-            sqlx::query_as(rows_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
-            sqlx::query_as(members_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
-            sqlx::query_as(last_sql).bind(user.as_str()).bind(only).fetch_all(pool).await?,
-        ));
-        Ok(assemble(rows, members, last))
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = || rows.iter().map(|row| row.id.as_str());
+        // Built per backend inside `with_pool!`: a query builder is typed
+        // by its database.
+        let (members, last, unread): (Vec<(String, String)>, Vec<MessageRow>, Vec<(String, i64)>) = with_pool!(self, pool => {
+            let mut members = sqlx::QueryBuilder::new(
+                "SELECT conversation_id, user_id FROM participants WHERE conversation_id IN ",
+            );
+            members.push_tuples(ids(), |mut tuple, id| {
+                tuple.push_bind(id);
+            });
+            let mut last = sqlx::QueryBuilder::new(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE position IN (SELECT MAX(position) FROM messages WHERE conversation_id IN "
+            ));
+            last.push_tuples(ids(), |mut tuple, id| {
+                tuple.push_bind(id);
+            });
+            last.push(" GROUP BY conversation_id)");
+            let mut unread = sqlx::QueryBuilder::new(
+                "SELECT m.conversation_id, COUNT(*) FROM messages m
+                 JOIN participants p ON p.conversation_id = m.conversation_id AND p.user_id = ",
+            );
+            unread.push_bind(user.as_str());
+            unread.push(
+                " WHERE m.position > p.last_read_position AND m.user_id <> p.user_id
+                  AND m.conversation_id IN ",
+            );
+            unread.push_tuples(ids(), |mut tuple, id| {
+                tuple.push_bind(id);
+            });
+            unread.push(" GROUP BY m.conversation_id");
+            (
+                members.build_query_as().fetch_all(pool).await?,
+                last.build_query_as().fetch_all(pool).await?,
+                unread.build_query_as().fetch_all(pool).await?,
+            )
+        });
+        Ok(assemble(rows, members, last, unread))
     }
 }
 
-/// Joins the three result sets of [`Store::conversations`] and sorts by
-/// last activity, newest first.
+/// Where a page of conversations continues: after this activity and id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub activity: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    fn of(conversation: &Conversation) -> Self {
+        Self {
+            activity: conversation.activity_micros(),
+            id: conversation.id.as_str().to_owned(),
+        }
+    }
+}
+
+/// About how many bytes of conversations one page holds, well below
+/// gRPC's default 4 MiB message.
+pub const PAGE_BYTES: usize = 3 * 1024 * 1024;
+/// Conversations whose details are read at once.
+const DETAIL_CHUNK: usize = 10;
+
+/// Joins the result sets of [`Store::details`], in the order of `rows`.
 fn assemble(
-    rows: Vec<ConversationRow>,
+    rows: &[ConversationRow],
     members: Vec<(String, String)>,
     last: Vec<MessageRow>,
+    unread: Vec<(String, i64)>,
 ) -> Vec<Conversation> {
     let mut participants: HashMap<String, Vec<UserId>> = HashMap::new();
     for (conversation, user) in members {
@@ -551,26 +653,18 @@ fn assemble(
         .into_iter()
         .map(|row| (row.conversation_id.clone(), Message::from(row)))
         .collect();
-    let mut conversations: Vec<Conversation> = rows
-        .into_iter()
-        .map(|row| Conversation {
-            participant_ids: participants.remove(&row.id).unwrap_or_default(),
-            last_message: last.remove(&row.id),
-            unread_count: row.unread,
-            created_at_micros: row.created_at,
-            id: ConversationId::from_stored(row.id),
+    let unread: HashMap<String, i64> = unread.into_iter().collect();
+    rows.iter()
+        .map(|row| {
+            let mut participant_ids = participants.remove(&row.id).unwrap_or_default();
+            participant_ids.sort();
+            Conversation {
+                participant_ids,
+                last_message: last.remove(&row.id),
+                unread_count: unread.get(&row.id).copied().unwrap_or(0),
+                created_at_micros: row.created_at,
+                id: ConversationId::from_stored(row.id.clone()),
+            }
         })
-        .collect();
-    for conversation in &mut conversations {
-        conversation.participant_ids.sort();
-    }
-    let last_activity = |c: &Conversation| {
-        let last = c.last_message.as_ref();
-        (
-            last.map_or(c.created_at_micros, |m| m.created_at_micros),
-            last.map(|m| m.position),
-        )
-    };
-    conversations.sort_by_key(|c| std::cmp::Reverse(last_activity(c)));
-    conversations
+        .collect()
 }

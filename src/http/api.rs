@@ -43,13 +43,31 @@ async fn create_conversation(
     Ok((status, Json((&conversation).into())))
 }
 
+/// `ListConversations` parameters, named as in the JSON mapping.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConversationsQuery {
+    page_size: Option<i32>,
+    page_token: Option<String>,
+}
+
 async fn list_conversations(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    query: Result<Query<ConversationsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<pb::ListConversationsResponse>, Error> {
-    let conversations = state.herald.list_conversations(&caller.user).await?;
+    let Query(query) = query.map_err(|rejection| Error::invalid(rejection.body_text()))?;
+    let (conversations, next_page_token) = state
+        .herald
+        .list_conversations(
+            &caller.user,
+            query.page_size.unwrap_or(0),
+            query.page_token.as_deref().unwrap_or(""),
+        )
+        .await?;
     Ok(Json(pb::ListConversationsResponse {
         conversations: conversations.iter().map(Into::into).collect(),
+        next_page_token,
     }))
 }
 

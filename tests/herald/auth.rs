@@ -87,7 +87,7 @@ async fn every_rpc_refuses_a_missing_or_bad_token_with_one_message(db: TestDb) {
     let mut client = pb::messenger_client::MessengerClient::new(app.channel().await);
 
     let missing = client
-        .list_conversations(pb::ListConversationsRequest {})
+        .list_conversations(pb::ListConversationsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::Unauthenticated);
@@ -96,7 +96,7 @@ async fn every_rpc_refuses_a_missing_or_bad_token_with_one_message(db: TestDb) {
     for (what, header) in refused_headers() {
         let calls = [
             client
-                .list_conversations(authorized(pb::ListConversationsRequest {}, &header))
+                .list_conversations(authorized(pb::ListConversationsRequest::default(), &header))
                 .await
                 .map(|_| ()),
             client

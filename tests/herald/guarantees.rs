@@ -424,7 +424,7 @@ async fn hostile_input_gets_clear_errors_and_the_server_stays_up() {
         .unwrap();
     assert_eq!(bad_resume.status(), 400);
     let big_grpc_token = authorized(
-        pb::ListConversationsRequest {},
+        pb::ListConversationsRequest::default(),
         &format!("Bearer {}", "a".repeat(64 * 1024)),
     );
     let refused = MessengerClient::new(app.channel().await)

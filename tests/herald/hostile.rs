@@ -446,6 +446,7 @@ on_every_backend!(
     a_stream_ticket_opens_one_stream_only,
     a_cookie_changes_state_only_from_the_pages_own_or_allowed_origins,
     expensive_calls_are_metered_per_user_and_groups_are_bounded,
+    conversations_come_in_pages_that_fit_a_grpc_message,
 );
 
 #[tokio::test]
@@ -497,5 +498,85 @@ async fn expensive_calls_are_metered_per_user_and_groups_are_bounded(db: TestDb)
     // Everyone else keeps their own allowance.
     bob.conversations().await.unwrap();
     bob.create_conversation(&others[..100]).await.unwrap();
+    app.stop().await;
+}
+
+async fn conversations_come_in_pages_that_fit_a_grpc_message(db: TestDb) {
+    const GROUPS: usize = 40;
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.call_rate_limit = 1e6;
+        config.call_rate_burst = 1e6;
+    })
+    .await;
+    let mallory = app.user("mallory").await;
+    // Groups as large as allowed, of the longest user ids, all with the
+    // victim in them: 40 x 1,000 x 128 bytes, over 5 MB of ids.
+    let long = |n: usize| format!("{n:0>128}");
+    let members: Vec<String> = (0..998).map(long).chain(["victim".to_owned()]).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    for _ in 0..GROUPS {
+        mallory.create_conversation(&members).await.unwrap();
+    }
+    let victim = app.user("victim").await;
+    let pair = victim.create_conversation(&["friend"]).await.unwrap();
+
+    // Pages over gRPC, each within the client's default 4 MiB.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let request = victim.request(pb::ListConversationsRequest {
+            page_size: 500,
+            page_token: token.clone(),
+        });
+        let page = victim
+            .client()
+            .list_conversations(request)
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        seen.extend(page.conversations.into_iter().map(|c| c.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(pages > 1, "over 4 MiB cannot come in one page");
+    assert_eq!(seen.len(), GROUPS + 1);
+    assert_eq!(seen[0], pair.id, "most recently active first");
+    let distinct: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), seen.len(), "no conversation twice");
+
+    // Over REST, with the same tokens and a page size.
+    let client = reqwest::Client::new();
+    let page: serde_json::Value = client
+        .get(app.url("/api/conversations?pageSize=1"))
+        .bearer_auth(app.token("victim"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["conversations"].as_array().unwrap().len(), 1);
+    let next = page["nextPageToken"].as_str().unwrap();
+    let second: serde_json::Value = client
+        .get(app.url(&format!("/api/conversations?pageSize=1&pageToken={next}")))
+        .bearer_auth(app.token("victim"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["conversations"][0]["id"], serde_json::json!(seen[1]));
+    let bad = client
+        .get(app.url("/api/conversations?pageToken=nonsense"))
+        .bearer_auth(app.token("victim"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
     app.stop().await;
 }

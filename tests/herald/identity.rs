@@ -101,7 +101,7 @@ fn claims(user: &str) -> serde_json::Value {
 async fn accepted(herald: &Process, token: String) -> Result<(), tonic::Status> {
     let mut client = herald.client().await;
     let request = crate::support::authorized(
-        herald::pb::ListConversationsRequest {},
+        herald::pb::ListConversationsRequest::default(),
         &format!("Bearer {token}"),
     );
     client.list_conversations(request).await.map(|_| ())

@@ -54,7 +54,10 @@ async fn no_token_appears_in_the_log_even_at_debug_level() {
     assert_eq!(response.status(), 200);
     let mut client = herald.client().await;
     for token in [&valid, &forged] {
-        let request = authorized(pb::ListConversationsRequest {}, &format!("Bearer {token}"));
+        let request = authorized(
+            pb::ListConversationsRequest::default(),
+            &format!("Bearer {token}"),
+        );
         let _ = client.list_conversations(request).await;
     }
     let (_, log) = herald.terminate().await;

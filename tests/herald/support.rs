@@ -182,6 +182,11 @@ impl User {
         Self { token, client }
     }
 
+    /// This user's gRPC client.
+    pub fn client(&self) -> MessengerClient<Channel> {
+        self.client.clone()
+    }
+
     /// `body` with this user's bearer token.
     pub fn request<T>(&self, body: T) -> Request<T> {
         authorized(body, &format!("Bearer {}", self.token))
@@ -213,7 +218,7 @@ impl User {
     }
 
     pub async fn conversations(&self) -> Result<Vec<pb::Conversation>, Status> {
-        let body = pb::ListConversationsRequest {};
+        let body = pb::ListConversationsRequest::default();
         Ok(self
             .client
             .clone()
