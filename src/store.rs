@@ -574,7 +574,7 @@ impl Store {
         let ids = || rows.iter().map(|row| row.id.as_str());
         // Built per backend inside `with_pool!`: a query builder is typed
         // by its database.
-        let (members, last, unread): (Vec<(String, String)>, Vec<MessageRow>, Vec<(String, i64)>) = with_pool!(self, pool => {
+        let (members, last, unread): Details = with_pool!(self, pool => {
             let mut members = sqlx::QueryBuilder::new(
                 "SELECT conversation_id, user_id FROM participants WHERE conversation_id IN ",
             );
@@ -612,6 +612,10 @@ impl Store {
         Ok(assemble(rows, members, last, unread))
     }
 }
+
+/// What [`Store::details`] reads: (conversation, member) pairs, last
+/// messages, and (conversation, unread count) pairs.
+type Details = (Vec<(String, String)>, Vec<MessageRow>, Vec<(String, i64)>);
 
 /// Where a page of conversations continues: after this activity and id.
 #[derive(Clone, Debug, PartialEq, Eq)]
