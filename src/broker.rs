@@ -18,6 +18,15 @@
 //! database; when a broker link comes back, the feed catches up from the
 //! database head. Node A's own writers still report to A's feed directly;
 //! what comes back through the broker is dropped as a duplicate.
+//!
+//! **Nor is either trusted for content.** Anything that can publish on the
+//! NATS subject could otherwise inject a message, so every NATS payload
+//! carries an HMAC-SHA256 tag under the cluster key (`--cluster-key-file`,
+//! or derived from the shared `--jwt-secret`), over the subject and the
+//! message: a payload whose tag does not verify is dropped and counted. A
+//! position from either broker is used only within the range positions can
+//! take, and a PostgreSQL notification is only a hint that the feed checks
+//! against the database.
 
 use crate::{
     domain::{ConversationId, Message, Position, UserId},
@@ -25,7 +34,9 @@ use crate::{
     hub::Delivery,
     store::Store,
 };
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use sqlx::postgres::PgListener;
 use std::{
     sync::{
@@ -49,25 +60,107 @@ pub enum BrokerKind {
 }
 
 /// How to reach the broker.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct BrokerConfig {
     /// `None` picks by database: PostgreSQL gets `postgres`, SQLite `local`.
     pub kind: Option<BrokerKind>,
     pub nats_url: Option<String>,
     pub nats_subject: String,
+    /// The key that authenticates NATS payloads between herald nodes.
+    pub cluster_key: Option<ClusterKey>,
+    /// How herald proves itself to NATS, and checks NATS.
+    pub nats_auth: NatsAuth,
 }
 
-/// Times a broker link was lost and caught up from the database.
+/// NATS credentials and TLS; each is optional.
+#[derive(Clone, Debug, Default)]
+pub struct NatsAuth {
+    /// A credentials file (JWT and NKey seed), as `nsc` writes it.
+    pub creds: Option<std::path::PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// A CA certificate (PEM) to verify the NATS server with; implies TLS.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Refuse a NATS server that does not speak TLS.
+    pub tls_required: bool,
+}
+
+/// The key every node of a deployment shares to authenticate what it
+/// publishes on NATS. Never printed.
+#[derive(Clone)]
+pub struct ClusterKey(Arc<[u8]>);
+
+impl ClusterKey {
+    pub fn new(key: &[u8]) -> Self {
+        Self(key.into())
+    }
+
+    /// A cluster key derived from the HS256 secret every node shares.
+    pub fn derived_from(secret: &[u8]) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(b"herald cluster key v1");
+        Self(mac.finalize().into_bytes().to_vec().into())
+    }
+
+    fn mac(&self, subject: &str, message: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(subject.as_bytes());
+        mac.update(b"\n");
+        mac.update(message);
+        mac
+    }
+
+    /// `message` with its tag in front.
+    fn seal(&self, subject: &str, message: &[u8]) -> Vec<u8> {
+        let tag = self.mac(subject, message).finalize().into_bytes();
+        let mut sealed = Vec::with_capacity(TAG_BYTES + message.len());
+        sealed.extend_from_slice(&tag);
+        sealed.extend_from_slice(message);
+        sealed
+    }
+
+    /// The message of `sealed` if its tag verifies (in constant time).
+    fn open<'a>(&self, subject: &str, sealed: &'a [u8]) -> Option<&'a [u8]> {
+        let (tag, message) = sealed.split_at_checked(TAG_BYTES)?;
+        self.mac(subject, message).verify_slice(tag).ok()?;
+        Some(message)
+    }
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(redacted)")
+    }
+}
+
+/// Bytes of the HMAC-SHA256 tag in front of each NATS payload.
+const TAG_BYTES: usize = 32;
+
+/// Times a broker link was lost and caught up from the database, and
+/// broker messages dropped as forged or malformed.
 #[derive(Clone, Default)]
-pub struct Reconnects(Arc<AtomicU64>);
+pub struct Reconnects {
+    lost: Arc<AtomicU64>,
+    forged: Arc<AtomicU64>,
+}
 
 impl Reconnects {
     pub fn total(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Broker messages dropped because they were not a herald node's.
+    pub fn forged_total(&self) -> u64 {
+        self.forged.load(Ordering::Relaxed)
     }
 
     fn count(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_forged(&self) {
+        self.forged.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -79,6 +172,7 @@ pub enum Publisher {
     Nats {
         client: async_nats::Client,
         subject: String,
+        key: ClusterKey,
     },
 }
 
@@ -96,7 +190,12 @@ impl Publisher {
     /// Publishes a committed message; a failure is logged, and other nodes
     /// fill the gap from the database.
     pub async fn published(&self, delivery: &Delivery) {
-        let Publisher::Nats { client, subject } = self else {
+        let Publisher::Nats {
+            client,
+            subject,
+            key,
+        } = self
+        else {
             return;
         };
         let message = &delivery.message;
@@ -107,7 +206,7 @@ impl Publisher {
             content: message.content.clone(),
             created_at_micros: message.created_at_micros,
         };
-        let payload = serde_json::to_vec(&wire).unwrap_or_default();
+        let payload = key.seal(subject, &serde_json::to_vec(&wire).unwrap_or_default());
         if let Err(error) = client.publish(subject.clone(), payload.into()).await {
             tracing::warn!(%error, position = message.position.0, "NATS publish failed; other nodes will read it from the database");
         }
@@ -124,10 +223,12 @@ pub struct Broker {
 enum Receiver {
     Local,
     Postgres(PgListener),
-    Nats(
-        async_nats::Subscriber,
-        tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
-    ),
+    Nats {
+        subscriber: async_nats::Subscriber,
+        events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+        subject: String,
+        key: ClusterKey,
+    },
 }
 
 impl Broker {
@@ -153,8 +254,12 @@ impl Broker {
                     .nats_url
                     .as_deref()
                     .ok_or("the nats broker needs --nats-url")?;
+                let key = config.cluster_key.clone().ok_or(
+                    "the nats broker needs a cluster key: --cluster-key-file, or a --jwt-secret that every node shares",
+                )?;
                 let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
-                let client = async_nats::ConnectOptions::new()
+                let client = nats_options(&config.nats_auth)
+                    .await?
                     .name("herald")
                     .no_echo()
                     .retry_on_initial_connect()
@@ -172,8 +277,15 @@ impl Broker {
                 let publisher = Publisher::Nats {
                     client,
                     subject: config.nats_subject.clone(),
+                    key: key.clone(),
                 };
-                (publisher, Receiver::Nats(subscriber, events_rx))
+                let receiver = Receiver::Nats {
+                    subscriber,
+                    events: events_rx,
+                    subject: config.nats_subject.clone(),
+                    key,
+                };
+                (publisher, receiver)
             }
         };
         tracing::info!(broker = ?kind, "cross-node broker ready");
@@ -200,8 +312,16 @@ impl Broker {
             Receiver::Postgres(listener) => {
                 tokio::spawn(receive_notifications(listener, feed, reconnects, shutdown))
             }
-            Receiver::Nats(subscriber, events) => {
-                tokio::spawn(receive_nats(subscriber, events, feed, reconnects, shutdown))
+            Receiver::Nats {
+                subscriber,
+                events,
+                subject,
+                key,
+            } => {
+                let trusted = Trusted { subject, key };
+                tokio::spawn(receive_nats(
+                    subscriber, events, trusted, feed, reconnects, shutdown,
+                ))
             }
         }
     }
@@ -241,11 +361,14 @@ async fn receive_notifications(
         };
         match received {
             Ok(Some(notification)) => match notification.payload().parse::<i64>() {
-                Ok(position) => feed.head(Position(position)),
-                Err(_) => tracing::warn!(
-                    payload = notification.payload(),
-                    "ignoring a foreign notification"
-                ),
+                Ok(position) if position > 0 => feed.head(Position(position)),
+                _ => {
+                    reconnects.count_forged();
+                    tracing::warn!(
+                        payload = notification.payload(),
+                        "ignoring a foreign notification"
+                    );
+                }
             },
             // The connection was lost; the next try_recv reconnects and
             // LISTENs again. Whatever was notified meanwhile is lost, so the
@@ -267,9 +390,25 @@ async fn receive_notifications(
     }
 }
 
+/// What a NATS payload must be sealed for to be believed.
+struct Trusted {
+    subject: String,
+    key: ClusterKey,
+}
+
+impl Trusted {
+    /// The message in `payload`, if a herald node of this deployment sent it.
+    fn open(&self, payload: &[u8]) -> Option<Message> {
+        let message = self.key.open(&self.subject, payload)?;
+        let wire: Wire = serde_json::from_slice(message).ok()?;
+        (wire.position > 0).then(|| wire.into())
+    }
+}
+
 async fn receive_nats(
     mut subscriber: async_nats::Subscriber,
     mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    trusted: Trusted,
     feed: Feed,
     reconnects: Reconnects,
     shutdown: CancellationToken,
@@ -291,14 +430,40 @@ async fn receive_nats(
                 other => tracing::info!(event = %other, "NATS event"),
             },
             message = subscriber.next() => match message {
-                Some(message) => match serde_json::from_slice::<Wire>(&message.payload) {
-                    Ok(wire) => feed.remote(wire.into()),
-                    Err(error) => tracing::warn!(%error, "ignoring a malformed NATS message"),
+                Some(message) => match trusted.open(&message.payload) {
+                    Some(message) => feed.remote(message),
+                    None => {
+                        reconnects.count_forged();
+                        tracing::warn!("ignoring a NATS message that no herald node of this deployment sealed");
+                    }
                 },
                 None => return,
             },
         }
     }
+}
+
+/// NATS connection options with the configured credentials and TLS.
+async fn nats_options(auth: &NatsAuth) -> Result<async_nats::ConnectOptions, String> {
+    let mut options = match &auth.creds {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    if let (Some(user), Some(password)) = (&auth.user, &auth.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &auth.token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &auth.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if auth.tls_required {
+        options = options.require_tls(true);
+    }
+    Ok(options)
 }
 
 fn lost_link(feed: &Feed, reconnects: &Reconnects, what: &str) {

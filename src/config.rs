@@ -3,7 +3,7 @@
 
 use crate::{
     auth::{IdentityConfig, MIN_SECRET_BYTES},
-    broker::{BrokerConfig, BrokerKind},
+    broker::{BrokerConfig, BrokerKind, ClusterKey, NatsAuth},
     http::HttpOptions,
     limits::Limits,
     listener::{ConnectionLimits, default_max_connections},
@@ -190,6 +190,46 @@ pub struct ServeConfig {
     )]
     pub nats_subject: String,
 
+    /// A file holding the key (at least 32 bytes) that authenticates what
+    /// nodes publish on NATS; the same on every node. [default: derived
+    /// from --jwt-secret]
+    #[arg(long, env = "HERALD_CLUSTER_KEY_FILE", value_name = "FILE")]
+    pub cluster_key_file: Option<std::path::PathBuf>,
+
+    /// A NATS credentials file (JWT and NKey seed).
+    #[arg(long, env = "HERALD_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<std::path::PathBuf>,
+
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "HERALD_NATS_USER", value_name = "USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password (with --nats-user).
+    #[arg(
+        long,
+        env = "HERALD_NATS_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub nats_password: Option<Secret>,
+
+    /// NATS authentication token.
+    #[arg(
+        long,
+        env = "HERALD_NATS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub nats_token: Option<Secret>,
+
+    /// A CA certificate (PEM) to verify the NATS server with; implies TLS.
+    #[arg(long, env = "HERALD_NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+
+    /// Refuse a NATS server that does not speak TLS.
+    #[arg(long, env = "HERALD_NATS_TLS_REQUIRED")]
+    pub nats_tls_required: bool,
+
     /// Log lines as readable text or as JSON objects (levels: RUST_LOG).
     #[arg(
         long,
@@ -282,12 +322,41 @@ impl ServeConfig {
         }
     }
 
-    pub fn broker(&self) -> BrokerConfig {
-        BrokerConfig {
+    /// The broker settings, with the cluster key read or derived.
+    pub fn broker(&self) -> Result<BrokerConfig, StartError> {
+        let cluster_key = match &self.cluster_key_file {
+            Some(path) => {
+                let key = std::fs::read(path).map_err(|error| {
+                    StartError::new(format!("cannot read {}: {error}", path.display()))
+                })?;
+                let key = key.trim_ascii_end();
+                if key.len() < MIN_SECRET_BYTES {
+                    return Err(StartError::new(format!(
+                        "{}: a cluster key must be at least {MIN_SECRET_BYTES} bytes",
+                        path.display()
+                    )));
+                }
+                Some(ClusterKey::new(key))
+            }
+            None => self
+                .secret
+                .load()?
+                .map(|secret| ClusterKey::derived_from(secret.expose().as_bytes())),
+        };
+        Ok(BrokerConfig {
             kind: self.broker,
             nats_url: self.nats_url.clone(),
             nats_subject: self.nats_subject.clone(),
-        }
+            cluster_key,
+            nats_auth: NatsAuth {
+                creds: self.nats_creds.clone(),
+                user: self.nats_user.clone(),
+                password: self.nats_password.as_ref().map(|p| p.expose().to_owned()),
+                token: self.nats_token.as_ref().map(|t| t.expose().to_owned()),
+                tls_ca: self.nats_tls_ca.clone(),
+                tls_required: self.nats_tls_required,
+            },
+        })
     }
 
     pub fn connection_limits(&self) -> ConnectionLimits {

@@ -229,7 +229,7 @@ impl Sequencer {
         loop {
             let to = match self.pending.keys().next() {
                 Some(first) => *first,
-                None if self.head >= self.next => self.head + 1,
+                None if self.head >= self.next => self.head.saturating_add(1),
                 None if !ask_database => return self.flush(),
                 None => match self.store.head().await {
                     Ok(head) => head.0 + 1,
@@ -239,14 +239,14 @@ impl Sequencer {
             if to <= self.next {
                 return self.flush();
             }
-            let until = to.min(self.next + FILL_BATCH);
+            let until = to.min(self.next.saturating_add(FILL_BATCH));
             match self.read(Position(self.next), Position(until)).await {
                 Ok(found) if !found.is_empty() => {
                     tracing::debug!(from = self.next, count = found.len(), "feed filled a gap");
                     self.fills.fetch_add(found.len() as u64, Ordering::Relaxed);
                     found.into_iter().for_each(|delivery| self.offer(delivery));
                 }
-                Ok(_) => return self.retry_later(&"no committed message at the next position"),
+                Ok(_) => return self.nothing_at_next().await,
                 Err(error) => return self.retry_later(&error),
             }
         }
@@ -271,6 +271,31 @@ impl Sequencer {
         conversation: &ConversationId,
     ) -> Result<Arc<[UserId]>, sqlx::Error> {
         self.participants.of(conversation).await
+    }
+
+    /// The next position is not in the database. If the database's head is
+    /// below it too, whatever said it was committed was wrong (a forged or
+    /// garbled notification): forget it rather than ask forever. Otherwise
+    /// it is committed but not yet visible here; try again.
+    async fn nothing_at_next(&mut self) {
+        match self.store.head().await {
+            Ok(head) if head.0 < self.next => {
+                tracing::warn!(
+                    claimed = self.head,
+                    head = head.0,
+                    "a broker claimed positions the database does not have; ignoring"
+                );
+                self.head = head.0;
+                if let Some(first) = self.pending.keys().next().copied() {
+                    // Held past a gap the database does not have: not real.
+                    self.pending.retain(|position, _| *position <= head.0);
+                    tracing::warn!(first, "dropped messages beyond the database's head");
+                }
+                self.flush();
+            }
+            Ok(_) => self.retry_later(&"no committed message at the next position"),
+            Err(error) => self.retry_later(&error),
+        }
     }
 
     /// Gives up on this fill; the gap timer or the next poll tries again.

@@ -84,7 +84,7 @@ impl Server {
         let store = Store::connect(&database_url)
             .await
             .map_err(|error| StartError(format!("cannot open the database: {error}")))?;
-        let broker = Broker::connect(&config.broker(), &store, &database_url)
+        let broker = Broker::connect(&config.broker()?, &store, &database_url)
             .await
             .map_err(StartError)?;
         let shutdown = CancellationToken::new();

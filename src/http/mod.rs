@@ -113,6 +113,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let lagged = [("", herald.hub().lagged_total())];
     let filled = [("", herald.feed().filled_total())];
     let reconnects = [("", state.reconnects.total())];
+    let forged = [("", state.reconnects.forged_total())];
     let refused_connections = [("", state.connections.refused_total())];
     let evicted_connections = [("", state.connections.evicted_total())];
     let refused: Vec<(String, u64)> = state
@@ -140,6 +141,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
             "herald_broker_reconnects_total",
             "Times the cross-node broker link was lost and caught up.",
             &reconnects,
+        ),
+        (
+            "herald_broker_forged_total",
+            "Broker messages dropped: not sealed by a node of this deployment, or malformed.",
+            &forged,
         ),
         (
             "herald_auth_failures_total",

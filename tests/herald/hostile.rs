@@ -447,6 +447,7 @@ on_every_backend!(
     a_cookie_changes_state_only_from_the_pages_own_or_allowed_origins,
     expensive_calls_are_metered_per_user_and_groups_are_bounded,
     conversations_come_in_pages_that_fit_a_grpc_message,
+    a_forged_or_garbled_notification_does_not_stall_the_feed,
 );
 
 #[tokio::test]
@@ -579,4 +580,229 @@ async fn conversations_come_in_pages_that_fit_a_grpc_message(db: TestDb) {
         .unwrap();
     assert_eq!(bad.status(), 400);
     app.stop().await;
+}
+
+/// The value of metric `name` in herald's `/metrics` at `http`.
+async fn metric(http: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_forged_on_the_nats_subject_is_never_delivered() {
+    let Some(nats) = std::env::var("HERALD_TEST_NATS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("skipped: HERALD_TEST_NATS_URL is not set, so this NATS test did not run");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let subject = format!("herald.test.{}", herald::domain::random_hex());
+    let herald = Process::serve(dir.path(), |command| {
+        command.args([
+            "--jwt-secret",
+            SECRET,
+            "--broker",
+            "nats",
+            "--nats-url",
+            &nats,
+        ]);
+        command.args(["--nats-subject", &subject]);
+    })
+    .await;
+    let mut client = herald.client().await;
+    let create = pb::CreateConversationRequest {
+        participant_ids: vec!["bob".into()],
+    };
+    let chat = client
+        .create_conversation(authorized(create, &bearer("alice")))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let send = |content: &str| {
+        let body = pb::CreateMessageRequest {
+            conversation_id: chat.clone(),
+            content: content.into(),
+            ..Default::default()
+        };
+        authorized(body, &bearer("alice"))
+    };
+    let subscribe = authorized(pb::SubscribeMessagesRequest::default(), &bearer("bob"));
+    let mut bob = client
+        .subscribe_messages(subscribe)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = client
+        .create_message(send("first"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(crate::support::next_message(&mut bob).await, first);
+
+    // Someone else on the subject claims the next position: once bare, once
+    // sealed under a key that is not the cluster's.
+    let next: i64 = first.id.parse::<i64>().unwrap() + 1;
+    let forged = serde_json::json!({
+        "position": next, "conversation_id": chat, "user_id": "alice",
+        "content": "forged", "created_at_micros": 1
+    })
+    .to_string();
+    let mut sealed_wrongly = vec![7u8; 32];
+    sealed_wrongly.extend_from_slice(forged.as_bytes());
+    let intruder = async_nats::connect(nats.as_str()).await.unwrap();
+    for payload in [forged.clone().into_bytes(), sealed_wrongly] {
+        intruder
+            .publish(subject.clone(), payload.into())
+            .await
+            .unwrap();
+    }
+    intruder.flush().await.unwrap();
+    let dropped = crate::support::eventually(|| async {
+        metric(&herald.http, "herald_broker_forged_total").await >= 2.0
+    })
+    .await;
+    assert!(dropped, "both forgeries are dropped and counted");
+
+    let second = client
+        .create_message(send("second"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.id, next.to_string());
+    assert_eq!(crate::support::next_message(&mut bob).await, second);
+    herald.terminate().await;
+}
+
+async fn a_forged_or_garbled_notification_does_not_stall_the_feed(db: TestDb) {
+    if db.url.starts_with("sqlite:") {
+        return; // LISTEN/NOTIFY is PostgreSQL's.
+    }
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap();
+    let bob = app.user("bob").await;
+    let mut stream = bob.subscribe("").await.unwrap();
+    let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for payload in ["9223372036854775807", "-5", "not a number"] {
+        sqlx::query("SELECT pg_notify('herald_messages', $1)")
+            .bind(payload)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    for n in 0..20 {
+        let sent = alice
+            .send(&chat.id, &format!("after the forgery {n}"))
+            .await
+            .unwrap();
+        assert_eq!(crate::support::next_message(&mut stream).await, sent);
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_logs_in_to_a_nats_server_that_wants_a_password() {
+    let present = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !crate::support::tools_ready("nats-server", present) {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let password = herald::domain::random_hex();
+    let _server = tokio::process::Command::new("nats-server")
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--user",
+            "herald",
+            "--pass",
+            &password,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let listening = crate::support::eventually(|| async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(listening);
+    let watcher = async_nats::ConnectOptions::new()
+        .user_and_password("herald".into(), password.clone())
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    let mut watched = watcher.subscribe("herald.messages").await.unwrap();
+    watcher.flush().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Process::serve(dir.path(), |command| {
+        command.args([
+            "--jwt-secret",
+            SECRET,
+            "--broker",
+            "nats",
+            "--nats-url",
+            &url,
+        ]);
+        command
+            .args(["--nats-user", "herald"])
+            .env("HERALD_NATS_PASSWORD", &password);
+    })
+    .await;
+    let mut client = herald.client().await;
+    let create = pb::CreateConversationRequest {
+        participant_ids: vec!["bob".into()],
+    };
+    let chat = client
+        .create_conversation(authorized(create, &bearer("alice")))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let body = pb::CreateMessageRequest {
+        conversation_id: chat,
+        content: "over authenticated NATS".into(),
+        ..Default::default()
+    };
+    // NATS may still be connecting: send until the watcher hears one.
+    let mut heard = false;
+    for _ in 0..40 {
+        let request = authorized(body.clone(), &bearer("alice"));
+        client.create_message(request).await.unwrap();
+        let wait = std::time::Duration::from_millis(500);
+        use futures_util::StreamExt;
+        if let Ok(Some(message)) = tokio::time::timeout(wait, watched.next()).await {
+            heard = String::from_utf8_lossy(&message.payload).contains("over authenticated NATS");
+            break;
+        }
+    }
+    assert!(
+        heard,
+        "herald publishes on a NATS server that needs its password"
+    );
+    herald.terminate().await;
 }
