@@ -159,8 +159,10 @@ impl Reconnects {
         self.lost.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn count_forged(&self) {
-        self.forged.fetch_add(1, Ordering::Relaxed);
+    /// Counts a dropped broker message; says whether to log it (the 1st,
+    /// 2nd, 4th, 8th...), so a flood of forgeries cannot flood the log.
+    fn count_forged(&self) -> bool {
+        (self.forged.fetch_add(1, Ordering::Relaxed) + 1).is_power_of_two()
     }
 }
 
@@ -363,11 +365,12 @@ async fn receive_notifications(
             Ok(Some(notification)) => match notification.payload().parse::<i64>() {
                 Ok(position) if position > 0 => feed.head(Position(position)),
                 _ => {
-                    reconnects.count_forged();
-                    tracing::warn!(
-                        payload = notification.payload(),
-                        "ignoring a foreign notification"
-                    );
+                    if reconnects.count_forged() {
+                        tracing::warn!(
+                            dropped = reconnects.forged_total(),
+                            "ignoring a notification that is not a position"
+                        );
+                    }
                 }
             },
             // The connection was lost; the next try_recv reconnects and
@@ -433,8 +436,12 @@ async fn receive_nats(
                 Some(message) => match trusted.open(&message.payload) {
                     Some(message) => feed.remote(message),
                     None => {
-                        reconnects.count_forged();
-                        tracing::warn!("ignoring a NATS message that no herald node of this deployment sealed");
+                        if reconnects.count_forged() {
+                            tracing::warn!(
+                                dropped = reconnects.forged_total(),
+                                "ignoring NATS messages that no herald node of this deployment sealed"
+                            );
+                        }
                     }
                 },
                 None => return,

@@ -84,6 +84,21 @@ impl RateLimiter {
         self.allow_n(user, 1.0)
     }
 
+    /// Takes `cost` more tokens from `user`'s bucket for work found to be
+    /// larger than paid for, down to one burst below empty: the user's
+    /// next calls wait until it has refilled.
+    pub fn charge(&self, user: &UserId, cost: f64) {
+        let now = Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(bucket) = buckets.get_mut(user) {
+            bucket.tokens = (bucket.level(now, self.rate, self.burst) - cost).max(-self.burst);
+            bucket.refilled = now;
+        }
+    }
+
     /// Takes `cost` tokens from `user`'s bucket; false when it has fewer.
     pub fn allow_n(&self, user: &UserId, cost: f64) -> bool {
         let now = Instant::now();
@@ -144,6 +159,38 @@ impl UserPermits {
                 .clone()
         };
         semaphore.acquire_owned().await.ok()
+    }
+}
+
+/// Refusals for going over a rate are answered a moment late: a client
+/// that asks again as soon as it is refused (most do) is slowed to a few
+/// calls a second per open request, instead of costing the server a
+/// refusal per microsecond. At most [`TARPIT_SLOTS`] refusals wait at once,
+/// across the node, so the waiting itself stays bounded; past that they
+/// are answered at once.
+pub struct Tarpit {
+    slots: Semaphore,
+}
+
+/// Refusals held back at once, across the node.
+pub const TARPIT_SLOTS: usize = 4_096;
+/// How long a refusal is held back.
+pub const TARPIT_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Default for Tarpit {
+    fn default() -> Self {
+        Self {
+            slots: Semaphore::new(TARPIT_SLOTS),
+        }
+    }
+}
+
+impl Tarpit {
+    /// Waits [`TARPIT_DELAY`] if a slot is free.
+    pub async fn hold(&self) {
+        if let Ok(_slot) = self.slots.try_acquire() {
+            tokio::time::sleep(TARPIT_DELAY).await;
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use crate::{
     error::Error,
     feed::Feed,
     hub::Hub,
-    limits::{Limits, RateLimiter, UserPermits},
+    limits::{Limits, RateLimiter, Tarpit, UserPermits},
     metrics::Metrics,
     store::{Cursor, NewMessage, Page, Participants, Store},
     stream::{MessageStream, REPLAY_PAGE_BYTES, ReplaySource},
@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 /// Page size of `ListMessages` and `ListConversations` when the client
 /// sets none.
 pub const DEFAULT_PAGE_SIZE: i32 = 50;
+/// Bytes of an answer that one call of the call rate pays for.
+pub const BYTES_PER_CALL: usize = 32 * 1024;
 /// The largest page `ListMessages` and `ListConversations` return.
 pub const MAX_PAGE_SIZE: i32 = 500;
 
@@ -47,6 +49,8 @@ struct Inner {
     calls: RateLimiter,
     /// Each user's share of the database.
     permits: UserPermits,
+    /// Where refusals for going over a rate wait.
+    tarpit: Tarpit,
     /// Database reads of resuming streams at once, across the node.
     replay_permits: Arc<Semaphore>,
     /// Messages per replay page: about [`REPLAY_PAGE_BYTES`] of content.
@@ -88,6 +92,7 @@ impl Herald {
             replay_page: (REPLAY_PAGE_BYTES / limits.max_content_bytes.max(1)).clamp(1, 256),
             calls: RateLimiter::new(limits.calls_per_second, limits.call_burst),
             permits: UserPermits::new(limits.user_concurrency),
+            tarpit: Tarpit::default(),
             limits,
             rate,
             shutdown,
@@ -134,6 +139,7 @@ impl Herald {
     /// sends at once.
     pub async fn meter(&self, caller: &UserId, cost: f64) -> Result<Metered, Error> {
         if !self.inner.calls.allow_n(caller, cost) {
+            self.inner.tarpit.hold().await;
             return Err(Error::ResourceExhausted(
                 "request rate limit reached; slow down".into(),
             ));
@@ -225,6 +231,10 @@ impl Herald {
             .store
             .conversation_page(caller, after.as_ref(), limit as usize)
             .await?;
+        self.charge_for_bytes(
+            caller,
+            page.iter().map(Conversation::approximate_bytes).sum(),
+        );
         let next = next.map_or_else(String::new, |cursor| {
             format!("{}.{}", cursor.activity, cursor.id)
         });
@@ -242,6 +252,14 @@ impl Herald {
         content: String,
         client_message_id: &str,
     ) -> Result<Message, Error> {
+        // Every attempt counts, refused ones too: bad input is no way
+        // around the rate.
+        if !self.inner.rate.allow(caller) {
+            self.inner.tarpit.hold().await;
+            return Err(Error::ResourceExhausted(
+                "message rate limit reached; slow down".into(),
+            ));
+        }
         let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
         let content = Content::parse(content, self.inner.limits.max_content_bytes)?;
         let key = match client_message_id.is_empty() {
@@ -253,11 +271,6 @@ impl Herald {
         };
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
-        }
-        if !self.inner.rate.allow(caller) {
-            return Err(Error::ResourceExhausted(
-                "message rate limit reached; slow down".into(),
-            ));
         }
         let recipients = self.authorize(caller, &conversation_id).await?;
         let key = key.map(|key| key.as_str().to_owned());
@@ -306,11 +319,23 @@ impl Herald {
             ),
             (false, false) => return Err(Error::invalid("give before_id or after_id, not both")),
         };
-        Ok(self
+        let messages = self
             .inner
             .store
             .messages(&conversation_id, page, i64::from(limit))
-            .await?)
+            .await?;
+        self.charge_for_bytes(caller, messages.iter().map(|m| m.content.len() + 200).sum());
+        Ok(messages)
+    }
+
+    /// Charges `caller`'s call rate for a large answer: one call per
+    /// [`BYTES_PER_CALL`] beyond the first, so that listing giant
+    /// conversations or long histories is paid for by its size.
+    fn charge_for_bytes(&self, caller: &UserId, bytes: usize) {
+        let extra = (bytes / BYTES_PER_CALL) as f64;
+        if extra > 0.0 {
+            self.inner.calls.charge(caller, extra);
+        }
     }
 
     /// Moves the caller's read mark forward to `message_id`.

@@ -81,6 +81,22 @@ async fn every_bench_scenario_runs_against_herald() {
         "20",
     ];
     let crossnode = run_bench(&crossnode).await;
+    let hostile = [
+        "hostile",
+        "--seconds",
+        "1",
+        "--rate",
+        "20",
+        "--slow-connections",
+        "10",
+        "--stream-flood",
+        "10",
+        "--resumers",
+        "2",
+        "--history",
+        "10",
+    ];
+    let hostile = run_bench(&[&hostile[..], &target[..]].concat()).await;
 
     assert!(idle.contains("streams=20 "), "{idle}");
     assert!(group.contains("delivered=50 "), "{group}");
@@ -90,5 +106,9 @@ async fn every_bench_scenario_runs_against_herald() {
         "{over_grpc}"
     );
     assert!(crossnode.contains("delivered=20 "), "{crossnode}");
+    assert!(
+        hostile.contains("success_rate=1.0000 lost=0 duplicated=0 forged_delivered=0 "),
+        "{hostile}"
+    );
     herald.terminate().await;
 }

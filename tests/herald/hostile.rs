@@ -448,6 +448,7 @@ on_every_backend!(
     expensive_calls_are_metered_per_user_and_groups_are_bounded,
     conversations_come_in_pages_that_fit_a_grpc_message,
     a_forged_or_garbled_notification_does_not_stall_the_feed,
+    retries_of_one_send_in_flight_together_commit_once,
 );
 
 #[tokio::test]
@@ -805,4 +806,46 @@ async fn herald_logs_in_to_a_nats_server_that_wants_a_password() {
         "herald publishes on a NATS server that needs its password"
     );
     herald.terminate().await;
+}
+
+async fn retries_of_one_send_in_flight_together_commit_once(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap();
+    let retry = |content: String, key: &'static str| {
+        let (client, request) = (
+            alice.client(),
+            alice.request(pb::CreateMessageRequest {
+                conversation_id: chat.id.clone(),
+                content,
+                client_message_id: key.into(),
+            }),
+        );
+        async move {
+            let mut client = client;
+            client
+                .create_message(request)
+                .await
+                .map(|m| m.into_inner().id)
+        }
+    };
+    let retries = (0..16).map(|_| retry("once".into(), "the-key"));
+    let others = (0..16).map(|n| retry(format!("other {n}"), ""));
+    let (retries, others) = tokio::join!(
+        futures_util::future::join_all(retries),
+        futures_util::future::join_all(others)
+    );
+    let ids: std::collections::HashSet<String> = retries.into_iter().map(Result::unwrap).collect();
+    assert_eq!(ids.len(), 1, "every retry answers with the one message");
+    assert!(others.into_iter().all(|sent| sent.is_ok()));
+    let history = alice
+        .messages(pb::ListMessagesRequest {
+            conversation_id: chat.id.clone(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 17);
+    app.stop().await;
 }

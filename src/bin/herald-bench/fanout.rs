@@ -87,7 +87,7 @@ pub struct Fanout {
 }
 
 impl Target {
-    fn token(&self, user: &str) -> String {
+    pub fn token(&self, user: &str) -> String {
         let user = UserId::parse("user", user).expect("a valid user");
         Auth::hs256(self.jwt_secret.as_bytes()).mint(&user, Duration::from_secs(3600))
     }
@@ -99,7 +99,7 @@ impl Target {
         }
     }
 
-    async fn grpc(&self) -> MessengerClient<Channel> {
+    pub async fn grpc(&self) -> MessengerClient<Channel> {
         let channel = Channel::from_shared(format!("http://{}", self.grpc)).expect("an address");
         MessengerClient::new(channel.connect().await.expect("herald's gRPC port answers"))
     }
@@ -154,19 +154,7 @@ async fn grpc_subscriber(mut client: MessengerClient<Channel>, token: String, ta
     tally.connected.fetch_add(1, Ordering::Relaxed);
     tally.changed.notify_waiters();
     while let Ok(Some(message)) = stream.message().await {
-        if let Some(sent) = message
-            .content
-            .strip_prefix("t=")
-            .and_then(|t| t.parse::<u64>().ok())
-        {
-            tally.events.fetch_add(1, Ordering::Relaxed);
-            tally
-                .latencies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(now_micros().saturating_sub(sent));
-            tally.changed.notify_waiters();
-        }
+        tally.record(message.content.as_bytes(), now_micros());
     }
 }
 
@@ -431,7 +419,7 @@ pub fn authorized<T>(body: T, token: &str) -> Request<T> {
 }
 
 /// Resident memory of the processes `pids`, in KiB.
-fn rss_kib(pids: &[u32]) -> u64 {
+pub fn rss_kib(pids: &[u32]) -> u64 {
     let one = |pid: &u32| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status

@@ -6,6 +6,7 @@
 
 mod crossnode;
 mod fanout;
+mod hostile;
 mod sse;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Scenario {
     Group(fanout::Fanout),
     /// N users in N/2 one-to-one conversations (nchan: a channel per user), round robin.
     Direct(fanout::Fanout),
+    /// Two users chat, alone and then while an attacker does its worst.
+    Hostile(hostile::Hostile),
 }
 
 #[tokio::main]
@@ -39,5 +42,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Scenario::Idle(args) => fanout::idle(args).await,
         Scenario::Group(args) => fanout::group(args).await,
         Scenario::Direct(args) => fanout::direct(args).await,
+        Scenario::Hostile(args) => hostile::hostile(args).await,
     }
 }

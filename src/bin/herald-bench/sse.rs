@@ -22,7 +22,37 @@ pub struct Tally {
     pub connected: AtomicUsize,
     pub events: AtomicUsize,
     pub latencies: Mutex<Vec<u64>>,
+    /// `(n, sent at, latency)` of messages that carry a sequence number
+    /// (`n=<number>`, as `hostile` sends them).
+    pub seen: Mutex<Vec<(u64, u64, u64)>>,
+    /// Messages that say `FORGED`: a broker forgery that got through.
+    pub forged: AtomicUsize,
     pub changed: Notify,
+}
+
+impl Tally {
+    /// Counts one message whose text (JSON or raw) is `line`, received at
+    /// `now`; returns whether it carried a send time.
+    pub fn record(&self, line: &[u8], now: u64) -> bool {
+        if find(line, b"FORGED").is_some() {
+            self.forged.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(sent) = number_after(line, b"t=") else {
+            return false;
+        };
+        let latency = now.saturating_sub(sent);
+        self.events.fetch_add(1, Ordering::Relaxed);
+        lock(&self.latencies).push(latency);
+        if let Some(n) = number_after(line, b"n=") {
+            lock(&self.seen).push((n, sent, latency));
+        }
+        self.changed.notify_waiters();
+        true
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Opens `GET path` on `addr` as an event stream and tallies what arrives
@@ -55,23 +85,11 @@ pub async fn subscribe(addr: SocketAddr, path: String, tally: Arc<Tally>) -> std
             tally.changed.notify_waiters();
         }
         let now = now_micros();
-        let mut seen = Vec::new();
         while let Some(end) = find(&pending, b"\n") {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            if line.starts_with(b"data:")
-                && let Some(sent) = send_time(&line)
-            {
-                seen.push(now.saturating_sub(sent));
+            if line.starts_with(b"data:") {
+                tally.record(&line, now);
             }
-        }
-        if !seen.is_empty() {
-            tally.events.fetch_add(seen.len(), Ordering::Relaxed);
-            tally
-                .latencies
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(seen);
-            tally.changed.notify_waiters();
         }
     }
 }
@@ -82,9 +100,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
-/// The microseconds after the first `t=` in `line`.
-fn send_time(line: &[u8]) -> Option<u64> {
-    let start = find(line, b"t=")? + 2;
+/// The number after the first `label` in `line`.
+fn number_after(line: &[u8], label: &[u8]) -> Option<u64> {
+    let start = find(line, label)? + label.len();
     let digits = line[start..]
         .iter()
         .take_while(|b| b.is_ascii_digit())
