@@ -366,7 +366,14 @@ fn attack(
     }
     if let Some(url) = args.nats_url.as_ref().filter(|_| on(Attack::Forge)) {
         let (url, subject, chat) = (url.clone(), args.nats_subject.clone(), chat.to_owned());
-        tasks.push(tokio::spawn(forger(url, subject, chat, attacks, stop)));
+        tasks.push(tokio::spawn(forger(
+            target.clone(),
+            url,
+            subject,
+            chat,
+            attacks,
+            stop,
+        )));
     }
     tasks
 }
@@ -478,30 +485,45 @@ async fn non_reader(
     }
 }
 
-/// Publishes messages that claim to be the chat's next ones.
+/// Publishes messages that claim to be the chat's next ones: the position
+/// after the newest message it can see (through the chat's own history).
 async fn forger(
+    target: Target,
     url: String,
     subject: String,
     chat: String,
     attacks: Arc<Attacks>,
     stop: CancellationToken,
 ) {
-    let Ok(client) = async_nats::connect(url.as_str()).await else {
+    let Ok(nats) = async_nats::connect(url.as_str()).await else {
         eprintln!("the forger cannot reach NATS at {url}");
         return;
     };
-    let mut position = 1;
+    let mut client = target.grpc().await;
+    let token = target.token("alice");
     while !stop.is_cancelled() {
-        let forged = serde_json::json!({
-            "position": position, "conversation_id": chat, "user_id": "alice",
-            "content": "t=0 FORGED", "created_at_micros": 0
-        });
-        let _ = client
-            .publish(subject.clone(), forged.to_string().into())
-            .await;
-        attacks.forged_published.fetch_add(1, Ordering::Relaxed);
-        position += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let newest = pb::ListMessagesRequest {
+            conversation_id: chat.clone(),
+            page_size: 1,
+            ..Default::default()
+        };
+        let newest = client.list_messages(authorized(newest, &token)).await;
+        let position = newest
+            .ok()
+            .and_then(|page| page.into_inner().messages.pop())
+            .and_then(|message| message.id.parse::<i64>().ok())
+            .unwrap_or(0);
+        for ahead in 1..=3 {
+            let forged = serde_json::json!({
+                "position": position + ahead, "conversation_id": chat, "user_id": "alice",
+                "content": "t=0 FORGED", "created_at_micros": 0
+            });
+            let _ = nats
+                .publish(subject.clone(), forged.to_string().into())
+                .await;
+            attacks.forged_published.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
