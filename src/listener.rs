@@ -305,16 +305,22 @@ impl Port {
         tokio::pin!(connection);
         let first_request = tokio::time::sleep(self.limits.header_timeout);
         tokio::pin!(first_request);
+        let mut awaiting_first = true;
         let mut closing = false;
         let cut = tokio::time::sleep(Duration::MAX);
         tokio::pin!(cut);
         loop {
+            // Guards are read when `select!` starts, not when a branch
+            // fires: a request that arrived meanwhile is checked for below.
             tokio::select! {
                 _ = connection.as_mut() => break,
                 _ = conn.evict.cancelled() => break,
-                _ = &mut first_request, if !conn.served.load(Ordering::Acquire) => {
-                    tracing::debug!("connection closed: no request within the header timeout");
-                    break;
+                _ = &mut first_request, if awaiting_first => {
+                    awaiting_first = false;
+                    if !conn.served.load(Ordering::Acquire) {
+                        tracing::debug!("connection closed: no request within the header timeout");
+                        break;
+                    }
                 }
                 _ = self.stop.cancelled(), if !closing => {
                     closing = true;

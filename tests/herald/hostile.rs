@@ -849,3 +849,27 @@ async fn retries_of_one_send_in_flight_together_commit_once(db: TestDb) {
     assert_eq!(history.len(), 17);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_outlive_the_header_timeout() {
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.header_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap();
+    let bob = app.user("bob").await;
+    let mut grpc = bob.subscribe("").await.unwrap();
+    let sse = reqwest::Client::new()
+        .get(app.url("/api/messages"))
+        .header("accept", "text/event-stream")
+        .bearer_auth(app.token("bob"));
+    let mut sse = crate::support::open_sse(sse).await;
+    // Well past the timeout that a connection gets for its first request.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let sent = alice.send(&chat.id, "still listening").await.unwrap();
+    assert_eq!(crate::support::next_message(&mut grpc).await, sent);
+    assert_eq!(sse.next_message().await, sent);
+    app.stop().await;
+}

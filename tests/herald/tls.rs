@@ -117,11 +117,24 @@ async fn grpc_and_sse_work_over_tls_and_browsers_get_http2() {
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
-            .arg(&key);
+            .arg(&key)
+            .args(["--header-timeout", "1s"]);
     })
     .await;
     let grpc_port = herald.grpc.rsplit(':').next().unwrap().to_owned();
     let http_port = herald.http.rsplit(':').next().unwrap().to_owned();
+
+    // A client that never starts its handshake is let go, on both ports.
+    for address in [&herald.http, &herald.grpc] {
+        use tokio::io::AsyncReadExt;
+        let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0) | Err(_))),
+            "{address}: {closed:?}"
+        );
+    }
 
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(&ca).unwrap()))
