@@ -23,10 +23,32 @@ pub fn service(herald: Herald, auth: Auth) -> Service {
 }
 
 /// The Messenger service as gRPC-Web (and plain gRPC) routes for the HTTP
-/// port, so browsers can call it directly; tonic-web translates.
+/// port, so browsers can call it directly; tonic-web translates. Only its
+/// own paths, and only requests with a gRPC content type, reach it: every
+/// other request is the HTTP door's (and its 404).
 pub fn web_routes(herald: Herald, auth: Auth) -> axum::Router {
+    use tonic::server::NamedService;
     let web = tonic_web::GrpcWebLayer::new().layer(service(herald, auth));
-    tonic::service::Routes::new(web).into_axum_router()
+    let path = format!("/{}/{{method}}", MessengerServer::<Messenger>::NAME);
+    axum::Router::new()
+        .route_service(&path, web)
+        .route_layer(axum::middleware::from_fn(grpc_only))
+}
+
+/// Lets only gRPC and gRPC-Web requests through.
+async fn grpc_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"));
+    match grpc {
+        true => next.run(request).await,
+        false => crate::http::not_found().await,
+    }
 }
 
 /// The request log's span for one gRPC call: the method, nothing else.

@@ -74,7 +74,9 @@ pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Route
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .with_state(state)
-        .merge(grpc_web);
+        .merge(grpc_web)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
     let app = match cors(&options.cors_origins) {
         Some(cors) => app.layer(cors),
         None => app,
@@ -87,6 +89,19 @@ pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Route
         false => app,
     };
     log::layer(app)
+}
+
+/// Every path herald does not serve.
+pub(crate) async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "no such path")
+}
+
+/// A path herald serves, with a method it does not take.
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this path",
+    )
 }
 
 /// Liveness: the process serves HTTP.

@@ -349,3 +349,39 @@ on_every_backend!(
     cors_answers_configured_origins_only,
     health_and_the_chat_page_are_served,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_are_404_and_wrong_methods_405_on_each_door() {
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let app = spawn_app(&db).await;
+    let token = app.token("alice");
+    for (method, path) in [
+        (Method::GET, "/nothing"),
+        (Method::POST, "/api/nothing"),
+        (Method::GET, "/api/conversation"),
+        (Method::POST, "/herald.v1.Messenger/CreateMessage"),
+    ] {
+        let (status, body) = call(&app, &token, method.clone(), path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+        assert!(body["error"].is_string(), "{method} {path}: {body}");
+    }
+    let (status, body) = call(&app, &token, Method::DELETE, "/api/conversations", None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["error"].is_string(), "{body}");
+    // The gRPC port: an rpc that does not exist is UNIMPLEMENTED.
+    let mut client = tonic::client::Grpc::new(app.channel().await);
+    client.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<
+        herald::pb::ListConversationsRequest,
+        herald::pb::ListConversationsResponse,
+    >::default();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/herald.v1.Messenger/NoSuchRpc");
+    let request = crate::support::authorized(
+        herald::pb::ListConversationsRequest::default(),
+        &format!("Bearer {token}"),
+    );
+    let status = client.unary(request, path, codec).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    app.stop().await;
+}
