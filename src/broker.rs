@@ -191,7 +191,7 @@ struct Wire {
 impl Publisher {
     /// Publishes a committed message; a failure is logged, and other nodes
     /// fill the gap from the database.
-    pub async fn published(&self, delivery: &Delivery) {
+    pub async fn publish(&self, delivery: &Delivery) {
         let Publisher::Nats {
             client,
             subject,

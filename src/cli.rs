@@ -38,6 +38,7 @@ const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// so the server's footprint returns to what it serves now. Measured in
 /// BENCHMARKS.md (the hostile scenario); a trim of an idle heap costs
 /// microseconds.
+#[allow(unsafe_code)]
 async fn give_back_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     loop {

@@ -186,7 +186,7 @@ impl Sink {
             deliveries.push(delivery);
         }
         for delivery in deliveries {
-            self.publisher.published(&delivery).await;
+            self.publisher.publish(&delivery).await;
         }
     }
 }

@@ -151,10 +151,6 @@ impl Content {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub fn into_string(self) -> String {
-        self.0
-    }
 }
 
 /// 128 random bits as 32 hex digits: ids nobody can guess.

@@ -66,7 +66,8 @@ impl Metrics {
         self.inner.replayed.fetch_add(messages, Ordering::Relaxed);
     }
 
-    pub fn reset(&self) {
+    /// Counts a resume that could not be replayed (an `event: reset`).
+    pub fn replay_impossible(&self) {
         self.inner.resets.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -132,11 +132,6 @@ impl Server {
         self.connections.clone()
     }
 
-    /// How often the cross-node broker link was lost and caught up.
-    pub fn broker_reconnects(&self) -> Reconnects {
-        self.reconnects.clone()
-    }
-
     /// Serves until `signal` completes, then shuts down in order (see the
     /// module comment).
     pub async fn run(self, signal: impl Future<Output = ()> + Send) -> Result<(), StartError> {

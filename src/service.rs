@@ -128,10 +128,6 @@ impl Herald {
         self.inner.shutdown.is_cancelled()
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.inner.limits
-    }
-
     /// Meters an expensive call by `caller` costing `cost`: refused past
     /// the user's call rate, and otherwise waiting for one of the user's
     /// few places at the database, held while the returned guard lives.
@@ -404,7 +400,7 @@ impl Herald {
                     stream.replay(source, after, first_page);
                 }
                 Replay::Impossible(reason) => {
-                    self.inner.metrics.reset();
+                    self.inner.metrics.replay_impossible();
                     stream.reset_because(reason);
                 }
             }

@@ -4,10 +4,10 @@
 //! The provider's `iss` and `aud` are checked when configured; herald's own
 //! HS256 tokens (and stream tickets) are not the provider's, so they are not.
 
-use super::{LEEWAY, STREAM_AUDIENCE};
+use super::{LEEWAY, Refusal, STREAM_AUDIENCE};
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation,
-    jwk::{AlgorithmParameters, JwkSet},
+    jwk::{AlgorithmParameters, Jwk, JwkSet},
 };
 use std::{
     path::PathBuf,
@@ -66,9 +66,6 @@ pub(super) struct Keys {
     audience: Option<String>,
 }
 
-/// Why no key fits a token, as a metrics reason.
-pub(super) type Refusal = &'static str;
-
 impl Keys {
     pub fn load(secret: &[u8], identity: &IdentityConfig) -> Result<Self, String> {
         identity.check()?;
@@ -113,7 +110,7 @@ impl Keys {
             header.alg,
             Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
         ) {
-            return Err("algorithm");
+            return Err(Refusal::Algorithm);
         }
         let key = match (&self.jwks, &self.public) {
             (Some(jwks), _) if header.kid.is_some() => {
@@ -121,7 +118,7 @@ impl Keys {
             }
             (_, Some((alg, key))) if *alg == header.alg => key.clone(),
             (Some(jwks), _) => jwks.key(None, header.alg)?,
-            _ => return Err("algorithm"),
+            _ => return Err(Refusal::Algorithm),
         };
         let rules = validation(header.alg, self.issuer.as_deref(), self.audience.as_deref());
         Ok((key, rules))
@@ -170,7 +167,29 @@ struct Jwks {
 struct JwksState {
     checked: Instant,
     modified: Option<SystemTime>,
-    set: JwkSet,
+    /// Every key of the file, parsed once per change of the file.
+    keys: Vec<ParsedKey>,
+}
+
+/// A JWK and the verification key made from it.
+struct ParsedKey {
+    jwk: Jwk,
+    key: DecodingKey,
+}
+
+/// The keys of `set` that can verify something; the others are skipped
+/// (and logged) rather than failing every token.
+fn parse(set: JwkSet) -> Vec<ParsedKey> {
+    set.keys
+        .into_iter()
+        .filter_map(|jwk| match DecodingKey::from_jwk(&jwk) {
+            Ok(key) => Some(ParsedKey { jwk, key }),
+            Err(error) => {
+                tracing::warn!(%error, kid = ?jwk.common.key_id, "skipping a JWKS key herald cannot use");
+                None
+            }
+        })
+        .collect()
 }
 
 impl Jwks {
@@ -179,7 +198,7 @@ impl Jwks {
         let state = JwksState {
             checked: Instant::now(),
             modified,
-            set,
+            keys: parse(set),
         };
         Ok(Self {
             path,
@@ -194,18 +213,23 @@ impl Jwks {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.refresh(&mut state);
-        let fits = |jwk: &&jsonwebtoken::jwk::Jwk| usable_for(jwk, alg);
-        let jwk = match kid {
-            Some(kid) => state.set.find(kid).filter(fits).ok_or("signature")?,
+        let fits = |parsed: &&ParsedKey| usable_for(&parsed.jwk, alg);
+        let parsed = match kid {
+            Some(kid) => state
+                .keys
+                .iter()
+                .filter(|parsed| parsed.jwk.common.key_id.as_deref() == Some(kid))
+                .find(fits)
+                .ok_or(Refusal::Signature)?,
             None => {
-                let mut candidates = state.set.keys.iter().filter(fits);
+                let mut candidates = state.keys.iter().filter(fits);
                 match (candidates.next(), candidates.next()) {
                     (Some(only), None) => only,
-                    _ => return Err("signature"),
+                    _ => return Err(Refusal::Signature),
                 }
             }
         };
-        DecodingKey::from_jwk(jwk).map_err(|_| "signature")
+        Ok(parsed.key.clone())
     }
 
     fn refresh(&self, state: &mut JwksState) {
@@ -223,7 +247,7 @@ impl Jwks {
             Ok((modified, set)) => {
                 tracing::info!(path = %self.path.display(), keys = set.keys.len(), "JWKS reloaded");
                 state.modified = modified;
-                state.set = set;
+                state.keys = parse(set);
             }
             Err(error) => tracing::warn!(%error, "JWKS reload failed; keeping the previous keys"),
         }
@@ -245,7 +269,7 @@ fn read_jwks(path: &PathBuf) -> Result<(Option<SystemTime>, JwkSet), String> {
 /// (`kty`) fits, and its `use` and `alg`, when given, say so. A key the
 /// provider published for encryption, or for another algorithm, never
 /// verifies a signature.
-fn usable_for(jwk: &jsonwebtoken::jwk::Jwk, alg: Algorithm) -> bool {
+fn usable_for(jwk: &Jwk, alg: Algorithm) -> bool {
     use jsonwebtoken::jwk::{KeyAlgorithm, PublicKeyUse};
     let kty = matches!(
         (&jwk.algorithm, alg),

@@ -111,18 +111,43 @@ pub use keys::IdentityConfig;
 #[derive(Clone)]
 pub struct Auth {
     keys: Arc<Keys>,
-    refused: Arc<[AtomicU64; REASONS.len()]>,
+    refused: Arc<[AtomicU64; Refusal::ALL.len()]>,
 }
 
-/// Why tokens are refused, as counted for `/metrics`.
-pub const REASONS: [&str; 6] = [
-    "missing",
-    "malformed",
-    "signature",
-    "expired",
-    "algorithm",
-    "claims",
-];
+/// Why a token was refused, as counted for `/metrics` (never told to the
+/// client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Missing,
+    Malformed,
+    Signature,
+    Expired,
+    Algorithm,
+    Claims,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 6] = [
+        Refusal::Missing,
+        Refusal::Malformed,
+        Refusal::Signature,
+        Refusal::Expired,
+        Refusal::Algorithm,
+        Refusal::Claims,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::Malformed => "malformed",
+            Refusal::Signature => "signature",
+            Refusal::Expired => "expired",
+            Refusal::Algorithm => "algorithm",
+            Refusal::Claims => "claims",
+        }
+    }
+}
 
 impl Auth {
     /// HS256 with a shared secret.
@@ -150,14 +175,14 @@ impl Auth {
     pub fn verify_for(&self, token: &str, usage: Use) -> Result<Claims, Error> {
         if token.len() > MAX_TOKEN_BYTES {
             tracing::debug!(bytes = token.len(), "token refused: too long");
-            return Err(self.refuse("malformed"));
+            return Err(self.refuse(Refusal::Malformed));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|error| {
             tracing::debug!(reason = ?error.kind(), "token refused");
             self.refuse(reason_of(error.kind()))
         })?;
         let (key, rules) = self.keys.for_header(&header).map_err(|reason| {
-            tracing::debug!(reason, alg = ?header.alg, "token refused: no key fits");
+            tracing::debug!(reason = reason.as_str(), alg = ?header.alg, "token refused: no key fits");
             self.refuse(reason)
         })?;
         let data = jsonwebtoken::decode::<Wire>(token, &key, &rules).map_err(|error| {
@@ -166,7 +191,7 @@ impl Auth {
         })?;
         let user = UserId::parse("sub", &data.claims.sub).map_err(|error| {
             tracing::debug!(reason = %error, "token refused: bad sub claim");
-            self.refuse("claims")
+            self.refuse(Refusal::Claims)
         })?;
         let claims = data.claims;
         let (expires_at, ticket) = match (claims.is_ticket(), usage) {
@@ -180,7 +205,7 @@ impl Auth {
             }
             (true, Use::Api) => {
                 tracing::debug!("token refused: a stream ticket used for another call");
-                return Err(self.refuse("claims"));
+                return Err(self.refuse(Refusal::Claims));
             }
         };
         Ok(Claims {
@@ -209,22 +234,20 @@ impl Auth {
     /// Counts a request that came with no token at all.
     pub fn refuse_missing(&self) -> Error {
         tracing::debug!("token refused: none given");
-        self.refuse("missing")
+        self.refuse(Refusal::Missing)
     }
 
-    /// Refusals so far, by reason (see [`REASONS`]).
-    pub fn refused(&self) -> Vec<(&'static str, u64)> {
-        REASONS
+    /// Refusals so far, by reason.
+    pub fn refused(&self) -> Vec<(Refusal, u64)> {
+        Refusal::ALL
             .iter()
             .zip(self.refused.iter())
             .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
             .collect()
     }
 
-    fn refuse(&self, reason: &str) -> Error {
-        if let Some(index) = REASONS.iter().position(|known| *known == reason) {
-            self.refused[index].fetch_add(1, Ordering::Relaxed);
-        }
+    fn refuse(&self, reason: Refusal) -> Error {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
         Error::Unauthenticated
     }
 
@@ -255,18 +278,18 @@ fn unix_now() -> u64 {
 }
 
 /// The metrics reason of a jsonwebtoken failure.
-fn reason_of(kind: &jsonwebtoken::errors::ErrorKind) -> &'static str {
+fn reason_of(kind: &jsonwebtoken::errors::ErrorKind) -> Refusal {
     use jsonwebtoken::errors::ErrorKind;
     match kind {
-        ErrorKind::InvalidSignature => "signature",
-        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::InvalidSignature => Refusal::Signature,
+        ErrorKind::ExpiredSignature => Refusal::Expired,
         ErrorKind::InvalidAlgorithm
         | ErrorKind::InvalidAlgorithmName
-        | ErrorKind::MissingAlgorithm => "algorithm",
+        | ErrorKind::MissingAlgorithm => Refusal::Algorithm,
         ErrorKind::MissingRequiredClaim(_)
         | ErrorKind::InvalidClaimFormat(_)
-        | ErrorKind::ImmatureSignature => "claims",
-        _ => "malformed",
+        | ErrorKind::ImmatureSignature => Refusal::Claims,
+        _ => Refusal::Malformed,
     }
 }
 

@@ -135,7 +135,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .auth
         .refused()
         .into_iter()
-        .map(|(reason, count)| (format!("reason=\"{reason}\""), count))
+        .map(|(reason, count)| (format!("reason=\"{}\"", reason.as_str()), count))
         .collect();
     let refused: Vec<(&str, u64)> = refused
         .iter()
