@@ -10,12 +10,13 @@
 //! leave a message committed but unpublished.
 //!
 //! **A message that fails fails alone.** A transaction fails whole, every
-//! position rolled back. When the database refuses a statement (a value it
-//! cannot store, a reused idempotency key), the batch is split in halves and
-//! each half committed on its own, down to the one message that the
-//! database refuses: its writer gets the error, its batch-mates commit. A
-//! failure of the database itself (connection lost, pool exhausted) is every
-//! writer's answer, with no automatic retry: a commit whose acknowledgement
+//! position rolled back. When the database refuses a statement for the data
+//! it carries (a value it cannot store, a reused idempotency key, a
+//! trigger's refusal), the batch is split in halves and each half committed
+//! on its own, down to the one message that the database refuses: its
+//! writer gets the error, its batch-mates commit. A failure of the database
+//! itself (busy, locked, connection lost, pool exhausted) is every writer's
+//! answer at once, with no automatic retry: a commit whose acknowledgement
 //! was lost may still have happened, and only the client's idempotency key
 //! can make a retry safe.
 //!
@@ -30,7 +31,7 @@ use crate::{
     feed::Feed,
     hub::Delivery,
     metrics::Metrics,
-    store::{NewMessage, Store, is_unique_violation},
+    store::{NewMessage, Store, is_unique_violation, refused_for_its_data},
 };
 use futures_util::future::BoxFuture;
 use std::{collections::HashSet, sync::Arc};
@@ -143,8 +144,7 @@ impl Sink {
                 }
                 Err(error) => error,
             };
-            let refused = error.as_database_error().is_some();
-            if refused && jobs.len() > 1 {
+            if refused_for_its_data(&error) && jobs.len() > 1 {
                 let second = jobs.split_off(jobs.len() / 2);
                 self.commit(jobs).await;
                 return self.commit(second).await;

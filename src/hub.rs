@@ -278,9 +278,10 @@ mod tests {
     async fn only_recipients_receive_and_dropping_unregisters() {
         let hub = Hub::new(8);
         let mut bob = hub.subscribe(&user("bob"), 10).unwrap();
-        let carol = hub.subscribe(&user("carol"), 10).unwrap();
-        hub.deliver(delivery(1, &["alice", "bob"]));
+        let mut carol = hub.subscribe(&user("carol"), 10).unwrap();
+        assert_eq!(hub.deliver(delivery(1, &["alice", "bob"])), 1);
         assert_eq!(bob.recv().await.unwrap().message.position, Position(1));
+        assert!(carol.try_recv().is_none(), "carol is not a recipient");
         assert_eq!(hub.subscription_count(), 2);
         drop(carol);
         drop(bob);

@@ -128,6 +128,28 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
         .is_some_and(|error| error.is_unique_violation())
 }
 
+/// Whether the database refused `error`'s statement for the data it
+/// carried (a value it cannot store, a constraint, a trigger's refusal),
+/// which retrying other rows without it can fix; not for the database's own
+/// state (busy, locked, a serialization failure, a lost connection), which
+/// any retry would meet again.
+pub fn refused_for_its_data(error: &sqlx::Error) -> bool {
+    use sqlx::error::ErrorKind;
+    let Some(error) = error.as_database_error() else {
+        return false;
+    };
+    if !matches!(error.kind(), ErrorKind::Other) {
+        return true; // unique, foreign key, not null, check
+    }
+    let code = error.code().unwrap_or_default();
+    match code.parse::<i32>() {
+        // SQLite: a constraint (a trigger's RAISE included), too big, mismatch.
+        Ok(sqlite) => matches!(sqlite & 0xff, 18..=20),
+        // PostgreSQL: data exceptions, integrity violations, raised in PL/pgSQL.
+        Err(_) => code.starts_with("22") || code.starts_with("23") || code.starts_with("P0"),
+    }
+}
+
 /// Which page of a conversation's history to read.
 #[derive(Clone, Copy, Debug)]
 pub enum Page {

@@ -178,13 +178,14 @@ async fn a_first_run_prints_working_demo_tokens_and_sigterm_exits_zero_with_stre
 async fn a_config_file_sets_what_flags_and_environment_leave_unset() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("herald.toml");
-    let settings = "jwt-secret = \"from-the-file-0123456789abcdef0123456789abcdef\"\nmax_content_bytes = 10\ncors-origin = [\"http://a.example\", \"http://b.example\"]\n";
+    let settings = "jwt-secret = \"from-the-file-0123456789abcdef0123456789abcdef\"\nmax_content_bytes = 10\nmax-participants = 5\ncors-origin = [\"http://a.example\", \"http://b.example\"]\n";
     std::fs::write(&file, settings).unwrap();
     let herald = Process::serve(dir.path(), |command| {
         command
             .arg("--config")
             .arg(&file)
-            .args(["--max-content-bytes", "20"]);
+            .args(["--max-content-bytes", "20"])
+            .env("HERALD_MAX_PARTICIPANTS", "2");
     })
     .await;
     let bearer = format!(
@@ -222,6 +223,15 @@ async fn a_config_file_sets_what_flags_and_environment_leave_unset() {
         .await
         .unwrap();
 
+    let group = pb::CreateConversationRequest {
+        participant_ids: vec!["bob".into(), "carol".into()],
+    };
+    let group = client.create_conversation(authorized(group, &bearer)).await;
+    assert_eq!(
+        code(group),
+        Code::InvalidArgument,
+        "the environment (2) wins over the file (5)"
+    );
     assert!(fifteen.is_ok(), "the flag (20) wins over the file (10)");
     assert_eq!(code(too_long), Code::InvalidArgument);
     assert_eq!(
@@ -232,16 +242,22 @@ async fn a_config_file_sets_what_flags_and_environment_leave_unset() {
 
     std::fs::write(&file, "no-such-setting = 1\n").unwrap();
     let output = herald_command()
-        .arg("serve")
-        .arg("--config")
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&file)
         .output()
         .await
         .unwrap();
     assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(
-        String::from_utf8(output.stderr)
-            .unwrap()
-            .contains("herald: ")
+        stderr.contains("unknown setting 'no-such-setting'"),
+        "{stderr}"
     );
 }

@@ -126,19 +126,20 @@ async fn resuming_with_last_event_id_replays_the_gap_exactly_once(db: TestDb) {
     let alice = app.user("alice").await;
     let conversation = alice.create_conversation(&["bob"]).await.unwrap();
     let seen = alice.send(&conversation.id, "seen").await.unwrap();
+    let mut missed = Vec::new();
     for content in numbered("missed", 1..=3) {
-        alice.send(&conversation.id, &content).await.unwrap();
+        missed.push(alice.send(&conversation.id, &content).await.unwrap());
     }
     let bob = app.token("bob");
 
     let mut by_header = open_sse(app.sse_request(&bob).header("last-event-id", &seen.id)).await;
     let by_query = app.sse_request(&bob).query(&[("lastEventId", &seen.id)]);
     let mut by_query = open_sse(by_query).await;
-    // The header wins over the query parameter.
+    // The header wins over the query parameter, which names a later id.
     let both = app
         .sse_request(&bob)
         .header("last-event-id", &seen.id)
-        .query(&[("lastEventId", "1")]);
+        .query(&[("lastEventId", &missed[1].id)]);
     let mut both = open_sse(both).await;
     alice.send(&conversation.id, "live").await.unwrap();
 
