@@ -68,8 +68,6 @@ pub enum Protocol {
     Grpc,
 }
 
-/// How long a connection asked to close at shutdown gets before it is cut.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The longest pause after an accept error.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -307,8 +305,6 @@ impl Port {
         tokio::pin!(first_request);
         let mut awaiting_first = true;
         let mut closing = false;
-        let cut = tokio::time::sleep(Duration::MAX);
-        tokio::pin!(cut);
         loop {
             // Guards are read when `select!` starts, not when a branch
             // fires: a request that arrived meanwhile is checked for below.
@@ -322,12 +318,13 @@ impl Port {
                         break;
                     }
                 }
+                // Finish in-flight requests (HTTP/2 gets GOAWAY); a client
+                // that holds on past the drain time is cut when the server
+                // aborts this port's task.
                 _ = self.stop.cancelled(), if !closing => {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
-                    cut.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
                 }
-                _ = &mut cut, if closing => break,
             }
         }
         drop(admitted);

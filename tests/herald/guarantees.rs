@@ -72,7 +72,20 @@ async fn four_writers_and_a_reader_resuming_every_fifty_agree_with_history(db: T
                 if received.len() == writers.len() * PER_WRITER {
                     break;
                 }
-                received.push(stream.next_message().await.id);
+                let next = tokio::time::timeout(Duration::from_secs(15), stream.next_message());
+                let Ok(message) = next.await else {
+                    let metrics = reqwest::get(app.url("/metrics"))
+                        .await
+                        .unwrap()
+                        .text()
+                        .await;
+                    panic!(
+                        "no message for 15 s after {} received, {resumes} resumes; server:\n{}",
+                        received.len(),
+                        metrics.unwrap_or_default()
+                    );
+                };
+                received.push(message.id);
             }
         }
         (received, resumes)

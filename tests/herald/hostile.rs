@@ -129,6 +129,26 @@ fn bearer(user: &str) -> String {
     format!("Bearer {}", mint(SECRET, user))
 }
 
+/// A gRPC client of `herald` and the conversation of alice and bob.
+async fn alice_and_bob(
+    herald: &Process,
+) -> (
+    pb::messenger_client::MessengerClient<tonic::transport::Channel>,
+    String,
+) {
+    let mut client = herald.client().await;
+    let create = pb::CreateConversationRequest {
+        participant_ids: vec!["bob".into()],
+    };
+    let chat = client
+        .create_conversation(authorized(create, &bearer("alice")))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    (client, chat)
+}
+
 /// Opens the SSE stream on a raw socket with a tiny receive buffer and
 /// reads only the response head: a subscriber that never reads its body.
 async fn stuck_sse(http: &str, path: &str) -> tokio::net::TcpStream {
@@ -161,16 +181,7 @@ async fn resumed_streams_that_never_read_hold_a_page_not_their_whole_replay() {
         command.args(["--jwt-secret", SECRET]);
     })
     .await;
-    let mut client = herald.client().await;
-    let create = pb::CreateConversationRequest {
-        participant_ids: vec!["bob".into()],
-    };
-    let chat = client
-        .create_conversation(authorized(create, &bearer("alice")))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let (mut client, chat) = alice_and_bob(&herald).await;
     let send = |content: String| pb::CreateMessageRequest {
         conversation_id: chat.clone(),
         content,
@@ -620,16 +631,7 @@ async fn a_message_forged_on_the_nats_subject_is_never_delivered() {
         command.args(["--nats-subject", &subject]);
     })
     .await;
-    let mut client = herald.client().await;
-    let create = pb::CreateConversationRequest {
-        participant_ids: vec!["bob".into()],
-    };
-    let chat = client
-        .create_conversation(authorized(create, &bearer("alice")))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let (mut client, chat) = alice_and_bob(&herald).await;
     let send = |content: &str| {
         let body = pb::CreateMessageRequest {
             conversation_id: chat.clone(),
@@ -774,16 +776,7 @@ async fn herald_logs_in_to_a_nats_server_that_wants_a_password() {
             .env("HERALD_NATS_PASSWORD", &password);
     })
     .await;
-    let mut client = herald.client().await;
-    let create = pb::CreateConversationRequest {
-        participant_ids: vec!["bob".into()],
-    };
-    let chat = client
-        .create_conversation(authorized(create, &bearer("alice")))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let (mut client, chat) = alice_and_bob(&herald).await;
     let body = pb::CreateMessageRequest {
         conversation_id: chat,
         content: "over authenticated NATS".into(),
