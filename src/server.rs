@@ -6,10 +6,10 @@
 //!
 //! **Shutdown order.** Mark gRPC health NOT_SERVING; cancel the token every
 //! open stream watches, so SSE and gRPC streams end with their final status
-//! (axum and tonic would otherwise wait on them forever); a moment later stop
-//! both servers, so listeners stop accepting once clients have read those
-//! statuses; give in-flight requests the drain time; stop the feed; close
-//! the database.
+//! (a graceful shutdown would otherwise wait on them forever); a moment
+//! later stop both listeners (HTTP/2 connections get GOAWAY), so they stop
+//! accepting once clients have read those statuses; give in-flight requests
+//! the drain time, then cut what is left; stop the feed; close the database.
 
 use crate::{
     auth::Auth,
