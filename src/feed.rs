@@ -286,10 +286,12 @@ impl Sequencer {
                     "a broker claimed positions the database does not have; ignoring"
                 );
                 self.head = head.0;
-                if let Some(first) = self.pending.keys().next().copied() {
-                    // Held past a gap the database does not have: not real.
-                    self.pending.retain(|position, _| *position <= head.0);
-                    tracing::warn!(first, "dropped messages beyond the database's head");
+                // Held past a gap the database does not have: not real.
+                let held = self.pending.len();
+                self.pending.retain(|position, _| *position <= head.0);
+                let dropped = held - self.pending.len();
+                if dropped > 0 {
+                    tracing::warn!(dropped, "dropped messages beyond the database's head");
                 }
                 self.flush();
             }

@@ -59,7 +59,7 @@ impl Default for Limits {
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<UserId, Bucket>>,
+    buckets: Mutex<PerUser<Bucket>>,
 }
 
 struct Bucket {
@@ -67,8 +67,42 @@ struct Bucket {
     refilled: Instant,
 }
 
-/// Buckets kept before idle (full) ones are forgotten.
+/// Users kept before idle ones are forgotten.
 const PRUNE_ABOVE: usize = 10_000;
+
+/// A map by user that forgets idle users once it holds many. The scan for
+/// them runs only when the map has doubled since the last one, so a node
+/// with more active users than [`PRUNE_ABOVE`] does not scan on every call.
+struct PerUser<V> {
+    map: HashMap<UserId, V>,
+    prune_at: usize,
+}
+
+impl<V> Default for PerUser<V> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+            prune_at: PRUNE_ABOVE,
+        }
+    }
+}
+
+impl<V> PerUser<V> {
+    /// `user`'s entry, made by `new` if there is none; idle entries (those
+    /// `idle` says are) are forgotten first when the map has grown.
+    fn entry(
+        &mut self,
+        user: &UserId,
+        idle: impl Fn(&V) -> bool,
+        new: impl FnOnce() -> V,
+    ) -> &mut V {
+        if self.map.len() > self.prune_at {
+            self.map.retain(|_, value| !idle(value));
+            self.prune_at = (self.map.len() * 2).max(PRUNE_ABOVE);
+        }
+        self.map.entry(user.clone()).or_insert_with(new)
+    }
+}
 
 impl RateLimiter {
     pub fn new(rate: f64, burst: f64) -> Self {
@@ -93,7 +127,7 @@ impl RateLimiter {
             .buckets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(bucket) = buckets.get_mut(user) {
+        if let Some(bucket) = buckets.map.get_mut(user) {
             bucket.tokens = (bucket.level(now, self.rate, self.burst) - cost).max(-self.burst);
             bucket.refilled = now;
         }
@@ -106,13 +140,15 @@ impl RateLimiter {
             .buckets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if buckets.len() > PRUNE_ABOVE {
-            buckets.retain(|_, bucket| bucket.level(now, self.rate, self.burst) < self.burst);
-        }
-        let bucket = buckets.entry(user.clone()).or_insert(Bucket {
-            tokens: self.burst,
-            refilled: now,
-        });
+        let (rate, burst) = (self.rate, self.burst);
+        let bucket = buckets.entry(
+            user,
+            |bucket| bucket.level(now, rate, burst) >= burst,
+            || Bucket {
+                tokens: burst,
+                refilled: now,
+            },
+        );
         bucket.tokens = bucket.level(now, self.rate, self.burst);
         bucket.refilled = now;
         if bucket.tokens >= cost {
@@ -129,7 +165,7 @@ impl RateLimiter {
 /// taking the whole pool from everyone else.
 pub struct UserPermits {
     per_user: usize,
-    users: Mutex<HashMap<UserId, Arc<Semaphore>>>,
+    users: Mutex<PerUser<Arc<Semaphore>>>,
 }
 
 impl UserPermits {
@@ -149,13 +185,11 @@ impl UserPermits {
                 .users
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if users.len() > PRUNE_ABOVE {
-                // Only the map holds an idle user's semaphore.
-                users.retain(|_, semaphore| Arc::strong_count(semaphore) > 1);
-            }
+            // Only the map holds an idle user's semaphore.
+            let idle = |semaphore: &Arc<Semaphore>| Arc::strong_count(semaphore) == 1;
+            let per_user = self.per_user;
             users
-                .entry(user.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_user)))
+                .entry(user, idle, || Arc::new(Semaphore::new(per_user)))
                 .clone()
         };
         semaphore.acquire_owned().await.ok()
@@ -204,6 +238,20 @@ impl Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_users_are_forgotten_once_many_and_not_scanned_for_on_every_call() {
+        let mut users: PerUser<bool> = PerUser::default();
+        let user = |n: usize| UserId::parse("user", &format!("u{n}")).unwrap();
+        // Every other user is busy (true), the rest idle.
+        for n in 0..=PRUNE_ABOVE {
+            users.entry(&user(n), |busy| !busy, || n % 2 == 0);
+        }
+        users.entry(&user(PRUNE_ABOVE + 1), |busy| !busy, || true);
+        assert_eq!(users.map.len(), PRUNE_ABOVE / 2 + 2, "the idle are gone");
+        // 5,001 kept: the next scan waits until the map has doubled.
+        assert_eq!(users.prune_at, 2 * (PRUNE_ABOVE / 2 + 1));
+    }
 
     #[test]
     fn a_user_past_the_burst_is_refused_and_others_are_not() {

@@ -135,14 +135,19 @@ impl Herald {
     /// sends at once.
     pub async fn meter(&self, caller: &UserId, cost: f64) -> Result<Metered, Error> {
         if !self.inner.calls.allow_n(caller, cost) {
-            self.inner.tarpit.hold().await;
-            return Err(Error::ResourceExhausted(
-                "request rate limit reached; slow down".into(),
-            ));
+            return Err(self
+                .over_rate("request rate limit reached; slow down")
+                .await);
         }
         Ok(Metered {
             _place: self.inner.permits.acquire(caller).await,
         })
+    }
+
+    /// The refusal for going over a rate, answered late (see [`Tarpit`]).
+    async fn over_rate(&self, message: &str) -> Error {
+        self.inner.tarpit.hold().await;
+        Error::ResourceExhausted(message.into())
     }
 
     /// Redeems the stream ticket in `claims`, if any: a ticket opens one
@@ -251,10 +256,9 @@ impl Herald {
         // Every attempt counts, refused ones too: bad input is no way
         // around the rate.
         if !self.inner.rate.allow(caller) {
-            self.inner.tarpit.hold().await;
-            return Err(Error::ResourceExhausted(
-                "message rate limit reached; slow down".into(),
-            ));
+            return Err(self
+                .over_rate("message rate limit reached; slow down")
+                .await);
         }
         let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
         let content = Content::parse(content, self.inner.limits.max_content_bytes)?;

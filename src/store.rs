@@ -172,7 +172,7 @@ macro_rules! message_columns {
 /// creation's.
 macro_rules! my_conversations {
     () => {
-        "SELECT c.id, c.created_at, p.last_read_position AS last_read,
+        "SELECT c.id, c.created_at,
            COALESCE((SELECT m.created_at FROM messages m WHERE m.conversation_id = c.id
                      ORDER BY m.position DESC LIMIT 1), c.created_at) AS activity
          FROM participants p JOIN conversations c ON c.id = p.conversation_id
@@ -298,14 +298,17 @@ impl Store {
                 tx.commit().await?;
                 return Ok((ConversationId::from_stored(existing), false));
             }
-            // One statement for every member: a large group holds the
-            // database's write lock for one insert, not one per member.
-            let mut insert =
-                sqlx::QueryBuilder::new("INSERT INTO participants (conversation_id, user_id) ");
-            insert.push_values(participants, |mut values, user| {
-                values.push_bind(id.as_str()).push_bind(user.as_str());
-            });
-            insert.build().execute(&mut *tx).await?;
+            // One statement per thousand members, not one per member: a
+            // large group holds the database's write lock briefly, and a
+            // statement stays within SQLite's limit of bound values.
+            for members in participants.chunks(1_000) {
+                let mut insert =
+                    sqlx::QueryBuilder::new("INSERT INTO participants (conversation_id, user_id) ");
+                insert.push_values(members, |mut values, user| {
+                    values.push_bind(id.as_str()).push_bind(user.as_str());
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok((id, true))
         })
@@ -532,7 +535,7 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<Conversation>, Option<Cursor>), sqlx::Error> {
         let sql = concat!(
-            "SELECT id, created_at, last_read, activity FROM (",
+            "SELECT id, created_at, activity FROM (",
             my_conversations!(),
             ") t WHERE CAST($3 AS BIGINT) IS NULL OR t.activity < $3 OR (t.activity = $3 AND t.id < $4)
              ORDER BY t.activity DESC, t.id DESC LIMIT $5"
@@ -573,13 +576,8 @@ impl Store {
         user: &UserId,
         id: &ConversationId,
     ) -> Result<Option<Conversation>, sqlx::Error> {
-        let sql = concat!(
-            "SELECT id, created_at, last_read, activity FROM (",
-            my_conversations!(),
-            ") t"
-        );
         let rows: Vec<ConversationRow> = with_pool!(self, pool => {
-            sqlx::query_as(sql).bind(user.as_str()).bind(id.as_str()).fetch_all(pool).await
+            sqlx::query_as(my_conversations!()).bind(user.as_str()).bind(id.as_str()).fetch_all(pool).await
         })?;
         Ok(self.details(user, &rows).await?.into_iter().next())
     }

@@ -3,7 +3,7 @@
 //! the broker link cut mid-run. Every message must arrive exactly once, in
 //! the order `ListMessages` shows.
 
-use crate::support::{PATIENCE, Process, authorized, mint, open_sse, tools_ready};
+use crate::support::{Nats, PATIENCE, Process, authorized, free_port, mint, open_sse};
 use herald::pb;
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -179,67 +179,22 @@ async fn three_nodes_over_listen_notify_lose_nothing_when_listeners_are_killed()
     }
 }
 
-/// A NATS server of the test's own, so the test can take it away.
-struct Nats {
-    port: u16,
-    process: tokio::process::Child,
-}
-
-impl Nats {
-    async fn start(port: u16) -> Self {
-        let process = tokio::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server runs");
-        let ready = async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(PATIENCE, ready)
-            .await
-            .expect("nats-server listens");
-        Self { port, process }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_over_nats_lose_nothing_when_nats_goes_away() {
     let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
         return;
     };
-    let present = std::process::Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !tools_ready("nats-server", present) {
+    if !Nats::available() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut nats = Nats::start(port).await;
-    let args = [
-        "--broker",
-        "nats",
-        "--nats-url",
-        &format!("nats://127.0.0.1:{port}"),
-    ]
-    .map(String::from);
+    let mut nats = Nats::start(free_port(), &[]).await;
+    let args = ["--broker", "nats", "--nats-url", &nats.url()].map(String::from);
     let nodes = nodes(&db.url, 3, &args).await;
 
     deliver_across_nodes(&nodes, async {
         nats.process.kill().await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        nats = Nats::start(nats.port).await;
+        nats = Nats::start(nats.port, &[]).await;
     })
     .await;
 

@@ -1,8 +1,9 @@
 //! Hostile clients: what one user sends must not hurt another user, exhaust
 //! the server, or forge a message. Each test names the attack it repels.
 
-use crate::support::{Process, TestDb, authorized, code, mint, rss_kib, spawn_app};
+use crate::support::{Process, TestDb, authorized, call, code, mint, rss_kib, spawn_app};
 use herald::pb;
+use reqwest::Method;
 use sqlx::Connection;
 use tonic::Code;
 
@@ -394,15 +395,14 @@ async fn a_token_not_yet_valid_is_refused_and_any_expiry_is_handled(db: TestDb) 
 async fn a_stream_ticket_opens_one_stream_only(db: TestDb) {
     let app = spawn_app(&db).await;
     let client = reqwest::Client::new();
-    let issued: serde_json::Value = client
-        .post(app.url("/api/stream-tickets"))
-        .bearer_auth(app.token("bob"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, issued) = call(
+        &app,
+        &app.token("bob"),
+        Method::POST,
+        "/api/stream-tickets",
+        None,
+    )
+    .await;
     let ticket = issued["ticket"].as_str().unwrap();
     let open = || {
         client
@@ -562,35 +562,23 @@ async fn conversations_come_in_pages_that_fit_a_grpc_message(db: TestDb) {
     assert_eq!(distinct.len(), seen.len(), "no conversation twice");
 
     // Over REST, with the same tokens and a page size.
-    let client = reqwest::Client::new();
-    let page: serde_json::Value = client
-        .get(app.url("/api/conversations?pageSize=1"))
-        .bearer_auth(app.token("victim"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let victim = app.token("victim");
+    let (_, page) = call(
+        &app,
+        &victim,
+        Method::GET,
+        "/api/conversations?pageSize=1",
+        None,
+    )
+    .await;
     assert_eq!(page["conversations"].as_array().unwrap().len(), 1);
     let next = page["nextPageToken"].as_str().unwrap();
-    let second: serde_json::Value = client
-        .get(app.url(&format!("/api/conversations?pageSize=1&pageToken={next}")))
-        .bearer_auth(app.token("victim"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let path = format!("/api/conversations?pageSize=1&pageToken={next}");
+    let (_, second) = call(&app, &victim, Method::GET, &path, None).await;
     assert_eq!(second["conversations"][0]["id"], serde_json::json!(seen[1]));
-    let bad = client
-        .get(app.url("/api/conversations?pageToken=nonsense"))
-        .bearer_auth(app.token("victim"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
+    let path = "/api/conversations?pageToken=nonsense";
+    let (status, _) = call(&app, &victim, Method::GET, path, None).await;
+    assert_eq!(status, 400);
     app.stop().await;
 }
 
@@ -716,43 +704,16 @@ async fn a_forged_or_garbled_notification_does_not_stall_the_feed(db: TestDb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herald_logs_in_to_a_nats_server_that_wants_a_password() {
-    let present = std::process::Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !crate::support::tools_ready("nats-server", present) {
+    if !crate::support::Nats::available() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let password = herald::domain::random_hex();
-    let _server = tokio::process::Command::new("nats-server")
-        .args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "--user",
-            "herald",
-            "--pass",
-            &password,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("nats://127.0.0.1:{port}");
-    let listening = crate::support::eventually(|| async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
+    let nats = crate::support::Nats::start(
+        crate::support::free_port(),
+        &["--user", "herald", "--pass", &password],
+    )
     .await;
-    assert!(listening);
+    let url = nats.url();
     let watcher = async_nats::ConnectOptions::new()
         .user_and_password("herald".into(), password.clone())
         .connect(url.as_str())

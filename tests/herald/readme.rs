@@ -22,10 +22,7 @@ async fn the_readme_grpcurl_session_works_as_written() {
         .expect("the README has a marked grpcurl session");
     // Free ports of its own, so a herald already running on the defaults
     // (a developer's) does not answer in its place.
-    let free = || {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().to_string()
-    };
+    let free = || format!("127.0.0.1:{}", crate::support::free_port());
     let (http, grpc) = (free(), free());
     assert!(session.contains("serve --database-url") && session.contains("127.0.0.1:50051"));
     let script = session

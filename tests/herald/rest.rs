@@ -1,28 +1,8 @@
 //! REST: the same calls as gRPC, in the proto3 JSON mapping.
 
-use crate::support::{TestApp, TestDb, open_sse, spawn_app, spawn_app_with};
+use crate::support::{TestApp, TestDb, call, open_sse, spawn_app, spawn_app_with};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
-
-/// Sends `method path` as `token` with an optional JSON body.
-async fn call(
-    app: &TestApp,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = Client::new()
-        .request(method, app.url(path))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("the HTTP port answers");
-    let status = response.status();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
-}
 
 /// Asks for a conversation of the token's user and `other`.
 async fn create_pair(app: &TestApp, token: &str, other: &str) -> (StatusCode, Value) {

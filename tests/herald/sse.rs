@@ -1,7 +1,7 @@
 //! `GET /api/messages`: the Server-Sent Events stream.
 
 use crate::support::{
-    PATIENCE, TestApp, TestDb, next_message, numbered, open_sse, spawn_app, spawn_app_with,
+    PATIENCE, TestApp, TestDb, call, next_message, numbered, open_sse, spawn_app, spawn_app_with,
 };
 use reqwest::{Client, StatusCode};
 use std::time::Duration;
@@ -264,15 +264,15 @@ async fn a_stream_ticket_opens_the_stream_and_nothing_else(db: TestDb) {
     let app = spawn_app(&db).await;
     let alice = app.user("alice").await;
     let conversation = alice.create_conversation(&["bob"]).await.unwrap();
-    let issued: serde_json::Value = Client::new()
-        .post(app.url("/api/stream-tickets"))
-        .bearer_auth(app.token("bob"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bob = app.token("bob");
+    let (_, issued) = call(
+        &app,
+        &bob,
+        reqwest::Method::POST,
+        "/api/stream-tickets",
+        None,
+    )
+    .await;
     let ticket = issued["ticket"].as_str().unwrap();
     assert!(issued["expiresAt"].as_str().unwrap().ends_with('Z'));
 

@@ -622,3 +622,77 @@ where
     }
     false
 }
+
+/// Sends `method path` to `app`'s HTTP port as `token`, with an optional
+/// JSON body; returns the status and the JSON answer (null if none).
+pub async fn call(
+    app: &TestApp,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, app.url(path))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the HTTP port answers");
+    let status = response.status();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// A loopback port nothing listens on (at the moment it is asked for).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A NATS server of the test's own, so the test can take it away; `None`
+/// (and a note, or a failure under `HERALD_REQUIRE_TOOLS`) without
+/// nats-server.
+pub struct Nats {
+    pub port: u16,
+    pub process: tokio::process::Child,
+}
+
+impl Nats {
+    /// Whether nats-server is here to start (see [`tools_ready`]).
+    pub fn available() -> bool {
+        let present = std::process::Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+        tools_ready("nats-server", present)
+    }
+
+    /// Starts nats-server on `port` with `args` and waits until it listens.
+    pub async fn start(port: u16, args: &[&str]) -> Self {
+        let process = tokio::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server runs");
+        let ready = async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, ready)
+            .await
+            .expect("nats-server listens");
+        Self { port, process }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
