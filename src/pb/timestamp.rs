@@ -1,6 +1,8 @@
 //! `google.protobuf.Timestamp` with the proto3 canonical JSON form:
 //! RFC 3339 in UTC with a `Z` and 0, 3, 6 or 9 fractional digits, exactly as
-//! grpcurl and other protobuf JSON printers write it.
+//! grpcurl and other protobuf JSON printers write it. Formatting and parsing
+//! are prost-types' (its `Display` and `FromStr`); this type exists only
+//! because the generated serde code needs a type of ours to implement on.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
 
@@ -14,105 +16,29 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
-    /// The canonical JSON text.
+    /// The canonical JSON text, as prost-types prints it.
     pub fn to_rfc3339(self) -> String {
-        let days = self.seconds.div_euclid(86_400);
-        let of_day = self.seconds.rem_euclid(86_400);
-        let (year, month, day) = civil_from_days(days);
-        let (hour, minute, second) = (of_day / 3600, of_day % 3600 / 60, of_day % 60);
-        let nanos = self.nanos.clamp(0, 999_999_999);
-        let fraction = match nanos {
-            0 => String::new(),
-            n if n % 1_000_000 == 0 => format!(".{:03}", n / 1_000_000),
-            n if n % 1_000 == 0 => format!(".{:06}", n / 1_000),
-            n => format!(".{n:09}"),
-        };
-        format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}Z")
+        prost_types::Timestamp::from(self).to_string()
     }
 
-    /// Parses RFC 3339 (`Z` or a numeric offset).
+    /// Parses RFC 3339 (`Z` or a numeric offset), as prost-types does.
     pub fn parse_rfc3339(text: &str) -> Option<Self> {
-        let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
-        let bytes = text.as_bytes();
-        if bytes.len() < 20
-            || bytes[4] != b'-'
-            || bytes[7] != b'-'
-            || !matches!(bytes[10], b'T' | b't')
-        {
-            return None;
-        }
-        let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-        let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-        if !(1..=12).contains(&month)
-            || !(1..=31).contains(&day)
-            || hour > 23
-            || minute > 59
-            || second > 60
-        {
-            return None;
-        }
-        let mut rest = &text[19..];
-        let mut nanos = 0i64;
-        if let Some(fraction) = rest.strip_prefix('.') {
-            let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-            if digits == 0 || digits > 9 {
-                return None;
-            }
-            nanos = fraction[..digits].parse::<i64>().ok()? * 10i64.pow(9 - digits as u32);
-            rest = &fraction[digits..];
-        }
-        let offset = match rest {
-            "Z" | "z" => 0,
-            _ => {
-                let sign = match rest.as_bytes().first()? {
-                    b'+' => 1,
-                    b'-' => -1,
-                    _ => return None,
-                };
-                let (h, m) = (
-                    rest.get(1..3)?.parse::<i64>().ok()?,
-                    rest.get(4..6)?.parse::<i64>().ok()?,
-                );
-                if rest.len() != 6 || rest.as_bytes()[3] != b':' {
-                    return None;
-                }
-                sign * (h * 3600 + m * 60)
-            }
-        };
-        let seconds =
-            days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
-                - offset;
-        Some(Self {
-            seconds,
-            nanos: nanos as i32,
-        })
+        text.parse::<prost_types::Timestamp>().ok().map(Self::from)
     }
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+/// The generated code needs a type of ours to carry serde; the calendar
+/// arithmetic is prost-types'.
+impl From<Timestamp> for prost_types::Timestamp {
+    fn from(Timestamp { seconds, nanos }: Timestamp) -> Self {
+        Self { seconds, nanos }
+    }
 }
 
-/// The inverse of [`civil_from_days`].
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+impl From<prost_types::Timestamp> for Timestamp {
+    fn from(prost_types::Timestamp { seconds, nanos }: prost_types::Timestamp) -> Self {
+        Self { seconds, nanos }
+    }
 }
 
 impl Serialize for Timestamp {
