@@ -32,6 +32,7 @@ use crate::{
     domain::{ConversationId, Message, Position, UserId},
     feed::Feed,
     hub::Delivery,
+    start::StartError,
     store::Store,
 };
 use hmac::{Hmac, Mac};
@@ -239,7 +240,7 @@ impl Broker {
         config: &BrokerConfig,
         store: &Store,
         database_url: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         let kind = config.kind.unwrap_or(match store {
             Store::Postgres(_) => BrokerKind::Postgres,
             Store::Sqlite(_) => BrokerKind::Local,
@@ -255,10 +256,10 @@ impl Broker {
                 let url = config
                     .nats_url
                     .as_deref()
-                    .ok_or("the nats broker needs --nats-url")?;
-                let key = config.cluster_key.clone().ok_or(
+                    .ok_or_else(|| StartError::config("the nats broker needs --nats-url"))?;
+                let key = config.cluster_key.clone().ok_or_else(|| StartError::config(
                     "the nats broker needs a cluster key: --cluster-key-file, or a --jwt-secret that every node shares",
-                )?;
+                ))?;
                 let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
                 let client = nats_options(&config.nats_auth)
                     .await?
@@ -271,11 +272,17 @@ impl Broker {
                     })
                     .connect(url)
                     .await
-                    .map_err(|error| format!("cannot connect to NATS at {url}: {error}"))?;
+                    .map_err(|error| StartError::Broker {
+                        what: "NATS",
+                        source: Box::new(error),
+                    })?;
                 let subscriber = client
                     .subscribe(config.nats_subject.clone())
                     .await
-                    .map_err(|error| format!("cannot subscribe to NATS: {error}"))?;
+                    .map_err(|error| StartError::Broker {
+                        what: "NATS (subscribe)",
+                        source: Box::new(error),
+                    })?;
                 let publisher = Publisher::Nats {
                     client,
                     subject: config.nats_subject.clone(),
@@ -330,23 +337,25 @@ impl Broker {
 }
 
 /// A LISTEN connection of its own, named so operators (and tests) can find it.
-async fn listen(store: &Store, database_url: &str) -> Result<PgListener, String> {
+async fn listen(store: &Store, database_url: &str) -> Result<PgListener, StartError> {
     let Store::Postgres(_) = store else {
-        return Err("the postgres broker needs a postgres:// database".into());
+        return Err(StartError::config(
+            "the postgres broker needs a postgres:// database",
+        ));
     };
-    let options: sqlx::postgres::PgConnectOptions = database_url
-        .parse()
-        .map_err(|error| format!("bad database URL: {error}"))?;
+    let cannot_listen = |error: sqlx::Error| StartError::Broker {
+        what: "PostgreSQL (LISTEN)",
+        source: Box::new(error),
+    };
+    let options: sqlx::postgres::PgConnectOptions =
+        database_url.parse().map_err(cannot_listen)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_lazy_with(options.application_name("herald-listener"));
     let mut listener = PgListener::connect_with(&pool)
         .await
-        .map_err(|error| format!("cannot LISTEN on PostgreSQL: {error}"))?;
-    listener
-        .listen(CHANNEL)
-        .await
-        .map_err(|error| format!("cannot LISTEN on PostgreSQL: {error}"))?;
+        .map_err(cannot_listen)?;
+    listener.listen(CHANNEL).await.map_err(cannot_listen)?;
     Ok(listener)
 }
 
@@ -451,11 +460,11 @@ async fn receive_nats(
 }
 
 /// NATS connection options with the configured credentials and TLS.
-async fn nats_options(auth: &NatsAuth) -> Result<async_nats::ConnectOptions, String> {
+async fn nats_options(auth: &NatsAuth) -> Result<async_nats::ConnectOptions, StartError> {
     let mut options = match &auth.creds {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
             .await
-            .map_err(|error| format!("cannot read {}: {error}", path.display()))?,
+            .map_err(|error| StartError::read(path, error))?,
         None => async_nats::ConnectOptions::new(),
     };
     if let (Some(user), Some(password)) = (&auth.user, &auth.password) {

@@ -4,7 +4,8 @@ use crate::{
     auth::Auth,
     config::{ServeConfig, TokenArgs},
     domain::{UserId, hex},
-    server::{Server, StartError, shutdown_signal},
+    server::{Server, shutdown_signal},
+    start::StartError,
 };
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
         Some(secret) => (secret.expose().to_owned(), false),
         None => (ephemeral_secret(), !identity.is_configured()),
     };
-    let auth = Auth::new(secret.as_bytes(), &identity).map_err(StartError::new)?;
+    let auth = Auth::new(secret.as_bytes(), &identity)?;
     let server = Server::bind(&config, auth.clone()).await?;
     tokio::spawn(give_back_memory());
     tracing::info!(http = %server.http_addr(), grpc = %server.grpc_addr(), "herald is serving");
@@ -54,12 +55,12 @@ async fn give_back_memory() {
 /// Prints one token for `args.user` on stdout.
 pub fn token(args: &TokenArgs) -> Result<(), StartError> {
     let secret = args.secret.load()?.ok_or_else(|| {
-        StartError::new(
+        StartError::config(
             "herald token needs --jwt-secret, HERALD_JWT_SECRET or --jwt-secret-file (the server's secret)",
         )
     })?;
     let user =
-        UserId::parse("user id", &args.user).map_err(|error| StartError::new(error.to_string()))?;
+        UserId::parse("user id", &args.user).map_err(|error| StartError::config(error.to_string()))?;
     let token = Auth::hs256(secret.expose().as_bytes()).mint(&user, Duration::from_secs(args.ttl));
     println!("{token}");
     Ok(())

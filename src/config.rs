@@ -7,12 +7,17 @@ use crate::{
     http::HttpOptions,
     limits::Limits,
     listener::{ConnectionLimits, default_max_connections},
-    server::StartError,
+    start::StartError,
     telemetry::LogFormat,
     tls::TlsFiles,
 };
-use clap::{Args, Parser, Subcommand};
-use std::{fmt, str::FromStr, time::Duration};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 /// The database used when neither `--database-url` nor `DATABASE_URL` is set.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://herald.db";
@@ -267,15 +272,21 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// A configuration with every default, for tests and embedding.
+    /// The environment is not read.
     pub fn new(http: &str, grpc: &str, database_url: &str) -> Self {
-        let mut config = Cli::parse_from(["herald", "serve"]);
-        let Command::Serve(serve) = &mut config.command else {
+        let serve = Cli::command()
+            .mut_subcommand("serve", |serve| serve.mut_args(|argument| argument.env(None)));
+        let matches = serve.get_matches_from(["herald", "serve"]);
+        let Ok(Cli {
+            command: Command::Serve(mut serve),
+        }) = Cli::from_arg_matches(&matches)
+        else {
             unreachable!("parsed the serve command")
         };
         serve.http = http.into();
         serve.grpc = grpc.into();
         serve.database_url = Some(database_url.into());
-        *serve.clone()
+        *serve
     }
 
     /// The database URL: the flag, else `DATABASE_URL`, else the default.
@@ -307,7 +318,7 @@ impl ServeConfig {
                 key: key.clone(),
             })),
             (None, None) => Ok(None),
-            _ => Err(StartError::new("--tls-cert and --tls-key go together")),
+            _ => Err(StartError::config("--tls-cert and --tls-key go together")),
         }
     }
 
@@ -326,15 +337,14 @@ impl ServeConfig {
     pub fn broker(&self) -> Result<BrokerConfig, StartError> {
         let cluster_key = match &self.cluster_key_file {
             Some(path) => {
-                let key = std::fs::read(path).map_err(|error| {
-                    StartError::new(format!("cannot read {}: {error}", path.display()))
-                })?;
+                let key = std::fs::read(path).map_err(|error| StartError::read(path, error))?;
                 let key = key.trim_ascii_end();
                 if key.len() < MIN_SECRET_BYTES {
-                    return Err(StartError::new(format!(
-                        "{}: a cluster key must be at least {MIN_SECRET_BYTES} bytes",
-                        path.display()
-                    )));
+                    return Err(StartError::Unusable {
+                        path: path.clone(),
+                        expected: format!("a cluster key must be at least {MIN_SECRET_BYTES} bytes"),
+                        source: None,
+                    });
                 }
                 Some(ClusterKey::new(key))
             }
@@ -402,70 +412,84 @@ pub struct TokenArgs {
     pub secret: SecretArg,
 }
 
-/// The command line with `serve --config FILE` unfolded: each setting of the
-/// file becomes its flag, unless the flag is on the command line or its
-/// environment variable is set, so flags > environment > file.
-pub fn with_config_file(args: Vec<String>) -> Result<Vec<String>, String> {
-    let Some(serve) = args.iter().position(|arg| arg == "serve") else {
-        return Ok(args);
+/// Parses the command line (`std::env::args`), layering `serve --config
+/// FILE` under it: each setting of the file becomes its flag's default, so
+/// clap's own precedence gives flags > environment > file > built-in
+/// default. Help, version and usage errors exit as clap does.
+pub fn parse() -> Result<Cli, StartError> {
+    let command = Cli::command();
+    let matches = command.clone().get_matches();
+    let file = match matches.subcommand() {
+        Some(("serve", serve)) => serve.get_one::<PathBuf>("config").cloned(),
+        _ => None,
     };
-    let given = |flag: &str| {
-        args.iter()
-            .any(|arg| arg == flag || arg.starts_with(&format!("{flag}=")))
-    };
-    let path = match args.iter().position(|arg| arg == "--config") {
-        Some(index) => args.get(index + 1).cloned(),
-        None => args
-            .iter()
-            .find_map(|arg| arg.strip_prefix("--config=").map(str::to_owned))
-            .or_else(|| std::env::var("HERALD_CONFIG").ok()),
-    };
-    let Some(path) = path else { return Ok(args) };
-    let text =
-        std::fs::read_to_string(&path).map_err(|error| format!("cannot read {path}: {error}"))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|error| format!("{path} is not valid TOML: {error}"))?;
-    let command = <Cli as clap::CommandFactory>::command();
-    let serve_command = command
-        .find_subcommand("serve")
-        .expect("serve is a subcommand");
-    let mut extra = Vec::new();
-    for (key, value) in table {
-        let flag = key.replace('_', "-");
-        let argument = serve_command
-            .get_arguments()
-            .find(|argument| argument.get_long() == Some(flag.as_str()) && flag != "config")
-            .ok_or_else(|| format!("{path}: unknown setting '{key}'"))?;
-        let from_env = argument
-            .get_env()
-            .is_some_and(|name| std::env::var_os(name).is_some());
-        if given(&format!("--{flag}")) || from_env {
-            continue;
+    let matches = match file {
+        Some(path) => {
+            let serve = command
+                .find_subcommand("serve")
+                .expect("serve is a subcommand");
+            let defaults = settings(&path)?
+                .into_iter()
+                .map(|(flag, values)| {
+                    let argument = serve
+                        .get_arguments()
+                        .find(|argument| argument.get_long() == Some(&flag) && flag != "config")
+                        .ok_or_else(|| {
+                            StartError::config(format!(
+                                "{}: unknown setting '{flag}'",
+                                path.display()
+                            ))
+                        })?;
+                    Ok((argument.get_id().clone(), values))
+                })
+                .collect::<Result<Vec<_>, StartError>>()?;
+            command
+                .mut_subcommand("serve", |mut serve| {
+                    for (id, values) in defaults {
+                        serve = serve.mut_arg(id, |argument| argument.default_values(values));
+                    }
+                    serve
+                })
+                .get_matches()
         }
-        extra.push(format!("--{flag}"));
-        extra.push(
-            setting(&value)
-                .ok_or_else(|| format!("{path}: '{key}' must be a string, number or list"))?,
-        );
-    }
-    let mut args = args;
-    args.splice(serve + 1..serve + 1, extra);
-    Ok(args)
+        None => matches,
+    };
+    Cli::from_arg_matches(&matches).map_err(|error| error.exit())
 }
 
-/// A TOML value as the text of a flag (lists joined by commas).
+/// The settings of a TOML file, as `(flag, values)`.
+fn settings(path: &Path) -> Result<Vec<(String, Vec<String>)>, StartError> {
+    let text = std::fs::read_to_string(path).map_err(|error| StartError::read(path, error))?;
+    let table: toml::Table = text.parse().map_err(|error| StartError::Unusable {
+        path: path.to_owned(),
+        expected: "not valid TOML".into(),
+        source: Some(Box::new(error)),
+    })?;
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let values = match &value {
+                toml::Value::Array(items) => items.iter().map(setting).collect(),
+                single => setting(single).map(|value| vec![value]),
+            };
+            let values = values.ok_or_else(|| {
+                StartError::config(format!(
+                    "{}: '{key}' must be a string, number, boolean or list",
+                    path.display()
+                ))
+            })?;
+            Ok((key.replace('_', "-"), values))
+        })
+        .collect()
+}
+
+/// A TOML value as the text of a flag.
 fn setting(value: &toml::Value) -> Option<String> {
     match value {
         toml::Value::String(text) => Some(text.clone()),
         toml::Value::Integer(number) => Some(number.to_string()),
         toml::Value::Float(number) => Some(number.to_string()),
         toml::Value::Boolean(flag) => Some(flag.to_string()),
-        toml::Value::Array(items) => items
-            .iter()
-            .map(setting)
-            .collect::<Option<Vec<_>>>()
-            .map(|items| items.join(",")),
         _ => None,
     }
 }
@@ -504,12 +528,16 @@ impl SecretArg {
             return Ok(None);
         };
         let text = std::fs::read_to_string(path)
-            .map_err(|error| StartError::new(format!("cannot read {}: {error}", path.display())))?;
+            .map_err(|error| StartError::read(path, error))?;
         let secret = text.trim_end_matches(['\r', '\n']);
         secret
             .parse()
             .map(Some)
-            .map_err(|error| StartError::new(format!("{}: {error}", path.display())))
+            .map_err(|error| StartError::Unusable {
+                path: path.clone(),
+                expected: error,
+                source: None,
+            })
     }
 }
 

@@ -15,6 +15,7 @@
 //! | [`config`] | the command line and its environment variables |
 //! | [`cli`] | what `serve` and `token` do |
 //! | [`server`] | binding, running, graceful shutdown |
+//! | [`start`] | why herald could not start |
 //! | [`listener`] | accepting and serving connections, with their limits |
 //! | [`tls`] | optional TLS on both listeners, HTTP/2 by ALPN |
 //! | [`error`] | the error type, and its gRPC mapping |
@@ -50,6 +51,7 @@ pub mod metrics;
 pub mod pb;
 pub mod server;
 pub mod service;
+pub mod start;
 pub mod store;
 pub mod stream;
 pub mod telemetry;

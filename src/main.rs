@@ -1,20 +1,15 @@
-use clap::Parser;
-use herald::{
-    config::{Cli, Command, with_config_file},
-    telemetry::LogFormat,
-};
+use herald::{config::Command, telemetry::LogFormat};
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match with_config_file(std::env::args().collect()) {
-        Ok(args) => args,
-        Err(reason) => {
-            eprintln!("herald: {reason}");
+    let cli = match herald::config::parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("herald: {}", error.chain());
             return ExitCode::FAILURE;
         }
     };
-    let cli = Cli::parse_from(args);
     let log_format = match &cli.command {
         Command::Serve(config) => config.log_format,
         Command::Token(_) => LogFormat::Text,
@@ -27,7 +22,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("herald: {error}");
+            eprintln!("herald: {}", error.chain());
             ExitCode::FAILURE
         }
     }

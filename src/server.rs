@@ -20,6 +20,7 @@ use crate::{
     listener::{self, Connections, Protocol},
     pb,
     service::Herald,
+    start::StartError,
     store::Store,
     tls::{self, Acceptors},
 };
@@ -40,17 +41,6 @@ const BACKLOG: u32 = 4096;
 /// How long ended streams get to deliver their final status before the
 /// servers stop and close connections.
 const STREAM_GRACE: Duration = Duration::from_millis(200);
-
-/// A reason herald could not start, in one line.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(String);
-
-impl StartError {
-    pub fn new(reason: impl Into<String>) -> Self {
-        Self(reason.into())
-    }
-}
 
 /// A bound, ready-to-run herald.
 pub struct Server {
@@ -75,7 +65,7 @@ impl Server {
         // TLS files first: a bad certificate fails the start, not the
         // first handshake.
         let tls = match config.tls()? {
-            Some(files) => Some(tls::acceptors(&files).map_err(StartError)?),
+            Some(files) => Some(tls::acceptors(&files)?),
             None => None,
         };
         let http = listen("--http", &config.http).await?;
@@ -83,15 +73,13 @@ impl Server {
         let database_url = config.database_url();
         let store = Store::connect(&database_url)
             .await
-            .map_err(|error| StartError(format!("cannot open the database: {error}")))?;
-        let broker = Broker::connect(&config.broker()?, &store, &database_url)
-            .await
-            .map_err(StartError)?;
+            .map_err(StartError::Database)?;
+        let broker = Broker::connect(&config.broker()?, &store, &database_url).await?;
         let shutdown = CancellationToken::new();
         let (herald, feed) =
             Herald::start(store, config.limits(), broker.publisher(), shutdown.clone())
                 .await
-                .map_err(|error| StartError(format!("cannot start: {error}")))?;
+                .map_err(StartError::Core)?;
         let reconnects = broker.reconnects();
         let broker = broker.start(herald.feed().clone(), shutdown.clone());
         Ok(Self {
@@ -146,10 +134,8 @@ impl Server {
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_error =
-            |error: tonic_reflection::server::Error| StartError(error.to_string());
-        let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
-        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         // Servers stop accepting on `stop`, a moment after open streams have
         // ended on `self.shutdown`, so clients read each stream's final
@@ -228,12 +214,15 @@ impl Server {
 }
 
 /// Binds `addr` with a large backlog; `flag` names it in errors.
-async fn listen(flag: &str, addr: &str) -> Result<TcpListener, StartError> {
+async fn listen(flag: &'static str, addr: &str) -> Result<TcpListener, StartError> {
     let resolved = tokio::net::lookup_host(addr)
         .await
         .ok()
         .and_then(|mut found| found.next())
-        .ok_or_else(|| StartError(format!("{flag}: cannot parse or resolve address '{addr}'")))?;
+        .ok_or_else(|| StartError::Address {
+            flag,
+            addr: addr.to_owned(),
+        })?;
     let bind = || {
         let socket = match resolved {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -243,7 +232,11 @@ async fn listen(flag: &str, addr: &str) -> Result<TcpListener, StartError> {
         socket.bind(resolved)?;
         socket.listen(BACKLOG)
     };
-    bind().map_err(|error| StartError(format!("{flag}: cannot listen on {resolved}: {error}")))
+    bind().map_err(|source| StartError::Listen {
+        flag,
+        addr: resolved,
+        source,
+    })
 }
 
 /// Completes on SIGINT or SIGTERM.

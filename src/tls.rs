@@ -6,12 +6,19 @@
 //! Handshakes run on each connection's own task, within the header
 //! timeout (see `listener`), so a slow or silent client holds up no one.
 
-use std::{path::PathBuf, sync::Arc};
+use crate::start::StartError;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
         ServerConfig,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        pki_types::{
+            CertificateDer, PrivateKeyDer,
+            pem::{self, PemObject},
+        },
     },
 };
 
@@ -32,7 +39,7 @@ pub struct Acceptors {
 }
 
 /// Reads `files` and makes both ports' acceptors.
-pub fn acceptors(files: &TlsFiles) -> Result<Acceptors, String> {
+pub fn acceptors(files: &TlsFiles) -> Result<Acceptors, StartError> {
     Ok(Acceptors {
         http: acceptor(files, &[b"h2", b"http/1.1"])?,
         grpc: acceptor(files, &[b"h2"])?,
@@ -40,26 +47,29 @@ pub fn acceptors(files: &TlsFiles) -> Result<Acceptors, String> {
 }
 
 /// A TLS acceptor for `files` offering the `alpn` protocols.
-fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> Result<TlsAcceptor, String> {
+fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> Result<TlsAcceptor, StartError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|certs| certs.collect())
-        .map_err(|error| {
-            format!(
-                "cannot read the certificate {}: {error}",
-                files.cert.display()
-            )
-        })?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|error| {
-        format!(
-            "cannot read the private key {}: {error}",
-            files.key.display()
-        )
-    })?;
+        .map_err(|error| unusable(&files.cert, "a PEM certificate chain", error))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|error| unusable(&files.key, "a PEM private key", error))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
-        .map_err(|error| format!("unusable certificate or key: {error}"))?;
+        .map_err(StartError::Tls)?;
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A file that cannot be read, or does not hold what was `expected`.
+fn unusable(path: &Path, expected: &str, error: pem::Error) -> StartError {
+    match error {
+        pem::Error::Io(error) => StartError::read(path, error),
+        error => StartError::Unusable {
+            path: path.to_owned(),
+            expected: format!("not {expected}"),
+            source: Some(Box::new(error)),
+        },
+    }
 }

@@ -5,6 +5,7 @@
 //! HS256 tokens (and stream tickets) are not the provider's, so they are not.
 
 use super::{LEEWAY, Refusal, STREAM_AUDIENCE};
+use crate::start::StartError;
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation,
     jwk::{AlgorithmParameters, Jwk, JwkSet},
@@ -43,15 +44,15 @@ impl IdentityConfig {
     /// Refuses a provider whose tokens would be taken from any issuer or
     /// for any audience without the operator saying so: a token minted by
     /// the same provider for another service must not open herald.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), StartError> {
         if !self.is_configured() {
             return Ok(());
         }
         if self.issuer.is_none() && !self.any_issuer {
-            return Err("an identity provider needs --jwt-issuer (or --jwt-any-issuer to accept every issuer)".into());
+            return Err(StartError::config("an identity provider needs --jwt-issuer (or --jwt-any-issuer to accept every issuer)"));
         }
         if self.audience.is_none() && !self.any_audience {
-            return Err("an identity provider needs --jwt-audience (or --jwt-any-audience to accept every audience)".into());
+            return Err(StartError::config("an identity provider needs --jwt-audience (or --jwt-any-audience to accept every audience)"));
         }
         Ok(())
     }
@@ -67,20 +68,16 @@ pub(super) struct Keys {
 }
 
 impl Keys {
-    pub fn load(secret: &[u8], identity: &IdentityConfig) -> Result<Self, String> {
+    pub fn load(secret: &[u8], identity: &IdentityConfig) -> Result<Self, StartError> {
         identity.check()?;
         let public = match &identity.public_key {
             Some(path) => Some(
-                public_key(
-                    &std::fs::read(path)
-                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-                )
-                .ok_or_else(|| {
-                    format!(
-                        "{} is not an RSA, EC P-256 or Ed25519 public key in PEM",
-                        path.display()
-                    )
-                })?,
+                public_key(&std::fs::read(path).map_err(|error| StartError::read(path, error))?)
+                    .ok_or_else(|| StartError::Unusable {
+                        path: path.clone(),
+                        expected: "not an RSA, EC P-256 or Ed25519 public key in PEM".into(),
+                        source: None,
+                    })?,
             ),
             None => None,
         };
@@ -193,7 +190,7 @@ fn parse(set: JwkSet) -> Vec<ParsedKey> {
 }
 
 impl Jwks {
-    fn load(path: PathBuf) -> Result<Self, String> {
+    fn load(path: PathBuf) -> Result<Self, StartError> {
         let (modified, set) = read_jwks(&path)?;
         let state = JwksState {
             checked: Instant::now(),
@@ -249,16 +246,20 @@ impl Jwks {
                 state.modified = modified;
                 state.keys = parse(set);
             }
-            Err(error) => tracing::warn!(%error, "JWKS reload failed; keeping the previous keys"),
+            Err(error) => {
+                tracing::warn!(error = error.chain(), "JWKS reload failed; keeping the previous keys")
+            }
         }
     }
 }
 
-fn read_jwks(path: &PathBuf) -> Result<(Option<SystemTime>, JwkSet), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let set = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a JWKS: {e}", path.display()))?;
+fn read_jwks(path: &PathBuf) -> Result<(Option<SystemTime>, JwkSet), StartError> {
+    let text = std::fs::read_to_string(path).map_err(|error| StartError::read(path, error))?;
+    let set = serde_json::from_str(&text).map_err(|error| StartError::Unusable {
+        path: path.clone(),
+        expected: "not a JWKS".into(),
+        source: Some(Box::new(error)),
+    })?;
     let modified = std::fs::metadata(path)
         .and_then(|meta| meta.modified())
         .ok();

@@ -4,7 +4,7 @@
 //! Every rejection gives the client the same [`Error::Unauthenticated`];
 //! the reason goes to the debug log, never the token itself.
 
-use crate::{domain::UserId, error::Error};
+use crate::{domain::UserId, error::Error, start::StartError};
 use jsonwebtoken::{Algorithm, Header};
 use keys::Keys;
 use serde::{Deserialize, Serialize};
@@ -157,7 +157,7 @@ impl Auth {
 
     /// HS256 with `secret` (herald's own tokens and stream tickets), plus
     /// an identity provider's keys when `identity` names them.
-    pub fn new(secret: &[u8], identity: &IdentityConfig) -> Result<Self, String> {
+    pub fn new(secret: &[u8], identity: &IdentityConfig) -> Result<Self, StartError> {
         Ok(Self {
             keys: Arc::new(Keys::load(secret, identity)?),
             refused: Arc::default(),

@@ -99,39 +99,66 @@ async fn herald_token_prints_one_token_and_nothing_else() {
 }
 
 #[tokio::test]
-async fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
+async fn bad_configuration_exits_non_zero_with_a_one_line_reason_and_its_cause() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}/x.db", dir.path().display());
-    let cases: [&[&str]; 4] = [
-        &["token", "alice"],
-        &[
-            "serve",
-            "--http",
-            "not an address",
-            "--database-url",
-            &database,
-        ],
-        &[
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--database-url",
-            "mysql://nope",
-        ],
-        &[
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--database-url",
-            "postgres://127.0.0.1:1/x",
-        ],
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let ports = ["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"];
+    let serve = |more: &[&str]| -> Vec<String> {
+        ["serve"]
+            .iter()
+            .chain(&ports)
+            .chain(more)
+            .map(|arg| arg.to_string())
+            .collect()
+    };
+    let missing = dir.path().join("missing.pem");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["token".into(), "alice".into()],
+            "herald token needs --jwt-secret",
+        ),
+        (
+            vec!["serve".into(), "--http".into(), "not an address".into()],
+            "--http: cannot parse or resolve address 'not an address'",
+        ),
+        (
+            serve(&["--database-url", "mysql://nope"]),
+            "cannot open the database: error with configuration: the database URL must start with sqlite: or postgres:",
+        ),
+        (
+            serve(&["--database-url", "postgres://127.0.0.1:1/x"]),
+            "cannot open the database: ",
+        ),
+        (
+            serve(&[
+                "--database-url",
+                &database,
+                "--tls-cert",
+                missing.to_str().unwrap(),
+                "--tls-key",
+                missing.to_str().unwrap(),
+            ]),
+            // The cause, from the operating system, follows the reason.
+            "missing.pem: No such file or directory",
+        ),
+        (
+            serve(&[
+                "--database-url",
+                &database,
+                "--jwt-jwks",
+                not_pem.to_str().unwrap(),
+                "--jwt-any-issuer",
+                "--jwt-any-audience",
+            ]),
+            "not.pem: not a JWKS: expected value at line 1",
+        ),
     ];
-    for args in cases {
-        let output = herald_command().args(args).output().await.unwrap();
+    for (args, expected) in cases {
+        let output = herald_command().args(&args).output()
+            .await
+            .unwrap();
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert!(!output.status.success(), "{args:?}");
         let reason: Vec<&str> = stderr
@@ -139,6 +166,7 @@ async fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
             .filter(|line| line.starts_with("herald: "))
             .collect();
         assert_eq!(reason.len(), 1, "{args:?}: {stderr}");
+        assert!(reason[0].contains(expected), "{args:?}: {stderr}");
     }
 }
 
@@ -260,4 +288,23 @@ async fn a_config_file_sets_what_flags_and_environment_leave_unset() {
         stderr.contains("unknown setting 'no-such-setting'"),
         "{stderr}"
     );
+
+    // The file belongs to `serve` alone: `token` neither reads it nor takes
+    // a user called "serve" for the subcommand.
+    let output = herald_command()
+        .env("HERALD_CONFIG", &file)
+        .args(["token", "--jwt-secret", &"s".repeat(32), "serve"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let token = String::from_utf8(output.stdout).unwrap();
+    let payload = token.trim().split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "serve", "{claims}");
 }

@@ -93,7 +93,7 @@ pub struct TestApp {
     connections: herald::listener::Connections,
     auth: Auth,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), herald::server::StartError>>,
+    task: JoinHandle<Result<(), herald::start::StartError>>,
 }
 
 /// Starts herald on `db` with default settings.
@@ -437,10 +437,15 @@ impl SseStream {
 /// `herald` as built by cargo, with a clean environment for its settings.
 pub fn herald_command() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    // A clean environment: a developer's own HERALD_* settings must not
+    // leak into the suite.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HERALD_") {
+            command.env_remove(name);
+        }
+    }
     command
-        .env_remove("HERALD_JWT_SECRET")
         .env_remove("DATABASE_URL")
-        .env_remove("HERALD_DATABASE_URL")
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
