@@ -49,6 +49,16 @@ pub(crate) struct ReplaySource {
     pub metrics: Metrics,
 }
 
+/// What a stream does next, decided without waiting.
+enum Step {
+    Deliver(Arc<Delivery>),
+    End(StreamEnd),
+    /// The replay's next page must be read.
+    ReadPage,
+    /// Nothing is ready: wait for the hub.
+    Wait,
+}
+
 /// The replay's progress.
 struct Replay {
     source: ReplaySource,
@@ -129,49 +139,67 @@ impl MessageStream {
     /// wait with [`next`](Self::next), which also reports how the stream
     /// ended.
     pub fn try_next(&mut self) -> Option<Arc<Delivery>> {
-        match self.replayed() {
-            Ok(Some(delivery)) => return Some(delivery),
-            Ok(None) => {}
-            Err(()) => return None,
+        match self.step() {
+            Step::Deliver(delivery) => Some(delivery),
+            Step::End(_) | Step::ReadPage | Step::Wait => None,
         }
+    }
+
+    /// The next message, or why the stream ends: [`step`](Self::step), and
+    /// when it says so, a page read or a wait for the hub.
+    pub async fn next(&mut self) -> Result<Arc<Delivery>, StreamEnd> {
         loop {
-            match self.live.try_recv()? {
-                Ok(delivery) => match self.fresh(delivery) {
-                    Some(delivery) => return Some(delivery),
-                    None => continue,
-                },
-                Err(Closed::Lagged) => return None,
+            match self.step() {
+                Step::Deliver(delivery) => return Ok(delivery),
+                Step::End(end) => return Err(end),
+                Step::ReadPage => self.read_page().await?,
+                Step::Wait => {
+                    let received = tokio::select! {
+                        _ = self.shutdown.cancelled() => return Err(StreamEnd::ShuttingDown),
+                        _ = &mut self.expiry => return Err(StreamEnd::TokenExpired),
+                        received = self.live.recv() => received,
+                    };
+                    if let Some(next) = self.admit(received) {
+                        return next;
+                    }
+                }
             }
         }
     }
 
-    /// The next message, or why the stream ends.
-    pub async fn next(&mut self) -> Result<Arc<Delivery>, StreamEnd> {
+    /// The one place the stream decides what comes next without waiting:
+    /// the end, if it has come; else the replay; else what the hub queued.
+    fn step(&mut self) -> Step {
         if self.shutdown.is_cancelled() {
-            return Err(StreamEnd::ShuttingDown);
+            return Step::End(StreamEnd::ShuttingDown);
         }
         if Instant::now() >= self.expiry.deadline() {
-            return Err(StreamEnd::TokenExpired);
+            return Step::End(StreamEnd::TokenExpired);
         }
-        loop {
-            match self.replayed() {
-                Ok(Some(delivery)) => return Ok(delivery),
-                Ok(None) => break,
-                Err(()) => self.read_page().await?,
+        match self.replayed() {
+            Ok(Some(delivery)) => return Step::Deliver(delivery),
+            Ok(None) => {}
+            Err(()) => return Step::ReadPage,
+        }
+        while let Some(received) = self.live.try_recv() {
+            match self.admit(received) {
+                Some(Ok(delivery)) => return Step::Deliver(delivery),
+                Some(Err(end)) => return Step::End(end),
+                None => {}
             }
         }
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Err(StreamEnd::ShuttingDown),
-                _ = &mut self.expiry => return Err(StreamEnd::TokenExpired),
-                received = self.live.recv() => match received {
-                    Ok(delivery) => match self.fresh(delivery) {
-                        Some(delivery) => return Ok(delivery),
-                        None => continue,
-                    },
-                    Err(Closed::Lagged) => return Err(StreamEnd::Lagged),
-                },
-            }
+        Step::Wait
+    }
+
+    /// What a message or closure received from the hub means; `None` for a
+    /// message the replay already sent.
+    fn admit(
+        &self,
+        received: Result<Arc<Delivery>, Closed>,
+    ) -> Option<Result<Arc<Delivery>, StreamEnd>> {
+        match received {
+            Ok(delivery) => self.fresh(delivery).map(Ok),
+            Err(Closed::Lagged) => Some(Err(StreamEnd::Lagged)),
         }
     }
 
