@@ -72,6 +72,7 @@ pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Route
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .with_state(state)
         .merge(grpc_web)
@@ -89,6 +90,18 @@ pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Route
         false => app,
     };
     log::layer(app)
+}
+
+/// The REST and SSE doors described in OpenAPI 3.1, written by hand next
+/// to the handlers; `tests/herald/openapi.rs` checks real answers of every
+/// operation against it.
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        OPENAPI,
+    )
 }
 
 /// Every path herald does not serve.

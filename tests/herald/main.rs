@@ -46,6 +46,7 @@ mod lifecycle;
 mod logs;
 mod messages;
 mod metrics;
+mod openapi;
 mod readme;
 mod rest;
 mod sse;

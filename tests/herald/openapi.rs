@@ -1,0 +1,274 @@
+//! `/openapi.json` describes the REST and SSE doors as they answer: every
+//! operation it lists is called for real, and every answer's status,
+//! content type and JSON body must be what the document says.
+
+use crate::support::{TestApp, TestDb, spawn_app};
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+
+/// The document, and which of its operations the test has seen answer.
+struct Spec {
+    doc: Value,
+    seen: BTreeSet<(String, String)>,
+}
+
+impl Spec {
+    async fn fetch(app: &TestApp) -> Self {
+        let response = reqwest::get(app.url("/openapi.json")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let doc: Value = response.json().await.unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        Self {
+            doc,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// Sends `method path` (the document's `template`), with `token` as a
+    /// bearer if any, and checks the answer against the document.
+    async fn check(
+        &mut self,
+        app: &TestApp,
+        template: &str,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut request = reqwest::Client::new().request(method.clone(), app.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let media = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|value| value.to_str().unwrap().split(';').next().unwrap().to_owned())
+            .unwrap_or_default();
+        let what = format!("{method} {path} → {status} ({media})");
+        self.seen
+            .insert((template.to_owned(), method.as_str().to_lowercase()));
+        let operation = &self.doc["paths"][template][method.as_str().to_lowercase()];
+        assert!(operation.is_object(), "{what}: no such operation in the document");
+        let documented = self.resolve(&operation["responses"][status.as_str()]);
+        assert!(documented.is_object(), "{what}: status not in the document");
+        let content = &documented["content"][&media];
+        assert!(content.is_object(), "{what}: content type not in the document");
+        if media == "text/event-stream" {
+            return (status, Value::Null);
+        }
+        let text = response.text().await.unwrap();
+        let body = match media.as_str() {
+            "application/json" => serde_json::from_str(&text).unwrap(),
+            _ => Value::String(text),
+        };
+        self.validate(&content["schema"], &body, &what);
+        (status, body)
+    }
+
+    /// Follows a `$ref` within the document.
+    fn resolve<'a>(&'a self, node: &'a Value) -> &'a Value {
+        match node["$ref"].as_str() {
+            Some(pointer) => self
+                .doc
+                .pointer(pointer.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("dangling $ref {pointer}")),
+            None => node,
+        }
+    }
+
+    /// Checks `value` against `schema`, knowing the keywords the document
+    /// uses, and refusing any other so that no check passes by omission.
+    fn validate(&self, schema: &Value, value: &Value, at: &str) {
+        let schema = self.resolve(schema);
+        let keywords = schema.as_object().unwrap_or_else(|| panic!("{at}: schema {schema}"));
+        for keyword in keywords.keys() {
+            assert!(
+                [
+                    "type",
+                    "properties",
+                    "required",
+                    "additionalProperties",
+                    "items",
+                    "format",
+                    "minimum",
+                    "maximum",
+                    "description",
+                ]
+                .contains(&keyword.as_str()),
+                "{at}: the test knows no keyword {keyword}"
+            );
+        }
+        if let Some(kind) = schema["type"].as_str() {
+            let fits = match kind {
+                "object" => value.is_object(),
+                "array" => value.is_array(),
+                "string" => value.is_string(),
+                "integer" => value.is_i64() || value.is_u64(),
+                "boolean" => value.is_boolean(),
+                other => panic!("{at}: unknown type {other}"),
+            };
+            assert!(fits, "{at}: {value} is not of type {kind}");
+        }
+        if schema["format"] == "date-time" {
+            let text = value.as_str().unwrap();
+            assert!(
+                text.len() >= 20 && text.as_bytes()[10] == b'T' && text.ends_with('Z'),
+                "{at}: {text} is not RFC 3339 UTC"
+            );
+        }
+        if let Some(required) = schema["required"].as_array() {
+            for name in required {
+                let name = name.as_str().unwrap();
+                assert!(value.get(name).is_some(), "{at}: {name} missing in {value}");
+            }
+        }
+        if let Some(object) = value.as_object() {
+            let properties = schema["properties"].as_object();
+            for (name, field) in object {
+                match properties.and_then(|properties| properties.get(name)) {
+                    Some(property) => self.validate(property, field, &format!("{at}.{name}")),
+                    None => assert!(
+                        schema["additionalProperties"] != false,
+                        "{at}: {name} is not in the document"
+                    ),
+                }
+            }
+        }
+        if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+            for (index, item) in array.iter().enumerate() {
+                self.validate(items, item, &format!("{at}[{index}]"));
+            }
+        }
+    }
+
+    /// Every operation the document lists.
+    fn operations(&self) -> BTreeSet<(String, String)> {
+        let mut all = BTreeSet::new();
+        for (path, item) in self.doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if method != "parameters" {
+                    all.insert((path.clone(), method.clone()));
+                }
+            }
+        }
+        all
+    }
+}
+
+async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let mut spec = Spec::fetch(&app).await;
+    let (alice, carol) = (app.token("alice"), app.token("carol"));
+    let (alice, carol) = (Some(alice.as_str()), Some(carol.as_str()));
+    let post = Method::POST;
+    let get = Method::GET;
+    let none: &[(&str, &str)] = &[];
+
+    let conversations = "/api/conversations";
+    let pair = json!({ "participantIds": ["bob"] });
+    let (status, created) = spec
+        .check(&app, conversations, post.clone(), conversations, alice, Some(pair.clone()), none)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = spec
+        .check(&app, conversations, post.clone(), conversations, alice, Some(pair), none)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let bad = json!({ "participantIds": "bob" });
+    let (status, _) = spec
+        .check(&app, conversations, post.clone(), conversations, alice, Some(bad), none)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = spec
+        .check(&app, conversations, get.clone(), conversations, None, None, none)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let id = created["id"].as_str().unwrap();
+    let template = "/api/conversations/{id}/messages";
+    let messages = format!("/api/conversations/{id}/messages");
+    let mut last = Value::Null;
+    for n in 0..3 {
+        let key = format!("key-{n}");
+        let (status, message) = spec
+            .check(
+                &app,
+                template,
+                post.clone(),
+                &messages,
+                alice,
+                Some(json!({ "content": format!("hello {n}") })),
+                &[("idempotency-key", &key)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        last = message;
+    }
+    let (status, _) = spec
+        .check(&app, template, post.clone(), &messages, carol, Some(json!({ "content": "x" })), none)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let nowhere = "/api/conversations/0123456789abcdef0123456789abcdef/messages";
+    let (status, _) = spec
+        .check(&app, template, get.clone(), nowhere, alice, None, none)
+        .await;
+    assert!(
+        [StatusCode::NOT_FOUND, StatusCode::BAD_REQUEST].contains(&status),
+        "{status}"
+    );
+    let (status, page) = spec
+        .check(&app, template, get.clone(), &format!("{messages}?pageSize=2"), alice, None, none)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["messages"].as_array().unwrap().len(), 2);
+
+    let read = format!("/api/conversations/{id}/read");
+    let body = json!({ "messageId": last["id"] });
+    let (status, _) = spec
+        .check(&app, "/api/conversations/{id}/read", post.clone(), &read, alice, Some(body), none)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, page) = spec
+        .check(&app, conversations, get.clone(), &format!("{conversations}?pageSize=1"), alice, None, none)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["conversations"][0]["lastMessage"], last);
+
+    let tickets = "/api/stream-tickets";
+    let (status, ticket) = spec
+        .check(&app, tickets, post.clone(), tickets, alice, None, none)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let stream = "/api/messages";
+    let accept = [("accept", "text/event-stream")];
+    let with_ticket = format!("{stream}?token={}", ticket["ticket"].as_str().unwrap());
+    let (status, _) = spec
+        .check(&app, stream, get.clone(), &with_ticket, None, None, &accept)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = spec
+        .check(&app, stream, get.clone(), stream, alice, None, none)
+        .await;
+    assert_eq!(status, StatusCode::NOT_ACCEPTABLE);
+
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let (status, _) = spec.check(&app, path, get.clone(), path, None, None, none).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+
+    let unseen: Vec<_> = spec.operations().difference(&spec.seen).cloned().collect();
+    assert!(unseen.is_empty(), "operations never called: {unseen:?}");
+}
+
+on_every_backend!(every_operation_answers_as_the_openapi_document_says);
