@@ -347,8 +347,7 @@ async fn listen(store: &Store, database_url: &str) -> Result<PgListener, StartEr
         what: "PostgreSQL (LISTEN)",
         source: Box::new(error),
     };
-    let options: sqlx::postgres::PgConnectOptions =
-        database_url.parse().map_err(cannot_listen)?;
+    let options: sqlx::postgres::PgConnectOptions = database_url.parse().map_err(cannot_listen)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_lazy_with(options.application_name("herald-listener"));

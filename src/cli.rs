@@ -59,8 +59,8 @@ pub fn token(args: &TokenArgs) -> Result<(), StartError> {
             "herald token needs --jwt-secret, HERALD_JWT_SECRET or --jwt-secret-file (the server's secret)",
         )
     })?;
-    let user =
-        UserId::parse("user id", &args.user).map_err(|error| StartError::config(error.to_string()))?;
+    let user = UserId::parse("user id", &args.user)
+        .map_err(|error| StartError::config(error.to_string()))?;
     let token = Auth::hs256(secret.expose().as_bytes()).mint(&user, Duration::from_secs(args.ttl));
     println!("{token}");
     Ok(())

@@ -274,8 +274,9 @@ impl ServeConfig {
     /// A configuration with every default, for tests and embedding.
     /// The environment is not read.
     pub fn new(http: &str, grpc: &str, database_url: &str) -> Self {
-        let serve = Cli::command()
-            .mut_subcommand("serve", |serve| serve.mut_args(|argument| argument.env(None)));
+        let serve = Cli::command().mut_subcommand("serve", |serve| {
+            serve.mut_args(|argument| argument.env(None))
+        });
         let matches = serve.get_matches_from(["herald", "serve"]);
         let Ok(Cli {
             command: Command::Serve(mut serve),
@@ -342,7 +343,9 @@ impl ServeConfig {
                 if key.len() < MIN_SECRET_BYTES {
                     return Err(StartError::Unusable {
                         path: path.clone(),
-                        expected: format!("a cluster key must be at least {MIN_SECRET_BYTES} bytes"),
+                        expected: format!(
+                            "a cluster key must be at least {MIN_SECRET_BYTES} bytes"
+                        ),
                         source: None,
                     });
                 }
@@ -527,8 +530,7 @@ impl SecretArg {
         let Some(path) = &self.jwt_secret_file else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| StartError::read(path, error))?;
+        let text = std::fs::read_to_string(path).map_err(|error| StartError::read(path, error))?;
         let secret = text.trim_end_matches(['\r', '\n']);
         secret
             .parse()

@@ -49,10 +49,14 @@ impl IdentityConfig {
             return Ok(());
         }
         if self.issuer.is_none() && !self.any_issuer {
-            return Err(StartError::config("an identity provider needs --jwt-issuer (or --jwt-any-issuer to accept every issuer)"));
+            return Err(StartError::config(
+                "an identity provider needs --jwt-issuer (or --jwt-any-issuer to accept every issuer)",
+            ));
         }
         if self.audience.is_none() && !self.any_audience {
-            return Err(StartError::config("an identity provider needs --jwt-audience (or --jwt-any-audience to accept every audience)"));
+            return Err(StartError::config(
+                "an identity provider needs --jwt-audience (or --jwt-any-audience to accept every audience)",
+            ));
         }
         Ok(())
     }
@@ -247,7 +251,10 @@ impl Jwks {
                 state.keys = parse(set);
             }
             Err(error) => {
-                tracing::warn!(error = error.chain(), "JWKS reload failed; keeping the previous keys")
+                tracing::warn!(
+                    error = error.chain(),
+                    "JWKS reload failed; keeping the previous keys"
+                )
             }
         }
     }

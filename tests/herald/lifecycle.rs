@@ -156,9 +156,7 @@ async fn bad_configuration_exits_non_zero_with_a_one_line_reason_and_its_cause()
         ),
     ];
     for (args, expected) in cases {
-        let output = herald_command().args(&args).output()
-            .await
-            .unwrap();
+        let output = herald_command().args(&args).output().await.unwrap();
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert!(!output.status.success(), "{args:?}");
         let reason: Vec<&str> = stderr

@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 
 /// The document, and which of its operations the test has seen answer.
 struct Spec {
+    /// The server's HTTP origin.
+    base: String,
     doc: Value,
     seen: BTreeSet<(String, String)>,
 }
@@ -21,6 +23,7 @@ impl Spec {
         let doc: Value = response.json().await.unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
         Self {
+            base: app.url(""),
             doc,
             seen: BTreeSet::new(),
         }
@@ -30,7 +33,6 @@ impl Spec {
     /// bearer if any, and checks the answer against the document.
     async fn check(
         &mut self,
-        app: &TestApp,
         template: &str,
         method: Method,
         path: &str,
@@ -38,7 +40,8 @@ impl Spec {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value) {
-        let mut request = reqwest::Client::new().request(method.clone(), app.url(path));
+        let mut request =
+            reqwest::Client::new().request(method.clone(), format!("{}{path}", self.base));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -53,17 +56,31 @@ impl Spec {
         let media = response
             .headers()
             .get(header::CONTENT_TYPE)
-            .map(|value| value.to_str().unwrap().split(';').next().unwrap().to_owned())
+            .map(|value| {
+                value
+                    .to_str()
+                    .unwrap()
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
             .unwrap_or_default();
         let what = format!("{method} {path} → {status} ({media})");
         self.seen
             .insert((template.to_owned(), method.as_str().to_lowercase()));
         let operation = &self.doc["paths"][template][method.as_str().to_lowercase()];
-        assert!(operation.is_object(), "{what}: no such operation in the document");
+        assert!(
+            operation.is_object(),
+            "{what}: no such operation in the document"
+        );
         let documented = self.resolve(&operation["responses"][status.as_str()]);
         assert!(documented.is_object(), "{what}: status not in the document");
         let content = &documented["content"][&media];
-        assert!(content.is_object(), "{what}: content type not in the document");
+        assert!(
+            content.is_object(),
+            "{what}: content type not in the document"
+        );
         if media == "text/event-stream" {
             return (status, Value::Null);
         }
@@ -91,7 +108,9 @@ impl Spec {
     /// uses, and refusing any other so that no check passes by omission.
     fn validate(&self, schema: &Value, value: &Value, at: &str) {
         let schema = self.resolve(schema);
-        let keywords = schema.as_object().unwrap_or_else(|| panic!("{at}: schema {schema}"));
+        let keywords = schema
+            .as_object()
+            .unwrap_or_else(|| panic!("{at}: schema {schema}"));
         for keyword in keywords.keys() {
             assert!(
                 [
@@ -178,20 +197,41 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
     let conversations = "/api/conversations";
     let pair = json!({ "participantIds": ["bob"] });
     let (status, created) = spec
-        .check(&app, conversations, post.clone(), conversations, alice, Some(pair.clone()), none)
+        .check(
+            conversations,
+            post.clone(),
+            conversations,
+            alice,
+            Some(pair.clone()),
+            none,
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, _) = spec
-        .check(&app, conversations, post.clone(), conversations, alice, Some(pair), none)
+        .check(
+            conversations,
+            post.clone(),
+            conversations,
+            alice,
+            Some(pair),
+            none,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let bad = json!({ "participantIds": "bob" });
     let (status, _) = spec
-        .check(&app, conversations, post.clone(), conversations, alice, Some(bad), none)
+        .check(
+            conversations,
+            post.clone(),
+            conversations,
+            alice,
+            Some(bad),
+            none,
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = spec
-        .check(&app, conversations, get.clone(), conversations, None, None, none)
+        .check(conversations, get.clone(), conversations, None, None, none)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
@@ -203,7 +243,6 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
         let key = format!("key-{n}");
         let (status, message) = spec
             .check(
-                &app,
                 template,
                 post.clone(),
                 &messages,
@@ -216,19 +255,33 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
         last = message;
     }
     let (status, _) = spec
-        .check(&app, template, post.clone(), &messages, carol, Some(json!({ "content": "x" })), none)
+        .check(
+            template,
+            post.clone(),
+            &messages,
+            carol,
+            Some(json!({ "content": "x" })),
+            none,
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let nowhere = "/api/conversations/0123456789abcdef0123456789abcdef/messages";
     let (status, _) = spec
-        .check(&app, template, get.clone(), nowhere, alice, None, none)
+        .check(template, get.clone(), nowhere, alice, None, none)
         .await;
     assert!(
         [StatusCode::NOT_FOUND, StatusCode::BAD_REQUEST].contains(&status),
         "{status}"
     );
     let (status, page) = spec
-        .check(&app, template, get.clone(), &format!("{messages}?pageSize=2"), alice, None, none)
+        .check(
+            template,
+            get.clone(),
+            &format!("{messages}?pageSize=2"),
+            alice,
+            None,
+            none,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["messages"].as_array().unwrap().len(), 2);
@@ -236,34 +289,48 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
     let read = format!("/api/conversations/{id}/read");
     let body = json!({ "messageId": last["id"] });
     let (status, _) = spec
-        .check(&app, "/api/conversations/{id}/read", post.clone(), &read, alice, Some(body), none)
+        .check(
+            "/api/conversations/{id}/read",
+            post.clone(),
+            &read,
+            alice,
+            Some(body),
+            none,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, page) = spec
-        .check(&app, conversations, get.clone(), &format!("{conversations}?pageSize=1"), alice, None, none)
+        .check(
+            conversations,
+            get.clone(),
+            &format!("{conversations}?pageSize=1"),
+            alice,
+            None,
+            none,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["conversations"][0]["lastMessage"], last);
 
     let tickets = "/api/stream-tickets";
     let (status, ticket) = spec
-        .check(&app, tickets, post.clone(), tickets, alice, None, none)
+        .check(tickets, post.clone(), tickets, alice, None, none)
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let stream = "/api/messages";
     let accept = [("accept", "text/event-stream")];
     let with_ticket = format!("{stream}?token={}", ticket["ticket"].as_str().unwrap());
     let (status, _) = spec
-        .check(&app, stream, get.clone(), &with_ticket, None, None, &accept)
+        .check(stream, get.clone(), &with_ticket, None, None, &accept)
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = spec
-        .check(&app, stream, get.clone(), stream, alice, None, none)
+        .check(stream, get.clone(), stream, alice, None, none)
         .await;
     assert_eq!(status, StatusCode::NOT_ACCEPTABLE);
 
     for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
-        let (status, _) = spec.check(&app, path, get.clone(), path, None, None, none).await;
+        let (status, _) = spec.check(path, get.clone(), path, None, None, none).await;
         assert_eq!(status, StatusCode::OK, "{path}");
     }
 
