@@ -48,6 +48,29 @@ enum Read {
     AskDatabase,
 }
 
+/// Why the feed reads the database.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Reports named positions up to a head: the committer or the broker
+    /// did their job, and the rows are read in one range.
+    Reported,
+    /// A gap stayed open past [`GAP_WAIT`].
+    Gap,
+    /// The head poll, or a catch-up after a lost link: ask the database
+    /// for its head too.
+    Unreported,
+}
+
+/// What the feed read from the database, for `/metrics`.
+#[derive(Default)]
+pub struct FillCounts {
+    /// Messages read from the database, for any reason.
+    pub filled: AtomicU64,
+    /// Of those, the ones no report named: found by the gap timer, the
+    /// head poll or a catch-up. With a working broker this stays near 0.
+    pub unreported: AtomicU64,
+}
+
 enum Report {
     Committed(Arc<Delivery>),
     Remote(Message),
@@ -59,7 +82,7 @@ enum Report {
 #[derive(Clone)]
 pub struct Feed {
     tx: mpsc::UnboundedSender<Report>,
-    fills: Arc<AtomicU64>,
+    fills: Arc<FillCounts>,
 }
 
 impl Feed {
@@ -73,7 +96,7 @@ impl Feed {
     ) -> Result<(Self, JoinHandle<()>), sqlx::Error> {
         let next = store.head().await?.0 + 1;
         let (tx, rx) = mpsc::unbounded_channel();
-        let fills = Arc::new(AtomicU64::new(0));
+        let fills = Arc::new(FillCounts::default());
         let sequencer = Sequencer {
             next,
             head: next - 1,
@@ -109,9 +132,9 @@ impl Feed {
         self.report(Report::CatchUp);
     }
 
-    /// Messages read from the database to fill gaps, so far.
-    pub fn filled_total(&self) -> u64 {
-        self.fills.load(Ordering::Relaxed)
+    /// What the feed has read from the database, so far.
+    pub fn fills(&self) -> &FillCounts {
+        &self.fills
     }
 
     fn report(&self, report: Report) {
@@ -131,7 +154,7 @@ struct Sequencer {
     /// When the current gap opened.
     gap_since: Option<Instant>,
     participants: Participants,
-    fills: Arc<AtomicU64>,
+    fills: Arc<FillCounts>,
     metrics: Metrics,
     store: Store,
     hub: Hub,
@@ -149,10 +172,10 @@ impl Sequencer {
                     Some(report) => self.take_all(report, &mut rx).await,
                     None => break,
                 },
-                _ = sleep_until(gap_deadline), if gap_deadline.is_some() => self.fill(false).await,
+                _ = sleep_until(gap_deadline), if gap_deadline.is_some() => self.fill(Fill::Gap).await,
                 _ = poll.tick() => {
                     if self.next == seen_at_last_poll {
-                        self.fill(true).await;
+                        self.fill(Fill::Unreported).await;
                     }
                     seen_at_last_poll = self.next;
                 }
@@ -170,8 +193,8 @@ impl Sequencer {
         }
         match read {
             Read::Nothing => {}
-            Read::UpToHead => self.fill(false).await,
-            Read::AskDatabase => self.fill(true).await,
+            Read::UpToHead => self.fill(Fill::Reported).await,
+            Read::AskDatabase => self.fill(Fill::Unreported).await,
         }
     }
 
@@ -225,7 +248,8 @@ impl Sequencer {
     /// Reads what is missing from the database: up to the first pending
     /// message, else up to the known head, else (with `ask_database`) up to
     /// the database's head.
-    async fn fill(&mut self, ask_database: bool) {
+    async fn fill(&mut self, why: Fill) {
+        let ask_database = why == Fill::Unreported;
         loop {
             let to = match self.pending.keys().next() {
                 Some(first) => *first,
@@ -243,7 +267,11 @@ impl Sequencer {
             match self.read(Position(self.next), Position(until)).await {
                 Ok(found) if !found.is_empty() => {
                     tracing::debug!(from = self.next, count = found.len(), "feed filled a gap");
-                    self.fills.fetch_add(found.len() as u64, Ordering::Relaxed);
+                    let count = found.len() as u64;
+                    self.fills.filled.fetch_add(count, Ordering::Relaxed);
+                    if why != Fill::Reported {
+                        self.fills.unreported.fetch_add(count, Ordering::Relaxed);
+                    }
                     found.into_iter().for_each(|delivery| self.offer(delivery));
                 }
                 Ok(_) => return self.nothing_at_next().await,

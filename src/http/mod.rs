@@ -16,6 +16,7 @@ mod page;
 mod sse;
 
 use crate::{auth::Auth, error::Error, service::Herald};
+use std::sync::atomic::Ordering;
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, State},
@@ -142,7 +143,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     let herald = &state.herald;
     let lagged = [("", herald.hub().lagged_total())];
-    let filled = [("", herald.feed().filled_total())];
+    let fills = herald.feed().fills();
+    let filled = [("", fills.filled.load(Ordering::Relaxed))];
+    let unreported = [("", fills.unreported.load(Ordering::Relaxed))];
     let reconnects = [("", state.reconnects.total())];
     let forged = [("", state.reconnects.forged_total())];
     let refused_connections = [("", state.connections.refused_total())];
@@ -167,6 +170,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
             "herald_feed_filled_messages_total",
             "Messages the feed read from the database to fill gaps.",
             &filled,
+        ),
+        (
+            "herald_feed_unreported_messages_total",
+            "Of those, messages no report named (gap timer, head poll, catch-up): the broker did not deliver them.",
+            &unreported,
         ),
         (
             "herald_broker_reconnects_total",

@@ -2,8 +2,14 @@
 //! two nodes, SSE and gRPC subscribers on others, through each broker, with
 //! the broker link cut mid-run. Every message must arrive exactly once, in
 //! the order `ListMessages` shows.
+//!
+//! Arrival alone cannot tell a working broker from a dead one: each node's
+//! feed also finds committed messages in the database (a gap filled after
+//! 50 ms, the head polled every second). So with the link whole, most
+//! messages must have come through the broker: the feed's fill counter
+//! stays under a tenth of them.
 
-use crate::support::{Nats, PATIENCE, Process, authorized, free_port, mint, open_sse};
+use crate::support::{Nats, PATIENCE, Process, authorized, free_port, metric, mint, open_sse};
 use herald::pb;
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -131,6 +137,21 @@ async fn deliver_across_nodes(nodes: &[Process], cut: impl std::future::Future<O
     assert_eq!(over_grpc, history, "gRPC on node C");
 }
 
+/// Checks that the subscribers' nodes got the messages through the broker:
+/// a node that read more than a tenth of them from the database itself
+/// (gaps filled, head polled) had a broker that did not deliver.
+async fn delivered_by_the_broker(nodes: &[Process]) {
+    for node in &nodes[1..] {
+        let filled = metric(&node.http, "herald_feed_unreported_messages_total").await;
+        assert!(
+            filled <= (2 * PER_WRITER / 10) as f64,
+            "node {} found {filled} of {} messages without a report from the broker",
+            node.http,
+            2 * PER_WRITER
+        );
+    }
+}
+
 /// Terminates every herald LISTEN connection to `database`; returns how many.
 async fn terminate_listeners(admin_url: &str, database: &str) -> i64 {
     use sqlx::Connection;
@@ -144,6 +165,21 @@ async fn terminate_listeners(admin_url: &str, database: &str) -> i64 {
     .await
     .unwrap();
     terminated.into_iter().filter(|done| *done).count() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_listen_notify_deliver_through_the_broker() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let nodes = nodes(&db.url, 3, &[]).await;
+
+    deliver_across_nodes(&nodes, async {}).await;
+
+    delivered_by_the_broker(&nodes).await;
+    for node in nodes {
+        assert!(node.terminate().await.0.success());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,6 +271,7 @@ async fn nodes_share_the_machines_nats_when_it_is_configured() {
 
     deliver_across_nodes(&nodes, async {}).await;
 
+    delivered_by_the_broker(&nodes).await;
     for node in nodes {
         assert!(node.terminate().await.0.success());
     }

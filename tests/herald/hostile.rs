@@ -1,7 +1,7 @@
 //! Hostile clients: what one user sends must not hurt another user, exhaust
 //! the server, or forge a message. Each test names the attack it repels.
 
-use crate::support::{Process, TestDb, authorized, call, code, mint, rss_kib, spawn_app};
+use crate::support::{Process, TestDb, authorized, call, code, metric, mint, rss_kib, spawn_app};
 use herald::pb;
 use reqwest::Method;
 use sqlx::Connection;
@@ -580,20 +580,6 @@ async fn conversations_come_in_pages_that_fit_a_grpc_message(db: TestDb) {
     let (status, _) = call(&app, &victim, Method::GET, path, None).await;
     assert_eq!(status, 400);
     app.stop().await;
-}
-
-/// The value of metric `name` in herald's `/metrics` at `http`.
-async fn metric(http: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("{name} is not in /metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -701,3 +701,18 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 }
+
+/// The value of metric `name` (a whole series name, labels included) in
+/// herald's `/metrics` at `http`.
+pub async fn metric(http: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not in /metrics"))
+}
