@@ -186,15 +186,28 @@ async fn a_malformed_last_event_id_is_a_bad_request(db: TestDb) {
 
 async fn the_sse_stream_ends_when_its_token_expires(db: TestDb) {
     let app = spawn_app(&db).await;
-    let token = app.token_for("bob", Duration::from_secs(1));
+    let opened = std::time::Instant::now();
+    let token = app.token_for("bob", Duration::from_secs(3));
     let mut stream = open_sse(app.sse_request(&token)).await;
+    let alice = app.user("alice").await;
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
 
+    // Open and delivering until the token expires...
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    alice.send(&conversation.id, "still here").await.unwrap();
+    assert_eq!(stream.next_contents(1).await, ["still here"]);
+    // ...then closed: not before `exp` (whole seconds, so at least 2 s
+    // after minting), and within the leeway after it.
     let ended = tokio::time::timeout(Duration::from_secs(20), stream.next_event()).await;
-
     assert!(
         ended
             .expect("the stream ends after exp plus leeway")
             .is_none()
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_secs(2),
+        "closed {:?} after a 3 s token was minted",
+        opened.elapsed()
     );
 }
 
