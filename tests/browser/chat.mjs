@@ -16,8 +16,29 @@ import {
 
 const screenshots = join(dirname(fileURLToPath(import.meta.url)), "screenshots");
 
+/**
+ * Records, before the page's own script runs, every event its EventSource
+ * receives (message ids, and "reset") and how many times the page loaded,
+ * so "nothing duplicated" is checked on the wire, not on the page, which
+ * drops ids it has already shown.
+ */
+function recordEvents() {
+  sessionStorage.loads = String(Number(sessionStorage.loads || 0) + 1);
+  window.__events = [];
+  const Native = window.EventSource;
+  window.EventSource = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => window.__events.push(event.lastEventId));
+      this.addEventListener("reset", () => window.__events.push("reset"));
+    }
+  };
+}
+
 async function openChat(browser, server, bearer, conversationId) {
-  const page = await (await browser.newContext()).newPage();
+  const context = await browser.newContext();
+  await context.addInitScript(recordEvents);
+  const page = await context.newPage();
   page.on("pageerror", (error) => console.error("page error:", error));
   await page.goto(`http://${server.http}/#token=${bearer}`);
   await page.click(`.conversation[data-id="${conversationId}"]`, { timeout: PATIENCE });
@@ -93,7 +114,17 @@ async function main() {
     await bubble(bobPage, "welcome back").waitFor({ timeout: PATIENCE });
     const copies = await bubble(bobPage, "hello bob").count();
     if (copies !== 1) throw new Error(`bob's page shows "hello bob" ${copies} times`);
-    console.log("live again after the restart, nothing duplicated");
+    // On the wire: one load, no reset, every id once, and the message sent
+    // while away came by replay on the same stream.
+    const { events, loads } = await bobPage.evaluate(() => ({
+      events: window.__events, loads: sessionStorage.loads,
+    }));
+    if (loads !== "1") throw new Error(`bob's page loaded ${loads} times`);
+    if (events.includes("reset")) throw new Error(`bob's stream was reset: ${events}`);
+    const twice = events.filter((id, index) => events.indexOf(id) !== index);
+    if (twice.length) throw new Error(`ids received twice: ${twice} in ${events}`);
+    if (events.length !== 3) throw new Error(`expected 3 messages on bob's stream, got ${events}`);
+    console.log("live again after the restart, nothing duplicated on the wire");
 
     mkdirSync(screenshots, { recursive: true });
     await bobPage.screenshot({ path: join(screenshots, "bob.png") });
