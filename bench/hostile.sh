@@ -18,7 +18,7 @@ HTTP=127.0.0.1:18500 GRPC=127.0.0.1:18501
 SECRET=bench-secret-0123456789abcdef0123456789abcdef
 
 ulimit -n "$(ulimit -Hn)"
-cargo build --release --bins -q
+cargo build --release --workspace --bins -q
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 

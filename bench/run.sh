@@ -19,7 +19,7 @@ HERALD_HTTP=127.0.0.1:18400 HERALD_GRPC=127.0.0.1:18401 NCHAN=127.0.0.1:18300
 
 # Every process may hold as many files as the machine allows (20,000 here).
 ulimit -n "$(ulimit -Hn)"
-cargo build --release --bins -q
+cargo build --release --workspace --bins -q
 work=$(mktemp -d)
 results="$work/results.txt"
 pids=()

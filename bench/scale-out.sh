@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PG="${HERALD_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 NATS="${HERALD_BENCH_NATS_URL:-nats://127.0.0.1:4222}"
 SECRET=bench-secret-0123456789abcdef0123456789abcdef
-cargo build --release --bins -q
+cargo build --release --workspace --bins -q
 HERALD=target/release/herald
 BENCH=target/release/herald-bench
 pids=()

@@ -43,4 +43,4 @@ if ! command -v grpcurl >/dev/null; then
 fi
 export HERALD_REQUIRE_TOOLS=1
 
-cargo test "$@"
+cargo test --workspace "$@"

@@ -2,18 +2,46 @@
 
 use crate::{
     auth::Auth,
-    config::{ServeConfig, TokenArgs},
+    config::{Command, ServeConfig, TokenArgs},
     domain::{UserId, hex},
     server::{Server, shutdown_signal},
     start::StartError,
+    telemetry::LogFormat,
 };
-use std::time::Duration;
+use std::{process::ExitCode, time::Duration};
+
+/// The whole program: parses the command line, installs logging, runs the
+/// command; a failure is one line on stderr and a non-zero exit.
+pub async fn run() -> ExitCode {
+    let cli = match crate::config::parse() {
+        Ok(cli) => cli,
+        Err(error) => return failed(&error),
+    };
+    let log_format = match &cli.command {
+        Command::Serve(config) => config.log_format,
+        Command::Token(_) => LogFormat::Text,
+    };
+    crate::telemetry::init(log_format);
+    let result = match cli.command {
+        Command::Serve(config) => serve(*config).await,
+        Command::Token(args) => token(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => failed(&error),
+    }
+}
+
+fn failed(error: &StartError) -> ExitCode {
+    eprintln!("herald: {}", error.chain());
+    ExitCode::FAILURE
+}
 
 /// How long the demo tokens printed on a first run stay valid.
 const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs the gateway until SIGINT or SIGTERM.
-pub async fn serve(config: ServeConfig) -> Result<(), StartError> {
+async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let identity = config.identity();
     // Without a secret, an ephemeral one still signs stream tickets; demo
     // tokens are printed only when no identity provider is configured.
@@ -53,7 +81,7 @@ async fn give_back_memory() {
 }
 
 /// Prints one token for `args.user` on stdout.
-pub fn token(args: &TokenArgs) -> Result<(), StartError> {
+fn token(args: &TokenArgs) -> Result<(), StartError> {
     let secret = args.secret.load()?.ok_or_else(|| {
         StartError::config(
             "herald token needs --jwt-secret, HERALD_JWT_SECRET or --jwt-secret-file (the server's secret)",

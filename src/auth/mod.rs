@@ -216,7 +216,7 @@ impl Auth {
     }
 
     /// A stream ticket for `claims`' user: opens the SSE stream within
-    /// [`TICKET_TTL`], and the stream lasts until `claims` expire.
+    /// `TICKET_TTL`, and the stream lasts until `claims` expire.
     pub fn ticket(&self, claims: &Claims) -> (String, u64) {
         let exp = unix_now()
             .saturating_add(TICKET_TTL.as_secs())

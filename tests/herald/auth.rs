@@ -2,7 +2,7 @@
 
 use crate::support::{SECRET, TestDb, User, authorized, spawn_app};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use herald::{error::UNAUTHENTICATED, pb};
+use herald::{UNAUTHENTICATED, pb};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use std::time::{SystemTime, UNIX_EPOCH};

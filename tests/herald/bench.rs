@@ -3,9 +3,26 @@
 //! `bench/run.sh`, never from tests.)
 
 use crate::support::Process;
+use std::path::PathBuf;
+
+/// herald-bench is a package of its own (it speaks only the wire), built
+/// beside herald by `cargo test` at the workspace root; built here when a
+/// narrower command left it out.
+async fn bench_binary() -> PathBuf {
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_herald")).with_file_name("herald-bench");
+    if !binary.exists() {
+        let built = tokio::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "herald-bench"])
+            .status()
+            .await
+            .unwrap();
+        assert!(built.success(), "cargo build -p herald-bench");
+    }
+    binary
+}
 
 async fn run_bench(args: &[&str]) -> String {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+    let output = tokio::process::Command::new(bench_binary().await)
         .args(args)
         .kill_on_drop(true)
         .output();

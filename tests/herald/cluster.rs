@@ -256,7 +256,7 @@ async fn nodes_share_the_machines_nats_when_it_is_configured() {
     // A subject of this test's own: other deployments on the same NATS must not mix in.
     let subject = format!(
         "herald.test.{}",
-        herald::domain::ConversationId::generate().as_str()
+        herald::ConversationId::generate().as_str()
     );
     let args = [
         "--broker",

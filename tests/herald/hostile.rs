@@ -485,7 +485,7 @@ async fn a_short_secret_is_refused_at_start_and_a_secret_file_keeps_it_out_of_ps
         .unwrap();
     assert!(output.status.success());
     let token = String::from_utf8(output.stdout).unwrap();
-    let auth = herald::auth::Auth::hs256(SECRET.as_bytes());
+    let auth = herald::Auth::hs256(SECRET.as_bytes());
     assert_eq!(auth.verify(token.trim()).unwrap().user.as_str(), "alice");
 }
 
@@ -592,7 +592,7 @@ async fn a_message_forged_on_the_nats_subject_is_never_delivered() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let subject = format!("herald.test.{}", herald::domain::random_hex());
+    let subject = format!("herald.test.{}", herald::random_hex());
     let herald = Process::serve(dir.path(), |command| {
         command.args([
             "--jwt-secret",
@@ -693,7 +693,7 @@ async fn herald_logs_in_to_a_nats_server_that_wants_a_password() {
     if !crate::support::Nats::available() {
         return;
     }
-    let password = herald::domain::random_hex();
+    let password = herald::random_hex();
     let nats = crate::support::Nats::start(
         crate::support::free_port(),
         &["--user", "herald", "--pass", &password],

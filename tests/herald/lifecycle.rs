@@ -92,7 +92,7 @@ async fn herald_token_prints_one_token_and_nothing_else() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{stdout}");
-    let claims = herald::auth::Auth::hs256(b"s3cret-0123456789abcdef0123456789abcdef")
+    let claims = herald::Auth::hs256(b"s3cret-0123456789abcdef0123456789abcdef")
         .verify(lines[0])
         .unwrap();
     assert_eq!(claims.user.as_str(), "alice");

@@ -14,10 +14,10 @@ async fn no_token_appears_in_the_log_even_at_debug_level() {
             .env("RUST_LOG", "debug");
     })
     .await;
-    let auth = herald::auth::Auth::hs256(secret.as_bytes());
+    let auth = herald::Auth::hs256(secret.as_bytes());
     let mint = |user: &str| {
         auth.mint(
-            &herald::domain::UserId::parse("user", user).unwrap(),
+            &herald::UserId::parse("user", user).unwrap(),
             std::time::Duration::from_secs(600),
         )
     };

@@ -210,7 +210,7 @@ async fn errors_have_the_contract_status_and_a_json_body(db: TestDb) {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
-        json!({ "error": herald::error::UNAUTHENTICATED })
+        json!({ "error": herald::UNAUTHENTICATED })
     );
 }
 

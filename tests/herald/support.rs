@@ -2,9 +2,7 @@
 //! with real tonic clients.
 
 use herald::{
-    Herald, Server,
-    auth::Auth,
-    config::ServeConfig,
+    Auth, Herald, Server, ServeConfig,
     pb::{self, messenger_client::MessengerClient},
 };
 use sqlx::Connection;
@@ -55,7 +53,7 @@ impl TestDb {
                 };
                 let name = format!(
                     "herald_t_{}",
-                    herald::domain::ConversationId::generate().as_str()
+                    herald::ConversationId::generate().as_str()
                 );
                 let mut admin = sqlx::PgConnection::connect(&base)
                     .await
@@ -90,10 +88,10 @@ pub struct TestApp {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub herald: Herald,
-    connections: herald::listener::Connections,
+    connections: herald::Connections,
     auth: Auth,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), herald::start::StartError>>,
+    task: JoinHandle<Result<(), herald::StartError>>,
 }
 
 /// Starts herald on `db` with default settings.
@@ -130,7 +128,7 @@ pub async fn spawn_app_with(db: &TestDb, tweak: impl FnOnce(&mut ServeConfig)) -
 
 impl TestApp {
     /// The server's open connections, as its connection cap sees them.
-    pub fn connections(&self) -> &herald::listener::Connections {
+    pub fn connections(&self) -> &herald::Connections {
         &self.connections
     }
 
@@ -140,7 +138,7 @@ impl TestApp {
     }
 
     pub fn token_for(&self, user: &str, ttl: Duration) -> String {
-        let user = herald::domain::UserId::parse("user", user).expect("a valid user id");
+        let user = herald::UserId::parse("user", user).expect("a valid user id");
         self.auth.mint(&user, ttl)
     }
 
@@ -583,7 +581,7 @@ impl Process {
 
 /// A token for `user` signed with `secret`, valid for ten minutes.
 pub fn mint(secret: &str, user: &str) -> String {
-    let user = herald::domain::UserId::parse("user", user).expect("a valid user id");
+    let user = herald::UserId::parse("user", user).expect("a valid user id");
     Auth::hs256(secret.as_bytes()).mint(&user, Duration::from_secs(600))
 }
 

@@ -11,7 +11,7 @@
 use crate::fanout::{Target, authorized, quantile_ms, rss_kib};
 use crate::sse::{Tally, now_micros, subscribe};
 use clap::Args;
-use herald::pb;
+use crate::pb;
 use std::{
     collections::HashSet,
     sync::{

@@ -5,11 +5,7 @@
 use crate::sse::{Tally, now_micros, subscribe};
 use clap::{Args, ValueEnum};
 use futures_util::StreamExt;
-use herald::{
-    auth::Auth,
-    domain::UserId,
-    pb::{self, messenger_client::MessengerClient},
-};
+use crate::pb::{self, messenger_client::MessengerClient};
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
@@ -88,8 +84,7 @@ pub struct Fanout {
 
 impl Target {
     pub fn token(&self, user: &str) -> String {
-        let user = UserId::parse("user", user).expect("a valid user");
-        Auth::hs256(self.jwt_secret.as_bytes()).mint(&user, Duration::from_secs(3600))
+        crate::token(&self.jwt_secret, user)
     }
 
     fn stream_path(&self, user: &str, channel: &str) -> String {

@@ -10,6 +10,31 @@ mod hostile;
 mod sse;
 
 use clap::{Parser, Subcommand};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The client of `herald.v1`, generated from herald's proto by build.rs.
+mod pb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("herald.v1");
+}
+
+/// An HS256 token for `user`, valid for an hour, as any JWT library makes
+/// one: `sub` and `exp`.
+fn token(secret: &str, user: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: u64,
+    }
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_add(Duration::from_secs(3600))
+        .as_secs();
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &Claims { sub: user, exp }, &key)
+        .expect("HS256 signing cannot fail")
+}
 
 #[derive(Parser)]
 #[command(

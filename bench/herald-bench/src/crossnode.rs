@@ -5,11 +5,7 @@
 
 use crate::fanout::authorized;
 use clap::Args;
-use herald::{
-    auth::Auth,
-    domain::UserId,
-    pb::{self, messenger_client::MessengerClient},
-};
+use crate::pb::{self, messenger_client::MessengerClient};
 use std::{
     sync::{
         Arc,
@@ -58,13 +54,7 @@ async fn connect(address: &str) -> Result<MessengerClient<Channel>, tonic::trans
 }
 
 pub async fn crossnode(args: CrossNode) -> Result<(), Box<dyn std::error::Error>> {
-    let auth = Auth::hs256(args.jwt_secret.as_bytes());
-    let token = |user: &str| {
-        auth.mint(
-            &UserId::parse("user", user).expect("a valid user"),
-            Duration::from_secs(3600),
-        )
-    };
+    let token = |user: &str| crate::token(&args.jwt_secret, user);
     let (alice, bob) = (token("bench-alice"), token("bench-bob"));
     let mut writer = connect(&args.write).await?;
     let request = pb::CreateConversationRequest {
