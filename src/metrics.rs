@@ -1,179 +1,52 @@
-//! Prometheus metrics, kept in atomics where the events happen and written
-//! in the text exposition format for `GET /metrics`. No label ever holds a
-//! token or a user id.
+//! Prometheus metrics, kept where the events happen (prometheus-client's
+//! counters, gauges and histograms) and written by prometheus-client in the
+//! OpenMetrics text format for `GET /metrics`. No label ever holds a token
+//! or a user id.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicI64, AtomicU64, Ordering},
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
 };
+use std::{fmt::Write as _, sync::Arc};
 
 /// Counters and histograms of the core; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
-    messages_created: AtomicU64,
-    deliveries: AtomicU64,
-    resumes: AtomicU64,
-    replayed: AtomicU64,
-    resets: AtomicU64,
-    open_sse: AtomicI64,
-    open_grpc: AtomicI64,
+    messages_created: Counter,
+    deliveries: Counter,
+    resumes: Counter,
+    replayed: Counter,
+    resets: Counter,
+    open: Family<Door, Gauge>,
     delivery_latency: Histogram,
     commit_seconds: Histogram,
 }
 
-/// A counter kept outside [`Metrics`]: name, help, and values by label set
-/// (`reason="expired"`, or empty for none).
-pub type Counter<'a> = (&'a str, &'a str, &'a [(&'a str, u64)]);
-
 /// Which door a stream came through.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Transport {
     Sse,
     Grpc,
 }
 
-impl Metrics {
-    pub fn created(&self, messages: u64, commit_seconds: f64) {
-        self.inner
-            .messages_created
-            .fetch_add(messages, Ordering::Relaxed);
-        self.inner.commit_seconds.observe(commit_seconds);
-    }
-
-    pub fn delivered(&self, deliveries: u64) {
-        self.inner
-            .deliveries
-            .fetch_add(deliveries, Ordering::Relaxed);
-    }
-
-    /// A live message reached a transport `seconds` after its commit.
-    pub fn written(&self, seconds: f64) {
-        self.inner.delivery_latency.observe(seconds);
-    }
-
-    /// Counts a stream that resumed after an id.
-    pub fn resumed(&self) {
-        self.inner.resumes.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts messages read from the database for a resuming stream.
-    pub fn replayed(&self, messages: u64) {
-        self.inner.replayed.fetch_add(messages, Ordering::Relaxed);
-    }
-
-    /// Counts a resume that could not be replayed (an `event: reset`).
-    pub fn replay_impossible(&self) {
-        self.inner.resets.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts an open stream until the returned guard is dropped.
-    pub fn stream_opened(&self, transport: Transport) -> OpenStream {
-        self.gauge(transport).fetch_add(1, Ordering::Relaxed);
-        OpenStream {
-            metrics: self.clone(),
-            transport,
-        }
-    }
-
-    fn gauge(&self, transport: Transport) -> &AtomicI64 {
-        match transport {
-            Transport::Sse => &self.inner.open_sse,
-            Transport::Grpc => &self.inner.open_grpc,
-        }
-    }
-
-    /// The text exposition of these metrics plus `extra` counters owned
-    /// elsewhere.
-    pub fn render(&self, extra: &[Counter<'_>]) -> String {
-        let inner = &self.inner;
-        let mut out = String::new();
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        counter(
-            &mut out,
-            "herald_messages_created_total",
-            "Messages committed.",
-            &[("", load(&inner.messages_created))],
-        );
-        counter(
-            &mut out,
-            "herald_deliveries_total",
-            "Messages queued to live subscriptions.",
-            &[("", load(&inner.deliveries))],
-        );
-        counter(
-            &mut out,
-            "herald_resumes_total",
-            "Subscriptions that resumed after an id.",
-            &[("", load(&inner.resumes))],
-        );
-        counter(
-            &mut out,
-            "herald_replayed_messages_total",
-            "Messages replayed to resuming subscriptions.",
-            &[("", load(&inner.replayed))],
-        );
-        counter(
-            &mut out,
-            "herald_resets_total",
-            "Resumes that could not be replayed.",
-            &[("", load(&inner.resets))],
-        );
-        for (name, help, values) in extra {
-            counter(&mut out, name, help, values);
-        }
-        let open = |gauge: &AtomicI64| gauge.load(Ordering::Relaxed).max(0) as u64;
-        out.push_str("# HELP herald_subscriptions_open Open message streams.\n# TYPE herald_subscriptions_open gauge\n");
-        out.push_str(&format!(
-            "herald_subscriptions_open{{transport=\"sse\"}} {}\n",
-            open(&inner.open_sse)
-        ));
-        out.push_str(&format!(
-            "herald_subscriptions_open{{transport=\"grpc\"}} {}\n",
-            open(&inner.open_grpc)
-        ));
-        inner.delivery_latency.render(
-            &mut out,
-            "herald_delivery_latency_seconds",
-            "From commit to the transport writing a live message.",
-        );
-        inner.commit_seconds.render(
-            &mut out,
-            "herald_db_commit_seconds",
-            "Database time of one group commit.",
-        );
-        out
+/// `sse` and `grpc`, as label values.
+impl EncodeLabelValue for Transport {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Transport::Sse => "sse",
+            Transport::Grpc => "grpc",
+        })
     }
 }
 
-/// Writes one counter, with label sets given as `transport="sse"` text (or
-/// empty for none).
-fn counter(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
-    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-    for (labels, value) in values {
-        match labels.is_empty() {
-            true => out.push_str(&format!("{name} {value}\n")),
-            false => out.push_str(&format!("{name}{{{labels}}} {value}\n")),
-        }
-    }
-}
-
-/// Decrements its stream gauge when dropped.
-pub struct OpenStream {
-    metrics: Metrics,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Door {
     transport: Transport,
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.metrics
-            .gauge(self.transport)
-            .fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Upper bounds of the histogram buckets, in seconds.
@@ -181,36 +54,119 @@ const BOUNDS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// A fixed-bucket histogram of seconds.
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BOUNDS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                messages_created: Counter::default(),
+                deliveries: Counter::default(),
+                resumes: Counter::default(),
+                replayed: Counter::default(),
+                resets: Counter::default(),
+                open: Family::default(),
+                delivery_latency: Histogram::new(BOUNDS),
+                commit_seconds: Histogram::new(BOUNDS),
+            }),
+        }
+    }
 }
 
-impl Histogram {
-    fn observe(&self, seconds: f64) {
-        let seconds = seconds.max(0.0);
-        if let Some(bucket) = BOUNDS.iter().position(|bound| seconds <= *bound) {
-            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+impl Metrics {
+    pub fn created(&self, messages: u64, commit_seconds: f64) {
+        self.inner.messages_created.inc_by(messages);
+        self.inner.commit_seconds.observe(commit_seconds);
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
-        let mut cumulative = 0;
-        for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            out.push_str(&format!("{name}_bucket{{le=\"{bound}\"}} {cumulative}\n"));
+    pub fn delivered(&self, deliveries: u64) {
+        self.inner.deliveries.inc_by(deliveries);
+    }
+
+    /// A live message reached a transport `seconds` after its commit.
+    pub fn written(&self, seconds: f64) {
+        self.inner.delivery_latency.observe(seconds.max(0.0));
+    }
+
+    /// Counts a stream that resumed after an id.
+    pub fn resumed(&self) {
+        self.inner.resumes.inc();
+    }
+
+    /// Counts messages read from the database for a resuming stream.
+    pub fn replayed(&self, messages: u64) {
+        self.inner.replayed.inc_by(messages);
+    }
+
+    /// Counts a resume that could not be replayed (an `event: reset`).
+    pub fn replay_impossible(&self) {
+        self.inner.resets.inc();
+    }
+
+    /// Counts an open stream until the returned guard is dropped.
+    pub fn stream_opened(&self, transport: Transport) -> OpenStream {
+        let gauge = self.inner.open.get_or_create(&Door { transport }).clone();
+        gauge.inc();
+        OpenStream { gauge }
+    }
+
+    /// Registers the core's metrics (names under the registry's prefix;
+    /// counters get their `_total` when written).
+    pub fn register(&self, registry: &mut Registry) {
+        let inner = &self.inner;
+        registry.register(
+            "messages_created",
+            "Messages committed",
+            inner.messages_created.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Messages queued to live subscriptions",
+            inner.deliveries.clone(),
+        );
+        registry.register(
+            "resumes",
+            "Subscriptions that resumed after an id",
+            inner.resumes.clone(),
+        );
+        registry.register(
+            "replayed_messages",
+            "Messages replayed to resuming subscriptions",
+            inner.replayed.clone(),
+        );
+        registry.register(
+            "resets",
+            "Resumes that could not be replayed",
+            inner.resets.clone(),
+        );
+        // Both doors are always written, at 0 before their first stream.
+        for transport in [Transport::Sse, Transport::Grpc] {
+            drop(inner.open.get_or_create(&Door { transport }));
         }
-        let count = self.count.load(Ordering::Relaxed);
-        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        out.push_str(&format!("{name}_sum {sum}\n{name}_count {count}\n"));
+        registry.register(
+            "subscriptions_open",
+            "Open message streams",
+            inner.open.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From commit to the transport writing a live message",
+            inner.delivery_latency.clone(),
+        );
+        registry.register(
+            "db_commit_seconds",
+            "Database time of one group commit",
+            inner.commit_seconds.clone(),
+        );
+    }
+}
+
+/// Decrements its stream gauge when dropped.
+pub struct OpenStream {
+    gauge: Gauge,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
@@ -218,33 +174,46 @@ impl Histogram {
 mod tests {
     use super::*;
 
+    fn render(metrics: &Metrics) -> String {
+        let mut registry = Registry::with_prefix("herald");
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
     #[test]
     fn histograms_are_cumulative_and_count_everything() {
         let metrics = Metrics::default();
         metrics.written(0.0004);
         metrics.written(0.003);
         metrics.written(9.0);
-        let text = metrics.render(&[]);
-        assert!(text.contains("herald_delivery_latency_seconds_bucket{le=\"0.0005\"} 1\n"));
-        assert!(text.contains("herald_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n"));
-        assert!(text.contains("herald_delivery_latency_seconds_bucket{le=\"+Inf\"} 3\n"));
-        assert!(text.contains("herald_delivery_latency_seconds_count 3\n"));
+        let text = render(&metrics);
+        assert!(
+            text.contains("herald_delivery_latency_seconds_bucket{le=\"0.0005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_delivery_latency_seconds_bucket{le=\"0.005\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_delivery_latency_seconds_bucket{le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("herald_delivery_latency_seconds_count 3\n"),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_stream_gauge_follows_its_guard() {
         let metrics = Metrics::default();
         let guard = metrics.stream_opened(Transport::Sse);
-        assert!(
-            metrics
-                .render(&[])
-                .contains("herald_subscriptions_open{transport=\"sse\"} 1\n")
-        );
+        assert!(render(&metrics).contains("herald_subscriptions_open{transport=\"sse\"} 1\n"));
         drop(guard);
-        assert!(
-            metrics
-                .render(&[])
-                .contains("herald_subscriptions_open{transport=\"sse\"} 0\n")
-        );
+        assert!(render(&metrics).contains("herald_subscriptions_open{transport=\"sse\"} 0\n"));
+        assert!(render(&metrics).contains("herald_subscriptions_open{transport=\"grpc\"} 0\n"));
     }
 }

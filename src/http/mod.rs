@@ -16,7 +16,6 @@ mod page;
 mod sse;
 
 use crate::{auth::Auth, error::Error, service::Herald};
-use std::sync::atomic::Ordering;
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, State},
@@ -24,6 +23,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge},
+    registry::Registry,
+};
+use std::sync::atomic::Ordering;
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     set_header::SetResponseHeaderLayer,
@@ -139,82 +144,83 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus metrics in the text exposition format.
+/// Prometheus metrics, written by prometheus-client in the OpenMetrics
+/// text format: the core's own, and what the hub, feed, broker, auth and
+/// listener count, read at each scrape (a registry of a few entries, built
+/// in microseconds).
 async fn metrics(State(state): State<AppState>) -> Response {
     let herald = &state.herald;
-    let lagged = [("", herald.hub().lagged_total())];
-    let fills = herald.feed().fills();
-    let filled = [("", fills.filled.load(Ordering::Relaxed))];
-    let unreported = [("", fills.unreported.load(Ordering::Relaxed))];
-    let reconnects = [("", state.reconnects.total())];
-    let forged = [("", state.reconnects.forged_total())];
-    let refused_connections = [("", state.connections.refused_total())];
-    let evicted_connections = [("", state.connections.evicted_total())];
-    let refused: Vec<(String, u64)> = state
-        .auth
-        .refused()
-        .into_iter()
-        .map(|(reason, count)| (format!("reason=\"{}\"", reason.as_str()), count))
-        .collect();
-    let refused: Vec<(&str, u64)> = refused
-        .iter()
-        .map(|(labels, count)| (labels.as_str(), *count))
-        .collect();
-    let text = herald.metrics().render(&[
-        (
-            "herald_subscriptions_dropped_lagging_total",
-            "Streams dropped because their queue filled.",
-            &lagged,
-        ),
-        (
-            "herald_feed_filled_messages_total",
-            "Messages the feed read from the database to fill gaps.",
-            &filled,
-        ),
-        (
-            "herald_feed_unreported_messages_total",
-            "Of those, messages no report named (gap timer, head poll, catch-up): the broker did not deliver them.",
-            &unreported,
-        ),
-        (
-            "herald_broker_reconnects_total",
-            "Times the cross-node broker link was lost and caught up.",
-            &reconnects,
-        ),
-        (
-            "herald_broker_forged_total",
-            "Broker messages dropped: not sealed by a node of this deployment, or malformed.",
-            &forged,
-        ),
-        (
-            "herald_auth_failures_total",
-            "Refused tokens, by reason.",
-            &refused,
-        ),
-        (
-            "herald_connections_refused_total",
-            "Connections closed on arrival: the cap was reached and every connection was busy.",
-            &refused_connections,
-        ),
-        (
-            "herald_connections_evicted_total",
-            "Idle connections closed to make room for new ones at the cap.",
-            &evicted_connections,
-        ),
-    ]);
-    let text = format!(
-        "{text}# HELP herald_connections_open Open connections on both ports.\n\
-         # TYPE herald_connections_open gauge\nherald_connections_open {}\n",
-        state.connections.open()
+    let mut registry = Registry::with_prefix("herald");
+    herald.metrics().register(&mut registry);
+    let mut counter = |name: &str, help: &str, value: u64| {
+        registry.register(name, help, ConstCounter::new(value));
+    };
+    counter(
+        "subscriptions_dropped_lagging",
+        "Streams dropped because their queue filled",
+        herald.hub().lagged_total(),
     );
+    let fills = herald.feed().fills();
+    counter(
+        "feed_filled_messages",
+        "Messages the feed read from the database to fill gaps",
+        fills.filled.load(Ordering::Relaxed),
+    );
+    counter(
+        "feed_unreported_messages",
+        "Of those, messages no report named (gap timer, head poll, catch-up): the broker did not deliver them",
+        fills.unreported.load(Ordering::Relaxed),
+    );
+    counter(
+        "broker_reconnects",
+        "Times the cross-node broker link was lost and caught up",
+        state.reconnects.total(),
+    );
+    counter(
+        "broker_forged",
+        "Broker messages dropped: not sealed by a node of this deployment, or malformed",
+        state.reconnects.forged_total(),
+    );
+    counter(
+        "connections_refused",
+        "Connections closed on arrival: the cap was reached and every connection was busy",
+        state.connections.refused_total(),
+    );
+    counter(
+        "connections_evicted",
+        "Idle connections closed to make room for new ones at the cap",
+        state.connections.evicted_total(),
+    );
+    let refused = Family::<Refused, Counter>::default();
+    for (reason, count) in state.auth.refused() {
+        let reason = reason.as_str();
+        refused.get_or_create(&Refused { reason }).inc_by(count);
+    }
+    registry.register("auth_failures", "Refused tokens, by reason", refused);
+    registry.register(
+        "connections_open",
+        "Open connections on both ports",
+        ConstGauge::new(i64::try_from(state.connections.open()).unwrap_or(i64::MAX)),
+    );
+    let mut text = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+        tracing::error!(%error, "metrics did not encode");
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable");
+    }
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     )
         .into_response()
+}
+
+/// The label of `herald_auth_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Refused {
+    reason: &'static str,
 }
 
 /// How long `/readyz` waits for the database.

@@ -229,7 +229,10 @@ async fn database_connections_killed_mid_run_lose_nothing_acknowledged(db: TestD
         kills
     };
     let (kills, ..) = tokio::join!(killer, writer(0), writer(1), writer(2), writer(3));
-    let (acknowledged, refused) = (acknowledged.into_inner().unwrap(), refused.into_inner().unwrap());
+    let (acknowledged, refused) = (
+        acknowledged.into_inner().unwrap(),
+        refused.into_inner().unwrap(),
+    );
 
     eprintln!(
         "{} acknowledged, {} refused while {kills} connections were killed with sends in flight",

@@ -57,7 +57,7 @@ async fn metrics_count_messages_streams_resumes_and_refusals(db: TestDb) {
         response.headers()["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain")
+            .starts_with("application/openmetrics-text")
     );
     let text = response.text().await.unwrap();
 

@@ -2,7 +2,7 @@
 //! with real tonic clients.
 
 use herald::{
-    Auth, Herald, Server, ServeConfig,
+    Auth, Herald, ServeConfig, Server,
     pb::{self, messenger_client::MessengerClient},
 };
 use sqlx::Connection;
@@ -51,10 +51,7 @@ impl TestDb {
                     );
                     return None;
                 };
-                let name = format!(
-                    "herald_t_{}",
-                    herald::ConversationId::generate().as_str()
-                );
+                let name = format!("herald_t_{}", herald::ConversationId::generate().as_str());
                 let mut admin = sqlx::PgConnection::connect(&base)
                     .await
                     .expect("PostgreSQL is reachable");

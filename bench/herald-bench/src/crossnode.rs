@@ -4,8 +4,8 @@
 //! (same clock, one process).
 
 use crate::fanout::authorized;
-use clap::Args;
 use crate::pb::{self, messenger_client::MessengerClient};
+use clap::Args;
 use std::{
     sync::{
         Arc,

@@ -2,10 +2,10 @@
 //! per held stream), `group` (one conversation or channel, many members)
 //! and `direct` (one-to-one pairs, round robin).
 
+use crate::pb::{self, messenger_client::MessengerClient};
 use crate::sse::{Tally, now_micros, subscribe};
 use clap::{Args, ValueEnum};
 use futures_util::StreamExt;
-use crate::pb::{self, messenger_client::MessengerClient};
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},

@@ -9,9 +9,9 @@
 //! Loopback only, bounded in time.
 
 use crate::fanout::{Target, authorized, quantile_ms, rss_kib};
+use crate::pb;
 use crate::sse::{Tally, now_micros, subscribe};
 use clap::Args;
-use crate::pb;
 use std::{
     collections::HashSet,
     sync::{

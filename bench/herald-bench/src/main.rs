@@ -32,8 +32,12 @@ fn token(secret: &str, user: &str) -> String {
         .saturating_add(Duration::from_secs(3600))
         .as_secs();
     let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &Claims { sub: user, exp }, &key)
-        .expect("HS256 signing cannot fail")
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &Claims { sub: user, exp },
+        &key,
+    )
+    .expect("HS256 signing cannot fail")
 }
 
 #[derive(Parser)]
