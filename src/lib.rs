@@ -13,7 +13,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | `config` | the command line and its environment variables |
-//! | [`cli`] | what `serve` and `token` do |
+//! | [`commands`] | what `serve` and `token` do, and the program as a whole |
 //! | `server` | binding, running, graceful shutdown |
 //! | `start` | why herald could not start |
 //! | `listener` | accepting and serving connections, with their limits |
@@ -38,7 +38,7 @@
 // re-exported below, so the compiler reports whatever nothing uses.
 mod auth;
 mod broker;
-pub mod cli;
+pub mod commands;
 mod commit;
 mod config;
 mod domain;

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    herald::cli::run().await
+    herald::commands::run().await
 }

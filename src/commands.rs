@@ -1,4 +1,5 @@
-//! What `herald serve` and `herald token` do, past parsing.
+//! What `herald serve` and `herald token` do, past parsing (the command line
+//! itself is `config`).
 
 use crate::{
     auth::Auth,
