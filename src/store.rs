@@ -30,8 +30,19 @@ use std::{
 /// The database, whichever backend; cheap to clone (pools are handles).
 #[derive(Clone, Debug)]
 pub enum Store {
-    Sqlite(SqlitePool),
+    Sqlite(Sqlite),
     Postgres(PgPool),
+}
+
+/// SQLite as SQLite likes it: one connection writes, a few read. Writes
+/// queue in the process instead of meeting as SQLITE_BUSY, and the writer
+/// keeps its page cache warm (a pool hands out its connections in turn,
+/// and each one's cache is stale after the others wrote: measured in
+/// BENCHMARKS.md).
+#[derive(Clone, Debug)]
+pub struct Sqlite {
+    read: SqlitePool,
+    write: SqlitePool,
 }
 
 /// Runs `$body` with `$pool` bound to whichever pool the store holds. The
@@ -39,7 +50,23 @@ pub enum Store {
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
-            Store::Sqlite($pool) => $body,
+            Store::Sqlite(sqlite) => {
+                let $pool = &sqlite.read;
+                $body
+            }
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// [`with_pool!`] for a call that writes: SQLite's one writer.
+macro_rules! with_writer {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite(sqlite) => {
+                let $pool = &sqlite.write;
+                $body
+            }
             Store::Postgres($pool) => $body,
         }
     };
@@ -225,13 +252,18 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.clone())
+                .await?;
+            sqlx::migrate!("migrations/sqlite").run(&write).await?;
+            let read = SqlitePoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await?;
-            sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-            Store::Sqlite(pool)
+            Store::Sqlite(Sqlite { read, write })
         } else {
             return Err(sqlx::Error::Configuration(
                 "the database URL must start with sqlite: or postgres:".into(),
@@ -242,6 +274,7 @@ impl Store {
 
     /// Closes every connection.
     pub async fn close(&self) {
+        with_writer!(self, pool => pool.close().await);
         with_pool!(self, pool => pool.close().await)
     }
 
@@ -275,7 +308,7 @@ impl Store {
         now_micros: i64,
     ) -> Result<(ConversationId, bool), sqlx::Error> {
         let id = ConversationId::generate();
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             // With a pair key, a concurrent creator of the same pair makes this
             // insert do nothing (after waiting for that creator's commit).
@@ -320,7 +353,7 @@ impl Store {
     /// unique violation of an idempotency key included.
     pub async fn insert_batch(&self, rows: &[&NewMessage]) -> Result<Vec<Message>, sqlx::Error> {
         let count = rows.len() as i64;
-        let last: i64 = with_pool!(self, pool => {
+        let last: i64 = with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             // Taking the positions first locks `stream_head` until commit: see
             // the module comment.
@@ -371,7 +404,7 @@ impl Store {
         let forget = "DELETE FROM redeemed_tickets WHERE expires_at < $1";
         let redeem = "INSERT INTO redeemed_tickets (id, expires_at) VALUES ($1, $2)
                       ON CONFLICT (id) DO NOTHING";
-        let inserted = with_pool!(self, pool => {
+        let inserted = with_writer!(self, pool => {
             sqlx::query(forget).bind(now - 60).execute(pool).await?;
             sqlx::query(redeem).bind(id).bind(expires_at).execute(pool).await?.rows_affected()
         });
@@ -513,7 +546,7 @@ impl Store {
     ) -> Result<(), sqlx::Error> {
         let sql = "UPDATE participants SET last_read_position = $3
                    WHERE conversation_id = $1 AND user_id = $2 AND last_read_position < $3";
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             sqlx::query(sql)
                 .bind(conversation_id.as_str())
                 .bind(user.as_str())
