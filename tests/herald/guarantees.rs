@@ -59,16 +59,24 @@ async fn four_writers_and_a_reader_resuming_every_fifty_agree_with_history(db: T
             }
         }
     };
+    // The reader's first stream is live only (no Last-Event-ID), so it must
+    // be subscribed before the first message is sent: opened here, before
+    // the writers start (its headers come once it is registered).
+    let mut first_stream = Some(open_sse(app.sse_request(&reader_token)).await);
     let read = async {
         let mut received: Vec<String> = Vec::new();
+        let mut starts: Vec<Option<String>> = Vec::new();
         let mut resumes = 0;
         while received.len() < writers.len() * PER_WRITER {
-            let mut request = app.sse_request(&reader_token);
-            if let Some(last) = received.last() {
-                request = request.header("last-event-id", last);
-                resumes += 1;
-            }
-            let mut stream = open_sse(request).await;
+            starts.push(received.last().cloned());
+            let mut stream = match first_stream.take() {
+                Some(stream) => stream,
+                None => {
+                    let last = received.last().cloned().unwrap_or_default();
+                    resumes += 1;
+                    open_sse(app.sse_request(&reader_token).header("last-event-id", last)).await
+                }
+            };
             for _ in 0..50 {
                 if received.len() == writers.len() * PER_WRITER {
                     break;
@@ -80,9 +88,43 @@ async fn four_writers_and_a_reader_resuming_every_fifty_agree_with_history(db: T
                         .unwrap()
                         .text()
                         .await;
+                    // What a fresh resume from the same point gets now, and
+                    // what history holds after it: tells a replay that
+                    // missed committed messages from a feed that never
+                    // delivered them.
+                    let last = received.last().cloned().unwrap_or_default();
+                    let mut again = open_sse(
+                        app.sse_request(&reader_token).header("last-event-id", &last),
+                    )
+                    .await;
+                    let mut replayed_now = Vec::new();
+                    while let Ok(message) =
+                        tokio::time::timeout(Duration::from_secs(2), again.next_message()).await
+                    {
+                        replayed_now.push(message.id);
+                    }
+                    let mut client = MessengerClient::new(app.channel().await);
+                    let bearer = format!("Bearer {}", app.token("w1"));
+                    let history = whole_history(&mut client, &bearer, &group.id).await;
+                    let after: Vec<_> = history
+                        .iter()
+                        .skip_while(|id| **id != last)
+                        .skip(1)
+                        .collect();
+                    let missing: Vec<_> =
+                        history.iter().filter(|id| !received.contains(id)).collect();
+                    let around: Vec<_> = missing
+                        .iter()
+                        .filter_map(|id| history.iter().position(|h| h == *id))
+                        .map(|at| &history[at.saturating_sub(3)..(at + 4).min(history.len())])
+                        .collect();
                     panic!(
-                        "no message for 15 s after {} received, {resumes} resumes; server:\n{}",
+                        "no message for 15 s after {} received (last {last}), {resumes} resumes; \
+                         history after it: {after:?}; a fresh resume now gets {replayed_now:?}; \
+                         missing {missing:?}, around them in history {around:?}; \
+                         streams began after {starts:?}; this stream's last ids: {:?}; server:\n{}",
                         received.len(),
+                        &received[received.len().saturating_sub(5)..],
                         metrics.unwrap_or_default()
                     );
                 };
