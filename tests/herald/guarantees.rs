@@ -94,7 +94,8 @@ async fn four_writers_and_a_reader_resuming_every_fifty_agree_with_history(db: T
                     // delivered them.
                     let last = received.last().cloned().unwrap_or_default();
                     let mut again = open_sse(
-                        app.sse_request(&reader_token).header("last-event-id", &last),
+                        app.sse_request(&reader_token)
+                            .header("last-event-id", &last),
                     )
                     .await;
                     let mut replayed_now = Vec::new();
