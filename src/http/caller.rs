@@ -27,7 +27,9 @@ pub const TOKEN_COOKIE: &str = "herald_token";
 /// The verified caller of an API request.
 pub struct Caller(pub Claims);
 
-/// The verified caller of the SSE stream (a stream ticket will do).
+/// The verified caller of the SSE stream (a stream ticket will do). A
+/// ticket is not used up here: the stream redeems it once it knows it will
+/// serve the request, so a refused request does not burn it.
 pub struct StreamCaller(pub Claims);
 
 #[derive(Deserialize)]
@@ -47,9 +49,7 @@ impl FromRequestParts<AppState> for StreamCaller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let claims = authenticate(parts, state, Use::Stream)?;
-        state.herald.redeem(&claims).await?;
-        Ok(StreamCaller(claims))
+        authenticate(parts, state, Use::Stream).map(StreamCaller)
     }
 }
 

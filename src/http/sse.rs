@@ -72,6 +72,9 @@ async fn subscribe(
             query.last_event_id.unwrap_or_default()
         }
     };
+    // Only now is a stream ticket used up (see `StreamCaller`): a request
+    // refused for its headers or query does not burn it.
+    state.herald.redeem(&caller).await?;
     let mut stream = state.herald.subscribe(&caller, &resume).await?;
     stream.count_as(Transport::Sse);
     let headers = [

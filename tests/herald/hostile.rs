@@ -410,6 +410,14 @@ async fn a_stream_ticket_opens_one_stream_only(db: TestDb) {
             .header("accept", "text/event-stream")
             .send()
     };
+    // A request the stream refuses anyway (not EventSource) does not use
+    // the ticket up.
+    let not_sse = client
+        .get(app.url(&format!("/api/messages?token={ticket}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_sse.status(), 406);
     let first = open().await.unwrap();
     assert_eq!(first.status(), 200);
     let again = open().await.unwrap();
