@@ -44,6 +44,9 @@ impl Sqlite {
     /// waits between statements. On any error the transaction is rolled
     /// back on the same connection before it goes back to the pool.
     /// Measured in BENCHMARKS.md against the four round trips it replaces.
+    /// Its one caller, the committer task, never drops it half-way: a
+    /// caller that could (a timeout, a `select!`) would return the writer
+    /// to the pool inside the transaction sqlx does not know it began.
     async fn insert_batch(&self, rows: &[&NewMessage]) -> Result<i64, sqlx::Error> {
         let count = rows.len() as i64;
         let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(

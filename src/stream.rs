@@ -148,6 +148,16 @@ impl MessageStream {
     /// The next message, or why the stream ends: [`step`](Self::step), and
     /// when it says so, a page read or a wait for the hub.
     pub async fn next(&mut self) -> Result<Arc<Delivery>, StreamEnd> {
+        // The end first, once per call, so a shutdown or an expiry ends the
+        // stream even while messages are queued. Not in `step`, which
+        // `try_next` runs for every message of a batch: `is_cancelled` takes
+        // a mutex (1% of the `direct` profile when it ran per message).
+        if self.shutdown.is_cancelled() {
+            return Err(StreamEnd::ShuttingDown);
+        }
+        if Instant::now() >= self.expiry.deadline() {
+            return Err(StreamEnd::TokenExpired);
+        }
         loop {
             match self.step() {
                 Step::Deliver(delivery) => return Ok(delivery),
@@ -168,14 +178,9 @@ impl MessageStream {
     }
 
     /// The one place the stream decides what comes next without waiting:
-    /// the end, if it has come; else the replay; else what the hub queued.
+    /// the replay, else what the hub queued (or that it dropped the
+    /// subscription). Shutdown and expiry are `next`'s to check.
     fn step(&mut self) -> Step {
-        if self.shutdown.is_cancelled() {
-            return Step::End(StreamEnd::ShuttingDown);
-        }
-        if Instant::now() >= self.expiry.deadline() {
-            return Step::End(StreamEnd::TokenExpired);
-        }
         match self.replayed() {
             Ok(Some(delivery)) => return Step::Deliver(delivery),
             Ok(None) => {}
