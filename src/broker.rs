@@ -5,7 +5,7 @@
 //! | --- | --- | --- |
 //! | `local` | nothing: one node | with SQLite |
 //! | `postgres` | LISTEN/NOTIFY of positions, sent by a trigger inside the inserting transaction | with PostgreSQL |
-//! | `nats` | each committed message, published after commit (`--nats-url`) | never |
+//! | `nats` | each committed event, published after commit (`--nats-url`) | never |
 //!
 //! **Ordering and loss.** Neither engine is trusted for order or
 //! completeness; the feed is. PostgreSQL delivers notifications in commit
@@ -29,9 +29,8 @@
 //! against the database.
 
 use crate::{
-    domain::{ConversationId, Message, Position, UserId},
+    domain::{Body, ConversationId, Event, Position, UserId},
     feed::Feed,
-    hub::Delivery,
     start::StartError,
     store::Store,
 };
@@ -179,7 +178,7 @@ pub enum Publisher {
     },
 }
 
-/// A message as it travels over NATS.
+/// An event as it travels over NATS: its columns as stored.
 #[derive(Serialize, Deserialize)]
 struct Wire {
     position: i64,
@@ -187,12 +186,19 @@ struct Wire {
     user_id: String,
     content: String,
     created_at_micros: i64,
+    /// Absent from nodes older than membership: a message.
+    #[serde(default = "message_kind")]
+    kind: String,
+}
+
+fn message_kind() -> String {
+    "message".into()
 }
 
 impl Publisher {
-    /// Publishes a committed message; a failure is logged, and other nodes
+    /// Publishes a committed event; a failure is logged, and other nodes
     /// fill the gap from the database.
-    pub async fn publish(&self, delivery: &Delivery) {
+    pub async fn publish(&self, event: &Event) {
         let Publisher::Nats {
             client,
             subject,
@@ -201,17 +207,17 @@ impl Publisher {
         else {
             return;
         };
-        let message = &delivery.message;
         let wire = Wire {
-            position: message.position.0,
-            conversation_id: message.conversation_id.as_str().to_owned(),
-            user_id: message.user_id.as_str().to_owned(),
-            content: message.content.clone(),
-            created_at_micros: message.created_at_micros,
+            position: event.position.0,
+            conversation_id: event.conversation_id.as_str().to_owned(),
+            user_id: event.user_id.as_str().to_owned(),
+            content: event.body.encode(),
+            created_at_micros: event.created_at_micros,
+            kind: event.body.kind().to_owned(),
         };
         let payload = key.seal(subject, &serde_json::to_vec(&wire).unwrap_or_default());
         if let Err(error) = client.publish(subject.clone(), payload.into()).await {
-            tracing::warn!(%error, position = message.position.0, "NATS publish failed; other nodes will read it from the database");
+            tracing::warn!(%error, position = event.position.0, "NATS publish failed; other nodes will read it from the database");
         }
     }
 }
@@ -408,8 +414,8 @@ struct Trusted {
 }
 
 impl Trusted {
-    /// The message in `payload`, if a herald node of this deployment sent it.
-    fn open(&self, payload: &[u8]) -> Option<Message> {
+    /// The event in `payload`, if a herald node of this deployment sent it.
+    fn open(&self, payload: &[u8]) -> Option<Event> {
         let message = self.key.open(&self.subject, payload)?;
         let wire: Wire = serde_json::from_slice(message).ok()?;
         (wire.position > 0).then(|| wire.into())
@@ -487,14 +493,14 @@ fn lost_link(feed: &Feed, reconnects: &Reconnects, what: &str) {
     feed.catch_up();
 }
 
-impl From<Wire> for Message {
+impl From<Wire> for Event {
     fn from(wire: Wire) -> Self {
-        Message {
+        Event {
             position: Position(wire.position),
             conversation_id: ConversationId::from_stored(wire.conversation_id),
             user_id: UserId::from_stored(wire.user_id),
-            content: wire.content,
             created_at_micros: wire.created_at_micros,
+            body: Body::decode(&wire.kind, wire.content),
         }
     }
 }

@@ -1,4 +1,10 @@
-//! Group commit: the one place that persists messages and then publishes them.
+//! Group commit: the one place that persists events (messages, membership
+//! changes, read receipts) and then publishes them.
+//!
+//! Membership changes and read receipts take stream positions like
+//! messages, so they come through here too, each in a transaction of its
+//! own (they read before they write: see `Store::commit_change`), in the
+//! order they were queued among the message batches.
 //!
 //! Writers hand their message to the committer task and wait for its answer.
 //! The task takes whatever is queued (up to [`MAX_BATCH`]) and commits it in
@@ -26,15 +32,17 @@
 
 use crate::{
     broker::Publisher,
-    domain::{Message, UserId},
+    domain::{ConversationId, Event, Message, UserId, now_micros},
     error::Error,
     feed::Feed,
-    hub::Delivery,
     metrics::Metrics,
-    store::{NewMessage, Store, is_unique_violation, refused_for_its_data},
+    store::{
+        ChangeRequest, NewMessage, Store, is_not_participant, is_unique_violation,
+        refused_for_its_data,
+    },
 };
 use futures_util::future::BoxFuture;
-use std::{collections::HashSet, sync::Arc};
+use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most messages committed in one transaction.
@@ -53,14 +61,28 @@ pub enum Committed {
 
 struct Job {
     message: NewMessage,
-    recipients: Arc<[UserId]>,
     reply: oneshot::Sender<Result<Committed, Error>>,
+}
+
+/// A membership change or read receipt to commit.
+struct ChangeJob {
+    conversation: ConversationId,
+    actor: UserId,
+    request: ChangeRequest,
+    max_members: usize,
+    reply: oneshot::Sender<Result<Option<Event>, Error>>,
+}
+
+/// What the committer's queue carries.
+enum Work {
+    Message(Job),
+    Change(ChangeJob),
 }
 
 /// The committer's queue; cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Work>,
 }
 
 impl Committer {
@@ -78,20 +100,36 @@ impl Committer {
     }
 
     /// Commits `message`, reports it, and answers once it is persisted.
-    pub async fn commit(
-        &self,
-        message: NewMessage,
-        recipients: Arc<[UserId]>,
-    ) -> Result<Committed, Error> {
+    pub async fn commit(&self, message: NewMessage) -> Result<Committed, Error> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            message,
-            recipients,
+        self.queue(Work::Message(Job { message, reply })).await?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Commits a change to `conversation` by `actor`, reports it, and
+    /// answers once it is persisted; `None` when it changed nothing.
+    pub async fn change(
+        &self,
+        conversation: ConversationId,
+        actor: UserId,
+        request: ChangeRequest,
+        max_members: usize,
+    ) -> Result<Option<Event>, Error> {
+        let (reply, answer) = oneshot::channel();
+        let job = ChangeJob {
+            conversation,
+            actor,
+            request,
+            max_members,
             reply,
         };
-        // The task only stops when the core is dropped, at shutdown.
-        self.tx.send(job).await.map_err(|_| Error::ShuttingDown)?;
+        self.queue(Work::Change(job)).await?;
         answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    async fn queue(&self, work: Work) -> Result<(), Error> {
+        // The task only stops when the core is dropped, at shutdown.
+        self.tx.send(work).await.map_err(|_| Error::ShuttingDown)
     }
 }
 
@@ -102,15 +140,20 @@ struct Sink {
     metrics: Metrics,
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, sink: Sink) {
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let mut round = std::mem::take(&mut jobs);
-        while !round.is_empty() {
-            let later = defer_repeated_keys(&mut round);
-            sink.commit(round).await;
-            round = later;
+async fn run(mut rx: mpsc::Receiver<Work>, sink: Sink) {
+    let mut queued = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut queued, MAX_BATCH).await > 0 {
+        let mut messages = Vec::new();
+        for work in queued.drain(..) {
+            match work {
+                Work::Message(job) => messages.push(job),
+                Work::Change(job) => {
+                    sink.commit_messages(std::mem::take(&mut messages)).await;
+                    sink.change(job).await;
+                }
+            }
         }
+        sink.commit_messages(messages).await;
     }
 }
 
@@ -130,6 +173,42 @@ fn defer_repeated_keys(jobs: &mut Vec<Job>) -> Vec<Job> {
 }
 
 impl Sink {
+    /// Commits a round of message jobs, in batches without repeated keys.
+    async fn commit_messages(&self, mut round: Vec<Job>) {
+        while !round.is_empty() {
+            let later = defer_repeated_keys(&mut round);
+            self.commit(round).await;
+            round = later;
+        }
+    }
+
+    /// Commits one change alone and reports it.
+    async fn change(&self, job: ChangeJob) {
+        let committed = self
+            .store
+            .commit_change(
+                &job.conversation,
+                &job.actor,
+                &job.request,
+                job.max_members,
+                now_micros(),
+            )
+            .await;
+        match committed {
+            Ok(Some(event)) => {
+                self.feed.committed(event.clone());
+                let _ = job.reply.send(Ok(Some(event.clone())));
+                self.publisher.publish(&event).await;
+            }
+            other => {
+                if let Err(Error::Database(error)) = &other {
+                    tracing::warn!(%error, "a change failed to commit");
+                }
+                let _ = job.reply.send(other);
+            }
+        }
+    }
+
     /// Commits `jobs` together, or, when the database refuses the batch,
     /// each half on its own (see the module comment).
     fn commit(&self, mut jobs: Vec<Job>) -> BoxFuture<'_, ()> {
@@ -148,6 +227,15 @@ impl Sink {
                 let second = jobs.split_off(jobs.len() / 2);
                 self.commit(jobs).await;
                 return self.commit(second).await;
+            }
+            if let [_] = jobs.as_slice()
+                && is_not_participant(&error)
+            {
+                // Removed (on any node) before this message's position.
+                if let Some(job) = jobs.pop() {
+                    let _ = job.reply.send(Err(Error::PermissionDenied));
+                }
+                return;
             }
             if let [job] = jobs.as_slice()
                 && is_unique_violation(&error)
@@ -178,15 +266,15 @@ impl Sink {
     /// Reports committed messages to the feed in position order, answers
     /// their writers, then tells the other nodes.
     async fn publish(&self, committed: Vec<(Job, Message)>) {
-        let mut deliveries = Vec::with_capacity(committed.len());
+        let mut events = Vec::with_capacity(committed.len());
         for (job, message) in committed {
-            let delivery = Delivery::new(message.clone(), job.recipients);
-            self.feed.committed(delivery.clone());
+            let event = Event::from(message.clone());
+            self.feed.committed(event.clone());
             let _ = job.reply.send(Ok(Committed::New(message)));
-            deliveries.push(delivery);
+            events.push(event);
         }
-        for delivery in deliveries {
-            self.publisher.publish(&delivery).await;
+        for event in &events {
+            self.publisher.publish(event).await;
         }
     }
 }

@@ -172,6 +172,145 @@ pub struct Message {
     pub created_at_micros: i64,
 }
 
+/// What happened at one stream position: a message, or a change to a
+/// conversation that every member's event stream carries in the same order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub position: Position,
+    pub conversation_id: ConversationId,
+    /// The sender, the reader, or whoever changed the membership.
+    pub user_id: UserId,
+    /// Microseconds since the Unix epoch, from the server's clock at commit.
+    pub created_at_micros: i64,
+    pub body: Body,
+}
+
+/// The kinds of event, each with what it says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// A message's text.
+    Message(String),
+    /// The user read up to this message.
+    Read(Position),
+    Membership(Change),
+}
+
+/// Participants added to or removed from a group, and the group after.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Change {
+    pub added: Vec<UserId>,
+    pub removed: Vec<UserId>,
+    /// Every participant right after the change, sorted.
+    pub members: Vec<UserId>,
+    pub creator: Option<UserId>,
+    pub conversation_created_at_micros: i64,
+}
+
+impl Event {
+    /// The message, if this event is one.
+    pub fn message(&self) -> Option<Message> {
+        match &self.body {
+            Body::Message(content) => Some(Message {
+                position: self.position,
+                conversation_id: self.conversation_id.clone(),
+                user_id: self.user_id.clone(),
+                content: content.clone(),
+                created_at_micros: self.created_at_micros,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn is_message(&self) -> bool {
+        matches!(self.body, Body::Message(_))
+    }
+}
+
+impl Body {
+    /// The name stored in the `kind` column and carried between nodes.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Message(_) => "message",
+            Body::Read(_) => "read",
+            Body::Membership(_) => "membership",
+        }
+    }
+
+    /// What the `content` column holds: a message's text, a receipt's
+    /// message position, a change as JSON.
+    pub fn encode(&self) -> String {
+        match self {
+            Body::Message(content) => content.clone(),
+            Body::Read(position) => position.0.to_string(),
+            Body::Membership(change) => serde_json::to_string(&StoredChange::from(change))
+                .unwrap_or_else(|_| String::from("{}")),
+        }
+    }
+
+    /// The body [`encode`](Self::encode) wrote under `kind`. Only herald
+    /// writes these columns; anything unreadable decodes as an empty event
+    /// rather than a panic.
+    pub fn decode(kind: &str, content: String) -> Self {
+        match kind {
+            "read" => Body::Read(Position(content.parse().unwrap_or(0))),
+            "membership" => Body::Membership(
+                serde_json::from_str::<StoredChange>(&content)
+                    .map(Change::from)
+                    .unwrap_or_default(),
+            ),
+            _ => Body::Message(content),
+        }
+    }
+}
+
+/// [`Change`] as stored and carried: plain strings.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredChange {
+    added: Vec<String>,
+    removed: Vec<String>,
+    members: Vec<String>,
+    creator: Option<String>,
+    created_at: i64,
+}
+
+impl From<&Change> for StoredChange {
+    fn from(change: &Change) -> Self {
+        let strings = |ids: &[UserId]| ids.iter().map(|id| id.as_str().to_owned()).collect();
+        Self {
+            added: strings(&change.added),
+            removed: strings(&change.removed),
+            members: strings(&change.members),
+            creator: change.creator.as_ref().map(|id| id.as_str().to_owned()),
+            created_at: change.conversation_created_at_micros,
+        }
+    }
+}
+
+impl From<StoredChange> for Change {
+    fn from(stored: StoredChange) -> Self {
+        let ids = |ids: Vec<String>| ids.into_iter().map(UserId::from_stored).collect();
+        Self {
+            added: ids(stored.added),
+            removed: ids(stored.removed),
+            members: ids(stored.members),
+            creator: stored.creator.map(UserId::from_stored),
+            conversation_created_at_micros: stored.created_at,
+        }
+    }
+}
+
+impl From<Message> for Event {
+    fn from(message: Message) -> Self {
+        Self {
+            position: message.position,
+            conversation_id: message.conversation_id,
+            user_id: message.user_id,
+            created_at_micros: message.created_at_micros,
+            body: Body::Message(message.content),
+        }
+    }
+}
+
 /// A conversation as one participant sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conversation {
@@ -182,6 +321,8 @@ pub struct Conversation {
     /// Messages from others after the viewer's read mark.
     pub unread_count: i64,
     pub created_at_micros: i64,
+    /// Who created it (groups only): the one who may remove others.
+    pub creator_id: Option<UserId>,
 }
 
 impl Conversation {

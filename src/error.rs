@@ -19,12 +19,20 @@ pub enum Error {
     /// The caller is not a participant of the conversation.
     #[error("not a participant of this conversation")]
     PermissionDenied,
+    /// A participant asked for what only someone else may do; the message
+    /// says who.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// A well-formed id that names nothing; the field says which kind.
     #[error("{0} not found")]
     NotFound(&'static str),
     /// Malformed input: the message says what is wrong.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The call does not apply to this resource as it is (changing the
+    /// participants of a one-to-one conversation).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// A rate or connection limit was reached.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -64,9 +72,10 @@ impl From<Error> for Status {
         error.log_cause();
         let code = match &error {
             Error::Unauthenticated => Code::Unauthenticated,
-            Error::PermissionDenied => Code::PermissionDenied,
+            Error::PermissionDenied | Error::Forbidden(_) => Code::PermissionDenied,
             Error::NotFound(_) => Code::NotFound,
             Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::ResumeImpossible(_) => Code::OutOfRange,
             Error::ShuttingDown | Error::Database(_) => Code::Unavailable,

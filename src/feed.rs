@@ -1,9 +1,21 @@
-//! The feed: hands committed messages to the hub in stream order, exactly once.
+//! The feed: hands committed events to the hub in stream order, exactly
+//! once, and decides who receives each.
+//!
+//! **Recipients by position.** A conversation's members change at stream
+//! positions (membership events), so the members who receive the event at
+//! position P are those of P: decided here, as P is delivered, never at
+//! send time. The feed keeps each conversation's members as of the position
+//! it is delivering: it learns a conversation it has not cached from the
+//! membership intervals as of that position, and replaces its list when it
+//! delivers a change. Every node's feed walks the same positions in the same
+//! order, so a change at P applies to exactly the events after P on every
+//! node, whatever the timing. A change reaches both the users it adds and
+//! those it removes.
 //!
 //! Reports come from this node's writers ([`Feed::committed`], after each
-//! commit, with the recipients) and from the broker, which tells what other
-//! nodes committed ([`Feed::remote`] with the message, or [`Feed::head`]
-//! with just a position). They arrive in any order, twice, or not at all: two
+//! commit) and from the broker, which tells what other nodes committed
+//! ([`Feed::remote`] with the event, or [`Feed::head`] with just a
+//! position). They arrive in any order, twice, or not at all: two
 //! writers may report positions 7 and 8 either way round, NATS does not order
 //! publishers, and a notification is lost while a connection is down.
 //!
@@ -17,10 +29,10 @@
 //! below what was delivered are dropped as duplicates.
 
 use crate::{
-    domain::{ConversationId, Message, Position, UserId},
+    domain::{Body, Event, Position, UserId},
     hub::{Delivery, Hub},
     metrics::Metrics,
-    store::{Participants, Store},
+    store::{MemberLists, Participants, Store},
 };
 use std::{
     collections::BTreeMap,
@@ -72,8 +84,8 @@ pub struct FillCounts {
 }
 
 enum Report {
-    Committed(Arc<Delivery>),
-    Remote(Message),
+    Committed(Event),
+    Remote(Event),
     Head(Position),
     CatchUp,
 }
@@ -102,6 +114,7 @@ impl Feed {
             head: next - 1,
             pending: BTreeMap::new(),
             gap_since: None,
+            members: MemberLists::default(),
             participants,
             fills: fills.clone(),
             metrics,
@@ -112,14 +125,14 @@ impl Feed {
         Ok((Self { tx, fills }, task))
     }
 
-    /// This node committed `delivery`.
-    pub fn committed(&self, delivery: Arc<Delivery>) {
-        self.report(Report::Committed(delivery));
+    /// This node committed `event`.
+    pub fn committed(&self, event: Event) {
+        self.report(Report::Committed(event));
     }
 
-    /// Another node committed `message`.
-    pub fn remote(&self, message: Message) {
-        self.report(Report::Remote(message));
+    /// Another node committed `event`.
+    pub fn remote(&self, event: Event) {
+        self.report(Report::Remote(event));
     }
 
     /// Every position up to `position` is committed.
@@ -150,9 +163,12 @@ struct Sequencer {
     /// The highest position known to be committed.
     head: i64,
     /// Reports past a gap, by position.
-    pending: BTreeMap<i64, Arc<Delivery>>,
+    pending: BTreeMap<i64, Event>,
     /// When the current gap opened.
     gap_since: Option<Instant>,
+    /// Members of conversations as of `next - 1` (see the module comment).
+    members: MemberLists,
+    /// The core's cache for senders, told of every change delivered.
     participants: Participants,
     fills: Arc<FillCounts>,
     metrics: Metrics,
@@ -201,16 +217,7 @@ impl Sequencer {
     /// Takes one report and says what must be read from the database.
     async fn take(&mut self, report: Report) -> Read {
         match report {
-            Report::Committed(delivery) => self.offer(delivery),
-            Report::Remote(message) if message.position.0 < self.next => {}
-            Report::Remote(message) => match self.recipients_of(&message.conversation_id).await {
-                Ok(recipients) => self.offer(Delivery::new(message, recipients)),
-                // Known committed: the gap timer reads it from the database.
-                Err(error) => {
-                    self.head = self.head.max(message.position.0);
-                    self.retry_later(&error)
-                }
-            },
+            Report::Committed(event) | Report::Remote(event) => self.offer(event).await,
             Report::Head(position) => {
                 self.head = self.head.max(position.0);
                 if self.head >= self.next && !self.pending.contains_key(&self.next) {
@@ -222,27 +229,63 @@ impl Sequencer {
         Read::Nothing
     }
 
-    /// Takes one message and delivers whatever is now contiguous.
-    fn offer(&mut self, delivery: Arc<Delivery>) {
-        let position = delivery.message.position.0;
+    /// Takes one event and delivers whatever is now contiguous.
+    async fn offer(&mut self, event: Event) {
+        let position = event.position.0;
         if position < self.next {
             return;
         }
         self.head = self.head.max(position);
-        self.pending.insert(position, delivery);
-        self.flush();
+        self.pending.insert(position, event);
+        self.flush().await;
     }
 
-    /// Delivers pending messages from `next` on, up to the first gap.
-    fn flush(&mut self) {
-        while let Some(delivery) = self.pending.remove(&self.next) {
-            self.metrics.delivered(self.hub.deliver(delivery) as u64);
-            self.next += 1;
+    /// Delivers pending events from `next` on, up to the first gap. An
+    /// event whose recipients cannot be read stays pending, and the gap
+    /// timer tries again.
+    async fn flush(&mut self) {
+        while let Some(event) = self.pending.remove(&self.next) {
+            match self.recipients(&event).await {
+                Ok(recipients) => {
+                    let delivery = Delivery::new(event, recipients);
+                    self.metrics.delivered(self.hub.deliver(delivery) as u64);
+                    self.next += 1;
+                }
+                Err(error) => {
+                    self.pending.insert(self.next, event);
+                    return self.retry_later(&error);
+                }
+            }
         }
         self.gap_since = match self.pending.is_empty() {
             true => None,
             false => self.gap_since.or_else(|| Some(Instant::now())),
         };
+    }
+
+    /// Who receives `event`: the members of its conversation at its
+    /// position. A membership change also moves the feed's list (and drops
+    /// the core's cached one) to the members after it.
+    async fn recipients(&mut self, event: &Event) -> Result<Arc<[UserId]>, sqlx::Error> {
+        let id = &event.conversation_id;
+        let members = match self.members.get(id) {
+            Some(members) => members,
+            None => {
+                let loaded: Arc<[UserId]> = self.store.members_at(id, event.position).await?.into();
+                self.members.insert(id.clone(), loaded.clone());
+                loaded
+            }
+        };
+        let Body::Membership(change) = &event.body else {
+            return Ok(members);
+        };
+        self.participants.forget(id);
+        self.members
+            .insert(id.clone(), change.members.clone().into());
+        let mut everyone: Vec<UserId> = members.iter().chain(&change.added).cloned().collect();
+        everyone.sort();
+        everyone.dedup();
+        Ok(everyone.into())
     }
 
     /// Reads what is missing from the database: up to the first pending
@@ -254,17 +297,21 @@ impl Sequencer {
             let to = match self.pending.keys().next() {
                 Some(first) => *first,
                 None if self.head >= self.next => self.head.saturating_add(1),
-                None if !ask_database => return self.flush(),
+                None if !ask_database => return self.flush().await,
                 None => match self.store.head().await {
                     Ok(head) => head.0 + 1,
                     Err(error) => return self.retry_later(&error),
                 },
             };
             if to <= self.next {
-                return self.flush();
+                return self.flush().await;
             }
             let until = to.min(self.next.saturating_add(FILL_BATCH));
-            match self.read(Position(self.next), Position(until)).await {
+            match self
+                .store
+                .events_between(Position(self.next), Position(until))
+                .await
+            {
                 Ok(found) if !found.is_empty() => {
                     tracing::debug!(from = self.next, count = found.len(), "feed filled a gap");
                     let count = found.len() as u64;
@@ -272,33 +319,14 @@ impl Sequencer {
                     if why != Fill::Reported {
                         self.fills.unreported.fetch_add(count, Ordering::Relaxed);
                     }
-                    found.into_iter().for_each(|delivery| self.offer(delivery));
+                    for event in found {
+                        self.offer(event).await;
+                    }
                 }
                 Ok(_) => return self.nothing_at_next().await,
                 Err(error) => return self.retry_later(&error),
             }
         }
-    }
-
-    /// Committed messages at positions `from..to`, with their recipients.
-    async fn read(
-        &mut self,
-        from: Position,
-        to: Position,
-    ) -> Result<Vec<Arc<Delivery>>, sqlx::Error> {
-        let mut deliveries = Vec::new();
-        for message in self.store.messages_between(from, to).await? {
-            let recipients = self.recipients_of(&message.conversation_id).await?;
-            deliveries.push(Delivery::new(message, recipients));
-        }
-        Ok(deliveries)
-    }
-
-    async fn recipients_of(
-        &self,
-        conversation: &ConversationId,
-    ) -> Result<Arc<[UserId]>, sqlx::Error> {
-        self.participants.of(conversation).await
     }
 
     /// The next position is not in the database. If the database's head is
@@ -321,7 +349,7 @@ impl Sequencer {
                 if dropped > 0 {
                     tracing::warn!(dropped, "dropped messages beyond the database's head");
                 }
-                self.flush();
+                self.flush().await;
             }
             Ok(_) => self.retry_later(&"no committed message at the next position"),
             Err(error) => self.retry_later(&error),

@@ -3,11 +3,13 @@
 
 use crate::{
     auth::{Auth, Claims, bearer},
+    domain::Event,
     error::Error,
+    hub::Wants,
     metrics::Transport,
     pb::{self, messenger_server::MessengerServer},
     service::Herald,
-    stream::{MessageStream, StreamEnd},
+    stream::{EventStream, StreamEnd},
 };
 use futures_util::{Stream, stream};
 use std::pin::Pin;
@@ -92,7 +94,27 @@ pub struct Messenger {
     herald: Herald,
 }
 
-type MessageStreamResponse = Pin<Box<dyn Stream<Item = Result<pb::Message, Status>> + Send>>;
+/// A server stream of `T` as tonic returns it.
+type StreamResponse<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl Messenger {
+    /// Opens the caller's stream of what `wants` asks for, each event
+    /// written as `convert` makes it.
+    async fn open<T: Send + 'static>(
+        &self,
+        claims: &Claims,
+        after_id: &str,
+        wants: Wants,
+        convert: fn(&Event) -> Option<T>,
+    ) -> Result<Response<StreamResponse<T>>, Status> {
+        let mut stream = self.herald.subscribe(claims, after_id, wants).await?;
+        if let Some(reason) = stream.reset() {
+            return Err(Error::ResumeImpossible(reason.to_owned()).into());
+        }
+        stream.count_as(Transport::Grpc);
+        Ok(Response::new(Box::pin(relay(stream, convert))))
+    }
+}
 
 #[tonic::async_trait]
 impl pb::messenger_server::Messenger for Messenger {
@@ -161,22 +183,64 @@ impl pb::messenger_server::Messenger for Messenger {
         }))
     }
 
-    type SubscribeMessagesStream = MessageStreamResponse;
+    type SubscribeMessagesStream = StreamResponse<pb::Message>;
 
     async fn subscribe_messages(
         &self,
         request: Request<pb::SubscribeMessagesRequest>,
     ) -> Result<Response<Self::SubscribeMessagesStream>, Status> {
         let claims = claims(&request)?;
-        let mut stream = self
+        let after_id = &request.get_ref().after_id;
+        self.open(
+            &claims,
+            after_id,
+            Wants::Messages,
+            |event| match pb::event::Kind::from(event) {
+                pb::event::Kind::Message(message) => Some(message),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    type SubscribeEventsStream = StreamResponse<pb::Event>;
+
+    async fn subscribe_events(
+        &self,
+        request: Request<pb::SubscribeEventsRequest>,
+    ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
+        let claims = claims(&request)?;
+        let after_id = &request.get_ref().after_id;
+        self.open(&claims, after_id, Wants::Everything, |event| {
+            Some(pb::Event::from(event))
+        })
+        .await
+    }
+
+    async fn add_participants(
+        &self,
+        request: Request<pb::AddParticipantsRequest>,
+    ) -> Result<Response<pb::Conversation>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        let conversation = self
             .herald
-            .subscribe(&claims, &request.get_ref().after_id)
+            .add_participants(&caller, &body.conversation_id, &body.user_ids)
             .await?;
-        if let Some(reason) = stream.reset() {
-            return Err(Error::ResumeImpossible(reason.to_owned()).into());
-        }
-        stream.count_as(Transport::Grpc);
-        Ok(Response::new(Box::pin(messages(stream))))
+        Ok(Response::new((&conversation).into()))
+    }
+
+    async fn remove_participant(
+        &self,
+        request: Request<pb::RemoveParticipantRequest>,
+    ) -> Result<Response<pb::Conversation>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        let conversation = self
+            .herald
+            .remove_participant(&caller, &body.conversation_id, &body.user_id)
+            .await?;
+        Ok(Response::new((&conversation).into()))
     }
 
     async fn mark_read(
@@ -193,14 +257,24 @@ impl pb::messenger_server::Messenger for Messenger {
     }
 }
 
-/// The stream as gRPC messages, ending with a status that says why it ended.
-/// Dropping it (the client went away) drops the subscription.
-fn messages(stream: MessageStream) -> impl Stream<Item = Result<pb::Message, Status>> {
-    stream::unfold(Some(stream), |state| async move {
+/// The stream as gRPC messages made by `convert` (events it makes nothing
+/// of are skipped), ending with a status that says why it ended. Dropping it
+/// (the client went away) drops the subscription.
+fn relay<T>(
+    stream: EventStream,
+    convert: fn(&Event) -> Option<T>,
+) -> impl Stream<Item = Result<T, Status>> {
+    stream::unfold(Some(stream), move |state| async move {
         let mut stream = state?;
-        match stream.next().await {
-            Ok(delivery) => Some((Ok(pb::Message::from(&delivery.message)), Some(stream))),
-            Err(end) => Some((Err(end_status(end)), None)),
+        loop {
+            match stream.next().await {
+                Ok(delivery) => {
+                    if let Some(item) = convert(&delivery.event) {
+                        return Some((Ok(item), Some(stream)));
+                    }
+                }
+                Err(end) => return Some((Err(end_status(end)), None)),
+            }
         }
     })
 }

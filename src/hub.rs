@@ -11,10 +11,13 @@
 //! A stuck reader thus costs at most one full queue of shared `Arc`s and
 //! never delays writers or other subscribers.
 //!
-//! The hub does not know where messages come from: the feed calls
-//! [`Hub::deliver`] in stream order, one message at a time.
+//! The hub does not know where events come from, nor who should receive
+//! them: the feed calls [`Hub::deliver`] in stream order, one event at a
+//! time, with its recipients. A subscription wants either messages only
+//! (`SubscribeMessages`, `/api/messages`) or every event (`SubscribeEvents`,
+//! `/api/events`).
 
-use crate::domain::{Message, UserId};
+use crate::domain::{Event, UserId};
 use std::{
     collections::HashMap,
     sync::{
@@ -24,25 +27,39 @@ use std::{
 };
 use tokio::sync::mpsc;
 
-/// A committed message and the users it goes to, shared by every
+/// A committed event and the users it goes to, shared by every
 /// subscription it is delivered to.
 #[derive(Debug)]
 pub struct Delivery {
-    pub message: Message,
+    pub event: Event,
     pub recipients: Arc<[UserId]>,
-    /// The message as a transport writes it (the SSE door keeps its JSON
+    /// The event as a transport writes it (the SSE door keeps its JSON
     /// here), made by the first subscription that sends it and reused by the
     /// others: one serialization per fan-out, not per subscriber.
     pub encoded: OnceLock<String>,
 }
 
 impl Delivery {
-    pub fn new(message: Message, recipients: Arc<[UserId]>) -> Arc<Self> {
+    pub fn new(event: Event, recipients: Arc<[UserId]>) -> Arc<Self> {
         Arc::new(Self {
-            message,
+            event,
             recipients,
             encoded: OnceLock::new(),
         })
+    }
+}
+
+/// What a subscription receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wants {
+    Messages,
+    Everything,
+}
+
+impl Wants {
+    /// Whether a subscription that wants this receives `event`.
+    pub fn accepts(self, event: &Event) -> bool {
+        self == Wants::Everything || event.is_message()
     }
 }
 
@@ -74,6 +91,7 @@ struct Registry {
 
 struct Slot {
     id: u64,
+    wants: Wants,
     tx: mpsc::Sender<Arc<Delivery>>,
 }
 
@@ -97,6 +115,7 @@ impl Hub {
     pub fn subscribe(
         &self,
         user: &UserId,
+        wants: Wants,
         limit: usize,
     ) -> Result<Subscription, TooManySubscriptions> {
         let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
@@ -111,7 +130,7 @@ impl Hub {
             .by_user
             .entry(user.clone())
             .or_default()
-            .push(Slot { id, tx });
+            .push(Slot { id, wants, tx });
         Ok(Subscription {
             rx,
             registration: Registration {
@@ -122,8 +141,8 @@ impl Hub {
         })
     }
 
-    /// Offers `delivery` to every subscription of its recipients, never
-    /// waiting; returns how many queued it.
+    /// Offers `delivery` to every subscription of its recipients that wants
+    /// it, never waiting; returns how many queued it.
     pub fn deliver(&self, delivery: Arc<Delivery>) -> usize {
         let mut registry = self.lock();
         let mut removed = 0;
@@ -134,14 +153,19 @@ impl Hub {
             };
             let before = slots.len();
             // A full queue removes its slot: the lag policy above.
-            slots.retain(|slot| match slot.tx.try_send(delivery.clone()) {
-                Ok(()) => {
-                    queued += 1;
-                    true
+            slots.retain(|slot| {
+                if !slot.wants.accepts(&delivery.event) {
+                    return true;
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => false,
-                // The receiver is gone; its registration will find nothing.
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                match slot.tx.try_send(delivery.clone()) {
+                    Ok(()) => {
+                        queued += 1;
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => false,
+                    // The receiver is gone; its registration will find nothing.
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
             });
             removed += before - slots.len();
             if slots.is_empty() {
@@ -235,41 +259,41 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ConversationId, Position};
+    use crate::domain::{Body, ConversationId, Position};
 
     fn user(name: &str) -> UserId {
         UserId::parse("user", name).unwrap()
     }
 
     fn delivery(position: i64, recipients: &[&str]) -> Arc<Delivery> {
-        let message = Message {
+        let event = Event {
             position: Position(position),
             conversation_id: ConversationId::generate(),
             user_id: user("alice"),
-            content: "hi".into(),
             created_at_micros: 0,
+            body: Body::Message("hi".into()),
         };
-        Delivery::new(message, recipients.iter().map(|name| user(name)).collect())
+        Delivery::new(event, recipients.iter().map(|name| user(name)).collect())
     }
 
     #[tokio::test]
     async fn a_full_queue_ends_only_that_subscription_after_what_it_holds() {
         let hub = Hub::new(2);
-        let mut slow = hub.subscribe(&user("bob"), 10).unwrap();
-        let mut fast = hub.subscribe(&user("bob"), 10).unwrap();
+        let mut slow = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
+        let mut fast = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
         for position in 1..=3 {
             hub.deliver(delivery(position, &["bob"]));
             if position < 3 {
                 assert_eq!(
-                    fast.recv().await.unwrap().message.position,
+                    fast.recv().await.unwrap().event.position,
                     Position(position)
                 );
             }
         }
-        assert_eq!(slow.recv().await.unwrap().message.position, Position(1));
-        assert_eq!(slow.recv().await.unwrap().message.position, Position(2));
+        assert_eq!(slow.recv().await.unwrap().event.position, Position(1));
+        assert_eq!(slow.recv().await.unwrap().event.position, Position(2));
         assert_eq!(slow.recv().await.unwrap_err(), Closed::Lagged);
-        assert_eq!(fast.recv().await.unwrap().message.position, Position(3));
+        assert_eq!(fast.recv().await.unwrap().event.position, Position(3));
         assert_eq!(hub.lagged_total(), 1);
         assert_eq!(hub.subscription_count(), 1);
     }
@@ -277,10 +301,10 @@ mod tests {
     #[tokio::test]
     async fn only_recipients_receive_and_dropping_unregisters() {
         let hub = Hub::new(8);
-        let mut bob = hub.subscribe(&user("bob"), 10).unwrap();
-        let mut carol = hub.subscribe(&user("carol"), 10).unwrap();
+        let mut bob = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
+        let mut carol = hub.subscribe(&user("carol"), Wants::Messages, 10).unwrap();
         assert_eq!(hub.deliver(delivery(1, &["alice", "bob"])), 1);
-        assert_eq!(bob.recv().await.unwrap().message.position, Position(1));
+        assert_eq!(bob.recv().await.unwrap().event.position, Position(1));
         assert!(carol.try_recv().is_none(), "carol is not a recipient");
         assert_eq!(hub.subscription_count(), 2);
         drop(carol);
@@ -288,10 +312,24 @@ mod tests {
         assert_eq!(hub.subscription_count(), 0);
     }
 
+    #[tokio::test]
+    async fn a_message_stream_skips_other_events_and_an_event_stream_takes_them() {
+        let hub = Hub::new(8);
+        let mut messages = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
+        let mut events = hub.subscribe(&user("bob"), Wants::Everything, 10).unwrap();
+        let mut read = delivery(1, &["bob"]);
+        Arc::get_mut(&mut read).unwrap().event.body = Body::Read(Position(1));
+        assert_eq!(hub.deliver(read), 1);
+        assert_eq!(hub.deliver(delivery(2, &["bob"])), 2);
+        assert_eq!(messages.recv().await.unwrap().event.position, Position(2));
+        assert_eq!(events.recv().await.unwrap().event.position, Position(1));
+        assert_eq!(events.recv().await.unwrap().event.position, Position(2));
+    }
+
     #[test]
     fn a_user_cannot_open_more_than_the_limit() {
         let hub = Hub::new(8);
-        let _first = hub.subscribe(&user("bob"), 1).unwrap();
-        assert!(hub.subscribe(&user("bob"), 1).is_err());
+        let _first = hub.subscribe(&user("bob"), Wants::Messages, 1).unwrap();
+        assert!(hub.subscribe(&user("bob"), Wants::Messages, 1).is_err());
     }
 }

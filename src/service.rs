@@ -7,16 +7,16 @@ use crate::{
     broker::Publisher,
     commit::{Committed, Committer},
     domain::{
-        Content, Conversation, ConversationId, IdempotencyKey, Message, Position, UserId,
-        now_micros,
+        Body, Content, Conversation, ConversationId, Event, IdempotencyKey, Message, Position,
+        UserId, now_micros,
     },
     error::Error,
     feed::Feed,
-    hub::Hub,
+    hub::{Hub, Wants},
     limits::{Limits, RateLimiter, Tarpit, UserPermits},
     metrics::Metrics,
-    store::{Cursor, NewMessage, Page, Participants, Store},
-    stream::{MessageStream, REPLAY_PAGE_BYTES, ReplaySource},
+    store::{ChangeRequest, Cursor, NewMessage, Page, Participants, Store},
+    stream::{EventStream, REPLAY_PAGE_BYTES, ReplaySource},
 };
 use std::{collections::BTreeSet, sync::Arc};
 use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
@@ -205,10 +205,12 @@ impl Herald {
         // User ids cannot contain control characters, so "\n" joins a pair
         // unambiguously.
         let pair_key = (members.len() == 2).then(|| format!("{}\n{}", members[0], members[1]));
+        // A group has a creator, who may remove others; a pair has none.
+        let creator = pair_key.is_none().then_some(caller);
         let (id, created) = self
             .inner
             .store
-            .create_conversation(&members, pair_key.as_deref(), now_micros())
+            .create_conversation(&members, pair_key.as_deref(), creator, now_micros())
             .await?;
         Ok((self.conversation(caller, &id).await?, created))
     }
@@ -272,7 +274,7 @@ impl Herald {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let recipients = self.authorize(caller, &conversation_id).await?;
+        self.may_send(caller, &conversation_id).await?;
         let key = key.map(|key| key.as_str().to_owned());
         if let Some(key) = &key
             && let Some(original) = self.inner.store.message_by_key(caller, key).await?
@@ -286,7 +288,7 @@ impl Herald {
             key,
             created_at_micros: now_micros(),
         };
-        match self.inner.committer.commit(new, recipients).await? {
+        match self.inner.committer.commit(new).await? {
             Committed::New(message) => Ok(message),
             Committed::Existing(original) => {
                 same_message(original, &conversation_id, content.as_str())
@@ -322,7 +324,7 @@ impl Herald {
         let messages = self
             .inner
             .store
-            .messages(&conversation_id, page, i64::from(limit))
+            .messages(caller, &conversation_id, page, i64::from(limit))
             .await?;
         self.charge_for_bytes(caller, messages.iter().map(|m| m.content.len() + 200).sum());
         Ok(messages)
@@ -338,7 +340,9 @@ impl Herald {
         }
     }
 
-    /// Moves the caller's read mark forward to `message_id`.
+    /// Moves the caller's read mark forward to `message_id`; every
+    /// participant's event stream hears of it (a mark that does not move
+    /// says nothing).
     pub async fn mark_read(
         &self,
         caller: &UserId,
@@ -351,11 +355,87 @@ impl Herald {
         let position = self
             .message_in(&conversation_id, "message_id", message_id)
             .await?;
-        self.inner
-            .store
-            .mark_read(&conversation_id, caller, position)
+        self.change(caller, &conversation_id, ChangeRequest::Read(position))
             .await?;
         self.conversation(caller, &conversation_id).await
+    }
+
+    /// Adds `user_ids` to a group the caller is in.
+    pub async fn add_participants(
+        &self,
+        caller: &UserId,
+        conversation_id: &str,
+        user_ids: &[String],
+    ) -> Result<Conversation, Error> {
+        let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
+        let max = self.inner.limits.max_participants;
+        if user_ids.is_empty() {
+            return Err(Error::invalid("user_ids must not be empty"));
+        }
+        if user_ids.len() > max {
+            return Err(Error::invalid(format!(
+                "a conversation has at most {max} participants"
+            )));
+        }
+        let users = user_ids
+            .iter()
+            .map(|id| UserId::parse("user_ids", id))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Costs by its size, like creating a group.
+        let _metered = self.meter(caller, 1.0 + users.len() as f64 / 50.0).await?;
+        self.change(caller, &conversation_id, ChangeRequest::Add(users))
+            .await?;
+        self.conversation(caller, &conversation_id).await
+    }
+
+    /// Removes `user_id` from a group: the caller themselves (leaving), or
+    /// anyone when the caller created it. A caller who left gets the group
+    /// as it is after they left.
+    pub async fn remove_participant(
+        &self,
+        caller: &UserId,
+        conversation_id: &str,
+        user_id: &str,
+    ) -> Result<Conversation, Error> {
+        let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
+        let user = UserId::parse("user_id", user_id)?;
+        let _metered = self.meter(caller, 1.0).await?;
+        let event = self
+            .change(
+                caller,
+                &conversation_id,
+                ChangeRequest::Remove(user.clone()),
+            )
+            .await?;
+        match event.map(|event| event.body) {
+            Some(Body::Membership(change)) if &user == caller => Ok(Conversation {
+                id: conversation_id,
+                participant_ids: change.members,
+                last_message: None,
+                unread_count: 0,
+                created_at_micros: change.conversation_created_at_micros,
+                creator_id: change.creator,
+            }),
+            _ => self.conversation(caller, &conversation_id).await,
+        }
+    }
+
+    /// Commits a change through the committer, after which every node's
+    /// feed applies it at its position.
+    async fn change(
+        &self,
+        caller: &UserId,
+        id: &ConversationId,
+        request: ChangeRequest,
+    ) -> Result<Option<Event>, Error> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let max = self.inner.limits.max_participants;
+        self.inner
+            .committer
+            .change(id.clone(), caller.clone(), request, max)
+            .await
     }
 
     /// Opens the caller's message stream, resuming after `after_id` if given.
@@ -367,7 +447,12 @@ impl Herald {
     /// replay; everything after reaches the live queue. The two overlap at
     /// most, and the stream drops live messages at or below the last replayed
     /// position.
-    pub async fn subscribe(&self, claims: &Claims, after_id: &str) -> Result<MessageStream, Error> {
+    pub async fn subscribe(
+        &self,
+        claims: &Claims,
+        after_id: &str,
+        wants: Wants,
+    ) -> Result<EventStream, Error> {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -378,12 +463,16 @@ impl Herald {
         let live = self
             .inner
             .hub
-            .subscribe(&claims.user, self.inner.limits.max_subscriptions_per_user)
+            .subscribe(
+                &claims.user,
+                wants,
+                self.inner.limits.max_subscriptions_per_user,
+            )
             .map_err(|_| {
                 Error::ResourceExhausted("too many open subscriptions for this user".into())
             })?;
         let deadline = Instant::now() + claims.remaining();
-        let mut stream = MessageStream::new(
+        let mut stream = EventStream::new(
             live,
             deadline,
             self.inner.shutdown.clone(),
@@ -392,13 +481,14 @@ impl Herald {
         if let Some(resume) = resume {
             let _metered = self.meter(&claims.user, 1.0).await?;
             self.inner.metrics.resumed();
-            match self.missed(&claims.user, resume).await? {
+            match self.missed(&claims.user, resume, wants).await? {
                 Replay::From(after, first_page) => {
                     let source = ReplaySource {
                         store: self.inner.store.clone(),
                         user: claims.user.clone(),
                         permits: self.inner.replay_permits.clone(),
                         page_size: self.inner.replay_page,
+                        wants,
                         metrics: self.inner.metrics.clone(),
                     };
                     stream.replay(source, after, first_page);
@@ -415,34 +505,37 @@ impl Herald {
     /// What `user` missed after `resume`: the first page of it (read before
     /// the stream starts, so a short replay is what was missed at this
     /// moment), or why it cannot be replayed.
-    async fn missed(&self, user: &UserId, resume: Option<Position>) -> Result<Replay, Error> {
+    async fn missed(
+        &self,
+        user: &UserId,
+        resume: Option<Position>,
+        wants: Wants,
+    ) -> Result<Replay, Error> {
         let unknown = || Replay::Impossible("unknown message id: replay is impossible".into());
         let Some(resume) = resume else {
             // A well-formed id that names no message.
             return Ok(unknown());
         };
-        // A message of someone else's conversation is as unknown as none.
-        let Some(conversation) = self.inner.store.conversation_of(resume).await? else {
-            return Ok(unknown());
-        };
-        if !self
-            .inner
-            .participants
-            .of(&conversation)
-            .await?
-            .contains(user)
-        {
+        // An event the user could not see (someone else's conversation, or
+        // before they joined) is as unknown as none.
+        let store = &self.inner.store;
+        if !store.visible(user, resume).await? {
             return Ok(unknown());
         }
         let _permit = self.inner.replay_permits.acquire().await;
         let page_size = self.inner.replay_page;
-        let store = &self.inner.store;
-        let first_page = store.missed(user, resume, page_size as i64).await?;
+        let everything = wants == Wants::Everything;
+        let first_page = store
+            .missed(user, resume, page_size as i64, everything)
+            .await?;
         self.inner.metrics.replayed(first_page.len() as u64);
         let limit = self.inner.limits.replay_limit;
         let too_many = first_page.len() > limit
             || (first_page.len() == page_size
-                && store.missed_count(user, resume, limit + 1).await? > limit);
+                && store
+                    .missed_count(user, resume, limit + 1, everything)
+                    .await?
+                    > limit);
         if too_many {
             return Ok(Replay::Impossible(format!(
                 "more than {limit} messages were missed: replay is impossible"
@@ -464,20 +557,26 @@ impl Herald {
             .ok_or(Error::NotFound("conversation"))
     }
 
-    /// The participants of a conversation, if it exists and `caller` is one.
-    async fn authorize(
-        &self,
-        caller: &UserId,
-        id: &ConversationId,
-    ) -> Result<Arc<[UserId]>, Error> {
-        let participants = self.inner.participants.of(id).await?;
-        if participants.is_empty() {
-            return Err(Error::NotFound("conversation"));
+    /// Whether `caller` is a participant of `id` now, read from the
+    /// database: for calls that nothing checks later.
+    async fn authorize(&self, caller: &UserId, id: &ConversationId) -> Result<(), Error> {
+        match self.inner.store.is_participant(id, caller).await? {
+            None => Err(Error::NotFound("conversation")),
+            Some(false) => Err(Error::PermissionDenied),
+            Some(true) => Ok(()),
         }
-        if !participants.contains(caller) {
-            return Err(Error::PermissionDenied);
+    }
+
+    /// Whether `caller` may post in `id`, from the cache on the hot path: a
+    /// stale yes (removed on another node a moment ago) is refused by the
+    /// insert's own check, and a no is read again before it is answered.
+    async fn may_send(&self, caller: &UserId, id: &ConversationId) -> Result<(), Error> {
+        let participants = &self.inner.participants;
+        if participants.of(id).await?.binary_search(caller).is_ok() {
+            return Ok(());
         }
-        Ok(participants)
+        participants.forget(id);
+        self.authorize(caller, id).await
     }
 
     /// The position of message `id`, which must be in `conversation`.
@@ -540,7 +639,7 @@ pub struct Metered {
 enum Replay {
     /// Everything the user missed after this position, starting with
     /// this page.
-    From(Position, Vec<Message>),
+    From(Position, Vec<Event>),
     /// Nothing: the reason the client is told.
     Impossible(String),
 }

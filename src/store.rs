@@ -16,7 +16,10 @@
 //! (`Sqlite::insert_batch`), one round trip instead of four. Each backend
 //! keeps its own migrations folder for its column types.
 
-use crate::domain::{Conversation, ConversationId, Message, Position, UserId};
+use crate::{
+    domain::{Body, Change, Conversation, ConversationId, Event, Message, Position, UserId},
+    error::Error,
+};
 use sqlx::{
     FromRow, PgPool, SqlitePool,
     postgres::PgPoolOptions,
@@ -138,25 +141,17 @@ macro_rules! with_writer {
 /// database unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Conversations' participants, cached and shared; cheap to clone.
-/// Participants never change once a conversation exists, so a cached list
-/// never goes stale; the cache starts over past [`PARTICIPANT_CACHE_BYTES`],
-/// counted from the ids it holds, so a few giant groups cannot make it
-/// grow without bound.
+/// Conversations' current participants, cached and shared; cheap to
+/// clone. Used only to answer a sender quickly: the message insert checks
+/// membership again inside its transaction, so a stale entry can never let
+/// a removed member's message in, and the feed, which decides who receives
+/// what, keeps a [`MemberLists`] of its own. This node's feed forgets an
+/// entry when it passes a change to that conversation.
 #[derive(Clone)]
 pub struct Participants {
     store: Store,
-    cache: Arc<Mutex<Cache>>,
+    cache: Arc<Mutex<MemberLists>>,
 }
-
-#[derive(Default)]
-struct Cache {
-    lists: HashMap<ConversationId, Arc<[UserId]>>,
-    bytes: usize,
-}
-
-/// Bytes of ids cached before the cache starts over.
-const PARTICIPANT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Participants {
     pub fn new(store: Store) -> Self {
@@ -168,34 +163,65 @@ impl Participants {
 
     /// The participants of `id`, sorted; empty when it does not exist.
     pub async fn of(&self, id: &ConversationId) -> Result<Arc<[UserId]>, sqlx::Error> {
-        if let Some(found) = self.lock().lists.get(id) {
-            return Ok(found.clone());
+        if let Some(found) = self.lock().get(id) {
+            return Ok(found);
         }
         let found: Arc<[UserId]> = self.store.participants(id).await?.into();
         if !found.is_empty() {
-            // Each id's bytes, its String and the list's slot.
-            let bytes = found
-                .iter()
-                .map(|user| user.as_str().len() + 48)
-                .sum::<usize>()
-                + id.as_str().len()
-                + 64;
-            let mut cache = self.lock();
-            if cache.bytes + bytes > PARTICIPANT_CACHE_BYTES {
-                *cache = Cache::default();
-            }
-            if cache.lists.insert(id.clone(), found.clone()).is_none() {
-                cache.bytes += bytes;
-            }
+            self.lock().insert(id.clone(), found.clone());
         }
         Ok(found)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+    /// Drops what is cached of `id`: its membership changed.
+    pub fn forget(&self, id: &ConversationId) {
+        self.lock().forget(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemberLists> {
         // A plain map: a panicking holder cannot leave it half-updated.
         self.cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Member lists by conversation, bounded: the map starts over past
+/// [`MEMBER_LIST_BYTES`], counted from the ids it holds, so a few giant
+/// groups cannot make it grow without bound.
+#[derive(Default)]
+pub struct MemberLists {
+    lists: HashMap<ConversationId, Arc<[UserId]>>,
+    bytes: usize,
+}
+
+/// Bytes of ids cached before a [`MemberLists`] starts over.
+const MEMBER_LIST_BYTES: usize = 64 * 1024 * 1024;
+
+impl MemberLists {
+    pub fn get(&self, id: &ConversationId) -> Option<Arc<[UserId]>> {
+        self.lists.get(id).cloned()
+    }
+
+    pub fn insert(&mut self, id: ConversationId, members: Arc<[UserId]>) {
+        // Each id's bytes, its String and the list's slot.
+        let bytes = members
+            .iter()
+            .map(|user| user.as_str().len() + 48)
+            .sum::<usize>()
+            + id.as_str().len()
+            + 64;
+        if self.bytes + bytes > MEMBER_LIST_BYTES {
+            *self = Self::default();
+        }
+        // A replaced list's bytes stay counted until the map starts over:
+        // an overestimate, never an underestimate.
+        self.bytes += bytes;
+        self.lists.insert(id, members);
+    }
+
+    pub fn forget(&mut self, id: &ConversationId) {
+        self.lists.remove(id);
     }
 }
 
@@ -263,7 +289,9 @@ macro_rules! my_conversations {
     () => {
         "SELECT c.id, c.created_at,
            COALESCE((SELECT m.created_at FROM messages m WHERE m.conversation_id = c.id
-                     ORDER BY m.position DESC LIMIT 1), c.created_at) AS activity
+                     AND m.kind = 'message' AND m.position >= p.joined_at
+                     ORDER BY m.position DESC LIMIT 1), c.created_at) AS activity,
+           c.creator_id
          FROM participants p JOIN conversations c ON c.id = p.conversation_id
          WHERE p.user_id = $1 AND (CAST($2 AS TEXT) IS NULL OR c.id = $2)"
     };
@@ -294,6 +322,66 @@ impl From<MessageRow> for Message {
 struct ConversationRow {
     id: String,
     created_at: i64,
+    creator_id: Option<String>,
+}
+
+/// The columns [`EventRow`] reads, as a literal for `concat!`.
+macro_rules! event_columns {
+    () => {
+        "m.position, m.conversation_id, m.user_id, m.content, m.created_at, m.kind"
+    };
+}
+
+/// Whether position `m.position` of conversation `m.conversation_id` falls
+/// in one of user `$1`'s membership intervals (`ms`): the one visibility
+/// rule of replay, history and resume points.
+macro_rules! in_membership {
+    () => {
+        "JOIN memberships ms ON ms.conversation_id = m.conversation_id AND ms.user_id = $1
+           AND m.position >= ms.joined_at AND (ms.left_at IS NULL OR m.position <= ms.left_at)"
+    };
+}
+
+#[derive(FromRow)]
+struct EventRow {
+    position: i64,
+    conversation_id: String,
+    user_id: String,
+    content: String,
+    created_at: i64,
+    kind: String,
+}
+
+impl From<EventRow> for Event {
+    fn from(row: EventRow) -> Self {
+        Event {
+            position: Position(row.position),
+            conversation_id: ConversationId::from_stored(row.conversation_id),
+            user_id: UserId::from_stored(row.user_id),
+            created_at_micros: row.created_at,
+            body: Body::decode(&row.kind, row.content),
+        }
+    }
+}
+
+/// A change to a conversation that [`Store::commit_change`] makes.
+#[derive(Clone, Debug)]
+pub enum ChangeRequest {
+    Add(Vec<UserId>),
+    Remove(UserId),
+    Read(Position),
+}
+
+/// The message of the trigger that refuses a non-participant's message
+/// (see the membership migration).
+const NOT_A_PARTICIPANT: &str = "herald: the sender is not a participant";
+
+/// Whether the database refused a message because its sender is not a
+/// participant when it commits.
+pub fn is_not_participant(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|error| error.message().contains(NOT_A_PARTICIPANT))
 }
 
 impl Store {
@@ -354,19 +442,34 @@ impl Store {
         let ids: Vec<String> = with_pool!(self, pool => {
             sqlx::query_scalar(sql).bind(id.as_str()).fetch_all(pool).await
         })?;
-        // Sorted here, not in SQL, so both backends agree whatever their collation.
-        let mut ids: Vec<UserId> = ids.into_iter().map(UserId::from_stored).collect();
-        ids.sort();
-        Ok(ids)
+        Ok(sorted(ids))
     }
 
-    /// Creates a conversation of `participants` (sorted, distinct). With a
-    /// `pair_key`, finds the existing conversation of that pair instead when
-    /// there is one. Returns the id and whether it was created.
+    /// Whether `user` is a participant of conversation `id` now; `None`
+    /// when there is no such conversation.
+    pub async fn is_participant(
+        &self,
+        id: &ConversationId,
+        user: &UserId,
+    ) -> Result<Option<bool>, sqlx::Error> {
+        let sql =
+            "SELECT EXISTS (SELECT 1 FROM participants WHERE conversation_id = $1 AND user_id = $2)
+                   FROM conversations WHERE id = $1";
+        let found: Option<bool> = with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(id.as_str()).bind(user.as_str()).fetch_optional(pool).await
+        })?;
+        Ok(found)
+    }
+
+    /// Creates a conversation of `participants` (sorted, distinct), members
+    /// from position 0 on (it has no history yet). With a `pair_key`, finds
+    /// the existing conversation of that pair instead when there is one.
+    /// Returns the id and whether it was created.
     pub async fn create_conversation(
         &self,
         participants: &[UserId],
         pair_key: Option<&str>,
+        creator: Option<&UserId>,
         now_micros: i64,
     ) -> Result<(ConversationId, bool), sqlx::Error> {
         let id = ConversationId::generate();
@@ -375,12 +478,13 @@ impl Store {
             // With a pair key, a concurrent creator of the same pair makes this
             // insert do nothing (after waiting for that creator's commit).
             let inserted = sqlx::query(
-                "INSERT INTO conversations (id, pair_key, created_at) VALUES ($1, $2, $3)
+                "INSERT INTO conversations (id, pair_key, created_at, creator_id) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (pair_key) DO NOTHING",
             )
             .bind(id.as_str())
             .bind(pair_key)
             .bind(now_micros)
+            .bind(creator.map(UserId::as_str))
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -403,6 +507,13 @@ impl Store {
                     values.push_bind(id.as_str()).push_bind(user.as_str());
                 });
                 insert.build().execute(&mut *tx).await?;
+                let mut intervals = sqlx::QueryBuilder::new(
+                    "INSERT INTO memberships (conversation_id, user_id, joined_at) ",
+                );
+                intervals.push_values(members, |mut values, user| {
+                    values.push_bind(id.as_str()).push_bind(user.as_str()).push_bind(0_i64);
+                });
+                intervals.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok((id, true))
@@ -501,21 +612,24 @@ impl Store {
         Ok(row.map(Message::from))
     }
 
-    /// The conversation a message belongs to, if the message exists.
+    /// The conversation a message belongs to, if the message exists (and
+    /// is a message, not another event).
     pub async fn conversation_of(
         &self,
         position: Position,
     ) -> Result<Option<ConversationId>, sqlx::Error> {
-        let sql = "SELECT conversation_id FROM messages WHERE position = $1";
+        let sql = "SELECT conversation_id FROM messages WHERE position = $1 AND kind = 'message'";
         let id: Option<String> = with_pool!(self, pool => {
             sqlx::query_scalar(sql).bind(position.0).fetch_optional(pool).await
         })?;
         Ok(id.map(ConversationId::from_stored))
     }
 
-    /// One page of a conversation's messages, oldest first.
+    /// One page of a conversation's messages that `viewer` may see (those
+    /// committed while a member), oldest first.
     pub async fn messages(
         &self,
+        viewer: &UserId,
         conversation_id: &ConversationId,
         page: Page,
         limit: i64,
@@ -524,9 +638,11 @@ impl Store {
             Page::Before(before) => (
                 concat!(
                     "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE conversation_id = $1
-                     AND position < $2 ORDER BY position DESC LIMIT $3"
+                    event_columns!(),
+                    " FROM messages m ",
+                    in_membership!(),
+                    " WHERE m.conversation_id = $2 AND m.kind = 'message'
+                     AND m.position < $3 ORDER BY m.position DESC LIMIT $4"
                 ),
                 before.map_or(i64::MAX, |p| p.0),
                 true,
@@ -534,99 +650,315 @@ impl Store {
             Page::After(after) => (
                 concat!(
                     "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE conversation_id = $1
-                     AND position > $2 ORDER BY position ASC LIMIT $3"
+                    event_columns!(),
+                    " FROM messages m ",
+                    in_membership!(),
+                    " WHERE m.conversation_id = $2 AND m.kind = 'message'
+                     AND m.position > $3 ORDER BY m.position ASC LIMIT $4"
                 ),
                 after.0,
                 false,
             ),
         };
-        let rows: Vec<MessageRow> = with_pool!(self, pool => {
+        let rows: Vec<EventRow> = with_pool!(self, pool => {
             sqlx::query_as(sql)
+                .bind(viewer.as_str())
                 .bind(conversation_id.as_str())
                 .bind(cursor)
                 .bind(limit)
                 .fetch_all(pool)
                 .await
         })?;
-        let mut messages: Vec<Message> = rows.into_iter().map(Message::from).collect();
+        let mut messages: Vec<Message> = rows
+            .into_iter()
+            .filter_map(|row| Event::from(row).message())
+            .collect();
         if newest_first {
             messages.reverse();
         }
         Ok(messages)
     }
 
-    /// Up to `limit` messages of `user`'s conversations after `after`, in
-    /// stream order: what a resuming subscriber missed.
+    /// Up to `limit` events of `user`'s conversations after `after`, in
+    /// stream order, each within the user's membership: what a resuming
+    /// subscriber missed. Only messages unless `everything`.
     pub async fn missed(
         &self,
         user: &UserId,
         after: Position,
         limit: i64,
-    ) -> Result<Vec<Message>, sqlx::Error> {
-        let sql = "SELECT m.position, m.conversation_id, m.user_id, m.content, m.created_at
-                   FROM messages m JOIN participants p ON p.conversation_id = m.conversation_id
-                   WHERE p.user_id = $1 AND m.position > $2 ORDER BY m.position LIMIT $3";
-        let rows: Vec<MessageRow> = with_pool!(self, pool => {
-            sqlx::query_as(sql).bind(user.as_str()).bind(after.0).bind(limit).fetch_all(pool).await
+        everything: bool,
+    ) -> Result<Vec<Event>, sqlx::Error> {
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM messages m ",
+            in_membership!(),
+            " WHERE m.position > $2 AND (m.kind = 'message' OR $4 = 1)
+             ORDER BY m.position LIMIT $3"
+        );
+        let rows: Vec<EventRow> = with_pool!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(user.as_str())
+                .bind(after.0)
+                .bind(limit)
+                .bind(i64::from(everything))
+                .fetch_all(pool)
+                .await
         })?;
-        Ok(rows.into_iter().map(Message::from).collect())
+        Ok(rows.into_iter().map(Event::from).collect())
     }
 
-    /// How many messages of `user`'s conversations follow `after`,
+    /// How many events [`missed`](Self::missed) would find after `after`,
     /// counting no further than `limit`.
     pub async fn missed_count(
         &self,
         user: &UserId,
         after: Position,
         limit: usize,
+        everything: bool,
     ) -> Result<usize, sqlx::Error> {
-        let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM messages m
-                     JOIN participants p ON p.conversation_id = m.conversation_id
-                     WHERE p.user_id = $1 AND m.position > $2 LIMIT $3) AS missed";
+        let sql = concat!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages m ",
+            in_membership!(),
+            " WHERE m.position > $2 AND (m.kind = 'message' OR $4 = 1) LIMIT $3) AS missed"
+        );
         let count: i64 = with_pool!(self, pool => {
-            sqlx::query_scalar(sql).bind(user.as_str()).bind(after.0).bind(limit as i64).fetch_one(pool).await
+            sqlx::query_scalar(sql)
+                .bind(user.as_str())
+                .bind(after.0)
+                .bind(limit as i64)
+                .bind(i64::from(everything))
+                .fetch_one(pool)
+                .await
         })?;
         Ok(count.max(0) as usize)
     }
 
-    /// Committed messages at positions `from..to`: how the feed fills a gap.
-    pub async fn messages_between(
+    /// Whether the event at `position` exists and `user` may see it: a
+    /// resume point must be one of the user's own.
+    pub async fn visible(&self, user: &UserId, position: Position) -> Result<bool, sqlx::Error> {
+        let sql = concat!(
+            "SELECT COUNT(*) FROM messages m ",
+            in_membership!(),
+            " WHERE m.position = $2"
+        );
+        let count: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(user.as_str()).bind(position.0).fetch_one(pool).await
+        })?;
+        Ok(count > 0)
+    }
+
+    /// Committed events at positions `from..to`: how the feed fills a gap.
+    pub async fn events_between(
         &self,
         from: Position,
         to: Position,
-    ) -> Result<Vec<Message>, sqlx::Error> {
+    ) -> Result<Vec<Event>, sqlx::Error> {
         let sql = concat!(
             "SELECT ",
-            message_columns!(),
-            " FROM messages WHERE position >= $1 AND position < $2
-             ORDER BY position"
+            event_columns!(),
+            " FROM messages m WHERE m.position >= $1 AND m.position < $2 ORDER BY m.position"
         );
-        let rows: Vec<MessageRow> = with_pool!(self, pool => {
+        let rows: Vec<EventRow> = with_pool!(self, pool => {
             sqlx::query_as(sql).bind(from.0).bind(to.0).fetch_all(pool).await
         })?;
-        Ok(rows.into_iter().map(Message::from).collect())
+        Ok(rows.into_iter().map(Event::from).collect())
     }
 
-    /// Moves `user`'s read mark in a conversation forward to `position`
-    /// (never back).
-    pub async fn mark_read(
+    /// The members of a conversation as of `position`, sorted: those whose
+    /// interval holds it (a change at `position` counts both the users it
+    /// adds and those it removes). How the feed learns a conversation it
+    /// has not cached.
+    pub async fn members_at(
         &self,
-        conversation_id: &ConversationId,
-        user: &UserId,
+        id: &ConversationId,
         position: Position,
-    ) -> Result<(), sqlx::Error> {
-        let sql = "UPDATE participants SET last_read_position = $3
-                   WHERE conversation_id = $1 AND user_id = $2 AND last_read_position < $3";
+    ) -> Result<Vec<UserId>, sqlx::Error> {
+        let sql = "SELECT user_id FROM memberships WHERE conversation_id = $1
+                   AND joined_at <= $2 AND (left_at IS NULL OR left_at >= $2)";
+        let ids: Vec<String> = with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(id.as_str()).bind(position.0).fetch_all(pool).await
+        })?;
+        Ok(sorted(ids))
+    }
+
+    /// Makes `request` by `actor` to conversation `id` at the next stream
+    /// position, in one transaction: the checks, the membership or read
+    /// mark, and the event that tells every member. `Ok(None)` when it
+    /// changes nothing (users already members, a read mark already past
+    /// the message): the position is rolled back with the transaction.
+    /// Refusals are the caller's answer: not found, not a participant, not
+    /// the creator, not a group, over `max_members`.
+    ///
+    /// The head is locked first, so the checks see every change and
+    /// message committed before this position, and none after.
+    pub async fn commit_change(
+        &self,
+        id: &ConversationId,
+        actor: &UserId,
+        request: &ChangeRequest,
+        max_members: usize,
+        now_micros: i64,
+    ) -> Result<Option<Event>, Error> {
         with_writer!(self, pool => {
-            sqlx::query(sql)
-                .bind(conversation_id.as_str())
-                .bind(user.as_str())
-                .bind(position.0)
-                .execute(pool)
-                .await
-                .map(|_| ())
+            let mut tx = pool.begin().await?;
+            let position: i64 = sqlx::query_scalar(
+                "UPDATE stream_head SET position = position + 1 WHERE id = 1 RETURNING position",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let conversation: Option<(bool, Option<String>, i64)> = sqlx::query_as(
+                "SELECT pair_key IS NOT NULL, creator_id, created_at FROM conversations WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((pair, creator, created_at)) = conversation else {
+                return Err(Error::NotFound("conversation"));
+            };
+            let members: Vec<String> =
+                sqlx::query_scalar("SELECT user_id FROM participants WHERE conversation_id = $1")
+                    .bind(id.as_str())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let mut members = sorted(members);
+            if members.binary_search(actor).is_err() {
+                return Err(Error::PermissionDenied);
+            }
+            let creator = creator.map(UserId::from_stored);
+            let not_a_group = || {
+                Error::FailedPrecondition(
+                    "the participants of a one-to-one conversation cannot change".into(),
+                )
+            };
+            let body = match request {
+                ChangeRequest::Read(read) => {
+                    let moved = sqlx::query(
+                        "UPDATE participants SET last_read_position = $3
+                         WHERE conversation_id = $1 AND user_id = $2 AND last_read_position < $3",
+                    )
+                    .bind(id.as_str())
+                    .bind(actor.as_str())
+                    .bind(read.0)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if moved == 0 {
+                        return Ok(None);
+                    }
+                    Body::Read(*read)
+                }
+                ChangeRequest::Add(users) => {
+                    if pair {
+                        return Err(not_a_group());
+                    }
+                    let mut added: Vec<UserId> = users
+                        .iter()
+                        .filter(|user| members.binary_search(user).is_err())
+                        .cloned()
+                        .collect();
+                    added.sort();
+                    added.dedup();
+                    if added.is_empty() {
+                        return Ok(None);
+                    }
+                    if members.len() + added.len() > max_members {
+                        return Err(Error::invalid(format!(
+                            "a conversation has at most {max_members} participants"
+                        )));
+                    }
+                    // New members see the conversation from this position:
+                    // nothing before it counts as unread either.
+                    for chunk in added.chunks(1_000) {
+                        let mut current = sqlx::QueryBuilder::new(
+                            "INSERT INTO participants (conversation_id, user_id, last_read_position, joined_at) ",
+                        );
+                        current.push_values(chunk, |mut values, user| {
+                            values
+                                .push_bind(id.as_str())
+                                .push_bind(user.as_str())
+                                .push_bind(position)
+                                .push_bind(position);
+                        });
+                        current.build().execute(&mut *tx).await?;
+                        let mut intervals = sqlx::QueryBuilder::new(
+                            "INSERT INTO memberships (conversation_id, user_id, joined_at) ",
+                        );
+                        intervals.push_values(chunk, |mut values, user| {
+                            values
+                                .push_bind(id.as_str())
+                                .push_bind(user.as_str())
+                                .push_bind(position);
+                        });
+                        intervals.build().execute(&mut *tx).await?;
+                    }
+                    members.extend(added.iter().cloned());
+                    members.sort();
+                    Body::Membership(Change {
+                        added,
+                        removed: Vec::new(),
+                        members,
+                        creator,
+                        conversation_created_at_micros: created_at,
+                    })
+                }
+                ChangeRequest::Remove(user) => {
+                    if pair {
+                        return Err(not_a_group());
+                    }
+                    if user != actor && creator.as_ref() != Some(actor) {
+                        return Err(Error::Forbidden(
+                            "only the conversation's creator may remove others",
+                        ));
+                    }
+                    let Ok(index) = members.binary_search(user) else {
+                        return Err(Error::NotFound("participant"));
+                    };
+                    members.remove(index);
+                    sqlx::query("DELETE FROM participants WHERE conversation_id = $1 AND user_id = $2")
+                        .bind(id.as_str())
+                        .bind(user.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "UPDATE memberships SET left_at = $3
+                         WHERE conversation_id = $1 AND user_id = $2 AND left_at IS NULL",
+                    )
+                    .bind(id.as_str())
+                    .bind(user.as_str())
+                    .bind(position)
+                    .execute(&mut *tx)
+                    .await?;
+                    Body::Membership(Change {
+                        added: Vec::new(),
+                        removed: vec![user.clone()],
+                        members,
+                        creator,
+                        conversation_created_at_micros: created_at,
+                    })
+                }
+            };
+            sqlx::query(
+                "INSERT INTO messages (position, conversation_id, user_id, content, created_at, kind)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(position)
+            .bind(id.as_str())
+            .bind(actor.as_str())
+            .bind(body.encode())
+            .bind(now_micros)
+            .bind(body.kind())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Some(Event {
+                position: Position(position),
+                conversation_id: id.clone(),
+                user_id: actor.clone(),
+                created_at_micros: now_micros,
+                body,
+            }))
         })
     }
 
@@ -641,7 +973,7 @@ impl Store {
         limit: usize,
     ) -> Result<(Vec<Conversation>, Option<Cursor>), sqlx::Error> {
         let sql = concat!(
-            "SELECT id, created_at, activity FROM (",
+            "SELECT id, created_at, activity, creator_id FROM (",
             my_conversations!(),
             ") t WHERE CAST($3 AS BIGINT) IS NULL OR t.activity < $3 OR (t.activity = $3 AND t.id < $4)
              ORDER BY t.activity DESC, t.id DESC LIMIT $5"
@@ -707,15 +1039,19 @@ impl Store {
             members.push_tuples(ids(), |mut tuple, id| {
                 tuple.push_bind(id);
             });
+            // The newest message the viewer may see: from their joining on.
             let mut last = sqlx::QueryBuilder::new(concat!(
                 "SELECT ",
                 message_columns!(),
-                " FROM messages WHERE position IN (SELECT MAX(position) FROM messages WHERE conversation_id IN "
+                " FROM messages WHERE position IN (SELECT MAX(m.position) FROM messages m
+                  JOIN participants p ON p.conversation_id = m.conversation_id AND p.user_id = "
             ));
+            last.push_bind(user.as_str());
+            last.push(" WHERE m.kind = 'message' AND m.position >= p.joined_at AND m.conversation_id IN ");
             last.push_tuples(ids(), |mut tuple, id| {
                 tuple.push_bind(id);
             });
-            last.push(" GROUP BY conversation_id)");
+            last.push(" GROUP BY m.conversation_id)");
             let mut unread = sqlx::QueryBuilder::new(
                 "SELECT m.conversation_id, COUNT(*) FROM messages m
                  JOIN participants p ON p.conversation_id = m.conversation_id AND p.user_id = ",
@@ -723,7 +1059,7 @@ impl Store {
             unread.push_bind(user.as_str());
             unread.push(
                 " WHERE m.position > p.last_read_position AND m.user_id <> p.user_id
-                  AND m.conversation_id IN ",
+                  AND m.kind = 'message' AND m.conversation_id IN ",
             );
             unread.push_tuples(ids(), |mut tuple, id| {
                 tuple.push_bind(id);
@@ -742,6 +1078,14 @@ impl Store {
 /// What [`Store::details`] reads: (conversation, member) pairs, last
 /// messages, and (conversation, unread count) pairs.
 type Details = (Vec<(String, String)>, Vec<MessageRow>, Vec<(String, i64)>);
+
+/// Stored user ids, sorted here rather than in SQL, so both backends agree
+/// whatever their collation.
+fn sorted(ids: Vec<String>) -> Vec<UserId> {
+    let mut ids: Vec<UserId> = ids.into_iter().map(UserId::from_stored).collect();
+    ids.sort();
+    ids
+}
 
 /// Where a page of conversations continues: after this activity and id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -793,6 +1137,7 @@ fn assemble(
                 last_message: last.remove(&row.id),
                 unread_count: unread.get(&row.id).copied().unwrap_or(0),
                 created_at_micros: row.created_at,
+                creator_id: row.creator_id.clone().map(UserId::from_stored),
                 id: ConversationId::from_stored(row.id.clone()),
             }
         })

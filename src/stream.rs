@@ -1,5 +1,7 @@
-//! One subscriber's message stream: what a resume replays, then live
-//! messages from the hub, with no gap and no duplicate (see
+//! One subscriber's stream, of messages or of every event (the one
+//! implementation behind `SubscribeMessages`, `SubscribeEvents`,
+//! `/api/messages` and `/api/events`): what a resume replays, then live
+//! events from the hub, with no gap and no duplicate (see
 //! `Herald::subscribe`), ending when the subscriber lags, its token expires
 //! or the server shuts down.
 //!
@@ -11,8 +13,8 @@
 //! storm queues instead of taking the whole database pool.
 
 use crate::{
-    domain::{Message, Position, UserId, now_micros},
-    hub::{Closed, Delivery, Subscription},
+    domain::{Event, Position, UserId, now_micros},
+    hub::{Closed, Delivery, Subscription, Wants},
     metrics::{Metrics, OpenStream, Transport},
     store::Store,
 };
@@ -46,6 +48,7 @@ pub(crate) struct ReplaySource {
     /// Shared by every stream of the node: concurrent page reads.
     pub permits: Arc<Semaphore>,
     pub page_size: usize,
+    pub wants: Wants,
     pub metrics: Metrics,
 }
 
@@ -62,13 +65,14 @@ enum Step {
 /// The replay's progress.
 struct Replay {
     source: ReplaySource,
-    page: VecDeque<Message>,
+    page: VecDeque<Event>,
     /// Whether the database has nothing more after `replayed_up_to`.
     exhausted: bool,
 }
 
-/// One subscriber's messages: the replay, then live, in stream order.
-pub struct MessageStream {
+/// One subscriber's messages or events: the replay, then live, in stream
+/// order.
+pub struct EventStream {
     replay: Option<Replay>,
     /// The last position replayed (or the resume point): live messages at
     /// or below it came through the replay already.
@@ -83,7 +87,7 @@ pub struct MessageStream {
     open: Option<OpenStream>,
 }
 
-impl MessageStream {
+impl EventStream {
     /// A stream of `live` only, until `deadline` or `shutdown`.
     pub(crate) fn new(
         live: Subscription,
@@ -105,12 +109,7 @@ impl MessageStream {
 
     /// Replays `first_page`, then whatever else `source` has after it,
     /// before going live; `after` is the resume point.
-    pub(crate) fn replay(
-        &mut self,
-        source: ReplaySource,
-        after: Position,
-        first_page: Vec<Message>,
-    ) {
+    pub(crate) fn replay(&mut self, source: ReplaySource, after: Position, first_page: Vec<Event>) {
         self.replayed_up_to = first_page.last().map_or(after, |last| last.position);
         self.replay = Some(Replay {
             exhausted: first_page.len() < source.page_size,
@@ -215,9 +214,9 @@ impl MessageStream {
             return Ok(None);
         };
         match replay.page.pop_front() {
-            Some(message) => {
+            Some(event) => {
                 let recipients = Arc::from([replay.source.user.clone()]);
-                Ok(Some(Delivery::new(message, recipients)))
+                Ok(Some(Delivery::new(event, recipients)))
             }
             None if replay.exhausted => {
                 self.replay = None;
@@ -236,9 +235,10 @@ impl MessageStream {
         let read = async {
             let _permit = source.permits.acquire().await;
             let limit = source.page_size as i64;
+            let everything = source.wants == Wants::Everything;
             source
                 .store
-                .missed(&source.user, self.replayed_up_to, limit)
+                .missed(&source.user, self.replayed_up_to, limit, everything)
                 .await
         };
         let page = tokio::select! {
@@ -260,10 +260,10 @@ impl MessageStream {
 
     /// `delivery`, unless the replay already sent it.
     fn fresh(&self, delivery: Arc<Delivery>) -> Option<Arc<Delivery>> {
-        if delivery.message.position <= self.replayed_up_to {
+        if delivery.event.position <= self.replayed_up_to {
             return None;
         }
-        let age = now_micros().saturating_sub(delivery.message.created_at_micros);
+        let age = now_micros().saturating_sub(delivery.event.created_at_micros);
         self.metrics.written(age as f64 / 1e6);
         Some(delivery)
     }

@@ -8,7 +8,7 @@ use axum::{
     extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{delete, post},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 
@@ -23,6 +23,14 @@ pub fn router() -> Router<AppState> {
             post(create_message).get(list_messages),
         )
         .route("/api/conversations/{id}/read", post(mark_read))
+        .route(
+            "/api/conversations/{id}/participants",
+            post(add_participants),
+        )
+        .route(
+            "/api/conversations/{id}/participants/{user_id}",
+            delete(remove_participant),
+        )
         .route("/api/stream-tickets", post(stream_ticket))
 }
 
@@ -132,6 +140,33 @@ async fn mark_read(
     let conversation = state
         .herald
         .mark_read(&caller.user, &id, &body.message_id)
+        .await?;
+    Ok(Json((&conversation).into()))
+}
+
+/// `{"userIds": [...]}`, the JSON of `AddParticipantsRequest` without the
+/// conversation, which the path names.
+async fn add_participants(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Body(body): Body<pb::AddParticipantsRequest>,
+) -> Result<Json<pb::Conversation>, Error> {
+    let conversation = state
+        .herald
+        .add_participants(&caller.user, &id, &body.user_ids)
+        .await?;
+    Ok(Json((&conversation).into()))
+}
+
+async fn remove_participant(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Json<pb::Conversation>, Error> {
+    let conversation = state
+        .herald
+        .remove_participant(&caller.user, &id, &user_id)
         .await?;
     Ok(Json((&conversation).into()))
 }

@@ -271,7 +271,8 @@ impl IntoResponse for Error {
         self.log_cause();
         let status = match &self {
             Error::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Error::PermissionDenied => StatusCode::FORBIDDEN,
+            Error::PermissionDenied | Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::InvalidArgument(_) | Error::ResumeImpossible(_) => StatusCode::BAD_REQUEST,
             Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -1,4 +1,5 @@
-//! `GET /api/messages`: the caller's message stream as Server-Sent Events.
+//! `GET /api/messages` and `GET /api/events`: the caller's message stream,
+//! or every event of their conversations, as Server-Sent Events.
 //!
 //! Framing, exactly as sent:
 //!
@@ -10,6 +11,10 @@
 //!
 //! id: 42                           one per message, no `event:` line, so
 //! data: {"id":"42",...}            EventSource.onmessage receives it
+//!
+//! id: 43                           /api/events only: other events are
+//! event: read                      named (`read`, `membership`), with the
+//! data: {"conversationId":...}     JSON of the inner object of `Event`
 //!
 //! : keep-alive                     after 15 s without an event (--sse-heartbeat)
 //! ```
@@ -23,7 +28,14 @@
 //! [`Herald::subscribe`]: crate::service::Herald::subscribe
 
 use super::{AppState, StreamCaller, error_response};
-use crate::{error::Error, hub::Delivery, metrics::Transport, pb, stream::MessageStream};
+use crate::{
+    domain,
+    error::Error,
+    hub::{Delivery, Wants},
+    metrics::Transport,
+    pb,
+    stream::EventStream,
+};
 use axum::{
     Router,
     body::{Body, Bytes},
@@ -42,7 +54,19 @@ pub const NOT_EVENT_STREAM: &str = "This endpoint requires an EventSource connec
 const RETRY: Duration = Duration::from_secs(1);
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/messages", get(subscribe))
+    Router::new()
+        .route(
+            "/api/messages",
+            get(|state, caller, headers, query| {
+                subscribe(state, caller, headers, query, Wants::Messages)
+            }),
+        )
+        .route(
+            "/api/events",
+            get(|state, caller, headers, query| {
+                subscribe(state, caller, headers, query, Wants::Everything)
+            }),
+        )
 }
 
 #[derive(Deserialize)]
@@ -56,6 +80,7 @@ async fn subscribe(
     StreamCaller(caller): StreamCaller,
     headers: HeaderMap,
     query: Result<Query<ResumeQuery>, QueryRejection>,
+    wants: Wants,
 ) -> Result<Response, Error> {
     if !accepts_event_stream(&headers) {
         return Ok(error_response(StatusCode::NOT_ACCEPTABLE, NOT_EVENT_STREAM));
@@ -75,7 +100,7 @@ async fn subscribe(
     // Only now is a stream ticket used up (see `StreamCaller`): a request
     // refused for its headers or query does not burn it.
     state.herald.redeem(&caller).await?;
-    let mut stream = state.herald.subscribe(&caller, &resume).await?;
+    let mut stream = state.herald.subscribe(&caller, &resume, wants).await?;
     stream.count_as(Transport::Sse);
     let headers = [
         (
@@ -113,7 +138,7 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
 /// in the same write (up to [`MAX_BATCH`]): under load one write serves many
 /// events. Dropping the body (the client went away) drops the subscription.
 fn events(
-    stream: MessageStream,
+    stream: EventStream,
     heartbeat: Duration,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let mut head = format!("retry: {}\n\n", RETRY.as_millis());
@@ -154,22 +179,40 @@ const MAX_BATCH: usize = 64;
 /// stopped leaves in the server's buffers stays small.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
-/// Appends the event of one message; its JSON is made once per fan-out.
+/// Appends one event: a message unnamed (so `onmessage` receives it),
+/// others named by kind. Its JSON is made once per fan-out, by the first
+/// subscription that writes it.
 fn write_event(out: &mut String, delivery: &Delivery) {
-    let message = &delivery.message;
+    let event = &delivery.event;
     let json = delivery.encoded.get_or_init(|| {
-        serde_json::to_string(&pb::Message::from(message)).unwrap_or_else(|error| {
+        let json = match pb::event::Kind::from(event) {
+            pb::event::Kind::Message(inner) => serde_json::to_string(&inner),
+            pb::event::Kind::Read(inner) => serde_json::to_string(&inner),
+            pb::event::Kind::Membership(inner) => serde_json::to_string(&inner),
+            pb::event::Kind::Typing(inner) => serde_json::to_string(&inner),
+            pb::event::Kind::Presence(inner) => serde_json::to_string(&inner),
+        };
+        json.unwrap_or_else(|error| {
             // Unreachable for strings and a server timestamp; never a panic.
-            tracing::error!(%error, id = message.position.0, "message did not serialize");
+            tracing::error!(%error, id = event.position.0, "an event did not serialize");
             String::new()
         })
     });
     if json.is_empty() {
-        out.push_str(": a message could not be serialized\n\n");
+        out.push_str(": an event could not be serialized\n\n");
         return;
     }
     out.push_str("id: ");
-    out.push_str(&message.position.id());
+    out.push_str(&event.position.id());
+    let name = match &event.body {
+        domain::Body::Message(_) => None,
+        domain::Body::Read(_) => Some("read"),
+        domain::Body::Membership(_) => Some("membership"),
+    };
+    if let Some(name) = name {
+        out.push_str("\nevent: ");
+        out.push_str(name);
+    }
     out.push_str("\ndata: ");
     out.push_str(json);
     out.push_str("\n\n");

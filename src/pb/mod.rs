@@ -40,14 +40,58 @@ impl From<&domain::Conversation> for Conversation {
     fn from(conversation: &domain::Conversation) -> Self {
         Self {
             id: conversation.id.as_str().to_owned(),
-            participant_ids: conversation
-                .participant_ids
-                .iter()
-                .map(|user| user.as_str().to_owned())
-                .collect(),
+            participant_ids: ids(&conversation.participant_ids),
             last_message: conversation.last_message.as_ref().map(Message::from),
             unread_count: conversation.unread_count,
             created_at: Some(timestamp(conversation.created_at_micros)),
+            creator_id: ids(conversation.creator_id.as_slice()).concat(),
+        }
+    }
+}
+
+fn ids(users: &[domain::UserId]) -> Vec<String> {
+    users.iter().map(|user| user.as_str().to_owned()).collect()
+}
+
+impl From<&domain::Event> for event::Kind {
+    fn from(event: &domain::Event) -> Self {
+        let conversation_id = event.conversation_id.as_str().to_owned();
+        match &event.body {
+            domain::Body::Message(content) => event::Kind::Message(Message {
+                id: event.position.id(),
+                conversation_id,
+                user_id: event.user_id.as_str().to_owned(),
+                content: content.clone(),
+                created_at: Some(timestamp(event.created_at_micros)),
+            }),
+            domain::Body::Read(message) => event::Kind::Read(ReadReceipt {
+                conversation_id,
+                user_id: event.user_id.as_str().to_owned(),
+                message_id: message.id(),
+            }),
+            domain::Body::Membership(change) => event::Kind::Membership(MembershipChange {
+                conversation: Some(Conversation {
+                    id: conversation_id.clone(),
+                    participant_ids: ids(&change.members),
+                    last_message: None,
+                    unread_count: 0,
+                    created_at: Some(timestamp(change.conversation_created_at_micros)),
+                    creator_id: ids(change.creator.as_slice()).concat(),
+                }),
+                conversation_id,
+                actor_id: event.user_id.as_str().to_owned(),
+                added_ids: ids(&change.added),
+                removed_ids: ids(&change.removed),
+            }),
+        }
+    }
+}
+
+impl From<&domain::Event> for Event {
+    fn from(event: &domain::Event) -> Self {
+        Self {
+            id: event.position.id(),
+            kind: Some(event.into()),
         }
     }
 }

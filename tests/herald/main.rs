@@ -44,6 +44,7 @@ mod hostile;
 mod identity;
 mod lifecycle;
 mod logs;
+mod membership;
 mod messages;
 mod metrics;
 mod openapi;

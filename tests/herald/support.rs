@@ -283,6 +283,86 @@ impl User {
     }
 }
 
+impl User {
+    /// Adds `users` to group `conversation_id`.
+    pub async fn add(
+        &self,
+        conversation_id: &str,
+        users: &[&str],
+    ) -> Result<pb::Conversation, Status> {
+        let body = pb::AddParticipantsRequest {
+            conversation_id: conversation_id.into(),
+            user_ids: users.iter().map(|user| user.to_string()).collect(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .add_participants(self.request(body))
+            .await?
+            .into_inner())
+    }
+
+    /// Removes `user` from group `conversation_id`.
+    pub async fn remove(
+        &self,
+        conversation_id: &str,
+        user: &str,
+    ) -> Result<pb::Conversation, Status> {
+        let body = pb::RemoveParticipantRequest {
+            conversation_id: conversation_id.into(),
+            user_id: user.into(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .remove_participant(self.request(body))
+            .await?
+            .into_inner())
+    }
+
+    /// Opens this user's event stream; it is live once this returns.
+    pub async fn events(&self, after_id: &str) -> Result<Streaming<pb::Event>, Status> {
+        let body = pb::SubscribeEventsRequest {
+            after_id: after_id.into(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .subscribe_events(self.request(body))
+            .await?
+            .into_inner())
+    }
+
+    /// Every message of `conversation_id` this user may list, oldest
+    /// first, read a page at a time from the newest.
+    pub async fn history(&self, conversation_id: &str) -> Result<Vec<pb::Message>, Status> {
+        let mut pages: Vec<Vec<pb::Message>> = Vec::new();
+        loop {
+            let mut request = page(conversation_id);
+            request.page_size = 500;
+            if let Some(oldest) = pages.last().and_then(|page| page.first()) {
+                request.before_id = oldest.id.clone();
+            }
+            let page = self.messages(request).await?;
+            if page.is_empty() {
+                break;
+            }
+            pages.push(page);
+        }
+        Ok(pages.into_iter().rev().flatten().collect())
+    }
+}
+
+/// The next event on `stream`; fails the test if none comes in time.
+pub async fn next_event(stream: &mut Streaming<pb::Event>) -> pb::Event {
+    match tokio::time::timeout(PATIENCE, stream.message()).await {
+        Ok(Ok(Some(event))) => event,
+        Ok(Ok(None)) => panic!("the stream ended"),
+        Ok(Err(status)) => panic!("the stream failed: {status:?}"),
+        Err(_) => panic!("no event within {PATIENCE:?}"),
+    }
+}
+
 /// `body` with `authorization` set to `value`.
 pub fn authorized<T>(body: T, value: &str) -> Request<T> {
     let mut request = Request::new(body);
