@@ -276,3 +276,225 @@ async fn nodes_share_the_machines_nats_when_it_is_configured() {
         assert!(node.terminate().await.0.success());
     }
 }
+
+/// A user's gRPC calls to one node.
+struct On {
+    client: herald::pb::messenger_client::MessengerClient<tonic::transport::Channel>,
+    bearer: String,
+}
+
+impl On {
+    async fn node(node: &Process, user: &str) -> Self {
+        Self {
+            client: node.client().await,
+            bearer: format!("Bearer {}", token(user)),
+        }
+    }
+
+    async fn send(&self, conversation: &str, content: &str) -> Result<pb::Message, tonic::Status> {
+        let body = pb::CreateMessageRequest {
+            conversation_id: conversation.into(),
+            content: content.into(),
+            ..Default::default()
+        };
+        let request = authorized(body, &self.bearer);
+        Ok(self
+            .client
+            .clone()
+            .create_message(request)
+            .await?
+            .into_inner())
+    }
+
+    async fn change(&self, conversation: &str, add: &str, remove: &str) {
+        let mut client = self.client.clone();
+        if !add.is_empty() {
+            let body = pb::AddParticipantsRequest {
+                conversation_id: conversation.into(),
+                user_ids: vec![add.into()],
+            };
+            client
+                .add_participants(authorized(body, &self.bearer))
+                .await
+                .unwrap();
+        }
+        if !remove.is_empty() {
+            let body = pb::RemoveParticipantRequest {
+                conversation_id: conversation.into(),
+                user_id: remove.into(),
+            };
+            client
+                .remove_participant(authorized(body, &self.bearer))
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn events(&self) -> tonic::Streaming<pb::Event> {
+        let request = authorized(pb::SubscribeEventsRequest::default(), &self.bearer);
+        self.client
+            .clone()
+            .subscribe_events(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+async fn next_event(stream: &mut tonic::Streaming<pb::Event>) -> pb::Event {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("an event in time")
+        .unwrap()
+        .expect("the stream goes on")
+}
+
+/// Membership changed on node A while subscribers listen on B (gRPC
+/// events) and C (SSE messages) and a writer keeps sending on C: the
+/// message right after each removal never reaches the removed user, the
+/// one right after each add always reaches the new member, and a removed
+/// user's send is refused on a node whose cache knew them as a member.
+async fn membership_changes_apply_at_their_position_on_every_node(nodes: &[Process]) {
+    const ROUNDS: usize = 5;
+    const ERIN: usize = 60;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let alice = On::node(a, "alice").await;
+    let bob_on_b = On::node(b, "bob").await;
+    let erin_on_c = On::node(c, "erin").await;
+    let group = pb::CreateConversationRequest {
+        participant_ids: vec!["bob".into(), "erin".into()],
+    };
+    let group = alice
+        .client
+        .clone()
+        .create_conversation(authorized(group, &alice.bearer))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut truth = alice.events().await;
+    let mut bob_events = bob_on_b.events().await;
+    let dave_sse = reqwest::Client::new()
+        .get(format!("http://{}/api/messages", c.http))
+        .header("accept", "text/event-stream")
+        .bearer_auth(token("dave"));
+    let mut dave_messages = open_sse(dave_sse).await;
+    // Node B now caches bob as a member of the group.
+    bob_on_b.send(&group, "bob warms node B").await.unwrap();
+
+    let writer = async {
+        for n in 1..=ERIN {
+            erin_on_c.send(&group, &format!("erin {n}")).await.unwrap();
+        }
+    };
+    let rounds = async {
+        let mut refused = 0;
+        for round in 0..ROUNDS {
+            alice.change(&group, "", "bob").await;
+            alice.send(&group, &format!("gone {round}")).await.unwrap();
+            let late = bob_on_b.send(&group, "after my removal").await;
+            assert_eq!(late.unwrap_err().code(), tonic::Code::PermissionDenied);
+            refused += 1;
+            alice.change(&group, "bob", "").await;
+            alice.change(&group, "dave", "").await;
+            alice.send(&group, &format!("back {round}")).await.unwrap();
+            alice.change(&group, "", "dave").await;
+        }
+        refused
+    };
+    let ((), refused) = tokio::join!(writer, rounds);
+    assert_eq!(refused, ROUNDS);
+
+    let total = 1 + ERIN + 6 * ROUNDS;
+    let mut all = Vec::with_capacity(total);
+    for _ in 0..total {
+        all.push(next_event(&mut truth).await);
+    }
+    let mut member = std::collections::HashMap::from([("bob", true), ("dave", false)]);
+    let mut expected_bob = Vec::new();
+    let mut expected_dave = Vec::new();
+    for event in &all {
+        let change = match &event.kind {
+            Some(pb::event::Kind::Membership(change)) => Some(change),
+            _ => None,
+        };
+        for user in ["bob", "dave"] {
+            let added = change.is_some_and(|c| c.added_ids.iter().any(|id| id == user));
+            let removed = change.is_some_and(|c| c.removed_ids.iter().any(|id| id == user));
+            if added {
+                member.insert(user, true);
+            }
+            let sees = member[user];
+            if removed {
+                member.insert(user, false);
+            }
+            if sees {
+                match user {
+                    "bob" => expected_bob.push(event.id.clone()),
+                    _ if change.is_none() => expected_dave.push(event.id.clone()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut bob_got = Vec::new();
+    while bob_got.len() < expected_bob.len() {
+        bob_got.push(next_event(&mut bob_events).await.id);
+    }
+    assert_eq!(bob_got, expected_bob, "bob's events on node B");
+    let mut dave_got = Vec::new();
+    while dave_got.len() < expected_dave.len() {
+        dave_got.push(dave_messages.next_message().await.id);
+    }
+    assert_eq!(
+        dave_got, expected_dave,
+        "dave's messages over SSE on node C"
+    );
+    // Spelled out: each "gone" (one position after bob's removal, or
+    // close behind) missed bob; each "back" (after dave's add) reached dave.
+    let with = |prefix: &str| -> Vec<String> {
+        all.iter()
+            .filter(|event| match &event.kind {
+                Some(pb::event::Kind::Message(m)) => m.content.starts_with(prefix),
+                _ => false,
+            })
+            .map(|event| event.id.clone())
+            .collect()
+    };
+    assert!(with("gone").iter().all(|id| !bob_got.contains(id)));
+    assert!(with("back").iter().all(|id| dave_got.contains(id)));
+    assert_eq!(with("back").len(), ROUNDS);
+    // Nothing more is on its way to either: what each gets next is new.
+    alice.change(&group, "dave", "").await;
+    let marker = alice.send(&group, "marker").await.unwrap();
+    let add = next_event(&mut bob_events).await;
+    assert!(
+        matches!(add.kind, Some(pb::event::Kind::Membership(_))),
+        "{add:?}"
+    );
+    assert_eq!(next_event(&mut bob_events).await.id, marker.id);
+    assert_eq!(dave_messages.next_message().await.id, marker.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_across_three_nodes_over_listen_notify() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let nodes = nodes(&db.url, 3, &["--broker".into(), "postgres".into()]).await;
+    membership_changes_apply_at_their_position_on_every_node(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_across_three_nodes_over_nats() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    if !Nats::available() {
+        return;
+    }
+    let nats = Nats::start(free_port(), &[]).await;
+    let args = ["--broker", "nats", "--nats-url", &nats.url()].map(String::from);
+    let nodes = nodes(&db.url, 3, &args).await;
+    membership_changes_apply_at_their_position_on_every_node(&nodes).await;
+}
