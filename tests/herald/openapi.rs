@@ -2,7 +2,7 @@
 //! operation it lists is called for real, and every answer's status,
 //! content type and JSON body must be what the document says.
 
-use crate::support::{TestApp, TestDb, spawn_app};
+use crate::support::{TestApp, TestDb, open_sse, spawn_app};
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -328,6 +328,98 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
         .check(stream, get.clone(), stream, alice, None, none)
         .await;
     assert_eq!(status, StatusCode::NOT_ACCEPTABLE);
+
+    // Membership: a group changes, a pair refuses; every change and the
+    // receipt above reach the event stream as the document's schemas.
+    let mut events = open_sse(
+        reqwest::Client::new()
+            .get(app.url("/api/events?lastEventId=") + last["id"].as_str().unwrap())
+            .header("accept", "text/event-stream")
+            .bearer_auth(app.token("alice")),
+    )
+    .await;
+    let group = json!({ "participantIds": ["bob", "carol"] });
+    let (_, group) = spec
+        .check(
+            conversations,
+            post.clone(),
+            conversations,
+            alice,
+            Some(group),
+            none,
+        )
+        .await;
+    assert_eq!(group["creatorId"], "alice");
+    let group = group["id"].as_str().unwrap();
+    let add = "/api/conversations/{id}/participants";
+    let dave = json!({ "userIds": ["dave"] });
+    let (status, changed) = spec
+        .check(
+            add,
+            post.clone(),
+            &format!("/api/conversations/{group}/participants"),
+            carol,
+            Some(dave.clone()),
+            none,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        changed["participantIds"],
+        json!(["alice", "bob", "carol", "dave"])
+    );
+    let (status, _) = spec
+        .check(
+            add,
+            post.clone(),
+            &format!("/api/conversations/{id}/participants"),
+            alice,
+            Some(dave),
+            none,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let remove = "/api/conversations/{id}/participants/{userId}";
+    let delete = Method::DELETE;
+    let (status, _) = spec
+        .check(
+            remove,
+            delete.clone(),
+            &format!("/api/conversations/{group}/participants/dave"),
+            carol,
+            None,
+            none,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, left) = spec
+        .check(
+            remove,
+            delete.clone(),
+            &format!("/api/conversations/{group}/participants/carol"),
+            carol,
+            None,
+            none,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(left["participantIds"], json!(["alice", "bob", "dave"]));
+    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    for (name, kind) in [
+        ("read", "ReadReceipt"),
+        ("membership", "MembershipChange"),
+        ("membership", "MembershipChange"),
+    ] {
+        let event = events.next_event().await.unwrap();
+        assert_eq!(event.event, name);
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        spec.validate(&schema(kind), &data, &format!("event: {name}"));
+    }
+    let stream = "/api/events";
+    let (status, _) = spec
+        .check(stream, get.clone(), stream, alice, None, &accept)
+        .await;
+    assert_eq!(status, StatusCode::OK);
 
     for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
         let (status, _) = spec.check(path, get.clone(), path, None, None, none).await;
