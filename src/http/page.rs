@@ -1,6 +1,6 @@
 //! The chat page at `/`: static HTML, CSS and JS compiled into the binary,
 //! no build step. It uses only the public API: REST with a bearer token and
-//! EventSource on `/api/messages`.
+//! EventSource on `/api/events` (messages, read receipts, membership).
 
 use super::AppState;
 use axum::{Router, http::header, response::IntoResponse, routing::get};

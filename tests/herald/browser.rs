@@ -56,6 +56,11 @@ async fn two_people_chat_through_the_page_and_it_survives_a_server_restart() {
 }
 
 #[tokio::test]
+async fn three_pages_see_a_group_change_and_read_receipts_through_the_event_stream() {
+    run_script("members.mjs").await;
+}
+
+#[tokio::test]
 async fn grpc_web_serves_a_browser_client_library_on_the_http_port() {
     run_script("grpc-web.mjs").await;
 }

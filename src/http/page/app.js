@@ -1,5 +1,6 @@
-// herald's chat page: REST for history and sending, EventSource for live
-// messages. No framework and no build step.
+// herald's chat page: REST for history, sending and membership, and one
+// EventSource on /api/events for live messages, read receipts and
+// membership changes. No framework and no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -13,8 +14,11 @@ const state = {
   current: null,            // open conversation id
   shown: new Set(),         // message ids rendered in the open conversation
   events: null,             // the EventSource
-  lastEventId: null,        // the id of the last message received live
+  lastEventId: null,        // the id of the last event received live
+  reads: new Map(),         // conversation id -> Map(user id -> newest message id they read)
 };
+
+const position = (id) => Number(id || 0);
 
 // ---- token -----------------------------------------------------------------
 
@@ -119,10 +123,54 @@ function appendMessage(message) {
   const meta = document.createElement("div");
   meta.className = "meta";
   meta.textContent = `${message.userId === state.me ? "" : message.userId + " · "}${timeOf(message)}`;
-  item.append(bubble, meta);
+  const seen = document.createElement("div");
+  seen.className = "seen";
+  item.append(bubble, meta, seen);
   const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
   list.append(item);
   if (stick || message.userId === state.me) list.scrollTop = list.scrollHeight;
+  renderSeen();
+}
+
+// "Seen by …" under my newest message that others have read, from the
+// read receipts on the event stream.
+function renderSeen() {
+  const reads = state.reads.get(state.current) || new Map();
+  const mine = [...document.querySelectorAll("#messages .message.mine")];
+  mine.forEach((item) => { item.querySelector(".seen").textContent = ""; });
+  for (const item of mine.reverse()) {
+    const readers = [...reads].filter(([user, id]) => user !== state.me && position(id) >= position(item.dataset.id));
+    if (readers.length) {
+      item.querySelector(".seen").textContent = `Seen by ${readers.map(([user]) => user).join(", ")}`;
+      return;
+    }
+  }
+}
+
+// The members panel of the open conversation: groups only.
+function renderMembers() {
+  const conversation = state.conversations.get(state.current);
+  const group = conversation && conversation.creatorId;
+  $("members-panel").hidden = !group;
+  if (!group) return;
+  const list = $("members");
+  list.replaceChildren();
+  for (const user of conversation.participantIds || []) {
+    const item = document.createElement("li");
+    item.dataset.user = user;
+    const name = document.createElement("span");
+    name.textContent = user + (user === conversation.creatorId ? " (creator)" : "");
+    item.append(name);
+    if (conversation.creatorId === state.me && user !== state.me) {
+      const remove = document.createElement("button");
+      remove.className = "link remove";
+      remove.type = "button";
+      remove.textContent = "Remove";
+      remove.addEventListener("click", () => removeMember(conversation.id, user));
+      item.append(remove);
+    }
+    list.append(item);
+  }
 }
 
 function remember(conversation) {
@@ -143,6 +191,7 @@ async function openConversation(id) {
   state.current = id;
   state.shown = new Set();
   $("thread-title").textContent = othersIn(state.conversations.get(id));
+  renderMembers();
   $("composer").hidden = false;
   $("thread-error").textContent = "";
   const list = $("messages");
@@ -194,6 +243,44 @@ async function send(event) {
   }
 }
 
+async function addMembers(event) {
+  event.preventDefault();
+  const input = $("member-input");
+  const userIds = input.value.split(",").map((s) => s.trim()).filter(Boolean);
+  try {
+    const conversation = await api("POST", `/api/conversations/${encodeURIComponent(state.current)}/participants`, { userIds });
+    input.value = "";
+    state.conversations.set(conversation.id, conversation);
+    renderMembers();
+  } catch (error) {
+    $("thread-error").textContent = error.message;
+  }
+}
+
+async function removeMember(conversationId, userId) {
+  try {
+    await api("DELETE", `/api/conversations/${encodeURIComponent(conversationId)}/participants/${encodeURIComponent(userId)}`);
+    if (userId === state.me) forget(conversationId);
+  } catch (error) {
+    $("thread-error").textContent = error.message;
+  }
+}
+
+// The conversation is no longer mine (I left, or was removed).
+function forget(conversationId) {
+  state.conversations.delete(conversationId);
+  state.order = state.order.filter((id) => id !== conversationId);
+  state.reads.delete(conversationId);
+  if (state.current === conversationId) {
+    state.current = null;
+    $("thread-title").textContent = "Pick a conversation";
+    $("members-panel").hidden = true;
+    $("composer").hidden = true;
+    $("messages").replaceChildren();
+  }
+  renderConversations();
+}
+
 async function startConversation(event) {
   event.preventDefault();
   const input = $("new-participants");
@@ -229,7 +316,7 @@ async function connect() {
   if (state.lastEventId) params.set("lastEventId", state.lastEventId);
   // On its own reconnects the browser sends Last-Event-ID, and herald
   // replays what was missed before going live.
-  const events = new EventSource(`/api/messages?${params}`);
+  const events = new EventSource(`/api/events?${params}`);
   state.events = events;
   events.onopen = () => {
     status.dataset.state = "live";
@@ -246,6 +333,14 @@ async function connect() {
     state.lastEventId = event.lastEventId;
     receive(JSON.parse(event.data));
   };
+  events.addEventListener("read", (event) => {
+    state.lastEventId = event.lastEventId;
+    receiveRead(JSON.parse(event.data));
+  });
+  events.addEventListener("membership", (event) => {
+    state.lastEventId = event.lastEventId;
+    receiveMembership(JSON.parse(event.data));
+  });
   // The server could not replay what we missed: start over from the API.
   events.addEventListener("reset", () => {
     loadConversations().then(() => state.current && openConversation(state.current));
@@ -266,6 +361,37 @@ async function receive(message) {
   if (message.conversationId === state.current) {
     appendMessage(message);
     if (message.userId !== state.me) markRead(message.conversationId, message).catch(() => {});
+  }
+}
+
+// Someone read up to a message: "seen" marks for others' receipts, and
+// unread counts for my own (read on another device, or this one).
+function receiveRead(read) {
+  const reads = state.reads.get(read.conversationId) || new Map();
+  if (position(read.messageId) > position(reads.get(read.userId))) reads.set(read.userId, read.messageId);
+  state.reads.set(read.conversationId, reads);
+  if (read.conversationId === state.current) renderSeen();
+  const known = state.conversations.get(read.conversationId);
+  if (read.userId !== state.me || !known) return;
+  if (known.lastMessage && position(read.messageId) >= position(known.lastMessage.id)) {
+    known.unreadCount = "0";
+    renderConversations();
+  } else {
+    loadConversations().catch(() => {});
+  }
+}
+
+// Members joined or left: a conversation I joined appears, one I left
+// goes, and the open one's members panel follows.
+function receiveMembership(change) {
+  if ((change.removedIds || []).includes(state.me)) return forget(change.conversationId);
+  const known = state.conversations.get(change.conversationId);
+  if (!known) return loadConversations().catch(() => {});
+  known.participantIds = change.conversation.participantIds;
+  renderConversations();
+  if (change.conversationId === state.current) {
+    $("thread-title").textContent = othersIn(known);
+    renderMembers();
   }
 }
 
@@ -305,6 +431,8 @@ $("login-form").addEventListener("submit", (event) => {
 $("sign-out").addEventListener("click", () => signOut());
 $("composer").addEventListener("submit", send);
 $("new-conversation").addEventListener("submit", startConversation);
+$("add-member").addEventListener("submit", addMembers);
+$("leave").addEventListener("click", () => removeMember(state.current, state.me));
 $("content").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey) send(event);
 });
