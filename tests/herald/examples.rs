@@ -114,3 +114,89 @@ async fn a_python_subscriber_hears_node_and_a_node_subscriber_hears_python() {
     }
     herald.terminate().await;
 }
+
+/// The Node example's `events` command prints a membership change, a
+/// message and a read receipt of a group, in stream order.
+#[tokio::test]
+async fn the_node_events_client_prints_changes_messages_and_receipts_in_order() {
+    let ready = examples().join("node/node_modules/@grpc/grpc-js").exists();
+    if !tools_ready("the Node packages of examples/", ready) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", SECRET]);
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let call = |user: &str, path: String, body: serde_json::Value| {
+        http.post(format!("http://{}{path}", herald.http))
+            .bearer_auth(mint(SECRET, user))
+            .json(&body)
+            .send()
+    };
+    let group: serde_json::Value = call(
+        "alice",
+        "/api/conversations".into(),
+        serde_json::json!({ "participantIds": ["bob", "carol"] }),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = group["id"].as_str().unwrap();
+
+    let mut events = node(&herald, "bob");
+    events.args(["events", "--count", "3"]);
+    let mut child = events
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, stderr.next_line())
+        .await
+        .unwrap();
+    assert_eq!(line.unwrap().as_deref(), Some("subscribed"));
+
+    let participants = format!("/api/conversations/{id}/participants");
+    call(
+        "alice",
+        participants,
+        serde_json::json!({ "userIds": ["dave"] }),
+    )
+    .await
+    .unwrap();
+    let messages = format!("/api/conversations/{id}/messages");
+    let sent: serde_json::Value = call("alice", messages, serde_json::json!({ "content": "hi" }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sent = sent["id"].as_str().unwrap();
+    let read = format!("/api/conversations/{id}/read");
+    call("bob", read, serde_json::json!({ "messageId": sent }))
+        .await
+        .unwrap();
+
+    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("the client stops after three events")
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.split_once(' ').unwrap().1.to_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "membership by alice: +dave".to_owned(),
+            "message alice: hi".to_owned(),
+            format!("read bob up to {sent}"),
+        ]
+    );
+    herald.terminate().await;
+}
