@@ -432,10 +432,20 @@ impl Herald {
             return Err(Error::ShuttingDown);
         }
         let max = self.inner.limits.max_participants;
-        self.inner
+        let event = self
+            .inner
             .committer
             .change(id.clone(), caller.clone(), request, max)
-            .await
+            .await?;
+        // A change goes to every member with the whole member list: the
+        // caller's call rate pays for that fan-out by the group's size, so
+        // adding and removing someone over and over in a large group is
+        // slowed like creating large groups is.
+        if let Some(Body::Membership(change)) = event.as_ref().map(|event| &event.body) {
+            let members = change.members.len() + change.removed.len();
+            self.inner.calls.charge(caller, members as f64 / 50.0);
+        }
+        Ok(event)
     }
 
     /// Opens the caller's message stream, resuming after `after_id` if given.

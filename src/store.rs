@@ -342,6 +342,15 @@ macro_rules! in_membership {
     };
 }
 
+/// The position at which user `$1` first joined conversation `$2`: where
+/// a page of their history stops scanning, so paging back past a late
+/// join never reads the history before it.
+macro_rules! first_join {
+    () => {
+        "(SELECT MIN(joined_at) FROM memberships WHERE conversation_id = $2 AND user_id = $1)"
+    };
+}
+
 #[derive(FromRow)]
 struct EventRow {
     position: i64,
@@ -642,7 +651,9 @@ impl Store {
                     " FROM messages m ",
                     in_membership!(),
                     " WHERE m.conversation_id = $2 AND m.kind = 'message'
-                     AND m.position < $3 ORDER BY m.position DESC LIMIT $4"
+                     AND m.position < $3 AND m.position >= ",
+                    first_join!(),
+                    " ORDER BY m.position DESC LIMIT $4"
                 ),
                 before.map_or(i64::MAX, |p| p.0),
                 true,
@@ -654,7 +665,9 @@ impl Store {
                     " FROM messages m ",
                     in_membership!(),
                     " WHERE m.conversation_id = $2 AND m.kind = 'message'
-                     AND m.position > $3 ORDER BY m.position ASC LIMIT $4"
+                     AND m.position > $3 AND m.position >= ",
+                    first_join!(),
+                    " ORDER BY m.position ASC LIMIT $4"
                 ),
                 after.0,
                 false,

@@ -459,6 +459,7 @@ async fn a_cookie_changes_state_only_from_the_pages_own_or_allowed_origins(db: T
 }
 
 on_every_backend!(
+    membership_churn_in_a_large_group_is_paid_for_by_its_size,
     content_with_nul_is_refused_at_every_door,
     a_message_the_database_refuses_fails_alone_and_its_batch_mates_commit,
     a_token_not_yet_valid_is_refused_and_any_expiry_is_handled,
@@ -519,6 +520,41 @@ async fn expensive_calls_are_metered_per_user_and_groups_are_bounded(db: TestDb)
     // Everyone else keeps their own allowance.
     bob.conversations().await.unwrap();
     bob.create_conversation(&others[..100]).await.unwrap();
+    app.stop().await;
+}
+
+/// Removing and re-adding one user in a large group sends the whole member
+/// list to every member each time: the creator's call rate pays by the
+/// group's size, so the churn stops within a few rounds.
+async fn membership_churn_in_a_large_group_is_paid_for_by_its_size(db: TestDb) {
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.call_rate_limit = 0.0;
+        config.call_rate_burst = 60.0;
+    })
+    .await;
+    let mallory = app.user("mallory").await;
+    let others: Vec<String> = (0..499).map(|n| format!("user-{n}")).collect();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    // Creating costs 1 + 500 / 50 = 11 of the 60.
+    let group = mallory.create_conversation(&others).await.unwrap();
+    let mut changes = 0;
+    let refused = loop {
+        match mallory.remove(&group.id, "user-0").await {
+            Ok(_) => changes += 1,
+            Err(status) => break status.code(),
+        }
+        match mallory.add(&group.id, &["user-0"]).await {
+            Ok(_) => changes += 1,
+            Err(status) => break status.code(),
+        }
+        assert!(
+            changes < 20,
+            "{changes} changes of a 500-member group went unpaid"
+        );
+    };
+    assert_eq!(refused, Code::ResourceExhausted);
+    // Each change costs about 11: the 49 left pay for four or five.
+    assert!((3..=6).contains(&changes), "{changes} changes");
     app.stop().await;
 }
 
