@@ -29,7 +29,7 @@
 //! below what was delivered are dropped as duplicates.
 
 use crate::{
-    domain::{Body, Event, Position, UserId},
+    domain::{Body, ConversationId, Event, Position, UserId},
     hub::{Delivery, Hub},
     metrics::Metrics,
     store::{MemberLists, Participants, Store},
@@ -51,6 +51,8 @@ pub const GAP_WAIT: Duration = Duration::from_millis(50);
 pub const POLL: Duration = Duration::from_secs(1);
 /// The most messages read from the database in one go.
 const FILL_BATCH: i64 = 1_000;
+/// The most pending events whose conversations' members are read at once.
+const MAX_BATCH_EVENTS: usize = 256;
 
 /// What a batch of reports requires the feed to read, least to most.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -199,14 +201,16 @@ impl Sequencer {
         }
     }
 
-    /// Takes `first` and every report already queued behind it, then reads
-    /// the database once for whatever they say is missing: under load one
-    /// range read serves many notifications.
+    /// Takes `first` and every report already queued behind it, delivers
+    /// what is contiguous, then reads the database once for whatever they
+    /// say is missing: under load one range read serves many notifications,
+    /// and one read of members serves a whole commit's conversations.
     async fn take_all(&mut self, first: Report, rx: &mut mpsc::UnboundedReceiver<Report>) {
-        let mut read = self.take(first).await;
+        let mut read = self.take(first);
         while let Ok(report) = rx.try_recv() {
-            read = read.max(self.take(report).await);
+            read = read.max(self.take(report));
         }
+        self.flush().await;
         match read {
             Read::Nothing => {}
             Read::UpToHead => self.fill(Fill::Reported).await,
@@ -215,9 +219,9 @@ impl Sequencer {
     }
 
     /// Takes one report and says what must be read from the database.
-    async fn take(&mut self, report: Report) -> Read {
+    fn take(&mut self, report: Report) -> Read {
         match report {
-            Report::Committed(event) | Report::Remote(event) => self.offer(event).await,
+            Report::Committed(event) | Report::Remote(event) => self.hold(event),
             Report::Head(position) => {
                 self.head = self.head.max(position.0);
                 if self.head >= self.next && !self.pending.contains_key(&self.next) {
@@ -229,21 +233,23 @@ impl Sequencer {
         Read::Nothing
     }
 
-    /// Takes one event and delivers whatever is now contiguous.
-    async fn offer(&mut self, event: Event) {
+    /// Holds one event until [`flush`](Self::flush) delivers it in order.
+    fn hold(&mut self, event: Event) {
         let position = event.position.0;
         if position < self.next {
             return;
         }
         self.head = self.head.max(position);
         self.pending.insert(position, event);
-        self.flush().await;
     }
 
     /// Delivers pending events from `next` on, up to the first gap. An
     /// event whose recipients cannot be read stays pending, and the gap
     /// timer tries again.
     async fn flush(&mut self) {
+        if let Err(error) = self.learn_members().await {
+            return self.retry_later(&error);
+        }
         while let Some(event) = self.pending.remove(&self.next) {
             match self.recipients(&event).await {
                 Ok(recipients) => {
@@ -261,6 +267,35 @@ impl Sequencer {
             true => None,
             false => self.gap_since.or_else(|| Some(Instant::now())),
         };
+    }
+
+    /// Reads, in one query, the members of every conversation among the
+    /// deliverable pending events (those before the first gap) that the
+    /// feed has not cached, each as of its first such event. Exact until that conversation's next change,
+    /// which the feed applies in order anyway; without it, a burst of new
+    /// conversations would cost one read each, one after the other, while
+    /// every delivery waits.
+    async fn learn_members(&mut self) -> Result<(), sqlx::Error> {
+        let mut unknown: Vec<(ConversationId, Position)> = Vec::new();
+        // Only the run up to the first gap: past it, a change inside the gap
+        // could fall between an earlier event and the position read.
+        let run = self.pending.range(self.next..).zip(self.next..);
+        let run = run.take_while(|((position, _), expected)| *position == expected);
+        for ((_, event), _) in run.take(MAX_BATCH_EVENTS) {
+            let id = &event.conversation_id;
+            if self.members.get(id).is_none() && !unknown.iter().any(|(known, _)| known == id) {
+                unknown.push((id.clone(), event.position));
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let mut found = self.store.members_at_many(&unknown).await?;
+        for (id, _) in unknown {
+            let members = found.remove(&id).unwrap_or_default();
+            self.members.insert(id, members.into());
+        }
+        Ok(())
     }
 
     /// Who receives `event`: the members of its conversation at its
@@ -320,8 +355,9 @@ impl Sequencer {
                         self.fills.unreported.fetch_add(count, Ordering::Relaxed);
                     }
                     for event in found {
-                        self.offer(event).await;
+                        self.hold(event);
                     }
+                    self.flush().await;
                 }
                 Ok(_) => return self.nothing_at_next().await,
                 Err(error) => return self.retry_later(&error),

@@ -779,6 +779,43 @@ impl Store {
         Ok(rows.into_iter().map(Event::from).collect())
     }
 
+    /// [`members_at`](Self::members_at) of several conversations, each at
+    /// its own position, in one query; a conversation with none is absent.
+    pub async fn members_at_many(
+        &self,
+        at: &[(ConversationId, Position)],
+    ) -> Result<HashMap<ConversationId, Vec<UserId>>, sqlx::Error> {
+        let mut found: HashMap<ConversationId, Vec<String>> = HashMap::new();
+        // Two bound values per conversation, well within both backends'
+        // limits per statement.
+        for chunk in at.chunks(500) {
+            let rows: Vec<(String, String)> = with_pool!(self, pool => {
+                // VALUES names its columns column1, column2 on both backends.
+                let mut sql = sqlx::QueryBuilder::new(
+                    "SELECT ms.conversation_id, ms.user_id FROM memberships ms JOIN (",
+                );
+                sql.push_values(chunk, |mut values, (id, position)| {
+                    values.push_bind(id.as_str()).push_bind(position.0);
+                });
+                sql.push(
+                    ") AS at ON ms.conversation_id = at.column1 AND ms.joined_at <= at.column2
+                     AND (ms.left_at IS NULL OR ms.left_at >= at.column2)",
+                );
+                sql.build_query_as().fetch_all(pool).await?
+            });
+            for (conversation, user) in rows {
+                found
+                    .entry(ConversationId::from_stored(conversation))
+                    .or_default()
+                    .push(user);
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|(id, users)| (id, sorted(users)))
+            .collect())
+    }
+
     /// The members of a conversation as of `position`, sorted: those whose
     /// interval holds it (a change at `position` counts both the users it
     /// adds and those it removes). How the feed learns a conversation it

@@ -3,6 +3,11 @@
 -- `kind` says which; `content` holds a message's text, or the event's own
 -- encoding (see `store`).
 ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+-- The conversation index carries the kind, so "messages only" is decided
+-- in the index: the column itself sits after `content` in each row, and
+-- reading it there would walk a long message's overflow pages.
+DROP INDEX messages_by_conversation;
+CREATE INDEX messages_by_conversation ON messages (conversation_id, position, kind);
 
 -- Who may remove others from a group; NULL for pairs and older groups.
 ALTER TABLE conversations ADD COLUMN creator_id TEXT;
