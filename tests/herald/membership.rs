@@ -252,6 +252,7 @@ async fn a_new_member_sees_only_what_follows_the_add(db: TestDb) {
         "only what came after the add is unread"
     );
     assert_eq!(code(carol.subscribe(&old.id).await), Code::OutOfRange);
+    assert_eq!(code(carol.events(&old.id).await), Code::OutOfRange);
     // Marking a message from before the add moves nothing.
     let marked = carol.mark_read(&group.id, &old.id).await.unwrap();
     assert_eq!(marked.unread_count, 1);
@@ -574,4 +575,9 @@ async fn the_event_stream_over_sse_names_what_is_not_a_message_and_resumes(db: T
         .unwrap();
     assert_eq!(messages.next_message().await.id, next.id);
     assert_eq!(resumed.next_message().await.id, next.id);
+    // A resume point that names nothing of bob's: reset, then live.
+    let mut reset = open_sse(events("bob").header("last-event-id", "999999")).await;
+    assert_eq!(reset.next_event().await.unwrap().event, "reset");
+    let last = app.user("alice").await.send(&group.id, "last").await.unwrap();
+    assert_eq!(reset.next_message().await.id, last.id);
 }
