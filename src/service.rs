@@ -448,7 +448,8 @@ impl Herald {
         Ok(event)
     }
 
-    /// Opens the caller's message stream, resuming after `after_id` if given.
+    /// Opens the caller's stream of what `wants` asks for (messages, or
+    /// every event), resuming after `after_id` if given.
     ///
     /// **No gap, no duplicate.** The live subscription is registered with
     /// the hub *before* the database is read for the replay. The hub only
