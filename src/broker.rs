@@ -31,6 +31,7 @@
 use crate::{
     domain::{Body, ConversationId, Event, Position, UserId},
     feed::Feed,
+    signals::Signals,
     start::StartError,
     store::Store,
 };
@@ -50,6 +51,11 @@ use tokio_util::sync::CancellationToken;
 
 /// The PostgreSQL channel the `messages` trigger notifies (see migrations).
 pub const CHANNEL: &str = "herald_messages";
+/// The PostgreSQL channel of signals (typing), each notification one
+/// signal as JSON; never written to a table.
+pub const SIGNALS_CHANNEL: &str = "herald_signals";
+/// Appended to the NATS subject for signals.
+const SIGNALS_SUFFIX: &str = ".signals";
 
 /// Which engine carries commits between nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -171,10 +177,17 @@ impl Reconnects {
 #[derive(Clone)]
 pub enum Publisher {
     Quiet,
+    /// Messages need no publishing (the trigger notifies); signals are
+    /// notified through the pool.
+    Postgres {
+        pool: sqlx::PgPool,
+        origin: Arc<str>,
+    },
     Nats {
         client: async_nats::Client,
         subject: String,
         key: ClusterKey,
+        origin: Arc<str>,
     },
 }
 
@@ -189,6 +202,30 @@ struct Wire {
     /// Absent from nodes older than membership: a message.
     #[serde(default = "message_kind")]
     kind: String,
+    /// The node that sent a signal, so it can skip its own (PostgreSQL
+    /// notifies the sender's LISTEN connection too).
+    #[serde(default)]
+    origin: String,
+}
+
+impl Wire {
+    fn of(event: &Event, origin: &str) -> Self {
+        Wire {
+            position: event.position.0,
+            conversation_id: event.conversation_id.as_str().to_owned(),
+            user_id: event.user_id.as_str().to_owned(),
+            content: event.body.encode(),
+            created_at_micros: event.created_at_micros,
+            kind: event.body.kind().to_owned(),
+            origin: origin.to_owned(),
+        }
+    }
+
+    /// The signal this is, if it is one sent by another node.
+    fn signal(self, me: &str) -> Option<Event> {
+        let signal = self.position == 0 && self.kind == "typing" && self.origin != me;
+        signal.then(|| self.into())
+    }
 }
 
 fn message_kind() -> String {
@@ -203,21 +240,49 @@ impl Publisher {
             client,
             subject,
             key,
+            origin,
         } = self
         else {
             return;
         };
-        let wire = Wire {
-            position: event.position.0,
-            conversation_id: event.conversation_id.as_str().to_owned(),
-            user_id: event.user_id.as_str().to_owned(),
-            content: event.body.encode(),
-            created_at_micros: event.created_at_micros,
-            kind: event.body.kind().to_owned(),
-        };
+        let wire = Wire::of(event, origin);
         let payload = key.seal(subject, &serde_json::to_vec(&wire).unwrap_or_default());
         if let Err(error) = client.publish(subject.clone(), payload.into()).await {
             tracing::warn!(%error, position = event.position.0, "NATS publish failed; other nodes will read it from the database");
+        }
+    }
+}
+
+impl Publisher {
+    /// Tells the other nodes of a signal; a failure costs a stale
+    /// indicator, and is only logged.
+    pub async fn signal(&self, event: &Event) {
+        match self {
+            Publisher::Quiet => {}
+            Publisher::Postgres { pool, origin } => {
+                let wire = serde_json::to_string(&Wire::of(event, origin)).unwrap_or_default();
+                let notify = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(SIGNALS_CHANNEL)
+                    .bind(wire)
+                    .execute(pool)
+                    .await;
+                if let Err(error) = notify {
+                    tracing::debug!(%error, "a signal was not notified");
+                }
+            }
+            Publisher::Nats {
+                client,
+                subject,
+                key,
+                origin,
+            } => {
+                let subject = format!("{subject}{SIGNALS_SUFFIX}");
+                let wire = serde_json::to_vec(&Wire::of(event, origin)).unwrap_or_default();
+                let payload = key.seal(&subject, &wire);
+                if let Err(error) = client.publish(subject, payload.into()).await {
+                    tracing::debug!(%error, "a signal was not published");
+                }
+            }
         }
     }
 }
@@ -227,6 +292,8 @@ pub struct Broker {
     publisher: Publisher,
     receiver: Receiver,
     reconnects: Reconnects,
+    /// This node's name on the broker, random per process.
+    origin: Arc<str>,
 }
 
 enum Receiver {
@@ -234,10 +301,19 @@ enum Receiver {
     Postgres(PgListener),
     Nats {
         subscriber: async_nats::Subscriber,
+        signals: async_nats::Subscriber,
         events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
         subject: String,
         key: ClusterKey,
     },
+}
+
+/// What a broker's receiving half hands on: commits to the feed, signals
+/// to the relay, and its own node's name to skip its own signals.
+pub struct Sinks {
+    pub feed: Feed,
+    pub signals: Signals,
+    pub origin: Arc<str>,
 }
 
 impl Broker {
@@ -252,12 +328,24 @@ impl Broker {
             Store::Sqlite(_) => BrokerKind::Local,
         });
         let reconnects = Reconnects::default();
+        let origin: Arc<str> = crate::domain::random_hex().into();
         let (publisher, receiver) = match kind {
             BrokerKind::Local => (Publisher::Quiet, Receiver::Local),
-            BrokerKind::Postgres => (
-                Publisher::Quiet,
-                Receiver::Postgres(listen(store, database_url).await?),
-            ),
+            BrokerKind::Postgres => {
+                let Store::Postgres(pool) = store else {
+                    return Err(StartError::config(
+                        "the postgres broker needs a postgres:// database",
+                    ));
+                };
+                let publisher = Publisher::Postgres {
+                    pool: pool.clone(),
+                    origin: origin.clone(),
+                };
+                (
+                    publisher,
+                    Receiver::Postgres(listen(store, database_url).await?),
+                )
+            }
             BrokerKind::Nats => {
                 let url = config
                     .nats_url
@@ -282,20 +370,29 @@ impl Broker {
                         what: "NATS",
                         source: Box::new(error),
                     })?;
-                let subscriber = client
-                    .subscribe(config.nats_subject.clone())
-                    .await
-                    .map_err(|error| StartError::Broker {
-                        what: "NATS (subscribe)",
-                        source: Box::new(error),
-                    })?;
+                let subscribe = |subject: String| {
+                    let client = client.clone();
+                    async move {
+                        client
+                            .subscribe(subject)
+                            .await
+                            .map_err(|error| StartError::Broker {
+                                what: "NATS (subscribe)",
+                                source: Box::new(error),
+                            })
+                    }
+                };
+                let subscriber = subscribe(config.nats_subject.clone()).await?;
+                let signals = subscribe(format!("{}{SIGNALS_SUFFIX}", config.nats_subject)).await?;
                 let publisher = Publisher::Nats {
                     client,
                     subject: config.nats_subject.clone(),
                     key: key.clone(),
+                    origin: origin.clone(),
                 };
                 let receiver = Receiver::Nats {
                     subscriber,
+                    signals,
                     events: events_rx,
                     subject: config.nats_subject.clone(),
                     key,
@@ -308,6 +405,7 @@ impl Broker {
             publisher,
             receiver,
             reconnects,
+            origin,
         })
     }
 
@@ -319,23 +417,41 @@ impl Broker {
         self.reconnects.clone()
     }
 
-    /// Starts reporting other nodes' commits to `feed` until `shutdown`.
-    pub fn start(self, feed: Feed, shutdown: CancellationToken) -> JoinHandle<()> {
+    /// Starts reporting other nodes' commits to `feed`, and their signals
+    /// to `signals`, until `shutdown`.
+    pub fn start(
+        self,
+        feed: Feed,
+        signals: Signals,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
         let reconnects = self.reconnects;
+        let sinks = Sinks {
+            feed,
+            signals,
+            origin: self.origin,
+        };
         match self.receiver {
             Receiver::Local => tokio::spawn(async {}),
             Receiver::Postgres(listener) => {
-                tokio::spawn(receive_notifications(listener, feed, reconnects, shutdown))
+                tokio::spawn(receive_notifications(listener, sinks, reconnects, shutdown))
             }
             Receiver::Nats {
                 subscriber,
+                signals,
                 events,
                 subject,
                 key,
             } => {
                 let trusted = Trusted { subject, key };
+                let subscribers = (subscriber, signals);
                 tokio::spawn(receive_nats(
-                    subscriber, events, trusted, feed, reconnects, shutdown,
+                    subscribers,
+                    events,
+                    trusted,
+                    sinks,
+                    reconnects,
+                    shutdown,
                 ))
             }
         }
@@ -360,22 +476,32 @@ async fn listen(store: &Store, database_url: &str) -> Result<PgListener, StartEr
     let mut listener = PgListener::connect_with(&pool)
         .await
         .map_err(cannot_listen)?;
-    listener.listen(CHANNEL).await.map_err(cannot_listen)?;
+    listener
+        .listen_all([CHANNEL, SIGNALS_CHANNEL])
+        .await
+        .map_err(cannot_listen)?;
     Ok(listener)
 }
 
 async fn receive_notifications(
     mut listener: PgListener,
-    feed: Feed,
+    sinks: Sinks,
     reconnects: Reconnects,
     shutdown: CancellationToken,
 ) {
+    let feed = &sinks.feed;
     loop {
         let received = tokio::select! {
             _ = shutdown.cancelled() => return,
             received = listener.try_recv() => received,
         };
         match received {
+            Ok(Some(notification)) if notification.channel() == SIGNALS_CHANNEL => {
+                let wire = serde_json::from_str::<Wire>(notification.payload());
+                if let Some(signal) = wire.ok().and_then(|wire| wire.signal(&sinks.origin)) {
+                    sinks.signals.remote(signal);
+                }
+            }
             Ok(Some(notification)) => match notification.payload().parse::<i64>() {
                 Ok(position) if position > 0 => feed.head(Position(position)),
                 _ => {
@@ -391,13 +517,13 @@ async fn receive_notifications(
             // LISTENs again. Whatever was notified meanwhile is lost, so the
             // feed reads it from the database.
             Ok(None) => lost_link(
-                &feed,
+                feed,
                 &reconnects,
                 "the LISTEN connection was lost; reconnecting",
             ),
             Err(error) => {
                 lost_link(
-                    &feed,
+                    feed,
                     &reconnects,
                     &format!("LISTEN failed: {error}; retrying"),
                 );
@@ -420,17 +546,26 @@ impl Trusted {
         let wire: Wire = serde_json::from_slice(message).ok()?;
         (wire.position > 0).then(|| wire.into())
     }
+
+    /// The signal in `payload`, if a herald node of this deployment (other
+    /// than `me`) sent it on the signals subject.
+    fn open_signal(&self, payload: &[u8], me: &str) -> Option<Event> {
+        let subject = format!("{}{SIGNALS_SUFFIX}", self.subject);
+        let message = self.key.open(&subject, payload)?;
+        serde_json::from_slice::<Wire>(message).ok()?.signal(me)
+    }
 }
 
 async fn receive_nats(
-    mut subscriber: async_nats::Subscriber,
+    (mut subscriber, mut signals): (async_nats::Subscriber, async_nats::Subscriber),
     mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
     trusted: Trusted,
-    feed: Feed,
+    sinks: Sinks,
     reconnects: Reconnects,
     shutdown: CancellationToken,
 ) {
     use futures_util::StreamExt;
+    let feed = &sinks.feed;
     let mut was_lost = false;
     loop {
         tokio::select! {
@@ -442,7 +577,7 @@ async fn receive_nats(
                 }
                 async_nats::Event::Connected if was_lost => {
                     was_lost = false;
-                    lost_link(&feed, &reconnects, "NATS reconnected; catching up from the database");
+                    lost_link(feed, &reconnects, "NATS reconnected; catching up from the database");
                 }
                 other => tracing::info!(event = %other, "NATS event"),
             },
@@ -460,6 +595,19 @@ async fn receive_nats(
                 },
                 None => return,
             },
+            Some(message) = signals.next() => {
+                match trusted.open_signal(&message.payload, &sinks.origin) {
+                    Some(signal) => sinks.signals.remote(signal),
+                    None => {
+                        if reconnects.count_forged() {
+                            tracing::warn!(
+                                dropped = reconnects.forged_total(),
+                                "ignoring a NATS signal that no other herald node of this deployment sealed"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -107,6 +107,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 pub struct Position(pub i64);
 
 impl Position {
+    /// No position: positions start at 1, and signals have none.
+    pub const NONE: Position = Position(0);
+
     /// Parses a message id given by a client: `Err` when malformed,
     /// `Ok(None)` when well-formed but not an id herald issues (so it names
     /// nothing), `Ok(Some)` otherwise.
@@ -193,6 +196,8 @@ pub enum Body {
     /// The user read up to this message.
     Read(Position),
     Membership(Change),
+    /// The user is typing: a signal, with no position.
+    Typing,
 }
 
 /// Participants added to or removed from a group, and the group after.
@@ -224,6 +229,23 @@ impl Event {
     pub fn is_message(&self) -> bool {
         matches!(self.body, Body::Message(_))
     }
+
+    /// A signal (typing, presence): never stored, never replayed, so it has
+    /// no stream position ([`Position::NONE`]).
+    pub fn signal(conversation_id: ConversationId, user_id: UserId, body: Body) -> Self {
+        Self {
+            position: Position::NONE,
+            conversation_id,
+            user_id,
+            created_at_micros: now_micros(),
+            body,
+        }
+    }
+
+    /// Whether this event has a stream position (everything but signals).
+    pub fn has_position(&self) -> bool {
+        self.position != Position::NONE
+    }
 }
 
 impl Body {
@@ -233,6 +255,7 @@ impl Body {
             Body::Message(_) => "message",
             Body::Read(_) => "read",
             Body::Membership(_) => "membership",
+            Body::Typing => "typing",
         }
     }
 
@@ -244,6 +267,7 @@ impl Body {
             Body::Read(position) => position.0.to_string(),
             Body::Membership(change) => serde_json::to_string(&StoredChange::from(change))
                 .unwrap_or_else(|_| String::from("{}")),
+            Body::Typing => String::new(),
         }
     }
 
@@ -253,6 +277,7 @@ impl Body {
     pub fn decode(kind: &str, content: String) -> Self {
         match kind {
             "read" => Body::Read(Position(content.parse().unwrap_or(0))),
+            "typing" => Body::Typing,
             "membership" => Body::Membership(
                 serde_json::from_str::<StoredChange>(&content)
                     .map(Change::from)

@@ -217,6 +217,18 @@ impl pb::messenger_server::Messenger for Messenger {
         .await
     }
 
+    async fn set_typing(
+        &self,
+        request: Request<pb::SetTypingRequest>,
+    ) -> Result<Response<pb::SetTypingResponse>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        self.herald
+            .set_typing(&caller, &body.conversation_id)
+            .await?;
+        Ok(Response::new(pb::SetTypingResponse {}))
+    }
+
     async fn add_participants(
         &self,
         request: Request<pb::AddParticipantsRequest>,

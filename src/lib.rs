@@ -29,6 +29,7 @@
 //! | `broker` | cross-node fan-out: PostgreSQL LISTEN/NOTIFY or NATS |
 //! | `hub` | per-user fan-out with bounded queues |
 //! | `service` | the core the transports adapt |
+//! | `signals` | typing: events with no position, relayed and never stored |
 //! | `stream` | one subscriber's stream: replay, then live |
 //! | [`pb`] | generated proto types and their JSON mapping |
 //! | `grpc` | the gRPC adapter |
@@ -54,6 +55,7 @@ mod metrics;
 pub mod pb;
 mod server;
 mod service;
+mod signals;
 mod start;
 mod store;
 mod stream;

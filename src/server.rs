@@ -81,7 +81,11 @@ impl Server {
                 .await
                 .map_err(StartError::Core)?;
         let reconnects = broker.reconnects();
-        let broker = broker.start(herald.feed().clone(), shutdown.clone());
+        let broker = broker.start(
+            herald.feed().clone(),
+            herald.signals().clone(),
+            shutdown.clone(),
+        );
         Ok(Self {
             http,
             grpc,

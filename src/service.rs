@@ -15,6 +15,7 @@ use crate::{
     hub::{Hub, Wants},
     limits::{Limits, RateLimiter, Tarpit, UserPermits},
     metrics::Metrics,
+    signals::Signals,
     store::{ChangeRequest, Cursor, NewMessage, Page, Participants, Store},
     stream::{EventStream, REPLAY_PAGE_BYTES, ReplaySource},
 };
@@ -42,6 +43,7 @@ struct Inner {
     hub: Hub,
     feed: Feed,
     committer: Committer,
+    signals: Signals,
     metrics: Metrics,
     limits: Limits,
     rate: RateLimiter,
@@ -80,12 +82,14 @@ impl Herald {
         )
         .await?;
         let rate = RateLimiter::new(limits.messages_per_second, limits.message_burst);
+        let signals = Signals::start(participants.clone(), hub.clone(), publisher.clone());
         let committer = Committer::start(store.clone(), feed.clone(), publisher, metrics.clone());
         let inner = Inner {
             store,
             participants,
             hub,
             committer,
+            signals,
             metrics,
             feed,
             replay_permits: Arc::new(Semaphore::new(limits.replay_concurrency.max(1))),
@@ -116,6 +120,11 @@ impl Herald {
     /// Where commits are reported; brokers report other nodes' commits here.
     pub fn feed(&self) -> &Feed {
         &self.inner.feed
+    }
+
+    /// Where signals from other nodes are handed in.
+    pub fn signals(&self) -> &Signals {
+        &self.inner.signals
     }
 
     /// The core's counters and histograms.
@@ -358,6 +367,24 @@ impl Herald {
         self.change(caller, &conversation_id, ChangeRequest::Read(position))
             .await?;
         self.conversation(caller, &conversation_id).await
+    }
+
+    /// Tells the conversation's other participants that the caller is
+    /// typing (coalesced: see `signals`). Every call counts against the
+    /// caller's send rate, so typing cannot be flooded either.
+    pub async fn set_typing(&self, caller: &UserId, conversation_id: &str) -> Result<(), Error> {
+        if !self.inner.rate.allow(caller) {
+            return Err(self
+                .over_rate("message rate limit reached; slow down")
+                .await);
+        }
+        let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
+        self.may_send(caller, &conversation_id).await?;
+        self.inner
+            .signals
+            .typing(caller, &conversation_id)
+            .await
+            .map_err(Error::from)
     }
 
     /// Adds `user_ids` to a group the caller is in.

@@ -260,7 +260,8 @@ impl EventStream {
 
     /// `delivery`, unless the replay already sent it.
     fn fresh(&self, delivery: Arc<Delivery>) -> Option<Arc<Delivery>> {
-        if delivery.event.position <= self.replayed_up_to {
+        // Signals have no position and are never replayed: always fresh.
+        if delivery.event.has_position() && delivery.event.position <= self.replayed_up_to {
             return None;
         }
         let age = now_micros().saturating_sub(delivery.event.created_at_micros);

@@ -27,6 +27,7 @@ pub fn router() -> Router<AppState> {
             "/api/conversations/{id}/participants",
             post(add_participants),
         )
+        .route("/api/conversations/{id}/typing", post(set_typing))
         .route(
             "/api/conversations/{id}/participants/{user_id}",
             delete(remove_participant),
@@ -142,6 +143,16 @@ async fn mark_read(
         .mark_read(&caller.user, &id, &body.message_id)
         .await?;
     Ok(Json((&conversation).into()))
+}
+
+/// 204: accepted, relayed or coalesced (see `signals`).
+async fn set_typing(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    state.herald.set_typing(&caller.user, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `{"userIds": [...]}`, the JSON of `AddParticipantsRequest` without the

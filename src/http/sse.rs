@@ -202,18 +202,25 @@ fn write_event(out: &mut String, delivery: &Delivery) {
         out.push_str(": an event could not be serialized\n\n");
         return;
     }
-    out.push_str("id: ");
-    out.push_str(&event.position.id());
+    // Signals have no position: no `id:`, so they never move the client's
+    // resume point.
+    if event.has_position() {
+        out.push_str("id: ");
+        out.push_str(&event.position.id());
+        out.push('\n');
+    }
     let name = match &event.body {
         domain::Body::Message(_) => None,
         domain::Body::Read(_) => Some("read"),
         domain::Body::Membership(_) => Some("membership"),
+        domain::Body::Typing => Some("typing"),
     };
     if let Some(name) = name {
-        out.push_str("\nevent: ");
+        out.push_str("event: ");
         out.push_str(name);
+        out.push('\n');
     }
-    out.push_str("\ndata: ");
+    out.push_str("data: ");
     out.push_str(json);
     out.push_str("\n\n");
 }

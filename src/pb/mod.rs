@@ -69,6 +69,10 @@ impl From<&domain::Event> for event::Kind {
                 user_id: event.user_id.as_str().to_owned(),
                 message_id: message.id(),
             }),
+            domain::Body::Typing => event::Kind::Typing(Typing {
+                conversation_id,
+                user_id: event.user_id.as_str().to_owned(),
+            }),
             domain::Body::Membership(change) => event::Kind::Membership(MembershipChange {
                 conversation: Some(Conversation {
                     id: conversation_id.clone(),
@@ -90,7 +94,11 @@ impl From<&domain::Event> for event::Kind {
 impl From<&domain::Event> for Event {
     fn from(event: &domain::Event) -> Self {
         Self {
-            id: event.position.id(),
+            // Signals have no position, and no id.
+            id: match event.has_position() {
+                true => event.position.id(),
+                false => String::new(),
+            },
             kind: Some(event.into()),
         }
     }

@@ -498,3 +498,78 @@ async fn membership_across_three_nodes_over_nats() {
     let nodes = nodes(&db.url, 3, &args).await;
     membership_changes_apply_at_their_position_on_every_node(&nodes).await;
 }
+
+/// alice types on node A: bob's event stream on B and carol's on C get one
+/// signal each through the broker, dave's on A gets one (not a second
+/// through the broker's echo), alice's own gets none.
+async fn typing_crosses_nodes_once(nodes: &[Process]) {
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let alice = On::node(a, "alice").await;
+    let group = pb::CreateConversationRequest {
+        participant_ids: vec!["bob".into(), "carol".into(), "dave".into()],
+    };
+    let group = alice
+        .client
+        .clone()
+        .create_conversation(authorized(group, &alice.bearer))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut streams = vec![
+        On::node(b, "bob").await.events().await,
+        On::node(c, "carol").await.events().await,
+        On::node(a, "dave").await.events().await,
+    ];
+    let mut own = alice.events().await;
+    let typing = pb::SetTypingRequest {
+        conversation_id: group.clone(),
+    };
+    alice
+        .client
+        .clone()
+        .set_typing(authorized(typing, &alice.bearer))
+        .await
+        .unwrap();
+    // Signals are not ordered with messages: wait for each one before the
+    // marker, so "exactly one" is what the marker proves.
+    for stream in &mut streams {
+        let signal = next_event(stream).await;
+        assert!(
+            matches!(&signal.kind, Some(pb::event::Kind::Typing(t)) if t.user_id == "alice"),
+            "{signal:?}"
+        );
+    }
+    let marker = alice.send(&group, "marker").await.unwrap();
+    for stream in &mut streams {
+        assert_eq!(next_event(stream).await.id, marker.id, "one signal only");
+    }
+    assert_eq!(
+        next_event(&mut own).await.id,
+        marker.id,
+        "not to the sender"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_across_three_nodes_over_listen_notify() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let nodes = nodes(&db.url, 3, &["--broker".into(), "postgres".into()]).await;
+    typing_crosses_nodes_once(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_across_three_nodes_over_nats() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    if !Nats::available() {
+        return;
+    }
+    let nats = Nats::start(free_port(), &[]).await;
+    let args = ["--broker", "nats", "--nats-url", &nats.url()].map(String::from);
+    let nodes = nodes(&db.url, 3, &args).await;
+    typing_crosses_nodes_once(&nodes).await;
+}

@@ -53,3 +53,4 @@ mod rest;
 mod sse;
 mod support;
 mod tls;
+mod typing;

@@ -578,6 +578,11 @@ async fn the_event_stream_over_sse_names_what_is_not_a_message_and_resumes(db: T
     // A resume point that names nothing of bob's: reset, then live.
     let mut reset = open_sse(events("bob").header("last-event-id", "999999")).await;
     assert_eq!(reset.next_event().await.unwrap().event, "reset");
-    let last = app.user("alice").await.send(&group.id, "last").await.unwrap();
+    let last = app
+        .user("alice")
+        .await
+        .send(&group.id, "last")
+        .await
+        .unwrap();
     assert_eq!(reset.next_message().await.id, last.id);
 }

@@ -1,0 +1,134 @@
+//! Signals: events without a stream position (typing now; presence will
+//! ride the same path). Never stored, never replayed, never ordered with
+//! messages, and a lost one costs nothing but a stale indicator, so they
+//! skip the committer and the feed: the sender's node hands one straight
+//! to its hub for the conversation's other participants, and tells the
+//! other nodes through the broker, whose nodes do the same.
+//!
+//! **Bounded.** At most one typing signal per user and conversation is
+//! relayed every [`TYPING_EVERY`] per node; calls in between are accepted
+//! and dropped. Signals from other nodes wait in a bounded queue and are
+//! dropped when it is full.
+
+use crate::{
+    broker::Publisher,
+    domain::{Body, ConversationId, Event, UserId},
+    hub::{Delivery, Hub},
+    store::Participants,
+};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::{sync::mpsc, time::Instant};
+
+/// At most one typing signal per user and conversation this often.
+pub const TYPING_EVERY: Duration = Duration::from_secs(2);
+/// Signals from other nodes waiting to be delivered here.
+const REMOTE_QUEUE: usize = 4_096;
+/// Coalescing entries kept before the stale ones are swept.
+const RECENT_SWEEP: usize = 65_536;
+
+/// The signal relay; cheap to clone.
+#[derive(Clone)]
+pub struct Signals {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    participants: Participants,
+    hub: Hub,
+    publisher: Publisher,
+    /// When each (user, conversation) last had a typing signal relayed.
+    recent: Mutex<HashMap<(UserId, ConversationId), Instant>>,
+    remote: mpsc::Sender<Event>,
+}
+
+impl Signals {
+    /// Starts the relay of other nodes' signals; it runs until every
+    /// handle is dropped.
+    pub fn start(participants: Participants, hub: Hub, publisher: Publisher) -> Self {
+        let (remote, mut queue) = mpsc::channel(REMOTE_QUEUE);
+        let signals = Self {
+            inner: Arc::new(Inner {
+                participants,
+                hub,
+                publisher,
+                recent: Mutex::default(),
+                remote,
+            }),
+        };
+        let relay = Arc::downgrade(&signals.inner);
+        tokio::spawn(async move {
+            while let Some(event) = queue.recv().await {
+                let Some(inner) = relay.upgrade() else { return };
+                let signals = Signals { inner };
+                if let Err(error) = signals.deliver(&event).await {
+                    tracing::debug!(%error, "a signal from another node was dropped");
+                }
+            }
+        });
+        signals
+    }
+
+    /// `user` types in `conversation` (a participant, checked by the
+    /// caller): relayed to the others here and on every node, unless one
+    /// was within [`TYPING_EVERY`].
+    pub async fn typing(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<(), sqlx::Error> {
+        if !self.first_in_window(user, conversation) {
+            return Ok(());
+        }
+        let event = Event::signal(conversation.clone(), user.clone(), Body::Typing);
+        self.deliver(&event).await?;
+        self.inner.publisher.signal(&event).await;
+        Ok(())
+    }
+
+    /// A signal another node relayed; dropped when the queue is full.
+    pub fn remote(&self, event: Event) {
+        let _ = self.inner.remote.try_send(event);
+    }
+
+    /// Hands `event` to the hub for the conversation's participants other
+    /// than its sender, if the sender is one as far as this node knows.
+    async fn deliver(&self, event: &Event) -> Result<(), sqlx::Error> {
+        let members = self.inner.participants.of(&event.conversation_id).await?;
+        if members.binary_search(&event.user_id).is_err() {
+            return Ok(());
+        }
+        let others: Arc<[UserId]> = members
+            .iter()
+            .filter(|member| **member != event.user_id)
+            .cloned()
+            .collect();
+        self.inner.hub.deliver(Delivery::new(event.clone(), others));
+        Ok(())
+    }
+
+    /// Whether no typing signal of `user` in `conversation` was relayed
+    /// within [`TYPING_EVERY`]; records this one if so.
+    fn first_in_window(&self, user: &UserId, conversation: &ConversationId) -> bool {
+        let now = Instant::now();
+        let mut recent = self
+            .inner
+            .recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if recent.len() >= RECENT_SWEEP {
+            recent.retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
+        }
+        let key = (user.clone(), conversation.clone());
+        match recent.get(&key) {
+            Some(at) if now.duration_since(*at) < TYPING_EVERY => false,
+            _ => {
+                recent.insert(key, now);
+                true
+            }
+        }
+    }
+}
