@@ -31,6 +31,7 @@
 use crate::{
     domain::{Body, ConversationId, Event, Position, UserId},
     feed::Feed,
+    presence::Presence,
     signals::Signals,
     start::StartError,
     store::Store,
@@ -222,9 +223,62 @@ impl Wire {
     }
 
     /// The signal this is, if it is one sent by another node.
-    fn signal(self, me: &str) -> Option<Event> {
-        let signal = self.position == 0 && self.kind == "typing" && self.origin != me;
-        signal.then(|| self.into())
+    fn signal(self, me: &str) -> Option<Signal> {
+        if self.position != 0 || self.origin == me {
+            return None;
+        }
+        match self.kind.as_str() {
+            "typing" => Some(Signal::Typing(self.into())),
+            "presence" => {
+                let announce: Announce = serde_json::from_str(&self.content).ok()?;
+                let ids = |ids: Vec<String>| {
+                    ids.into_iter()
+                        .filter_map(|id| UserId::parse("user", &id).ok())
+                        .collect()
+                };
+                Some(Signal::Presence {
+                    origin: self.origin.into(),
+                    online: ids(announce.online),
+                    offline: ids(announce.offline),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A signal from another node.
+enum Signal {
+    Typing(Event),
+    /// A node's users that came (or are still) online there, and left.
+    Presence {
+        origin: Arc<str>,
+        online: Vec<UserId>,
+        offline: Vec<UserId>,
+    },
+}
+
+/// The content of a presence announcement.
+#[derive(Serialize, Deserialize, Default)]
+struct Announce {
+    online: Vec<String>,
+    offline: Vec<String>,
+}
+
+/// Bytes of user ids per announcement: PostgreSQL refuses a notification
+/// payload of 8,000 bytes or more.
+const ANNOUNCE_BYTES: usize = 6_000;
+
+impl Sinks {
+    fn signal(&self, signal: Signal) {
+        match signal {
+            Signal::Typing(event) => self.signals.remote(event),
+            Signal::Presence {
+                origin,
+                online,
+                offline,
+            } => self.presence.remote(origin, online, offline),
+        }
     }
 }
 
@@ -254,13 +308,69 @@ impl Publisher {
 }
 
 impl Publisher {
+    /// Tells the other nodes which users are online here, and which left,
+    /// in announcements small enough for any broker.
+    pub async fn announce(&self, online: &[UserId], offline: &[UserId]) {
+        if matches!(self, Publisher::Quiet) {
+            return;
+        }
+        let mut announce = Announce::default();
+        let mut bytes = 0;
+        let all = online
+            .iter()
+            .map(|id| (true, id))
+            .chain(offline.iter().map(|id| (false, id)));
+        for (is_online, id) in all {
+            if bytes + id.as_str().len() > ANNOUNCE_BYTES {
+                self.send_announce(std::mem::take(&mut announce)).await;
+                bytes = 0;
+            }
+            bytes += id.as_str().len() + 3;
+            match is_online {
+                true => announce.online.push(id.as_str().to_owned()),
+                false => announce.offline.push(id.as_str().to_owned()),
+            }
+        }
+        if !announce.online.is_empty() || !announce.offline.is_empty() {
+            self.send_announce(announce).await;
+        }
+    }
+
+    /// One announcement, as a presence signal whose content is the lists.
+    async fn send_announce(&self, announce: Announce) {
+        let body = Body::Presence {
+            online: false,
+            last_seen_micros: 0,
+        };
+        let event = Event::signal(
+            ConversationId::none(),
+            UserId::from_stored(String::new()),
+            body,
+        );
+        let content = serde_json::to_string(&announce).unwrap_or_default();
+        self.send_signal(&event, Some(content)).await;
+    }
+
     /// Tells the other nodes of a signal; a failure costs a stale
     /// indicator, and is only logged.
     pub async fn signal(&self, event: &Event) {
+        self.send_signal(event, None).await;
+    }
+
+    /// Sends `event` on the signal channel, with `content` in place of its
+    /// own encoding when given.
+    async fn send_signal(&self, event: &Event, content: Option<String>) {
+        let wire = |origin: &str| {
+            let mut wire = Wire::of(event, origin);
+            if let Some(content) = &content {
+                wire.content = content.clone();
+            }
+            wire
+        };
         match self {
             Publisher::Quiet => {}
             Publisher::Postgres { pool, origin } => {
-                let wire = serde_json::to_string(&Wire::of(event, origin)).unwrap_or_default();
+                let wire = serde_json::to_string(&wire(origin)).unwrap_or_default();
                 let notify = sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(SIGNALS_CHANNEL)
                     .bind(wire)
@@ -277,7 +387,7 @@ impl Publisher {
                 origin,
             } => {
                 let subject = format!("{subject}{SIGNALS_SUFFIX}");
-                let wire = serde_json::to_vec(&Wire::of(event, origin)).unwrap_or_default();
+                let wire = serde_json::to_vec(&wire(origin)).unwrap_or_default();
                 let payload = key.seal(&subject, &wire);
                 if let Err(error) = client.publish(subject, payload.into()).await {
                     tracing::debug!(%error, "a signal was not published");
@@ -310,10 +420,11 @@ enum Receiver {
 
 /// What a broker's receiving half hands on: commits to the feed, signals
 /// to the relay, and its own node's name to skip its own signals.
-pub struct Sinks {
-    pub feed: Feed,
-    pub signals: Signals,
-    pub origin: Arc<str>,
+struct Sinks {
+    feed: Feed,
+    signals: Signals,
+    presence: Presence,
+    origin: Arc<str>,
 }
 
 impl Broker {
@@ -417,18 +528,20 @@ impl Broker {
         self.reconnects.clone()
     }
 
-    /// Starts reporting other nodes' commits to `feed`, and their signals
-    /// to `signals`, until `shutdown`.
+    /// Starts reporting other nodes' commits to `feed`, their typing to
+    /// `signals` and their users' presence to `presence`, until `shutdown`.
     pub fn start(
         self,
         feed: Feed,
         signals: Signals,
+        presence: Presence,
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
         let reconnects = self.reconnects;
         let sinks = Sinks {
             feed,
             signals,
+            presence,
             origin: self.origin,
         };
         match self.receiver {
@@ -499,7 +612,7 @@ async fn receive_notifications(
             Ok(Some(notification)) if notification.channel() == SIGNALS_CHANNEL => {
                 let wire = serde_json::from_str::<Wire>(notification.payload());
                 if let Some(signal) = wire.ok().and_then(|wire| wire.signal(&sinks.origin)) {
-                    sinks.signals.remote(signal);
+                    sinks.signal(signal);
                 }
             }
             Ok(Some(notification)) => match notification.payload().parse::<i64>() {
@@ -549,7 +662,7 @@ impl Trusted {
 
     /// The signal in `payload`, if a herald node of this deployment (other
     /// than `me`) sent it on the signals subject.
-    fn open_signal(&self, payload: &[u8], me: &str) -> Option<Event> {
+    fn open_signal(&self, payload: &[u8], me: &str) -> Option<Signal> {
         let subject = format!("{}{SIGNALS_SUFFIX}", self.subject);
         let message = self.key.open(&subject, payload)?;
         serde_json::from_slice::<Wire>(message).ok()?.signal(me)
@@ -597,7 +710,7 @@ async fn receive_nats(
             },
             Some(message) = signals.next() => {
                 match trusted.open_signal(&message.payload, &sinks.origin) {
-                    Some(signal) => sinks.signals.remote(signal),
+                    Some(signal) => sinks.signal(signal),
                     None => {
                         if reconnects.count_forged() {
                             tracing::warn!(

@@ -176,6 +176,17 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_SSE_HEARTBEAT", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub sse_heartbeat: Duration,
 
+    /// How long a user stays online after their last stream closes, so a
+    /// reconnect or a page reload does not flap.
+    #[arg(long, env = "HERALD_PRESENCE_GRACE", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub presence_grace: Duration,
+
+    /// How often each node tells the others which users it holds online;
+    /// a node silent for 2.5 of these is taken for dead and its users go
+    /// offline elsewhere.
+    #[arg(long, env = "HERALD_PRESENCE_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub presence_interval: Duration,
+
     /// How nodes sharing one database tell each other of new messages:
     /// local (one node), postgres (LISTEN/NOTIFY) or nats. [default: postgres
     /// with a PostgreSQL database, local with SQLite]
@@ -393,6 +404,8 @@ impl ServeConfig {
             calls_per_second: self.call_rate_limit,
             call_burst: self.call_rate_burst,
             user_concurrency: self.user_concurrency,
+            presence_grace: self.presence_grace,
+            presence_interval: self.presence_interval,
         }
     }
 }

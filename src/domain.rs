@@ -87,6 +87,12 @@ id_type!(
 );
 
 impl ConversationId {
+    /// No conversation: what a presence event concerns (a user, in every
+    /// conversation they share).
+    pub fn none() -> Self {
+        Self("".into())
+    }
+
     /// A fresh, unguessable id.
     pub fn generate() -> Self {
         Self(random_hex().into())
@@ -198,6 +204,12 @@ pub enum Body {
     Membership(Change),
     /// The user is typing: a signal, with no position.
     Typing,
+    /// The user came online or went offline: a signal, with no position
+    /// and no conversation ([`ConversationId::none`]).
+    Presence {
+        online: bool,
+        last_seen_micros: i64,
+    },
 }
 
 /// Participants added to or removed from a group, and the group after.
@@ -256,6 +268,7 @@ impl Body {
             Body::Read(_) => "read",
             Body::Membership(_) => "membership",
             Body::Typing => "typing",
+            Body::Presence { .. } => "presence",
         }
     }
 
@@ -268,6 +281,10 @@ impl Body {
             Body::Membership(change) => serde_json::to_string(&StoredChange::from(change))
                 .unwrap_or_else(|_| String::from("{}")),
             Body::Typing => String::new(),
+            Body::Presence {
+                online,
+                last_seen_micros,
+            } => format!("{}:{last_seen_micros}", u8::from(*online)),
         }
     }
 
@@ -278,6 +295,13 @@ impl Body {
         match kind {
             "read" => Body::Read(Position(content.parse().unwrap_or(0))),
             "typing" => Body::Typing,
+            "presence" => {
+                let (online, seen) = content.split_once(':').unwrap_or_default();
+                Body::Presence {
+                    online: online == "1",
+                    last_seen_micros: seen.parse().unwrap_or(0),
+                }
+            }
             "membership" => Body::Membership(
                 serde_json::from_str::<StoredChange>(&content)
                     .map(Change::from)

@@ -229,6 +229,21 @@ impl pb::messenger_server::Messenger for Messenger {
         Ok(Response::new(pb::SetTypingResponse {}))
     }
 
+    async fn get_presence(
+        &self,
+        request: Request<pb::GetPresenceRequest>,
+    ) -> Result<Response<pb::GetPresenceResponse>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        let found = self.herald.get_presence(&caller, &body.user_ids).await?;
+        Ok(Response::new(pb::GetPresenceResponse {
+            presences: found
+                .iter()
+                .map(|(user, seen)| pb::presence(user, *seen))
+                .collect(),
+        }))
+    }
+
     async fn add_participants(
         &self,
         request: Request<pb::AddParticipantsRequest>,

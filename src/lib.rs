@@ -30,6 +30,7 @@
 //! | `hub` | per-user fan-out with bounded queues |
 //! | `service` | the core the transports adapt |
 //! | `signals` | typing: events with no position, relayed and never stored |
+//! | `presence` | who is online, across nodes, never stored |
 //! | `stream` | one subscriber's stream: replay, then live |
 //! | [`pb`] | generated proto types and their JSON mapping |
 //! | `grpc` | the gRPC adapter |
@@ -53,6 +54,7 @@ mod listener;
 mod metrics;
 /// The wire types of `herald.v1` (generated), for clients in Rust.
 pub mod pb;
+mod presence;
 mod server;
 mod service;
 mod signals;

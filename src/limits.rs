@@ -35,6 +35,10 @@ pub struct Limits {
     pub call_burst: f64,
     /// Database calls one user may have in flight at once; more wait.
     pub user_concurrency: usize,
+    /// How long a user stays online after their last stream closes.
+    pub presence_grace: std::time::Duration,
+    /// How often nodes announce their online users to each other.
+    pub presence_interval: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -51,6 +55,8 @@ impl Default for Limits {
             calls_per_second: 100.0,
             call_burst: 200.0,
             user_concurrency: 4,
+            presence_grace: std::time::Duration::from_secs(5),
+            presence_interval: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -84,6 +84,7 @@ impl Server {
         let broker = broker.start(
             herald.feed().clone(),
             herald.signals().clone(),
+            herald.presence().clone(),
             shutdown.clone(),
         );
         Ok(Self {

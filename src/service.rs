@@ -15,6 +15,7 @@ use crate::{
     hub::{Hub, Wants},
     limits::{Limits, RateLimiter, Tarpit, UserPermits},
     metrics::Metrics,
+    presence::{Presence, Seen, Timing},
     signals::Signals,
     store::{ChangeRequest, Cursor, NewMessage, Page, Participants, Store},
     stream::{EventStream, REPLAY_PAGE_BYTES, ReplaySource},
@@ -44,6 +45,7 @@ struct Inner {
     feed: Feed,
     committer: Committer,
     signals: Signals,
+    presence: Presence,
     metrics: Metrics,
     limits: Limits,
     rate: RateLimiter,
@@ -62,8 +64,8 @@ struct Inner {
 
 impl Herald {
     /// Starts the core on `store`; `publisher` tells other nodes of each
-    /// commit. Streams end when `shutdown` is cancelled; the returned task is
-    /// the feed, which stops then too.
+    /// commit. Streams end when `shutdown` is cancelled; the returned task
+    /// ends when the feed and the presence tracker have stopped then too.
     pub async fn start(
         store: Store,
         limits: Limits,
@@ -83,6 +85,17 @@ impl Herald {
         .await?;
         let rate = RateLimiter::new(limits.messages_per_second, limits.message_burst);
         let signals = Signals::start(participants.clone(), hub.clone(), publisher.clone());
+        let timing = Timing {
+            grace: limits.presence_grace,
+            interval: limits.presence_interval,
+        };
+        let (presence, presence_task) = Presence::start(
+            store.clone(),
+            hub.clone(),
+            publisher.clone(),
+            timing,
+            shutdown.clone(),
+        );
         let committer = Committer::start(store.clone(), feed.clone(), publisher, metrics.clone());
         let inner = Inner {
             store,
@@ -90,6 +103,7 @@ impl Herald {
             hub,
             committer,
             signals,
+            presence,
             metrics,
             feed,
             replay_permits: Arc::new(Semaphore::new(limits.replay_concurrency.max(1))),
@@ -101,11 +115,17 @@ impl Herald {
             rate,
             shutdown,
         };
+        // One handle for the core's background work: the feed, and the
+        // presence tracker's goodbye to the other nodes at shutdown.
+        let tasks = tokio::spawn(async move {
+            let _ = feed_task.await;
+            let _ = presence_task.await;
+        });
         Ok((
             Self {
                 inner: Arc::new(inner),
             },
-            feed_task,
+            tasks,
         ))
     }
 
@@ -125,6 +145,35 @@ impl Herald {
     /// Where signals from other nodes are handed in.
     pub fn signals(&self) -> &Signals {
         &self.inner.signals
+    }
+
+    /// Where other nodes' presence announcements are handed in.
+    pub fn presence(&self) -> &Presence {
+        &self.inner.presence
+    }
+
+    /// Whether each of `user_ids` is online, for those who share a
+    /// conversation with the caller (the others are left out).
+    pub async fn get_presence(
+        &self,
+        caller: &UserId,
+        user_ids: &[String],
+    ) -> Result<Vec<(UserId, Option<Seen>)>, Error> {
+        let max = self.inner.limits.max_participants;
+        if user_ids.len() > max {
+            return Err(Error::invalid(format!("at most {max} user_ids")));
+        }
+        let users = user_ids
+            .iter()
+            .map(|id| UserId::parse("user_ids", id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _metered = self.meter(caller, 1.0 + users.len() as f64 / 50.0).await?;
+        let shared = self.inner.store.shared_with(caller, &users).await?;
+        let asked: Vec<UserId> = users
+            .into_iter()
+            .filter(|user| shared.binary_search(user).is_ok())
+            .collect();
+        Ok(self.inner.presence.of(&asked))
     }
 
     /// The core's counters and histograms.
@@ -515,6 +564,7 @@ impl Herald {
             deadline,
             self.inner.shutdown.clone(),
             self.inner.metrics.clone(),
+            self.inner.presence.clone(),
         );
         if let Some(resume) = resume {
             let _metered = self.meter(&claims.user, 1.0).await?;

@@ -779,6 +779,61 @@ impl Store {
         Ok(rows.into_iter().map(Event::from).collect())
     }
 
+    /// For each of `users`, everyone else who shares a conversation with
+    /// them now: who hears of their presence. One query for the batch;
+    /// its cost is the sum of the sizes of their conversations.
+    pub async fn sharers(
+        &self,
+        users: &[UserId],
+    ) -> Result<HashMap<UserId, Vec<UserId>>, sqlx::Error> {
+        let mut found: HashMap<UserId, Vec<UserId>> = HashMap::new();
+        for chunk in users.chunks(500) {
+            let rows: Vec<(String, String)> = with_pool!(self, pool => {
+                let mut sql = sqlx::QueryBuilder::new(
+                    "SELECT DISTINCT mine.user_id, theirs.user_id FROM participants mine
+                     JOIN participants theirs ON theirs.conversation_id = mine.conversation_id
+                     AND theirs.user_id <> mine.user_id WHERE mine.user_id IN ",
+                );
+                sql.push_tuples(chunk, |mut tuple, user| {
+                    tuple.push_bind(user.as_str());
+                });
+                sql.build_query_as().fetch_all(pool).await?
+            });
+            for (user, sharer) in rows {
+                found
+                    .entry(UserId::from_stored(user))
+                    .or_default()
+                    .push(UserId::from_stored(sharer));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Those of `users` who share a conversation with `caller` now (the
+    /// caller counts when they are in any conversation).
+    pub async fn shared_with(
+        &self,
+        caller: &UserId,
+        users: &[UserId],
+    ) -> Result<Vec<UserId>, sqlx::Error> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = with_pool!(self, pool => {
+            let mut sql = sqlx::QueryBuilder::new(
+                "SELECT DISTINCT theirs.user_id FROM participants mine
+                 JOIN participants theirs ON theirs.conversation_id = mine.conversation_id
+                 WHERE mine.user_id = ",
+            );
+            sql.push_bind(caller.as_str()).push(" AND theirs.user_id IN ");
+            sql.push_tuples(users, |mut tuple, user| {
+                tuple.push_bind(user.as_str());
+            });
+            sql.build_query_scalar().fetch_all(pool).await?
+        });
+        Ok(sorted(ids))
+    }
+
     /// [`members_at`](Self::members_at) of several conversations, each at
     /// its own position, in one query; a conversation with none is absent.
     pub async fn members_at_many(

@@ -16,6 +16,7 @@ use crate::{
     domain::{Event, Position, UserId, now_micros},
     hub::{Closed, Delivery, Subscription, Wants},
     metrics::{Metrics, OpenStream, Transport},
+    presence::{Here, Presence},
     store::Store,
 };
 use std::{collections::VecDeque, pin::Pin, sync::Arc};
@@ -85,6 +86,9 @@ pub struct EventStream {
     shutdown: CancellationToken,
     metrics: Metrics,
     open: Option<OpenStream>,
+    presence: Presence,
+    /// Keeps the user online while the stream is served.
+    here: Option<Here>,
 }
 
 impl EventStream {
@@ -94,6 +98,7 @@ impl EventStream {
         deadline: Instant,
         shutdown: CancellationToken,
         metrics: Metrics,
+        presence: Presence,
     ) -> Self {
         Self {
             replay: None,
@@ -104,6 +109,8 @@ impl EventStream {
             shutdown,
             metrics,
             open: None,
+            presence,
+            here: None,
         }
     }
 
@@ -123,9 +130,11 @@ impl EventStream {
         self.reset = Some(reason);
     }
 
-    /// Counts this stream as open on `transport` until it is dropped.
+    /// Counts this stream as open on `transport`, and its user as online,
+    /// until it is dropped: a door calls this when it serves the stream.
     pub fn count_as(&mut self, transport: Transport) {
         self.open = Some(self.metrics.stream_opened(transport));
+        self.here = Some(self.presence.here(self.live.user()));
     }
 
     /// Why the requested replay could not be made, if it could not.

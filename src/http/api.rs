@@ -8,7 +8,7 @@ use axum::{
     extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::{delete, post},
+    routing::{delete, get, post},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 
@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
             post(add_participants),
         )
         .route("/api/conversations/{id}/typing", post(set_typing))
+        .route("/api/presence", get(get_presence))
         .route(
             "/api/conversations/{id}/participants/{user_id}",
             delete(remove_participant),
@@ -143,6 +144,36 @@ async fn mark_read(
         .mark_read(&caller.user, &id, &body.message_id)
         .await?;
     Ok(Json((&conversation).into()))
+}
+
+/// `GetPresence` parameters: `userIds` comma-separated.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PresenceQuery {
+    user_ids: Option<String>,
+}
+
+async fn get_presence(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    query: Result<Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<pb::GetPresenceResponse>, Error> {
+    let Query(query) = query.map_err(|rejection| Error::invalid(rejection.body_text()))?;
+    let users: Vec<String> = query
+        .user_ids
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let found = state.herald.get_presence(&caller.user, &users).await?;
+    Ok(Json(pb::GetPresenceResponse {
+        presences: found
+            .iter()
+            .map(|(user, seen)| pb::presence(user, *seen))
+            .collect(),
+    }))
 }
 
 /// 204: accepted, relayed or coalesced (see `signals`).

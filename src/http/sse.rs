@@ -214,6 +214,7 @@ fn write_event(out: &mut String, delivery: &Delivery) {
         domain::Body::Read(_) => Some("read"),
         domain::Body::Membership(_) => Some("membership"),
         domain::Body::Typing => Some("typing"),
+        domain::Body::Presence { .. } => Some("presence"),
     };
     if let Some(name) = name {
         out.push_str("event: ");

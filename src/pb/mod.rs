@@ -69,6 +69,14 @@ impl From<&domain::Event> for event::Kind {
                 user_id: event.user_id.as_str().to_owned(),
                 message_id: message.id(),
             }),
+            domain::Body::Presence {
+                online,
+                last_seen_micros,
+            } => event::Kind::Presence(Presence {
+                user_id: event.user_id.as_str().to_owned(),
+                online: *online,
+                last_seen: Some(timestamp(*last_seen_micros)),
+            }),
             domain::Body::Typing => event::Kind::Typing(Typing {
                 conversation_id,
                 user_id: event.user_id.as_str().to_owned(),
@@ -101,5 +109,15 @@ impl From<&domain::Event> for Event {
             },
             kind: Some(event.into()),
         }
+    }
+}
+
+/// A presence answer: `None` for a user never seen online (offline, no
+/// `last_seen`).
+pub(crate) fn presence(user: &domain::UserId, seen: Option<crate::presence::Seen>) -> Presence {
+    Presence {
+        user_id: user.as_str().to_owned(),
+        online: seen.is_some_and(|seen| seen.online),
+        last_seen: seen.map(|seen| timestamp(seen.last_seen_micros)),
     }
 }

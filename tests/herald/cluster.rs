@@ -9,7 +9,9 @@
 //! messages must have come through the broker: the feed's fill counter
 //! stays under a tenth of them.
 
-use crate::support::{Nats, PATIENCE, Process, authorized, free_port, metric, mint, open_sse};
+use crate::support::{
+    Nats, PATIENCE, Process, authorized, free_port, metric, mint, next_event, open_sse,
+};
 use herald::pb;
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -339,14 +341,6 @@ impl On {
             .unwrap()
             .into_inner()
     }
-}
-
-async fn next_event(stream: &mut tonic::Streaming<pb::Event>) -> pb::Event {
-    tokio::time::timeout(PATIENCE, stream.message())
-        .await
-        .expect("an event in time")
-        .unwrap()
-        .expect("the stream goes on")
 }
 
 /// Membership changed on node A while subscribers listen on B (gRPC

@@ -48,6 +48,7 @@ mod membership;
 mod messages;
 mod metrics;
 mod openapi;
+mod presence;
 mod readme;
 mod rest;
 mod sse;

@@ -353,8 +353,20 @@ impl User {
     }
 }
 
-/// The next event on `stream`; fails the test if none comes in time.
+/// The next event on `stream` other than presence (which comes whenever
+/// users open and close streams, and is tested on its own); fails the test
+/// if none comes in time.
 pub async fn next_event(stream: &mut Streaming<pb::Event>) -> pb::Event {
+    loop {
+        let event = next_event_or_presence(stream).await;
+        if !matches!(event.kind, Some(pb::event::Kind::Presence(_))) {
+            return event;
+        }
+    }
+}
+
+/// The next event on `stream`, presence included.
+pub async fn next_event_or_presence(stream: &mut Streaming<pb::Event>) -> pb::Event {
     match tokio::time::timeout(PATIENCE, stream.message()).await {
         Ok(Ok(Some(event))) => event,
         Ok(Ok(None)) => panic!("the stream ended"),

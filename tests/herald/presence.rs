@@ -1,0 +1,102 @@
+//! Presence: online while any stream of the user is open, offline once
+//! after the last closes and the grace passes (not on a reload within it),
+//! told to those who share a conversation and to nobody else, never
+//! replayed.
+
+use crate::support::{TestDb, next_event_or_presence as next_event, spawn_app_with};
+use herald::pb::{self, event::Kind};
+use std::time::Duration;
+
+on_every_backend!(presence_follows_streams_with_a_grace_and_only_sharers_hear_of_it);
+
+const GRACE: Duration = Duration::from_millis(1_000);
+
+fn presence(event: &pb::Event) -> (&str, bool) {
+    match &event.kind {
+        Some(Kind::Presence(p)) => {
+            assert_eq!(event.id, "", "presence has no position");
+            (p.user_id.as_str(), p.online)
+        }
+        other => panic!("expected presence, got {other:?}"),
+    }
+}
+
+async fn presence_follows_streams_with_a_grace_and_only_sharers_hear_of_it(db: TestDb) {
+    let app = spawn_app_with(&db, |config| config.presence_grace = GRACE).await;
+    let (alice, bob, carol) = (
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("carol").await,
+    );
+    let pair = alice.create_conversation(&["bob"]).await.unwrap();
+    let mut alices = alice.events("").await.unwrap();
+    let mut carols = carol.events("").await.unwrap();
+
+    // bob's first stream brings him online; his second changes nothing.
+    let phone = bob.subscribe("").await.unwrap();
+    assert_eq!(presence(&next_event(&mut alices).await), ("bob", true));
+    let laptop = bob.events("").await.unwrap();
+    drop(phone);
+    tokio::time::sleep(GRACE * 2).await;
+    // Still online: the laptop's stream is open.
+    let asked = pb::GetPresenceRequest {
+        user_ids: vec!["bob".into(), "carol".into(), "zed".into()],
+    };
+    let answer = alice
+        .client()
+        .get_presence(alice.request(asked.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .presences;
+    assert_eq!(
+        answer.len(),
+        1,
+        "only bob shares a conversation with alice: {answer:?}"
+    );
+    assert_eq!(
+        (answer[0].user_id.as_str(), answer[0].online),
+        ("bob", true)
+    );
+    assert!(answer[0].last_seen.is_some());
+    // The same over REST.
+    let rest: serde_json::Value = reqwest::Client::new()
+        .get(app.url("/api/presence?userIds=bob,carol,zed"))
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["presences"][0]["userId"], "bob");
+    assert_eq!(rest["presences"][0]["online"], true);
+    assert_eq!(rest["presences"].as_array().unwrap().len(), 1);
+
+    // The last stream closes: offline once, after the grace.
+    drop(laptop);
+    assert_eq!(presence(&next_event(&mut alices).await), ("bob", false));
+
+    // A reload within the grace: online again, and no offline.
+    let first = bob.subscribe("").await.unwrap();
+    assert_eq!(presence(&next_event(&mut alices).await), ("bob", true));
+    drop(first);
+    let _reloaded = bob.subscribe("").await.unwrap();
+    tokio::time::sleep(GRACE * 2).await;
+    let marker = alice.send(&pair.id, "marker").await.unwrap();
+    assert_eq!(
+        next_event(&mut alices).await.id,
+        marker.id,
+        "no offline for a reload within the grace"
+    );
+
+    // carol shares nothing with bob: her stream heard none of it. Her
+    // first event is the conversation alice makes with her now.
+    let with_carol = alice.create_conversation(&["carol"]).await.unwrap();
+    let hello = alice.send(&with_carol.id, "hello").await.unwrap();
+    assert_eq!(next_event(&mut carols).await.id, hello.id);
+
+    // Never replayed: resuming before the presence changes finds messages.
+    let mut resumed = alice.events(&marker.id).await.unwrap();
+    assert_eq!(next_event(&mut resumed).await.id, hello.id);
+}
