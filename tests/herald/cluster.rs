@@ -567,3 +567,86 @@ async fn typing_across_three_nodes_over_nats() {
     let nodes = nodes(&db.url, 3, &args).await;
     typing_crosses_nodes_once(&nodes).await;
 }
+
+/// Presence crosses nodes: bob online on B and then offline after the
+/// grace, as alice on A sees it; carol's node C is killed with SIGKILL and
+/// alice sees carol go offline once C's claims lapse (2.5 intervals of 1 s
+/// here; 25 s with the default interval, within the 30 s asked).
+async fn presence_crosses_nodes_and_a_dead_node_takes_its_users_offline(mut nodes: Vec<Process>) {
+    use crate::support::next_event_or_presence;
+    let presence = |event: pb::Event| match event.kind {
+        Some(pb::event::Kind::Presence(p)) => (p.user_id, p.online),
+        other => panic!("expected presence, got {other:?}"),
+    };
+    let alice = On::node(&nodes[0], "alice").await;
+    for others in [["bob"], ["carol"]] {
+        let pair = pb::CreateConversationRequest {
+            participant_ids: others.map(String::from).to_vec(),
+        };
+        alice
+            .client
+            .clone()
+            .create_conversation(authorized(pair, &alice.bearer))
+            .await
+            .unwrap();
+    }
+    let mut alices = alice.events().await;
+
+    let bobs = On::node(&nodes[1], "bob").await.events().await;
+    assert_eq!(
+        presence(next_event_or_presence(&mut alices).await),
+        ("bob".into(), true)
+    );
+    drop(bobs);
+    assert_eq!(
+        presence(next_event_or_presence(&mut alices).await),
+        ("bob".into(), false)
+    );
+
+    let _carols = On::node(&nodes[2], "carol").await.events().await;
+    assert_eq!(
+        presence(next_event_or_presence(&mut alices).await),
+        ("carol".into(), true)
+    );
+    let killed = std::time::Instant::now();
+    nodes[2].child.kill().await.unwrap();
+    assert_eq!(
+        presence(next_event_or_presence(&mut alices).await),
+        ("carol".into(), false)
+    );
+    let after = killed.elapsed();
+    assert!(
+        after >= Duration::from_millis(1_500) && after < Duration::from_secs(30),
+        "carol went offline {after:?} after her node died"
+    );
+}
+
+const PRESENCE_TIMING: [&str; 4] = ["--presence-grace", "300ms", "--presence-interval", "1s"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_across_three_nodes_over_listen_notify() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let mut args: Vec<String> = ["--broker", "postgres"].map(String::from).to_vec();
+    args.extend(PRESENCE_TIMING.map(String::from));
+    let nodes = nodes(&db.url, 3, &args).await;
+    presence_crosses_nodes_and_a_dead_node_takes_its_users_offline(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_across_three_nodes_over_nats() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    if !Nats::available() {
+        return;
+    }
+    let nats = Nats::start(free_port(), &[]).await;
+    let mut args: Vec<String> = ["--broker", "nats", "--nats-url", &nats.url()]
+        .map(String::from)
+        .to_vec();
+    args.extend(PRESENCE_TIMING.map(String::from));
+    let nodes = nodes(&db.url, 3, &args).await;
+    presence_crosses_nodes_and_a_dead_node_takes_its_users_offline(nodes).await;
+}
