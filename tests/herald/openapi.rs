@@ -462,6 +462,35 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
         &serde_json::from_str(&event.data).unwrap(),
         "event: typing",
     );
+    // Presence: bob's stream opening brings him online for alice, who
+    // shares a conversation with him; carol left, so she is not answered.
+    let bobs = bob.events("").await.unwrap();
+    let event = loop {
+        let event = events.next_event().await.unwrap();
+        if event.event == "presence" {
+            break event;
+        }
+    };
+    let data: Value = serde_json::from_str(&event.data).unwrap();
+    spec.validate(&schema("Presence"), &data, "event: presence");
+    assert_eq!(
+        (data["userId"].as_str(), data["online"].as_bool()),
+        (Some("bob"), Some(true))
+    );
+    let presence = "/api/presence";
+    let (status, answer) = spec
+        .check(
+            presence,
+            get.clone(),
+            "/api/presence?userIds=bob,zed",
+            alice,
+            None,
+            none,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["presences"].as_array().unwrap().len(), 1, "{answer}");
+    drop(bobs);
     let stream = "/api/events";
     let (status, _) = spec
         .check(stream, get.clone(), stream, alice, None, &accept)
