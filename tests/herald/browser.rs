@@ -61,6 +61,11 @@ async fn three_pages_see_a_group_change_and_read_receipts_through_the_event_stre
 }
 
 #[tokio::test]
+async fn a_page_shows_who_is_online_and_who_is_typing() {
+    run_script("presence.mjs").await;
+}
+
+#[tokio::test]
 async fn grpc_web_serves_a_browser_client_library_on_the_http_port() {
     run_script("grpc-web.mjs").await;
 }

@@ -1,6 +1,6 @@
 // herald's chat page: REST for history, sending and membership, and one
-// EventSource on /api/events for live messages, read receipts and
-// membership changes. No framework and no build step.
+// EventSource on /api/events for live messages, read receipts, membership
+// changes, presence and typing. No framework and no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -16,7 +16,14 @@ const state = {
   events: null,             // the EventSource
   lastEventId: null,        // the id of the last event received live
   reads: new Map(),         // conversation id -> Map(user id -> newest message id they read)
+  online: new Set(),        // user ids online now
+  typing: new Map(),        // conversation id -> Map(user id -> timer hiding "typing")
+  typedAt: 0,               // when this page last said it was typing
 };
+
+// herald relays one typing signal per 2 s; clients show it for about 5 s.
+const TYPING_EVERY_MS = 2000;
+const TYPING_SHOWN_MS = 5000;
 
 const position = (id) => Number(id || 0);
 
@@ -84,7 +91,8 @@ function renderConversations() {
     item.dataset.id = id;
     item.setAttribute("aria-current", String(id === state.current));
     const avatar = document.createElement("span");
-    avatar.className = "avatar";
+    const others = (conversation.participantIds || []).filter((id) => id !== state.me);
+    avatar.className = "avatar" + (others.some((id) => state.online.has(id)) ? " online" : "");
     avatar.textContent = othersIn(conversation).slice(0, 1);
     const summary = document.createElement("div");
     summary.className = "summary";
@@ -159,7 +167,9 @@ function renderMembers() {
     const item = document.createElement("li");
     item.dataset.user = user;
     const name = document.createElement("span");
-    name.textContent = user + (user === conversation.creatorId ? " (creator)" : "");
+    const dot = document.createElement("span");
+    dot.className = "dot" + (state.online.has(user) || user === state.me ? " online" : "");
+    name.append(dot, user + (user === conversation.creatorId ? " (creator)" : ""));
     item.append(name);
     if (conversation.creatorId === state.me && user !== state.me) {
       const remove = document.createElement("button");
@@ -185,11 +195,33 @@ async function loadConversations() {
   state.conversations = new Map(conversations.map((c) => [c.id, c]));
   state.order = conversations.map((c) => c.id);
   renderConversations();
+  await loadPresence().catch(() => {});
+}
+
+// Who of the people in my conversations is online now; changes then come
+// as presence events.
+async function loadPresence() {
+  const everyone = new Set();
+  for (const conversation of state.conversations.values()) {
+    for (const id of conversation.participantIds || []) if (id !== state.me) everyone.add(id);
+  }
+  const ids = [...everyone];
+  for (let start = 0; start < ids.length; start += 500) {
+    const userIds = ids.slice(start, start + 500).join(",");
+    const { presences = [] } = await api("GET", `/api/presence?userIds=${encodeURIComponent(userIds)}`);
+    for (const presence of presences) {
+      if (presence.online) state.online.add(presence.userId);
+      else state.online.delete(presence.userId);
+    }
+  }
+  renderConversations();
+  renderMembers();
 }
 
 async function openConversation(id) {
   state.current = id;
   state.shown = new Set();
+  renderTyping();
   $("thread-title").textContent = othersIn(state.conversations.get(id));
   renderMembers();
   $("composer").hidden = false;
@@ -337,6 +369,8 @@ async function connect() {
     state.lastEventId = event.lastEventId;
     receiveRead(JSON.parse(event.data));
   });
+  events.addEventListener("presence", (event) => receivePresence(JSON.parse(event.data)));
+  events.addEventListener("typing", (event) => receiveTyping(JSON.parse(event.data)));
   events.addEventListener("membership", (event) => {
     state.lastEventId = event.lastEventId;
     receiveMembership(JSON.parse(event.data));
@@ -348,6 +382,13 @@ async function connect() {
 }
 
 async function receive(message) {
+  // Their message is what they were typing.
+  const typers = state.typing.get(message.conversationId);
+  if (typers?.has(message.userId)) {
+    clearTimeout(typers.get(message.userId));
+    typers.delete(message.userId);
+    renderTyping();
+  }
   const known = state.conversations.get(message.conversationId);
   if (!known) {
     await loadConversations();
@@ -395,6 +436,40 @@ function receiveMembership(change) {
   }
 }
 
+function receivePresence(presence) {
+  if (presence.online) state.online.add(presence.userId);
+  else state.online.delete(presence.userId);
+  renderConversations();
+  renderMembers();
+}
+
+// "bob is typing…" under the open conversation, for a few seconds after
+// each signal.
+function receiveTyping(typing) {
+  const typers = state.typing.get(typing.conversationId) || new Map();
+  clearTimeout(typers.get(typing.userId));
+  typers.set(typing.userId, setTimeout(() => {
+    typers.delete(typing.userId);
+    renderTyping();
+  }, TYPING_SHOWN_MS));
+  state.typing.set(typing.conversationId, typers);
+  renderTyping();
+}
+
+function renderTyping() {
+  const typers = [...(state.typing.get(state.current) || new Map()).keys()];
+  $("typing").textContent = typers.length
+    ? `${typers.join(", ")} ${typers.length === 1 ? "is" : "are"} typing…`
+    : "";
+}
+
+// Tells the others this page is typing, at most as often as herald relays.
+function typed() {
+  if (!state.current || Date.now() - state.typedAt < TYPING_EVERY_MS) return;
+  state.typedAt = Date.now();
+  api("POST", `/api/conversations/${encodeURIComponent(state.current)}/typing`).catch(() => {});
+}
+
 // ---- start -----------------------------------------------------------------
 
 function signOut(reason) {
@@ -433,6 +508,7 @@ $("composer").addEventListener("submit", send);
 $("new-conversation").addEventListener("submit", startConversation);
 $("add-member").addEventListener("submit", addMembers);
 $("leave").addEventListener("click", () => removeMember(state.current, state.me));
+$("content").addEventListener("input", typed);
 $("content").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey) send(event);
 });
