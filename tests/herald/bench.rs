@@ -50,6 +50,8 @@ async fn every_bench_scenario_runs_against_herald() {
             "100000",
             "--rate-burst",
             "100000",
+            "--presence-grace",
+            "200ms",
         ]);
     })
     .await;
@@ -114,6 +116,20 @@ async fn every_bench_scenario_runs_against_herald() {
         "10",
     ];
     let hostile = run_bench(&[&hostile[..], &target[..]].concat()).await;
+    let presence = [
+        "presence",
+        "--users",
+        "20",
+        "--group",
+        "5",
+        "--rate",
+        "20",
+        "--away-ms",
+        "600",
+        "--seconds",
+        "1",
+    ];
+    let presence = run_bench(&[&presence[..], &target[..]].concat()).await;
 
     assert!(idle.contains("streams=20 "), "{idle}");
     assert!(group.contains("delivered=50 "), "{group}");
@@ -127,5 +143,10 @@ async fn every_bench_scenario_runs_against_herald() {
         hostile.contains("success_rate=1.0000 lost=0 duplicated=0 forged_delivered=0 "),
         "{hostile}"
     );
+    let events = presence
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("presence_events="))
+        .and_then(|count| count.parse::<u64>().ok());
+    assert!(events.is_some_and(|events| events > 0), "{presence}");
     herald.terminate().await;
 }

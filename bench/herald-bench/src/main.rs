@@ -7,6 +7,7 @@
 mod crossnode;
 mod fanout;
 mod hostile;
+mod presence;
 mod sse;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +63,8 @@ enum Scenario {
     Direct(fanout::Fanout),
     /// Two users chat, alone and then while an attacker does its worst.
     Hostile(hostile::Hostile),
+    /// Users in groups reconnect at a rate: presence events per second.
+    Presence(presence::Presence),
 }
 
 #[tokio::main]
@@ -72,5 +75,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Scenario::Group(args) => fanout::group(args).await,
         Scenario::Direct(args) => fanout::direct(args).await,
         Scenario::Hostile(args) => hostile::hostile(args).await,
+        Scenario::Presence(args) => presence::presence(args).await,
     }
 }
