@@ -24,7 +24,8 @@ use crate::{
     store::Store,
 };
 use std::{
-    collections::{BTreeMap, HashMap},
+    cmp::Reverse,
+    collections::{BTreeMap, BinaryHeap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -55,6 +56,10 @@ pub struct Presence {
 #[derive(Default)]
 struct State {
     users: HashMap<UserId, User>,
+    /// Grace deadlines, soonest first; an entry whose user reopened (or
+    /// left again later) no longer matches their `leaving_at` and is
+    /// skipped when it comes up.
+    leaving: BinaryHeap<Reverse<(Instant, UserId)>>,
 }
 
 #[derive(Default)]
@@ -227,7 +232,9 @@ impl Tracker {
                 if let Some(entry) = state.users.get_mut(&user) {
                     entry.here = entry.here.saturating_sub(1);
                     if entry.here == 0 {
-                        entry.leaving_at = Some(now + self.timing.grace);
+                        let at = now + self.timing.grace;
+                        entry.leaving_at = Some(at);
+                        state.leaving.push(Reverse((at, user)));
                     }
                 }
             }
@@ -262,13 +269,22 @@ impl Tracker {
     fn leave_due(&self, round: &mut Round) {
         let mut state = self.lock();
         let now = Instant::now();
-        for (user, entry) in state.users.iter_mut() {
-            if entry.leaving_at.is_some_and(|at| at <= now) {
-                entry.leaving_at = None;
-                round.left.push(user.clone());
-                if let Some(seen) = went_offline(entry) {
-                    round.changed.push((user.clone(), seen));
-                }
+        while let Some(Reverse((at, _))) = state.leaving.peek()
+            && *at <= now
+        {
+            let Some(Reverse((at, user))) = state.leaving.pop() else {
+                break;
+            };
+            let Some(entry) = state.users.get_mut(&user) else {
+                continue;
+            };
+            if entry.leaving_at != Some(at) {
+                continue; // reopened since, or left again later
+            }
+            entry.leaving_at = None;
+            round.left.push(user.clone());
+            if let Some(seen) = went_offline(entry) {
+                round.changed.push((user, seen));
             }
         }
     }
@@ -315,11 +331,7 @@ impl Tracker {
 
     fn next_leave(&self) -> Option<Instant> {
         let state = self.lock();
-        state
-            .users
-            .values()
-            .filter_map(|user| user.leaving_at)
-            .min()
+        state.leaving.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Tells other nodes what changed here, and this node's subscribers who
