@@ -19,6 +19,13 @@
 //! database head. Node A's own writers still report to A's feed directly;
 //! what comes back through the broker is dropped as a duplicate.
 //!
+//! **Signals** (typing, presence announcements) ride beside: the
+//! `herald_signals` channel (a `pg_notify` through the pool, no table) or
+//! the `<subject>.signals` subject, sealed like messages. They carry the
+//! sending node's random `origin`, so a node skips its own (PostgreSQL
+//! notifies the sender's LISTEN connection too). Lost ones cost a stale
+//! indicator; nothing fills their gaps.
+//!
 //! **Nor is either trusted for content.** Anything that can publish on the
 //! NATS subject could otherwise inject a message, so every NATS payload
 //! carries an HMAC-SHA256 tag under the cluster key (`--cluster-key-file`,
@@ -336,37 +343,30 @@ impl Publisher {
         }
     }
 
-    /// One announcement, as a presence signal whose content is the lists.
+    /// One announcement: a presence signal whose content is the lists.
     async fn send_announce(&self, announce: Announce) {
-        let body = Body::Presence {
-            online: false,
-            last_seen_micros: 0,
-        };
-        let event = Event::signal(
-            ConversationId::none(),
-            UserId::from_stored(String::new()),
-            body,
-        );
         let content = serde_json::to_string(&announce).unwrap_or_default();
-        self.send_signal(&event, Some(content)).await;
+        self.send_signal(|origin| Wire {
+            position: 0,
+            conversation_id: String::new(),
+            user_id: String::new(),
+            content: content.clone(),
+            created_at_micros: crate::domain::now_micros(),
+            kind: "presence".into(),
+            origin: origin.to_owned(),
+        })
+        .await;
     }
 
     /// Tells the other nodes of a signal; a failure costs a stale
     /// indicator, and is only logged.
     pub async fn signal(&self, event: &Event) {
-        self.send_signal(event, None).await;
+        self.send_signal(|origin| Wire::of(event, origin)).await;
     }
 
-    /// Sends `event` on the signal channel, with `content` in place of its
-    /// own encoding when given.
-    async fn send_signal(&self, event: &Event, content: Option<String>) {
-        let wire = |origin: &str| {
-            let mut wire = Wire::of(event, origin);
-            if let Some(content) = &content {
-                wire.content = content.clone();
-            }
-            wire
-        };
+    /// Sends the wire `wire` makes for this node's origin on the signal
+    /// channel.
+    async fn send_signal(&self, wire: impl Fn(&str) -> Wire) {
         match self {
             Publisher::Quiet => {}
             Publisher::Postgres { pool, origin } => {
