@@ -152,11 +152,14 @@ impl Server {
             .add_service(grpc::service(self.herald.clone(), self.auth.clone()))
             .into_axum_router()
             // The request log: method and outcome, never metadata (tokens).
+            // One line per call at info, when its stream ends (with the
+            // duration; a unary call's status comes then too); the response
+            // headers' line is debug, which halves the log on the send path.
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(grpc::log_span)
                     .on_request(())
-                    .on_response(DefaultOnResponse::new().level(Level::INFO))
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
                     .on_failure(DefaultOnFailure::new().level(Level::INFO))
                     .on_eos(DefaultOnEos::new().level(Level::INFO)),
             );
