@@ -16,6 +16,10 @@
 //! event: read                      named (`read`, `membership`), with the
 //! data: {"conversationId":...}     JSON of the inner object of `Event`
 //!
+//! event: typing                    /api/events only: signals (`typing`,
+//! data: {"conversationId":...}     `presence`) have no position, so no
+//!                                  `id:`, and are never replayed
+//!
 //! : keep-alive                     after 15 s without an event (--sse-heartbeat)
 //! ```
 //!
