@@ -142,11 +142,12 @@ macro_rules! with_writer {
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Conversations' current participants, cached and shared; cheap to
-/// clone. Used only to answer a sender quickly: the message insert checks
+/// clone. Used to answer a sender quickly (the message insert checks
 /// membership again inside its transaction, so a stale entry can never let
-/// a removed member's message in, and the feed, which decides who receives
-/// what, keeps a [`MemberLists`] of its own. This node's feed forgets an
-/// entry when it passes a change to that conversation.
+/// a removed member's message in) and to address typing signals, which are
+/// best effort. The feed, which decides who receives what, keeps a
+/// [`MemberLists`] of its own. This node's feed forgets an entry when it
+/// passes a change to that conversation.
 #[derive(Clone)]
 pub struct Participants {
     store: Store,
