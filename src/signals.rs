@@ -1,5 +1,6 @@
-//! Signals: events without a stream position (typing now; presence will
-//! ride the same path). Never stored, never replayed, never ordered with
+//! Signals: events without a stream position. This module relays typing;
+//! presence (`presence`) is a signal too and shares the broker's signal
+//! channel, with state of its own. Never stored, never replayed, never ordered with
 //! messages, and a lost one costs nothing but a stale indicator, so they
 //! skip the committer and the feed: the sender's node hands one straight
 //! to its hub for the conversation's other participants, and tells the
