@@ -1,10 +1,11 @@
 //! Signals: events without a stream position. This module relays typing;
 //! presence (`presence`) is a signal too and shares the broker's signal
-//! channel, with state of its own. Never stored, never replayed, never ordered with
-//! messages, and a lost one costs nothing but a stale indicator, so they
-//! skip the committer and the feed: the sender's node hands one straight
-//! to its hub for the conversation's other participants, and tells the
-//! other nodes through the broker, whose nodes do the same.
+//! channel, with state of its own. Signals are never stored, never
+//! replayed, never ordered with messages, and a lost one costs nothing but
+//! a stale indicator, so they skip the committer and the feed: the
+//! sender's node hands one straight to its hub for the conversation's
+//! other participants, and tells the other nodes through the broker, whose
+//! nodes do the same.
 //!
 //! **Bounded.** At most one typing signal per user and conversation is
 //! relayed every [`TYPING_EVERY`] per node; calls in between are accepted
