@@ -254,6 +254,18 @@ impl Event {
         }
     }
 
+    /// About how many bytes it holds in memory.
+    pub fn approximate_bytes(&self) -> usize {
+        let ids = |ids: &[UserId]| ids.iter().map(|id| id.as_str().len() + 48).sum::<usize>();
+        200 + match &self.body {
+            Body::Message(content) => content.len(),
+            Body::Membership(change) => {
+                ids(&change.added) + ids(&change.removed) + ids(&change.members)
+            }
+            Body::Read(_) | Body::Typing | Body::Presence { .. } => 0,
+        }
+    }
+
     /// Whether this event has a stream position (everything but signals).
     pub fn has_position(&self) -> bool {
         self.position != Position::NONE

@@ -116,10 +116,16 @@ impl EventStream {
 
     /// Replays `first_page`, then whatever else `source` has after it,
     /// before going live; `after` is the resume point.
-    pub(crate) fn replay(&mut self, source: ReplaySource, after: Position, first_page: Vec<Event>) {
+    pub(crate) fn replay(
+        &mut self,
+        source: ReplaySource,
+        after: Position,
+        mut first_page: Vec<Event>,
+    ) {
+        let cut = keep_within_bytes(&mut first_page);
         self.replayed_up_to = first_page.last().map_or(after, |last| last.position);
         self.replay = Some(Replay {
-            exhausted: first_page.len() < source.page_size,
+            exhausted: !cut && first_page.len() < source.page_size,
             source,
             page: first_page.into(),
         });
@@ -258,8 +264,10 @@ impl EventStream {
             tracing::warn!(%error, "a replay page could not be read; the stream ends");
             StreamEnd::Unavailable
         })?;
+        let mut page = page;
+        let cut = keep_within_bytes(&mut page);
         source.metrics.replayed(page.len() as u64);
-        replay.exhausted = page.len() < source.page_size;
+        replay.exhausted = !cut && page.len() < source.page_size;
         if let Some(last) = page.last() {
             self.replayed_up_to = last.position;
         }
@@ -276,5 +284,54 @@ impl EventStream {
         let age = now_micros().saturating_sub(delivery.event.created_at_micros);
         self.metrics.written(age as f64 / 1e6);
         Some(delivery)
+    }
+}
+
+/// Cuts `page` after the events that fit in [`REPLAY_PAGE_BYTES`] (at
+/// least one), so a page of large events (a membership change carries the
+/// whole member list) is held no longer than a page of messages; says
+/// whether it cut. The rest is read again with the next page.
+fn keep_within_bytes(page: &mut Vec<Event>) -> bool {
+    let mut bytes = 0;
+    let fits = page
+        .iter()
+        .take_while(|event| {
+            bytes += event.approximate_bytes();
+            bytes <= REPLAY_PAGE_BYTES
+        })
+        .count()
+        .max(1);
+    let cut = fits < page.len();
+    page.truncate(fits);
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Body, ConversationId};
+
+    fn message(position: i64, bytes: usize) -> Event {
+        Event {
+            position: Position(position),
+            conversation_id: ConversationId::generate(),
+            user_id: UserId::parse("user", "alice").unwrap(),
+            created_at_micros: 0,
+            body: Body::Message("x".repeat(bytes)),
+        }
+    }
+
+    #[test]
+    fn a_page_keeps_what_fits_in_its_bytes_and_at_least_one_event() {
+        let mut small = vec![message(1, 10), message(2, 10)];
+        assert!(!keep_within_bytes(&mut small));
+        assert_eq!(small.len(), 2);
+        let half = REPLAY_PAGE_BYTES / 2;
+        let mut large = vec![message(1, half), message(2, half), message(3, 10)];
+        assert!(keep_within_bytes(&mut large));
+        assert_eq!(large.len(), 1, "two halves and their overhead do not fit");
+        let mut huge = vec![message(1, 2 * REPLAY_PAGE_BYTES), message(2, 10)];
+        assert!(keep_within_bytes(&mut huge));
+        assert_eq!(huge.len(), 1, "one event always goes");
     }
 }

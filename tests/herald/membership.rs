@@ -18,6 +18,7 @@ on_every_backend!(
     resuming_across_a_removal_and_an_add_replays_exactly_the_membership,
     boundaries_hold_under_four_writers_while_members_come_and_go,
     the_event_stream_over_sse_names_what_is_not_a_message_and_resumes,
+    a_replay_of_large_membership_changes_comes_in_pages_and_whole,
 );
 
 fn position(id: &str) -> i64 {
@@ -585,4 +586,50 @@ async fn the_event_stream_over_sse_names_what_is_not_a_message_and_resumes(db: T
         .await
         .unwrap();
     assert_eq!(reset.next_message().await.id, last.id);
+}
+
+/// Each change of a 1,000-member group carries the member list (about
+/// 56 KB in memory): 30 of them are more than one replay page holds, so
+/// the replay is cut by bytes and read on; every change still arrives,
+/// once, in order.
+async fn a_replay_of_large_membership_changes_comes_in_pages_and_whole(db: TestDb) {
+    const CHANGES: usize = 30;
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.call_rate_limit = 100_000.0;
+        config.call_rate_burst = 100_000.0;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let others: Vec<String> = (0..998).map(|n| format!("member-{n:04}")).collect();
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    let group = alice.create_conversation(&others).await.unwrap();
+    let start = alice.send(&group.id, "start").await.unwrap();
+    let mut changes = Vec::new();
+    for n in 0..CHANGES {
+        let who = format!("guest-{n}");
+        alice.add(&group.id, &[&who]).await.unwrap();
+        changes.push(("add", who.clone()));
+        alice.remove(&group.id, &who).await.unwrap();
+        changes.push(("remove", who));
+    }
+    let end = alice.send(&group.id, "end").await.unwrap();
+
+    let mut resumed = alice.events(&start.id).await.unwrap();
+    let mut last = position(&start.id);
+    for (kind, who) in &changes {
+        let event = next_event(&mut resumed).await;
+        assert!(position(&event.id) > last, "in order");
+        last = position(&event.id);
+        let change = membership(&event);
+        let named = match *kind {
+            "add" => &change.added_ids,
+            _ => &change.removed_ids,
+        };
+        assert_eq!(named, std::slice::from_ref(who));
+        assert_eq!(
+            change.conversation.as_ref().unwrap().participant_ids.len(),
+            999 + usize::from(*kind == "add")
+        );
+    }
+    assert_eq!(next_event(&mut resumed).await.id, end.id);
 }
