@@ -53,11 +53,13 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let auth = Auth::new(secret.as_bytes(), &identity)?;
     let server = Server::bind(&config, auth.clone()).await?;
     tokio::spawn(give_back_memory());
+    // Before saying it serves: from then on a signal shuts down in order.
+    let signal = shutdown_signal();
     tracing::info!(http = %server.http_addr(), grpc = %server.grpc_addr(), "herald is serving");
     if ephemeral {
         print_demo(&auth, &server);
     }
-    server.run(shutdown_signal()).await
+    server.run(signal).await
 }
 
 /// How often freed memory is handed back to the system.

@@ -194,9 +194,9 @@ async fn a_first_run_prints_working_demo_tokens_and_sigterm_exits_zero_with_stre
         .unwrap()
         .into_inner();
     // Read the stream's end while the process shuts down, as a client would.
-    let (status, (exit, _)) = tokio::join!(end_of(&mut stream, PATIENCE), herald.terminate());
+    let (status, (exit, log)) = tokio::join!(end_of(&mut stream, PATIENCE), herald.terminate());
 
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}\n{log}");
     assert!(exit.success(), "{exit:?}");
 }
 
