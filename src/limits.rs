@@ -87,15 +87,16 @@ struct Bucket {
 /// Users kept before idle ones are forgotten.
 const PRUNE_ABOVE: usize = 10_000;
 
-/// A map by user that forgets idle users once it holds many. The scan for
+/// A map by user (or by a key of the user's, such as user and
+/// conversation) that forgets idle entries once it holds many. The scan for
 /// them runs only when the map has doubled since the last one, so a node
 /// with more active users than [`PRUNE_ABOVE`] does not scan on every call.
-struct PerUser<V> {
-    map: HashMap<UserId, V>,
+pub(crate) struct PerUser<V, K = UserId> {
+    map: HashMap<K, V>,
     prune_at: usize,
 }
 
-impl<V> Default for PerUser<V> {
+impl<V, K> Default for PerUser<V, K> {
     fn default() -> Self {
         Self {
             map: HashMap::new(),
@@ -104,12 +105,12 @@ impl<V> Default for PerUser<V> {
     }
 }
 
-impl<V> PerUser<V> {
-    /// `user`'s entry, made by `new` if there is none; idle entries (those
+impl<V, K: std::hash::Hash + Eq + Clone> PerUser<V, K> {
+    /// `key`'s entry, made by `new` if there is none; idle entries (those
     /// `idle` says are) are forgotten first when the map has grown.
-    fn entry(
+    pub(crate) fn entry(
         &mut self,
-        user: &UserId,
+        key: &K,
         idle: impl Fn(&V) -> bool,
         new: impl FnOnce() -> V,
     ) -> &mut V {
@@ -117,7 +118,7 @@ impl<V> PerUser<V> {
             self.map.retain(|_, value| !idle(value));
             self.prune_at = (self.map.len() * 2).max(PRUNE_ABOVE);
         }
-        self.map.entry(user.clone()).or_insert_with(new)
+        self.map.entry(key.clone()).or_insert_with(new)
     }
 }
 

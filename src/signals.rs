@@ -16,10 +16,10 @@ use crate::{
     broker::Publisher,
     domain::{Body, ConversationId, Event, UserId},
     hub::{Delivery, Hub},
+    limits::PerUser,
     store::Participants,
 };
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -29,8 +29,6 @@ use tokio::{sync::mpsc, time::Instant};
 pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// Signals from other nodes waiting to be delivered here.
 const REMOTE_QUEUE: usize = 4_096;
-/// Coalescing entries kept before the stale ones are swept.
-const RECENT_SWEEP: usize = 65_536;
 
 /// The signal relay; cheap to clone.
 #[derive(Clone)]
@@ -42,8 +40,9 @@ struct Inner {
     participants: Participants,
     hub: Hub,
     publisher: Publisher,
-    /// When each (user, conversation) last had a typing signal relayed.
-    recent: Mutex<HashMap<(UserId, ConversationId), Instant>>,
+    /// When each (user, conversation) last had a typing signal relayed;
+    /// stale entries are forgotten as the rate limiter forgets idle users.
+    recent: Mutex<PerUser<Option<Instant>, (UserId, ConversationId)>>,
     remote: mpsc::Sender<Event>,
 }
 
@@ -116,21 +115,19 @@ impl Signals {
     /// within [`TYPING_EVERY`]; records this one if so.
     fn first_in_window(&self, user: &UserId, conversation: &ConversationId) -> bool {
         let now = Instant::now();
+        let fresh =
+            |at: &Option<Instant>| at.is_some_and(|at| now.duration_since(at) < TYPING_EVERY);
         let mut recent = self
             .inner
             .recent
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if recent.len() >= RECENT_SWEEP {
-            recent.retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
-        }
         let key = (user.clone(), conversation.clone());
-        match recent.get(&key) {
-            Some(at) if now.duration_since(*at) < TYPING_EVERY => false,
-            _ => {
-                recent.insert(key, now);
-                true
-            }
+        let last = recent.entry(&key, |at| !fresh(at), || None);
+        if fresh(last) {
+            return false;
         }
+        *last = Some(now);
+        true
     }
 }

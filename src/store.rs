@@ -923,15 +923,37 @@ impl Store {
             let Some((pair, creator, created_at)) = conversation else {
                 return Err(Error::NotFound("conversation"));
             };
-            let members: Vec<String> =
-                sqlx::query_scalar("SELECT user_id FROM participants WHERE conversation_id = $1")
+            // A receipt needs the reader's own row only; a membership change
+            // needs the whole group (it carries the members after it).
+            let mut members = match request {
+                ChangeRequest::Read(_) => {
+                    let member: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM participants
+                         WHERE conversation_id = $1 AND user_id = $2)",
+                    )
+                    .bind(id.as_str())
+                    .bind(actor.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if !member {
+                        return Err(Error::PermissionDenied);
+                    }
+                    Vec::new()
+                }
+                ChangeRequest::Add(_) | ChangeRequest::Remove(_) => {
+                    let members: Vec<String> = sqlx::query_scalar(
+                        "SELECT user_id FROM participants WHERE conversation_id = $1",
+                    )
                     .bind(id.as_str())
                     .fetch_all(&mut *tx)
                     .await?;
-            let mut members = sorted(members);
-            if members.binary_search(actor).is_err() {
-                return Err(Error::PermissionDenied);
-            }
+                    let members = sorted(members);
+                    if members.binary_search(actor).is_err() {
+                        return Err(Error::PermissionDenied);
+                    }
+                    members
+                }
+            };
             let creator = creator.map(UserId::from_stored);
             let not_a_group = || {
                 Error::FailedPrecondition(
