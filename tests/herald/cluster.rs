@@ -293,6 +293,16 @@ impl On {
         }
     }
 
+    /// Creates a conversation of this user and `others`; its id.
+    async fn create(&self, others: &[&str]) -> String {
+        let body = pb::CreateConversationRequest {
+            participant_ids: others.iter().map(|other| other.to_string()).collect(),
+        };
+        let request = authorized(body, &self.bearer);
+        let created = self.client.clone().create_conversation(request).await;
+        created.unwrap().into_inner().id
+    }
+
     async fn send(&self, conversation: &str, content: &str) -> Result<pb::Message, tonic::Status> {
         let body = pb::CreateMessageRequest {
             conversation_id: conversation.into(),
@@ -355,17 +365,7 @@ async fn membership_changes_apply_at_their_position_on_every_node(nodes: &[Proce
     let alice = On::node(a, "alice").await;
     let bob_on_b = On::node(b, "bob").await;
     let erin_on_c = On::node(c, "erin").await;
-    let group = pb::CreateConversationRequest {
-        participant_ids: vec!["bob".into(), "erin".into()],
-    };
-    let group = alice
-        .client
-        .clone()
-        .create_conversation(authorized(group, &alice.bearer))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let group = alice.create(&["bob", "erin"]).await;
     let mut truth = alice.events().await;
     let mut bob_events = bob_on_b.events().await;
     let dave_sse = reqwest::Client::new()
@@ -499,17 +499,7 @@ async fn membership_across_three_nodes_over_nats() {
 async fn typing_crosses_nodes_once(nodes: &[Process]) {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let alice = On::node(a, "alice").await;
-    let group = pb::CreateConversationRequest {
-        participant_ids: vec!["bob".into(), "carol".into(), "dave".into()],
-    };
-    let group = alice
-        .client
-        .clone()
-        .create_conversation(authorized(group, &alice.bearer))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let group = alice.create(&["bob", "carol", "dave"]).await;
     let mut streams = vec![
         On::node(b, "bob").await.events().await,
         On::node(c, "carol").await.events().await,
@@ -579,17 +569,8 @@ async fn presence_crosses_nodes_and_a_dead_node_takes_its_users_offline(mut node
         other => panic!("expected presence, got {other:?}"),
     };
     let alice = On::node(&nodes[0], "alice").await;
-    for others in [["bob"], ["carol"]] {
-        let pair = pb::CreateConversationRequest {
-            participant_ids: others.map(String::from).to_vec(),
-        };
-        alice
-            .client
-            .clone()
-            .create_conversation(authorized(pair, &alice.bearer))
-            .await
-            .unwrap();
-    }
+    alice.create(&["bob"]).await;
+    alice.create(&["carol"]).await;
     let mut alices = alice.events().await;
 
     let bobs = On::node(&nodes[1], "bob").await.events().await;

@@ -473,11 +473,7 @@ async fn the_event_stream_over_sse_names_what_is_not_a_message_and_resumes(db: T
         http.request(method, app.url(path))
             .bearer_auth(app.token(user))
     };
-    let events = |user: &str| {
-        http.get(app.url("/api/events"))
-            .header("accept", "text/event-stream")
-            .bearer_auth(app.token(user))
-    };
+    let events = |user: &str| app.events_request(&app.token(user));
     let group: pb::Conversation = rest(reqwest::Method::POST, "/api/conversations", "alice")
         .json(&serde_json::json!({ "participantIds": ["bob", "carol"] }))
         .send()

@@ -342,13 +342,8 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
 
     // Membership: a group changes, a pair refuses; every change and the
     // receipt above reach the event stream as the document's schemas.
-    let mut events = open_sse(
-        reqwest::Client::new()
-            .get(app.url("/api/events?lastEventId=") + last["id"].as_str().unwrap())
-            .header("accept", "text/event-stream")
-            .bearer_auth(app.token("alice")),
-    )
-    .await;
+    let resume = [("lastEventId", last["id"].as_str().unwrap())];
+    let mut events = open_sse(app.events_request(&app.token("alice")).query(&resume)).await;
     let group = json!({ "participantIds": ["bob", "carol"] });
     let (_, group) = spec
         .check(

@@ -453,8 +453,17 @@ impl TestApp {
 
     /// A request for the SSE stream with `token` in the Authorization header.
     pub fn sse_request(&self, token: &str) -> reqwest::RequestBuilder {
+        self.stream_request("/api/messages", token)
+    }
+
+    /// A request for the SSE event stream (`/api/events`), likewise.
+    pub fn events_request(&self, token: &str) -> reqwest::RequestBuilder {
+        self.stream_request("/api/events", token)
+    }
+
+    fn stream_request(&self, path: &str, token: &str) -> reqwest::RequestBuilder {
         reqwest::Client::new()
-            .get(self.url("/api/messages"))
+            .get(self.url(path))
             .header("accept", "text/event-stream")
             .bearer_auth(token)
     }

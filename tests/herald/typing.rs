@@ -20,10 +20,8 @@ async fn typing_reaches_the_others_once_per_window_and_is_never_replayed(db: Tes
     let mut alices = alice.events("").await.unwrap();
     let mut bobs = bob.events("").await.unwrap();
     let mut carols_messages = carol.subscribe("").await.unwrap();
-    let mut carols_sse = reqwest::Client::new()
-        .get(app.url("/api/events"))
-        .header("accept", "text/event-stream")
-        .bearer_auth(app.token("carol"))
+    let mut carols_sse = app
+        .events_request(&app.token("carol"))
         .send()
         .await
         .unwrap();
