@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // grpcurl prints too.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf.Timestamp", "crate::pb::Timestamp")
+        // prost's codec with small buffers: an idle stream keeps its own.
+        .codec_path("crate::pb::codec::Codec")
         .compile_fds(descriptors)?;
 
     // Unknown JSON fields are ignored, as proto3 JSON parsers may, so newer

@@ -20,6 +20,12 @@
 //!   connection is busy is a new one closed at once.
 //!
 //! Accept errors (EMFILE, ENFILE, ...) back off instead of spinning.
+//!
+//! On the HTTP port, a connection whose first request is an event stream
+//! over HTTP/1.1 is served by [`h1_stream`] instead of hyper, under the
+//! same limits, so a parked stream keeps no HTTP buffers.
+
+mod h1_stream;
 
 use axum::{Router, body::Body, extract::Request, response::Response};
 use futures_util::future::BoxFuture;
@@ -204,6 +210,7 @@ pub fn serve(
     let port = Arc::new(Port {
         app,
         tls,
+        protocol,
         builder: builder(protocol, limits),
         limits,
         stop: stop.clone(),
@@ -244,6 +251,7 @@ pub fn serve(
 struct Port {
     app: Router,
     tls: Option<TlsAcceptor>,
+    protocol: Protocol,
     builder: auto::Builder<TokioExecutor>,
     limits: ConnectionLimits,
     stop: CancellationToken,
@@ -268,12 +276,19 @@ fn builder(protocol: Protocol, limits: ConnectionLimits) -> auto::Builder<TokioE
 }
 
 impl Port {
-    /// One connection, from its TLS handshake to its close.
+    /// One connection, until it closes.
     async fn connection(self: Arc<Self>, tcp: TcpStream, admitted: Admitted) {
-        let evict = admitted.conn.evict.clone();
         let Some(acceptor) = &self.tls else {
             return self.http(tcp, admitted).await;
         };
+        // Boxed: a TLS connection's state is large, and a plain
+        // connection's task should not carry room for it.
+        Box::pin(self.tls(acceptor, tcp, admitted)).await
+    }
+
+    /// A TLS handshake within the header timeout, then HTTP.
+    async fn tls(&self, acceptor: &TlsAcceptor, tcp: TcpStream, admitted: Admitted) {
+        let evict = admitted.conn.evict.clone();
         let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(tcp));
         let tls = tokio::select! {
             _ = evict.cancelled() => return,
@@ -287,9 +302,38 @@ impl Port {
         }
     }
 
-    /// HTTP on an established connection, until it closes, is evicted,
-    /// sends no request in time, or the server stops.
+    /// HTTP on an established connection: an HTTP/1.1 event stream by
+    /// [`h1_stream`], anything else by hyper.
     async fn http<I>(&self, io: I, admitted: Admitted)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
+        if self.protocol == Protocol::Grpc {
+            let io = h1_stream::Rewind::new(io, Vec::new());
+            return Box::pin(self.hyper(io, admitted, deadline)).await;
+        }
+        let evict = admitted.conn.evict.clone();
+        let first = tokio::select! {
+            _ = evict.cancelled() => return,
+            _ = self.stop.cancelled() => return,
+            first = h1_stream::read_first(io, deadline) => first,
+        };
+        match first {
+            h1_stream::First::Stream(io, request) => {
+                let _busy = Busy::new(&admitted);
+                h1_stream::serve(io, request, self.app.clone(), &evict).await;
+            }
+            // Boxed: hyper's connection state is large, and a stream
+            // served above should not carry room for it.
+            h1_stream::First::Other(io) => Box::pin(self.hyper(io, admitted, deadline)).await,
+            h1_stream::First::Closed => {}
+        }
+    }
+
+    /// hyper on an established connection, until it closes, is evicted,
+    /// sends no request by `deadline`, or the server stops.
+    async fn hyper<I>(&self, io: I, admitted: Admitted, deadline: tokio::time::Instant)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -301,7 +345,7 @@ impl Port {
         };
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let first_request = tokio::time::sleep(self.limits.header_timeout);
+        let first_request = tokio::time::sleep_until(deadline);
         tokio::pin!(first_request);
         let mut awaiting_first = true;
         let mut closing = false;
@@ -346,6 +390,22 @@ struct Busy {
     connections: Connections,
 }
 
+impl Busy {
+    /// Counts a request on `admitted`'s connection until dropped.
+    fn new(admitted: &Admitted) -> Self {
+        Self::on(&admitted.conn, &admitted.connections)
+    }
+
+    fn on(conn: &Arc<Conn>, connections: &Connections) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        conn.served.store(true, Ordering::Release);
+        Self {
+            conn: conn.clone(),
+            connections: connections.clone(),
+        }
+    }
+}
+
 impl Drop for Busy {
     fn drop(&mut self) {
         if self.conn.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -361,12 +421,7 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Future = BoxFuture<'static, Result<Response, Infallible>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        self.conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.conn.served.store(true, Ordering::Release);
-        let busy = Busy {
-            conn: self.conn.clone(),
-            connections: self.connections.clone(),
-        };
+        let busy = Busy::on(&self.conn, &self.connections);
         let mut app = self.app.clone();
         Box::pin(async move {
             let response = app.call(request.map(Body::new)).await?;

@@ -11,6 +11,7 @@ include!(concat!(env!("OUT_DIR"), "/herald.v1.serde.rs"));
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/herald_descriptor.bin"));
 
+pub mod codec;
 mod timestamp;
 
 pub use timestamp::Timestamp;

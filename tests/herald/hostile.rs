@@ -251,6 +251,12 @@ async fn connections_that_send_half_a_request_or_nothing_are_closed() {
     // Half a request line on the HTTP port.
     let mut half = tokio::net::TcpStream::connect(app.http).await.unwrap();
     half.write_all(b"GET /healthz HTT").await.unwrap();
+    // Half the head of a stream request (served without hyper).
+    let mut half_stream = tokio::net::TcpStream::connect(app.http).await.unwrap();
+    half_stream
+        .write_all(b"GET /api/messages?token=t HTTP/1.1\r\nAccept: text/ev")
+        .await
+        .unwrap();
     // Nothing at all on either port.
     let mut silent_http = tokio::net::TcpStream::connect(app.http).await.unwrap();
     let mut silent_grpc = tokio::net::TcpStream::connect(app.grpc).await.unwrap();
@@ -259,6 +265,7 @@ async fn connections_that_send_half_a_request_or_nothing_are_closed() {
     idle_h2.write_all(PREFACE).await.unwrap();
 
     closed_within(&mut half, patience).await;
+    closed_within(&mut half_stream, patience).await;
     closed_within(&mut silent_http, patience).await;
     closed_within(&mut silent_grpc, patience).await;
     closed_within(&mut idle_h2, patience).await;

@@ -341,8 +341,131 @@ async fn a_token_in_the_cookie_works_and_a_header_still_wins(db: TestDb) {
     assert_eq!(header_wins.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// A raw HTTP/1.1 connection to the HTTP port with `request` written.
+async fn raw_http(app: &TestApp, request: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(app.http).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Reads `stream` until what was read contains `needle` (or, with `None`,
+/// until the server closes it); returns all of it.
+async fn raw_read(stream: &mut tokio::net::TcpStream, seen: &mut String, needle: Option<&str>) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut buffer = [0u8; 4096];
+        while needle.is_none_or(|needle| !seen.contains(needle)) {
+            let n = stream.read(&mut buffer).await.unwrap_or(0);
+            if n == 0 {
+                assert!(needle.is_none(), "closed before {needle:?}: {seen:?}");
+                return;
+            }
+            seen.push_str(std::str::from_utf8(&buffer[..n]).unwrap());
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .unwrap_or_else(|_| panic!("{needle:?} in time; read {seen:?}"));
+}
+
+fn stream_get(path: &str, token: &str) -> String {
+    format!("GET {path}?token={token} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+}
+
+/// EventSource's one request per connection: a chunked response that the
+/// server closes when the stream ends.
+async fn a_stream_over_http_1_1_is_chunked_and_closed_when_it_ends(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    let mut stream = raw_http(&app, &stream_get("/api/messages", &app.token("bob"))).await;
+    let mut raw = String::new();
+    raw_read(&mut stream, &mut raw, Some("retry: 1000\n\n\r\n")).await;
+    let sent = alice.send(&conversation.id, "chunked").await.unwrap();
+    let json = serde_json::to_string(&sent).unwrap();
+    let event = format!("id: {}\ndata: {json}\n\n", sent.id);
+    raw_read(&mut stream, &mut raw, Some(&event)).await;
+    app.stop().await;
+    raw_read(&mut stream, &mut raw, None).await;
+
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    for field in [
+        "content-type: text/event-stream",
+        "cache-control: no-cache",
+        "transfer-encoding: chunked",
+        "connection: close",
+        "date: ",
+    ] {
+        assert!(head.contains(&format!("\r\n{field}")), "{field} in {head}");
+    }
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(body.starts_with("d\r\nretry: 1000\n\n\r\n"), "{body:?}");
+    assert!(
+        body.contains(&format!("{:x}\r\n{event}\r\n", event.len())),
+        "{body:?}"
+    );
+    assert!(body.ends_with("\r\n0\r\n\r\n"), "the last chunk: {body:?}");
+}
+
+/// A refused stream request gets the same answer as on any other
+/// connection, with its length, and the connection closes.
+async fn a_refused_stream_request_is_answered_whole_and_closed(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let mut stream = raw_http(&app, &stream_get("/api/events", "forged")).await;
+    let mut raw = String::new();
+    raw_read(&mut stream, &mut raw, None).await;
+
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 401 unauthorized\r\n"), "{head}");
+    assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    let error: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert!(error["error"].is_string(), "{body}");
+}
+
+/// A stream asked for on a connection that has served another request
+/// first (a browser's keep-alive connection) is served all the same.
+async fn a_stream_after_another_request_on_one_connection_is_served(db: TestDb) {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    let mut stream = raw_http(&app, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut raw = String::new();
+    raw_read(&mut stream, &mut raw, Some("\r\n\r\nok")).await;
+    let request = stream_get("/api/messages", &app.token("bob"));
+    stream.write_all(request.as_bytes()).await.unwrap();
+    raw_read(&mut stream, &mut raw, Some("retry: 1000")).await;
+    let sent = alice.send(&conversation.id, "same connection").await.unwrap();
+    raw_read(&mut stream, &mut raw, Some(&format!("id: {}\n", sent.id))).await;
+}
+
+/// A stream client has nothing to send after its request: anything it
+/// sends closes the connection, and the subscription with it.
+async fn a_stream_client_that_sends_more_is_closed(db: TestDb) {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(&db).await;
+    let mut stream = raw_http(&app, &stream_get("/api/messages", &app.token("bob"))).await;
+    let mut raw = String::new();
+    raw_read(&mut stream, &mut raw, Some("retry: 1000")).await;
+    app.wait_for_subscriptions(1).await;
+
+    stream.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+
+    raw_read(&mut stream, &mut raw, None).await;
+    app.wait_for_subscriptions(0).await;
+}
+
 on_every_backend!(
     a_stream_ticket_opens_the_stream_and_nothing_else,
+    a_stream_over_http_1_1_is_chunked_and_closed_when_it_ends,
+    a_refused_stream_request_is_answered_whole_and_closed,
+    a_stream_after_another_request_on_one_connection_is_served,
+    a_stream_client_that_sends_more_is_closed,
     a_token_in_the_cookie_works_and_a_header_still_wins,
     a_request_that_does_not_accept_event_streams_gets_406,
     the_stream_has_the_contract_headers_and_framing,
