@@ -15,6 +15,9 @@ GROUP_LARGE="${GROUP_LARGE:-5000}"
 GROUP_MESSAGES="${GROUP_MESSAGES:-200}"
 DIRECT_USERS="${DIRECT_USERS:-10000}"
 DIRECT_MESSAGES="${DIRECT_MESSAGES:-20000}"
+# `direct` again at a fixed rate, for latency and CPU per message at a load
+# both servers carry.
+PACED_RATE="${PACED_RATE:-5000}"
 HERALD_HTTP=127.0.0.1:18400 HERALD_GRPC=127.0.0.1:18401 NCHAN=127.0.0.1:18300
 
 # Every process may hold as many files as the machine allows (20,000 here).
@@ -65,6 +68,7 @@ for round in $(seq "$ROUNDS"); do
         bench "$server" group --users "$GROUP_SMALL" --messages "$GROUP_MESSAGES" --concurrency 8
         bench "$server" group --users "$GROUP_LARGE" --messages "$((GROUP_MESSAGES / 4))" --concurrency 8
         bench "$server" direct --users "$DIRECT_USERS" --messages "$DIRECT_MESSAGES" --concurrency 16
+        bench "$server" direct --users "$DIRECT_USERS" --messages "$DIRECT_MESSAGES" --concurrency 16 --rate "$PACED_RATE"
     done
     # The same over gRPC SubscribeMessages streams (herald only).
     bench herald idle --transport grpc --subscribers "$IDLE"
@@ -78,14 +82,18 @@ rows = {}
 for line in open(sys.argv[1]):
     fields = dict(re.findall(r"(\S+)=(\S+)", line))
     scenario = line.split()[0]
+    if "rate" in fields:
+        # A paced run: what matters is the server's CPU per message.
+        scenario = f"direct at {float(fields['rate']):,.0f}/s"
+        fields["cpu_us"] = float(fields["server_cpu_s"]) / float(fields["messages"]) * 1e6
     key = (scenario, fields.get("transport", "Sse").lower(), fields.get("users", fields.get("streams")))
     server = fields["server"].lower()
-    metric = {"idle": "per_stream_bytes", "group": "deliveries/s", "direct": "messages/s"}[scenario]
+    metric = {"idle": "per_stream_bytes", "group": "deliveries/s", "direct": "messages/s"}.get(scenario, "cpu_us")
     rows.setdefault(key, {}).setdefault(server, []).append((float(fields[metric]), float(fields.get("p99", 0))))
 print("\n| scenario | transport | size | metric | herald | nchan | herald/nchan | herald p99 ms | nchan p99 ms |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for (scenario, transport, size), servers in rows.items():
-    metric = {"idle": "bytes per idle stream", "group": "deliveries/s", "direct": "messages/s"}[scenario]
+    metric = {"idle": "bytes per idle stream", "group": "deliveries/s", "direct": "messages/s"}.get(scenario, "server CPU µs per message")
     med = lambda s, i: statistics.median(v[i] for v in servers.get(s, [(0, 0)]))
     h, n = med("herald", 0), med("nchan", 0)
     ratio = f"{h / n:.2f}" if n else "—"

@@ -166,6 +166,9 @@ where
     drop(head);
     let chunked = length.is_none();
     let mut probe = [0u8; 64];
+    // Made once: each `cancelled()` future registers with the token.
+    let evicted = evict.cancelled();
+    tokio::pin!(evicted);
     loop {
         tokio::select! {
             frame = body.frame() => match frame {
@@ -183,7 +186,7 @@ where
                 None => break,
             },
             _ = io.read(&mut probe) => return,
-            _ = evict.cancelled() => return,
+            _ = &mut evicted => return,
         }
     }
     if chunked && io.write_all(b"0\r\n\r\n").await.is_err() {

@@ -72,7 +72,7 @@ async fn every_bench_scenario_runs_against_herald() {
         run_bench(&[&["group", "--users", "10", "--messages", "5"], &target[..]].concat()).await;
     let direct = run_bench(
         &[
-            &["direct", "--users", "10", "--messages", "10"],
+            &["direct", "--users", "10", "--messages", "10", "--rate", "200"],
             &target[..],
         ]
         .concat(),
@@ -133,7 +133,7 @@ async fn every_bench_scenario_runs_against_herald() {
 
     assert!(idle.contains("streams=20 "), "{idle}");
     assert!(group.contains("delivered=50 "), "{group}");
-    assert!(direct.contains("delivered=20 "), "{direct}");
+    assert!(direct.contains("rate=200 delivered=20 "), "{direct}");
     assert!(
         over_grpc.contains("transport=Grpc") && over_grpc.contains("delivered=50 "),
         "{over_grpc}"

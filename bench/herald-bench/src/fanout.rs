@@ -80,6 +80,10 @@ pub struct Fanout {
     /// Publishes in flight at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Messages per second (message `i` is sent no earlier than `i / rate`
+    /// seconds after the start); 0 sends as fast as the publishers can.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 impl Target {
@@ -280,9 +284,13 @@ async fn publish_and_measure(
     let mut publishers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
         let (target, jobs, next) = (args.target.clone(), jobs.clone(), next.clone());
-        publishers.push(tokio::spawn(
-            async move { publisher(target, jobs, next).await },
-        ));
+        let pace = Pace {
+            started,
+            rate: args.rate,
+        };
+        publishers.push(tokio::spawn(async move {
+            publisher(target, jobs, next, pace).await
+        }));
     }
     for publisher in publishers {
         publisher.await?.map_err(|error| error.to_string())?;
@@ -300,8 +308,12 @@ async fn publish_and_measure(
         std::mem::take(&mut *tally.latencies.lock().unwrap_or_else(|p| p.into_inner()));
     latencies.sort_unstable();
     let at = |q: f64| quantile_ms(&latencies, q);
+    let rate = match args.rate > 0.0 {
+        true => format!(" rate={}", args.rate),
+        false => String::new(),
+    };
     println!(
-        "{scenario} server={:?} transport={:?} users={} messages={} delivered={} deliveries/s={:.0} messages/s={:.0} \
+        "{scenario} server={:?} transport={:?} users={} messages={}{rate} delivered={} deliveries/s={:.0} messages/s={:.0} \
          latency_ms p50={:.2} p99={:.2} p99.9={:.2} server_cpu_s={server_cpu:.2} bench_cpu_s={:.2}",
         args.target.server,
         args.target.transport,
@@ -320,10 +332,18 @@ async fn publish_and_measure(
 
 type Job = (String, String, String);
 
+/// When each publish may go: all at once (rate 0), or at a fixed rate.
+#[derive(Clone, Copy)]
+struct Pace {
+    started: Instant,
+    rate: f64,
+}
+
 async fn publisher(
     target: Target,
     jobs: Arc<Vec<Job>>,
     next: Arc<std::sync::atomic::AtomicUsize>,
+    pace: Pace,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut grpc = match target.server {
         Server::Herald => Some(target.grpc().await),
@@ -339,6 +359,10 @@ async fn publisher(
         let Some((channel, sender, conversation)) = jobs.get(index) else {
             return Ok(());
         };
+        if pace.rate > 0.0 {
+            let due = pace.started + Duration::from_secs_f64(index as f64 / pace.rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let content = format!("t={}", now_micros());
         if let Some(client) = grpc.as_mut() {
             let token = tokens
