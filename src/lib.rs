@@ -75,7 +75,7 @@ pub use service::Herald;
 pub use start::StartError;
 
 /// Everything a client can send before any business logic runs (tokens,
-/// message ids, JSON bodies, timestamps), for the fuzzer in `fuzz/` and a
+/// message ids, JSON bodies, timestamps, a stream request's head), for the fuzzer in `fuzz/` and a
 /// test over its corpus: none of it may panic, whatever the bytes.
 #[doc(hidden)]
 pub fn fuzz_network_input(data: &[u8]) {
@@ -87,6 +87,7 @@ pub fn fuzz_network_input(data: &[u8]) {
     let _ = serde_json::from_slice::<pb::CreateConversationRequest>(data);
     let _ = serde_json::from_slice::<pb::MarkReadRequest>(data);
     let _ = pb::Timestamp::parse_rfc3339(&text);
+    listener::fuzz_first_bytes(data);
 }
 
 #[cfg(test)]

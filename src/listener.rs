@@ -435,6 +435,11 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     }
 }
 
+/// A connection's first bytes as the HTTP port reads them, for the fuzzer.
+pub(crate) fn fuzz_first_bytes(data: &[u8]) {
+    h1_stream::fuzz(data);
+}
+
 /// The default connection cap: the open-file limit less room for the
 /// database pool, the broker, log and key files (a tenth, at least 128).
 pub fn default_max_connections() -> usize {

@@ -1,5 +1,6 @@
 //! Everything a client can send herald before any business logic runs:
-//! tokens, message ids (cursors, Last-Event-ID), JSON bodies and timestamps.
+//! tokens, message ids (cursors, Last-Event-ID), JSON bodies, timestamps and
+//! the head of a stream request (served without hyper).
 //! None of it may panic, whatever the bytes (the inputs are listed in
 //! `herald::fuzz_network_input`, which a unit test also runs over the corpus).
 #![no_main]

@@ -60,7 +60,7 @@ const MAX_HEADERS: usize = 48;
 /// What a connection's first bytes turned out to be.
 pub(super) enum First<I> {
     /// A stream request, parsed: serve it with [`serve`].
-    Stream(I, Request),
+    Stream(I, Box<Request>),
     /// Anything else: hyper serves the connection, from these bytes on.
     Other(Rewind<I>),
     /// The client left, or sent no whole head before the deadline.
@@ -76,7 +76,7 @@ where
     let mut head = Vec::with_capacity(1024);
     loop {
         if head.len() == head.capacity() {
-            head.reserve(head.len().min(MAX_HEAD - head.len()));
+            head.reserve(head.len().min(MAX_HEAD.saturating_sub(head.len())));
         }
         match tokio::time::timeout_at(deadline, io.read_buf(&mut head)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return First::Closed,
@@ -93,6 +93,13 @@ where
     }
 }
 
+/// For the fuzzer (`herald::fuzz_network_input`): a connection's first
+/// bytes, as this module reads them.
+pub(super) fn fuzz(head: &[u8]) {
+    let _ = ROUTES.iter().any(|route| could_start(head, route));
+    let _ = parse(head);
+}
+
 /// Whether `head` and `route` agree as far as both go, and the route, if
 /// whole, ends where the path does.
 fn could_start(head: &[u8], route: &[u8]) -> bool {
@@ -105,7 +112,7 @@ fn could_start(head: &[u8], route: &[u8]) -> bool {
 
 enum Parsed {
     Partial,
-    Stream(Request),
+    Stream(Box<Request>),
     Other,
 }
 
@@ -116,7 +123,7 @@ fn parse(head: &[u8]) -> Parsed {
         Ok(httparse::Status::Partial) => Parsed::Partial,
         // Bytes after the head would be a pipelined request: hyper's.
         Ok(httparse::Status::Complete(length)) if length == head.len() => {
-            request(&parsed).map_or(Parsed::Other, Parsed::Stream)
+            request(&parsed).map_or(Parsed::Other, |request| Parsed::Stream(Box::new(request)))
         }
         _ => Parsed::Other,
     }
@@ -146,13 +153,17 @@ fn request(parsed: &httparse::Request) -> Option<Request> {
 /// Answers `request` with `app` on `io`, then closes the connection: when
 /// the body ends, the client leaves or sends anything, a write fails, or
 /// `evict` fires.
-pub(super) async fn serve<I>(mut io: I, request: Request, mut app: Router, evict: &CancellationToken)
-where
+pub(super) async fn serve<I>(
+    mut io: I,
+    request: Box<Request>,
+    mut app: Router,
+    evict: &CancellationToken,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     // Boxed: the router's future is large and needed only until the
     // response head, not for the stream's life.
-    let response = match Box::pin(app.call(request)).await {
+    let response = match Box::pin(app.call(*request)).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
@@ -321,27 +332,45 @@ mod tests {
     fn only_whole_stream_requests_are_taken() {
         let stream = |head: &str| matches!(parse(head.as_bytes()), Parsed::Stream(_));
         let other = |head: &str| matches!(parse(head.as_bytes()), Parsed::Other);
-        assert!(stream("GET /api/messages?token=t HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert!(stream("GET /api/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+        assert!(stream(
+            "GET /api/messages?token=t HTTP/1.1\r\nHost: x\r\n\r\n"
+        ));
+        assert!(stream(
+            "GET /api/events HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+        ));
         assert!(matches!(
             parse(b"GET /api/messages HTTP/1.1\r\nHost: x\r\n"),
             Parsed::Partial
         ));
         assert!(other("GET /api/messages HTTP/1.0\r\n\r\n"));
         assert!(other("HEAD /api/messages HTTP/1.1\r\n\r\n"));
-        assert!(other("GET /api/messages HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
-        assert!(other("GET /api/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
-        assert!(other("GET /api/messages HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"));
-        assert!(other("GET /api/messages HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"));
+        assert!(other(
+            "GET /api/messages HTTP/1.1\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert!(other(
+            "GET /api/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ));
+        assert!(other(
+            "GET /api/messages HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(other(
+            "GET /api/messages HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"
+        ));
         // A pipelined second request is hyper's to answer.
-        assert!(other("GET /api/messages HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n"));
+        assert!(other(
+            "GET /api/messages HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+        ));
         let many = "X-A: b\r\n".repeat(super::MAX_HEADERS + 1);
         assert!(other(&format!("GET /api/messages HTTP/1.1\r\n{many}\r\n")));
     }
 
     #[test]
     fn other_requests_are_told_apart_by_their_first_bytes() {
-        let could = |head: &str| super::ROUTES.iter().any(|route| could_start(head.as_bytes(), route));
+        let could = |head: &str| {
+            super::ROUTES
+                .iter()
+                .any(|route| could_start(head.as_bytes(), route))
+        };
         assert!(could("G"));
         assert!(could("GET /api/mess"));
         assert!(could("GET /api/messages?"));

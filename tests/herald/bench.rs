@@ -72,7 +72,15 @@ async fn every_bench_scenario_runs_against_herald() {
         run_bench(&[&["group", "--users", "10", "--messages", "5"], &target[..]].concat()).await;
     let direct = run_bench(
         &[
-            &["direct", "--users", "10", "--messages", "10", "--rate", "200"],
+            &[
+                "direct",
+                "--users",
+                "10",
+                "--messages",
+                "10",
+                "--rate",
+                "200",
+            ],
             &target[..],
         ]
         .concat(),

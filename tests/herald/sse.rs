@@ -421,7 +421,10 @@ async fn a_refused_stream_request_is_answered_whole_and_closed(db: TestDb) {
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let head = head.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 401 unauthorized\r\n"), "{head}");
-    assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())), "{head}");
+    assert!(
+        head.contains(&format!("\r\ncontent-length: {}", body.len())),
+        "{head}"
+    );
     assert!(head.contains("\r\nconnection: close"), "{head}");
     let error: serde_json::Value = serde_json::from_str(body).unwrap();
     assert!(error["error"].is_string(), "{body}");
@@ -440,7 +443,10 @@ async fn a_stream_after_another_request_on_one_connection_is_served(db: TestDb) 
     let request = stream_get("/api/messages", &app.token("bob"));
     stream.write_all(request.as_bytes()).await.unwrap();
     raw_read(&mut stream, &mut raw, Some("retry: 1000")).await;
-    let sent = alice.send(&conversation.id, "same connection").await.unwrap();
+    let sent = alice
+        .send(&conversation.id, "same connection")
+        .await
+        .unwrap();
     raw_read(&mut stream, &mut raw, Some(&format!("id: {}\n", sent.id))).await;
 }
 
@@ -454,7 +460,10 @@ async fn a_stream_client_that_sends_more_is_closed(db: TestDb) {
     raw_read(&mut stream, &mut raw, Some("retry: 1000")).await;
     app.wait_for_subscriptions(1).await;
 
-    stream.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
 
     raw_read(&mut stream, &mut raw, None).await;
     app.wait_for_subscriptions(0).await;
