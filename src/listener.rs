@@ -314,11 +314,16 @@ impl Port {
             return Box::pin(self.hyper(io, admitted, deadline)).await;
         }
         let evict = admitted.conn.evict.clone();
-        let first = tokio::select! {
-            _ = evict.cancelled() => return,
-            _ = self.stop.cancelled() => return,
-            first = h1_stream::read_first(io, deadline) => first,
-        };
+        // Boxed, as is everything but the stream itself: a parked stream's
+        // task keeps room only for what it still needs.
+        let first = Box::pin(async {
+            tokio::select! {
+                _ = evict.cancelled() => None,
+                _ = self.stop.cancelled() => None,
+                first = h1_stream::read_first(io, deadline) => Some(first),
+            }
+        });
+        let Some(first) = first.await else { return };
         match first {
             h1_stream::First::Stream(io, request) => {
                 let _busy = Busy::new(&admitted);

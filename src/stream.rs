@@ -176,7 +176,10 @@ impl EventStream {
             match self.step() {
                 Step::Deliver(delivery) => return Ok(delivery),
                 Step::End(end) => return Err(end),
-                Step::ReadPage => self.read_page().await?,
+                // Boxed: a page read (a database query) is the largest
+                // state of this future, and every idle stream would
+                // otherwise keep room for it while it waits for the hub.
+                Step::ReadPage => Box::pin(self.read_page()).await?,
                 Step::Wait => {
                     let received = tokio::select! {
                         _ = self.shutdown.cancelled() => return Err(StreamEnd::ShuttingDown),

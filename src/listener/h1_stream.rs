@@ -16,7 +16,7 @@
 //! - writes the response head, then the body's frames as chunks as the
 //!   body yields them, with `connection: close` (one request per
 //!   connection, as EventSource makes);
-//! - watches the connection for the client leaving with a 64-byte buffer.
+//! - watches the connection for the client leaving with a one-byte buffer.
 //!   A stream client has nothing more to send, so bytes after the head
 //!   close the connection too.
 //!
@@ -156,27 +156,18 @@ fn request(parsed: &httparse::Request) -> Option<Request> {
 pub(super) async fn serve<I>(
     mut io: I,
     request: Box<Request>,
-    mut app: Router,
+    app: Router,
     evict: &CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    // Boxed: the router's future is large and needed only until the
-    // response head, not for the stream's life.
-    let response = match Box::pin(app.call(*request)).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    let (parts, mut body) = response.into_parts();
-    let length = body.size_hint().exact();
-    let head = response_head(&parts, length);
-    drop(parts);
-    if io.write_all(&head).await.is_err() {
+    // Boxed: answering (the router's future, the response head) is needed
+    // only until the head is written, not for the stream's life.
+    let Some((mut body, chunked)) = Box::pin(respond(&mut io, *request, app)).await else {
         return;
-    }
-    drop(head);
-    let chunked = length.is_none();
-    let mut probe = [0u8; 64];
+    };
+    // One byte is enough to learn that the client sent something or left.
+    let mut probe = [0u8; 1];
     // Made once: each `cancelled()` future registers with the token.
     let evicted = evict.cancelled();
     tokio::pin!(evicted);
@@ -204,6 +195,23 @@ pub(super) async fn serve<I>(
         return;
     }
     let _ = io.shutdown().await;
+}
+
+/// Calls `app` and writes the response head; the body, and whether it
+/// goes in chunks, if the head went out.
+async fn respond<I>(io: &mut I, request: Request, mut app: Router) -> Option<(Body, bool)>
+where
+    I: AsyncWrite + Unpin,
+{
+    let response = match app.call(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let length = body.size_hint().exact();
+    let head = response_head(&parts, length);
+    io.write_all(&head).await.ok()?;
+    Some((body, length.is_none()))
 }
 
 /// The status line and headers, ours replacing any framing the response

@@ -161,26 +161,31 @@ async fn grpc_and_sse_work_over_tls_and_browsers_get_http2() {
         "https://localhost:{http_port}/api/messages?token={}",
         mint(SECRET, "bob")
     );
-    let sse = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-N",
-            "--max-time",
-            "4",
-            "-w",
-            "\nversion=%{http_version}\n",
-            "-D",
-            "-",
-        ])
-        .args([
-            "--resolve",
-            &format!("localhost:{http_port}:127.0.0.1"),
-            "--cacert",
-        ])
-        .arg(&ca)
-        .args(["-H", "Accept: text/event-stream", &url])
-        .kill_on_drop(true)
-        .output();
+    // Browsers get HTTP/2; an HTTP/1.1 client is served by herald's own
+    // stream writer (not hyper), under TLS all the same.
+    let curl = |http_version: &str| {
+        tokio::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-N",
+                http_version,
+                "--max-time",
+                "4",
+                "-w",
+                "\nversion=%{http_version}\n",
+                "-D",
+                "-",
+            ])
+            .args([
+                "--resolve",
+                &format!("localhost:{http_port}:127.0.0.1"),
+                "--cacert",
+            ])
+            .arg(&ca)
+            .args(["-H", "Accept: text/event-stream", &url])
+            .kill_on_drop(true)
+            .output()
+    };
     let send = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let body = pb::CreateMessageRequest {
@@ -194,19 +199,23 @@ async fn grpc_and_sse_work_over_tls_and_browsers_get_http2() {
             .unwrap()
             .into_inner()
     };
-    let (sse, sent) = tokio::time::timeout(PATIENCE, async { tokio::join!(sse, send) })
-        .await
-        .unwrap();
+    let (h2, h1, sent) = tokio::time::timeout(PATIENCE, async {
+        tokio::join!(curl("--http2"), curl("--http1.1"), send)
+    })
+    .await
+    .unwrap();
 
-    let output = String::from_utf8_lossy(&sse.unwrap().stdout).into_owned();
-    assert!(output.contains(&format!("id: {}\n", sent.id)), "{output}");
-    assert!(
-        output.contains("version=2"),
-        "browsers get HTTP/2 over TLS: {output}"
-    );
-    assert!(
-        output.contains("strict-transport-security: max-age="),
-        "HSTS under TLS: {output}"
-    );
+    for (output, version) in [(h2, "2"), (h1, "1.1")] {
+        let output = String::from_utf8_lossy(&output.unwrap().stdout).into_owned();
+        assert!(output.contains(&format!("id: {}\n", sent.id)), "{output}");
+        assert!(
+            output.contains(&format!("version={version}\n")),
+            "HTTP/{version} over TLS: {output}"
+        );
+        assert!(
+            output.contains("strict-transport-security: max-age="),
+            "HSTS under TLS: {output}"
+        );
+    }
     herald.terminate().await;
 }
