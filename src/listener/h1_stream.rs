@@ -163,7 +163,13 @@ pub(super) async fn serve<I>(
 {
     // Boxed: answering (the router's future, the response head) is needed
     // only until the head is written, not for the stream's life.
-    let Some((mut body, chunked)) = Box::pin(respond(&mut io, *request, app)).await else {
+    // Unboxed in a block of its own, so the box is freed now, not when the
+    // stream ends.
+    let request = {
+        let boxed = request;
+        *boxed
+    };
+    let Some((mut body, chunked)) = Box::pin(respond(&mut io, request, app)).await else {
         return;
     };
     // One byte is enough to learn that the client sent something or left.
