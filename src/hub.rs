@@ -3,9 +3,10 @@
 //! Subscriptions are indexed by user, so delivering a message costs
 //! O(recipients' subscriptions), never O(all connections).
 //!
-//! **Slow-subscriber policy.** Each subscription has a bounded queue. The hub
-//! never waits for a subscriber: it offers each message with `try_send`, and
-//! a subscription whose queue is full is removed on the spot. Its receiver
+//! **Slow-subscriber policy.** Each subscription has a bounded queue
+//! (`hub/queue.rs`). The hub never waits for a subscriber: it offers each
+//! message with `try_push`, and a subscription whose queue is full is
+//! removed on the spot. Its receiver
 //! still yields what was queued, then reports [`Closed::Lagged`], so the
 //! client reconnects with the last id it saw and the replay fills the rest.
 //! A stuck reader thus costs at most one full queue of shared `Arc`s and
@@ -25,7 +26,10 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
 };
-use tokio::sync::mpsc;
+
+mod queue;
+
+use queue::{Full, Pusher, Taken, Taker};
 
 /// A committed event and the users it goes to, shared by every
 /// subscription it is delivered to.
@@ -92,7 +96,7 @@ struct Registry {
 struct Slot {
     id: u64,
     wants: Wants,
-    tx: mpsc::Sender<Arc<Delivery>>,
+    queue: Pusher<Arc<Delivery>>,
 }
 
 /// Refusal to open a subscription past the per-user limit.
@@ -118,7 +122,7 @@ impl Hub {
         wants: Wants,
         limit: usize,
     ) -> Result<Subscription, TooManySubscriptions> {
-        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+        let (pusher, taker) = queue::queue(self.inner.queue_capacity);
         let mut registry = self.lock();
         if registry.by_user.get(user).map_or(0, Vec::len) >= limit {
             return Err(TooManySubscriptions);
@@ -130,9 +134,13 @@ impl Hub {
             .by_user
             .entry(user.clone())
             .or_default()
-            .push(Slot { id, wants, tx });
+            .push(Slot {
+                id,
+                wants,
+                queue: pusher,
+            });
         Ok(Subscription {
-            rx,
+            queue: taker,
             registration: Registration {
                 hub: self.clone(),
                 user: user.clone(),
@@ -157,14 +165,12 @@ impl Hub {
                 if !slot.wants.accepts(&delivery.event) {
                     return true;
                 }
-                match slot.tx.try_send(delivery.clone()) {
+                match slot.queue.try_push(delivery.clone()) {
                     Ok(()) => {
                         queued += 1;
                         true
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => false,
-                    // The receiver is gone; its registration will find nothing.
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    Err(Full) => false,
                 }
             });
             removed += before - slots.len();
@@ -218,22 +224,22 @@ impl Hub {
 
 /// A live subscription: messages for its user, in stream order.
 pub struct Subscription {
-    rx: mpsc::Receiver<Arc<Delivery>>,
+    queue: Taker<Arc<Delivery>>,
     registration: Registration,
 }
 
 impl Subscription {
     /// The next message, or why there will be none.
     pub async fn recv(&mut self) -> Result<Arc<Delivery>, Closed> {
-        self.rx.recv().await.ok_or(Closed::Lagged)
+        self.queue.take().await.ok_or(Closed::Lagged)
     }
 
     /// The next message if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Result<Arc<Delivery>, Closed>> {
-        match self.rx.try_recv() {
-            Ok(delivery) => Some(Ok(delivery)),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => Some(Err(Closed::Lagged)),
+        match self.queue.try_take() {
+            Taken::Item(delivery) => Some(Ok(delivery)),
+            Taken::Empty => None,
+            Taken::Closed => Some(Err(Closed::Lagged)),
         }
     }
 

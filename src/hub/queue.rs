@@ -1,0 +1,187 @@
+//! A subscription's bounded queue: the hub pushes without waiting, one
+//! subscriber takes.
+//!
+//! Why not tokio's mpsc: its channel is built for many senders and pads its
+//! parts to cache lines, 800 bytes per subscription before the first
+//! message (512 for the channel, 288 for its first block). One hub and one
+//! reader need a lock, a deque and a waker: about 100 bytes, and the deque
+//! holds memory only while messages wait. Every parked stream pays this,
+//! so it decides much of an idle stream's cost (BENCHMARKS.md).
+
+use futures_util::task::AtomicWaker;
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    sync::{Arc, Mutex, MutexGuard},
+    task::Poll,
+};
+
+/// A deque that has grown past this while a reader fell behind gives its
+/// memory back once emptied.
+const KEEP_CAPACITY: usize = 16;
+
+/// Creates a queue of at most `capacity` items.
+pub fn queue<T>(capacity: usize) -> (Pusher<T>, Taker<T>) {
+    let shared = Arc::new(Shared {
+        items: Mutex::new(Items {
+            deque: VecDeque::new(),
+            closed: false,
+        }),
+        waker: AtomicWaker::new(),
+    });
+    let pusher = Pusher {
+        shared: shared.clone(),
+        capacity,
+    };
+    (pusher, Taker { shared })
+}
+
+struct Shared<T> {
+    items: Mutex<Items<T>>,
+    /// The taker waiting for an item or the close, if any.
+    waker: AtomicWaker,
+}
+
+struct Items<T> {
+    deque: VecDeque<T>,
+    /// The pusher is gone: once the deque is empty, nothing more comes.
+    closed: bool,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, Items<T>> {
+        // A deque and a flag: a panicking holder leaves nothing half-done.
+        self.items
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The hub's end. Dropping it closes the queue.
+pub struct Pusher<T> {
+    shared: Arc<Shared<T>>,
+    capacity: usize,
+}
+
+/// Why a push was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Full;
+
+impl<T> Pusher<T> {
+    /// Queues `item` unless the queue holds `capacity` items already.
+    pub fn try_push(&self, item: T) -> Result<(), Full> {
+        {
+            let mut items = self.shared.lock();
+            if items.deque.len() >= self.capacity {
+                return Err(Full);
+            }
+            items.deque.push_back(item);
+        }
+        self.shared.waker.wake();
+        Ok(())
+    }
+}
+
+impl<T> Drop for Pusher<T> {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.waker.wake();
+    }
+}
+
+/// The subscriber's end.
+pub struct Taker<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// What the taker finds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken<T> {
+    Item(T),
+    /// Empty, and the pusher is gone.
+    Closed,
+    /// Empty for now.
+    Empty,
+}
+
+impl<T> Taker<T> {
+    /// The next item, without waiting.
+    pub fn try_take(&mut self) -> Taken<T> {
+        let mut items = self.shared.lock();
+        match items.deque.pop_front() {
+            Some(item) => {
+                if items.deque.is_empty() && items.deque.capacity() > KEEP_CAPACITY {
+                    items.deque = VecDeque::new();
+                }
+                Taken::Item(item)
+            }
+            None if items.closed => Taken::Closed,
+            None => Taken::Empty,
+        }
+    }
+
+    /// The next item, or `None` once the queue is empty and closed.
+    /// Cancel-safe: an item is taken only when this returns it.
+    pub async fn take(&mut self) -> Option<T> {
+        poll_fn(|context| {
+            // Registered before the second look, so a push between the two
+            // wakes this task instead of being missed.
+            for attempt in 0..2 {
+                match self.try_take() {
+                    Taken::Item(item) => return Poll::Ready(Some(item)),
+                    Taken::Closed => return Poll::Ready(None),
+                    Taken::Empty if attempt == 0 => self.shared.waker.register(context.waker()),
+                    Taken::Empty => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Full, Taken, queue};
+
+    #[tokio::test]
+    async fn items_come_in_order_up_to_the_capacity_then_the_close() {
+        let (pusher, mut taker) = queue(2);
+        assert_eq!(pusher.try_push(1), Ok(()));
+        assert_eq!(pusher.try_push(2), Ok(()));
+        assert_eq!(pusher.try_push(3), Err(Full));
+        assert_eq!(taker.take().await, Some(1));
+        assert_eq!(pusher.try_push(4), Ok(()));
+        drop(pusher);
+        assert_eq!(taker.try_take(), Taken::Item(2));
+        assert_eq!(taker.take().await, Some(4));
+        assert_eq!(taker.take().await, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_taker_is_woken_by_a_push_from_another_thread() {
+        let (pusher, mut taker) = queue(1_000);
+        let pushes = std::thread::spawn(move || {
+            for n in 0..10_000 {
+                while pusher.try_push(n).is_err() {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        for n in 0..10_000 {
+            assert_eq!(taker.take().await, Some(n));
+        }
+        assert_eq!(taker.take().await, None);
+        pushes.join().unwrap();
+    }
+
+    #[test]
+    fn an_emptied_deque_gives_back_what_a_backlog_grew() {
+        let (pusher, mut taker) = queue(1_000);
+        for n in 0..100 {
+            pusher.try_push(n).unwrap();
+        }
+        while let Taken::Item(_) = taker.try_take() {}
+        assert_eq!(taker.shared.lock().deque.capacity(), 0);
+    }
+}
