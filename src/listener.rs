@@ -310,7 +310,6 @@ impl Port {
     {
         let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
         if self.protocol == Protocol::Grpc {
-            let io = h1_stream::Rewind::new(io, Vec::new());
             return Box::pin(self.hyper(io, admitted, deadline)).await;
         }
         let evict = admitted.conn.evict.clone();

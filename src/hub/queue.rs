@@ -168,10 +168,17 @@ mod tests {
                 }
             }
         });
-        for n in 0..10_000 {
-            assert_eq!(taker.take().await, Some(n));
-        }
-        assert_eq!(taker.take().await, None);
+        // A lost wakeup fails here instead of hanging the suite.
+        let patience = std::time::Duration::from_secs(20);
+        let takes = async {
+            for n in 0..10_000 {
+                assert_eq!(taker.take().await, Some(n));
+            }
+            assert_eq!(taker.take().await, None);
+        };
+        tokio::time::timeout(patience, takes)
+            .await
+            .expect("every push wakes the taker");
         pushes.join().unwrap();
     }
 

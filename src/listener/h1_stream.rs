@@ -220,6 +220,14 @@ where
     Some((body, length.is_none()))
 }
 
+/// Headers this writer sets itself, whatever the response carried.
+const OURS: [HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::DATE,
+];
+
 /// The status line and headers, ours replacing any framing the response
 /// carried.
 fn response_head(parts: &axum::http::response::Parts, length: Option<u64>) -> Vec<u8> {
@@ -231,13 +239,7 @@ fn response_head(parts: &axum::http::response::Parts, length: Option<u64>) -> Ve
     head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
-        let framing = [
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::CONNECTION,
-            header::DATE,
-        ];
-        if framing.contains(name) {
+        if OURS.contains(name) {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());

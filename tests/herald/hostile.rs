@@ -513,7 +513,6 @@ async fn expensive_calls_are_metered_per_user_and_groups_are_bounded(db: TestDb)
     .await;
     let (mallory, bob) = (app.user("mallory").await, app.user("bob").await);
     let others: Vec<String> = (0..1_000).map(|n| format!("user-{n}")).collect();
-    let others: Vec<&str> = others.iter().map(String::as_str).collect();
     // A thousand others and the caller: one more than a group may hold.
     assert_eq!(
         code(mallory.create_conversation(&others).await),
@@ -541,7 +540,6 @@ async fn membership_churn_in_a_large_group_is_paid_for_by_its_size(db: TestDb) {
     .await;
     let mallory = app.user("mallory").await;
     let others: Vec<String> = (0..499).map(|n| format!("user-{n}")).collect();
-    let others: Vec<&str> = others.iter().map(String::as_str).collect();
     // Creating costs 1 + 500 / 50 = 11 of the 60.
     let group = mallory.create_conversation(&others).await.unwrap();
     let mut changes = 0;
@@ -577,7 +575,6 @@ async fn conversations_come_in_pages_that_fit_a_grpc_message(db: TestDb) {
     // victim in them: 40 x 1,000 x 128 bytes, over 5 MB of ids.
     let long = |n: usize| format!("{n:0>128}");
     let members: Vec<String> = (0..998).map(long).chain(["victim".to_owned()]).collect();
-    let members: Vec<&str> = members.iter().map(String::as_str).collect();
     for _ in 0..GROUPS {
         mallory.create_conversation(&members).await.unwrap();
     }

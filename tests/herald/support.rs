@@ -187,8 +187,13 @@ impl User {
         authorized(body, &format!("Bearer {}", self.token))
     }
 
-    pub async fn create_conversation(&self, others: &[&str]) -> Result<pb::Conversation, Status> {
-        let participant_ids = others.iter().map(|o| o.to_string()).collect();
+    /// `others` as `&str`s or `String`s (generated crowds need no second
+    /// vector of borrows).
+    pub async fn create_conversation(
+        &self,
+        others: &[impl AsRef<str>],
+    ) -> Result<pb::Conversation, Status> {
+        let participant_ids = others.iter().map(|o| o.as_ref().to_owned()).collect();
         let body = pb::CreateConversationRequest { participant_ids };
         Ok(self
             .client
@@ -288,11 +293,11 @@ impl User {
     pub async fn add(
         &self,
         conversation_id: &str,
-        users: &[&str],
+        users: &[impl AsRef<str>],
     ) -> Result<pb::Conversation, Status> {
         let body = pb::AddParticipantsRequest {
             conversation_id: conversation_id.into(),
-            user_ids: users.iter().map(|user| user.to_string()).collect(),
+            user_ids: users.iter().map(|user| user.as_ref().to_owned()).collect(),
         };
         Ok(self
             .client

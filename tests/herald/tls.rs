@@ -216,6 +216,9 @@ async fn grpc_and_sse_work_over_tls_and_browsers_get_http2() {
             output.contains("strict-transport-security: max-age="),
             "HSTS under TLS: {output}"
         );
+        // herald's own writer, not hyper, answers an HTTP/1.1 stream.
+        let own_writer = output.contains("connection: close");
+        assert_eq!(own_writer, version == "1.1", "{output}");
     }
     herald.terminate().await;
 }
