@@ -19,6 +19,10 @@ use std::{
     time::Duration,
 };
 
+/// The smallest default of `--max-connections-per-ip`: below it a node is
+/// too small for a per-address share to mean much.
+const MIN_DEFAULT_PER_IP: usize = 64;
+
 /// The database used when neither `--database-url` nor `DATABASE_URL` is set.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://herald.db";
 
@@ -114,6 +118,34 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Most open connections from one address (0: no limit); a new one
+    /// beyond it is closed. Proxies named by --trusted-proxy are exempt.
+    /// [default: a quarter of --max-connections, at least 64]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// The address of a proxy in front of herald (repeat the flag, or
+    /// separate with commas), whose connections are not counted against
+    /// --max-connections-per-ip: every client behind it shares its address,
+    /// so per-client connection limits belong in the proxy.
+    #[arg(
+        long,
+        env = "HERALD_TRUSTED_PROXY",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
+
+    /// How long a request body may take to arrive once its head has; a
+    /// request whose body is late fails (400, or a failed gRPC call).
+    #[arg(long, env = "HERALD_BODY_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// How long a stream's client may leave what herald wrote unread before
+    /// the stream is closed (it resumes with its last id, losing nothing).
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// How long a client may take to send a request head (HTTP/1.1), open a
     /// first stream (HTTP/2) or finish a TLS handshake before the
     /// connection is closed.
@@ -149,6 +181,11 @@ pub struct ServeConfig {
     /// Messages a stream may have queued before it is dropped as too slow.
     #[arg(long, env = "HERALD_SUBSCRIPTION_QUEUE", value_name = "N", default_value_t = Limits::default().subscription_queue)]
     pub subscription_queue: usize,
+
+    /// Bytes of events a stream may have queued before it is dropped as too
+    /// slow (whichever of this and --subscription-queue comes first).
+    #[arg(long, env = "HERALD_SUBSCRIPTION_QUEUE_BYTES", value_name = "BYTES", default_value_t = Limits::default().subscription_queue_bytes)]
+    pub subscription_queue_bytes: usize,
 
     /// Messages per second one user may send, sustained.
     #[arg(long, env = "HERALD_RATE_LIMIT", value_name = "PER_SECOND", default_value_t = Limits::default().messages_per_second)]
@@ -384,11 +421,57 @@ impl ServeConfig {
     }
 
     pub fn connection_limits(&self) -> ConnectionLimits {
+        let max_connections = self.max_connections.unwrap_or_else(default_max_connections);
         ConnectionLimits {
-            max_connections: self.max_connections.unwrap_or_else(default_max_connections),
+            max_connections,
+            max_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or((max_connections / 4).max(MIN_DEFAULT_PER_IP)),
+            trusted_proxies: self.trusted_proxy.clone().into(),
             header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            write_timeout: self.write_timeout,
             max_streams: self.http2_max_streams.max(1),
         }
+    }
+
+    /// Refuses settings the server cannot run with, with a one-line reason:
+    /// a zero duration or size where one makes no sense.
+    pub fn validate(&self) -> Result<(), StartError> {
+        let durations = [
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--write-timeout", self.write_timeout),
+            ("--sse-heartbeat", self.sse_heartbeat),
+            ("--presence-interval", self.presence_interval),
+        ];
+        for (flag, value) in durations {
+            if value.is_zero() {
+                return Err(StartError::config(format!("{flag} must be more than 0")));
+            }
+        }
+        let sizes = [
+            ("--max-content-bytes", self.max_content_bytes),
+            ("--max-participants", self.max_participants),
+            (
+                "--max-subscriptions-per-user",
+                self.max_subscriptions_per_user,
+            ),
+            ("--subscription-queue", self.subscription_queue),
+            ("--subscription-queue-bytes", self.subscription_queue_bytes),
+            ("--max-body-bytes", self.max_body_bytes),
+            ("--replay-concurrency", self.replay_concurrency),
+            ("--user-concurrency", self.user_concurrency),
+        ];
+        for (flag, value) in sizes {
+            if value == 0 {
+                return Err(StartError::config(format!("{flag} must be more than 0")));
+            }
+        }
+        if self.max_connections == Some(0) {
+            return Err(StartError::config("--max-connections must be more than 0"));
+        }
+        Ok(())
     }
 
     pub fn limits(&self) -> Limits {
@@ -397,6 +480,7 @@ impl ServeConfig {
             max_participants: self.max_participants,
             max_subscriptions_per_user: self.max_subscriptions_per_user,
             subscription_queue: self.subscription_queue,
+            subscription_queue_bytes: self.subscription_queue_bytes,
             messages_per_second: self.rate_limit,
             message_burst: self.rate_burst,
             replay_limit: self.replay_limit,

@@ -12,7 +12,9 @@ use std::{fmt, sync::Arc};
 pub const MAX_ID_BYTES: usize = 128;
 
 /// Checks the shape every id shares: not empty, at most [`MAX_ID_BYTES`], no
-/// control characters.
+/// control characters, and nothing that makes one id look like another in
+/// a member list: no invisible (default-ignorable) characters, bidi
+/// controls among them, no fullwidth or halfwidth forms, and only NFC.
 fn check_id(field: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() {
         return Err(Error::invalid(format!("{field} must not be empty")));
@@ -27,7 +29,36 @@ fn check_id(field: &str, value: &str) -> Result<(), Error> {
             "{field} must not contain control characters"
         )));
     }
+    if value
+        .chars()
+        .any(|c| is_default_ignorable(c) || is_width_form(c))
+    {
+        return Err(Error::invalid(format!(
+            "{field} must not contain invisible, bidi-control, fullwidth or halfwidth characters"
+        )));
+    }
+    if !unicode_normalization::is_nfc(value) {
+        return Err(Error::invalid(format!(
+            "{field} must be in Unicode normalization form C"
+        )));
+    }
     Ok(())
+}
+
+/// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt):
+/// characters that render as nothing, the bidi controls among them.
+fn is_default_ignorable(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F..=0x1160 | 0x17B4..=0x17B5
+        | 0x180B..=0x180F | 0x200B..=0x200F | 0x202A..=0x202E
+        | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0
+        | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
+        | 0xE0000..=0xE0FFF)
+}
+
+/// The Halfwidth and Fullwidth Forms block: `ａｌｉｃｅ` next to `alice`.
+fn is_width_form(c: char) -> bool {
+    matches!(c as u32, 0xFF00..=0xFFEF)
 }
 
 /// Declares an id newtype: cheap to clone, parsed from client input once.
@@ -134,7 +165,8 @@ impl Position {
     }
 }
 
-/// Message text: not empty, at most the configured number of bytes.
+/// Message text: not empty, at most the configured number of bytes, and
+/// no C0 control character but tab, line feed and carriage return.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Content(String);
 
@@ -153,6 +185,18 @@ impl Content {
         // commit (see `commit`).
         if value.contains('\0') {
             return Err(Error::invalid("content must not contain U+0000"));
+        }
+        // The other C0 controls have no place in chat text: nothing renders
+        // them, ESC drives terminals, and each one becomes six bytes of JSON
+        // (`\u0001`), so 16 KiB of them made a 96 KiB event for every
+        // subscriber's queue. Tab, line feed and carriage return are text.
+        if value
+            .chars()
+            .any(|c| c < ' ' && !matches!(c, '\t' | '\n' | '\r'))
+        {
+            return Err(Error::invalid(
+                "content must not contain control characters other than tab, line feed and carriage return",
+            ));
         }
         Ok(Self(value))
     }
@@ -431,6 +475,18 @@ mod tests {
     }
 
     #[test]
+    fn ids_that_could_pass_for_another_are_refused() {
+        // Right-to-left override, zero-width space, fullwidth letters.
+        assert!(UserId::parse("sub", "ali\u{202e}ecb").is_err());
+        assert!(UserId::parse("sub", "al\u{200b}ice").is_err());
+        assert!(UserId::parse("sub", "\u{ff41}lice").is_err());
+        // "é" as e and a combining accent is not NFC; precomposed is.
+        assert!(UserId::parse("sub", "jose\u{301}").is_err());
+        assert!(UserId::parse("sub", "jos\u{e9}").is_ok());
+        assert!(UserId::parse("sub", "李小龍").is_ok());
+    }
+
+    #[test]
     fn a_message_id_that_is_not_a_position_names_nothing() {
         assert_eq!(Position::parse_id("id", "42").unwrap(), Some(Position(42)));
         assert_eq!(Position::parse_id("id", "0").unwrap(), None);
@@ -444,5 +500,16 @@ mod tests {
         assert!(Content::parse("hi".into(), 16).is_ok());
         assert!(Content::parse(" \n".into(), 16).is_err());
         assert!(Content::parse("x".repeat(17), 16).is_err());
+    }
+
+    #[test]
+    fn content_keeps_tabs_and_newlines_and_refuses_other_control_characters() {
+        assert!(Content::parse("a\tb\r\nc".into(), 16).is_ok());
+        assert!(Content::parse("a\u{1}b".into(), 16).is_err());
+        assert!(Content::parse("a\u{1b}[2J".into(), 16).is_err());
+        assert!(
+            Content::parse("a\u{7f}\u{85}b".into(), 16).is_ok(),
+            "DEL and C1 are one escape-free char"
+        );
     }
 }

@@ -17,11 +17,69 @@ use tonic::{Request, Response, Status, service::interceptor::InterceptedService}
 use tower_layer::Layer;
 
 /// The Messenger service with authentication in front.
-pub type Service = InterceptedService<MessengerServer<Messenger>, Authenticate>;
+pub type Service = TooLargeIsInvalid<InterceptedService<MessengerServer<Messenger>, Authenticate>>;
 
-/// Builds the authenticated Messenger service.
+/// Builds the authenticated Messenger service. Its request messages are
+/// bounded by what a call can carry ([`Limits::largest_request`]), which
+/// tonic checks from each message's length prefix, before buffering it.
+///
+/// [`Limits::largest_request`]: crate::limits::Limits::largest_request
 pub fn service(herald: Herald, auth: Auth) -> Service {
-    MessengerServer::with_interceptor(Messenger { herald }, Authenticate { auth })
+    let largest = herald.limits().largest_request();
+    let server = MessengerServer::new(Messenger { herald }).max_decoding_message_size(largest);
+    TooLargeIsInvalid(InterceptedService::new(server, Authenticate { auth }))
+}
+
+/// tonic answers a request message over the decoding limit with
+/// OUT_OF_RANGE; the contract says oversized content is INVALID_ARGUMENT
+/// (OUT_OF_RANGE means an impossible resume). This rewrites that one
+/// answer, which tonic gives before any handler runs, as trailers only.
+#[derive(Clone)]
+pub struct TooLargeIsInvalid<S>(S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for TooLargeIsInvalid<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> tower_service::Service<axum::http::Request<B>> for TooLargeIsInvalid<S>
+where
+    S: tower_service::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::MapOk<S::Future, fn(S::Response) -> S::Response>;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(context)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        use futures_util::TryFutureExt;
+        self.0.call(request).map_ok(too_large_is_invalid::<R>)
+    }
+}
+
+fn too_large_is_invalid<R>(mut response: axum::http::Response<R>) -> axum::http::Response<R> {
+    let headers = response.headers_mut();
+    // tonic percent-encodes the message's spaces.
+    let too_large = headers.get("grpc-status").is_some_and(|code| code == "11")
+        && headers.get("grpc-message").is_some_and(|message| {
+            message
+                .as_bytes()
+                .starts_with(b"Error,%20decoded%20message%20length%20too%20large")
+        });
+    if too_large {
+        let invalid = axum::http::HeaderValue::from_static("3");
+        headers.insert("grpc-status", invalid);
+        headers.insert(
+            "grpc-message",
+            axum::http::HeaderValue::from_static("the request is larger than this call can carry"),
+        );
+    }
+    response
 }
 
 /// The Messenger service as gRPC-Web (and plain gRPC) routes for the HTTP
@@ -112,7 +170,10 @@ impl Messenger {
             return Err(Error::ResumeImpossible(reason.to_owned()).into());
         }
         stream.count_as(Transport::Grpc);
-        Ok(Response::new(Box::pin(relay(stream, convert))))
+        let ends = crate::listener::StreamEnds(stream.ends_at());
+        let mut response = Response::new(Box::pin(relay(stream, convert)) as StreamResponse<T>);
+        response.extensions_mut().insert(ends);
+        Ok(response)
     }
 }
 

@@ -3,13 +3,13 @@
 //! Subscriptions are indexed by user, so delivering a message costs
 //! O(recipients' subscriptions), never O(all connections).
 //!
-//! **Slow-subscriber policy.** Each subscription has a bounded queue
-//! (`hub/queue.rs`). The hub never waits for a subscriber: it offers each
-//! message with `try_push`, and a subscription whose queue is full is
-//! removed on the spot. Its receiver
-//! still yields what was queued, then reports [`Closed::Lagged`], so the
-//! client reconnects with the last id it saw and the replay fills the rest.
-//! A stuck reader thus costs at most one full queue of shared `Arc`s and
+//! **Slow-subscriber policy.** Each subscription has a queue bounded by
+//! count and by bytes (`hub/queue.rs`). The hub never waits for a
+//! subscriber: it offers each message with `try_push`, and a subscription
+//! whose queue is full is removed on the spot, its backlog freed at once.
+//! Its receiver reports [`Closed::Lagged`] next, so the client reconnects
+//! with the last id it saw and the replay fills the rest. A stuck reader
+//! thus costs at most one full queue, only until it falls behind, and
 //! never delays writers or other subscribers.
 //!
 //! The hub does not know where events come from, nor who should receive
@@ -83,6 +83,7 @@ pub struct Hub {
 struct Inner {
     registry: Mutex<Registry>,
     queue_capacity: usize,
+    queue_bytes: usize,
     lagged: AtomicU64,
 }
 
@@ -104,12 +105,14 @@ struct Slot {
 pub struct TooManySubscriptions;
 
 impl Hub {
-    /// A hub whose subscriptions each queue at most `queue_capacity` messages.
-    pub fn new(queue_capacity: usize) -> Self {
+    /// A hub whose subscriptions each queue at most `queue_capacity`
+    /// events and `queue_bytes` bytes of them.
+    pub fn new(queue_capacity: usize, queue_bytes: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 registry: Mutex::default(),
                 queue_capacity: queue_capacity.max(1),
+                queue_bytes: queue_bytes.max(1),
                 lagged: AtomicU64::new(0),
             }),
         }
@@ -122,7 +125,7 @@ impl Hub {
         wants: Wants,
         limit: usize,
     ) -> Result<Subscription, TooManySubscriptions> {
-        let (pusher, taker) = queue::queue(self.inner.queue_capacity);
+        let (pusher, taker) = queue::queue(self.inner.queue_capacity, self.inner.queue_bytes);
         let mut registry = self.lock();
         if registry.by_user.get(user).map_or(0, Vec::len) >= limit {
             return Err(TooManySubscriptions);
@@ -152,6 +155,10 @@ impl Hub {
     /// Offers `delivery` to every subscription of its recipients that wants
     /// it, never waiting; returns how many queued it.
     pub fn deliver(&self, delivery: Arc<Delivery>) -> usize {
+        // What one more queued event holds: the event, and the JSON the SSE
+        // door keeps beside it (at most about twice the content, since
+        // content has no control characters to escape).
+        let bytes = 2 * delivery.event.approximate_bytes();
         let mut registry = self.lock();
         let mut removed = 0;
         let mut queued = 0;
@@ -165,7 +172,7 @@ impl Hub {
                 if !slot.wants.accepts(&delivery.event) {
                     return true;
                 }
-                match slot.queue.try_push(delivery.clone()) {
+                match slot.queue.try_push(delivery.clone(), bytes) {
                     Ok(()) => {
                         queued += 1;
                         true
@@ -283,8 +290,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_queue_ends_only_that_subscription_after_what_it_holds() {
-        let hub = Hub::new(2);
+    async fn a_full_queue_ends_only_that_subscription_and_frees_its_backlog() {
+        let hub = Hub::new(2, usize::MAX);
         let mut slow = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
         let mut fast = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
         for position in 1..=3 {
@@ -296,8 +303,6 @@ mod tests {
                 );
             }
         }
-        assert_eq!(slow.recv().await.unwrap().event.position, Position(1));
-        assert_eq!(slow.recv().await.unwrap().event.position, Position(2));
         assert_eq!(slow.recv().await.unwrap_err(), Closed::Lagged);
         assert_eq!(fast.recv().await.unwrap().event.position, Position(3));
         assert_eq!(hub.lagged_total(), 1);
@@ -306,7 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_recipients_receive_and_dropping_unregisters() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, usize::MAX);
         let mut bob = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
         let mut carol = hub.subscribe(&user("carol"), Wants::Messages, 10).unwrap();
         assert_eq!(hub.deliver(delivery(1, &["alice", "bob"])), 1);
@@ -320,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_stream_skips_other_events_and_an_event_stream_takes_them() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, usize::MAX);
         let mut messages = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
         let mut events = hub.subscribe(&user("bob"), Wants::Everything, 10).unwrap();
         let mut read = delivery(1, &["bob"]);
@@ -334,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_user_cannot_open_more_than_the_limit() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, usize::MAX);
         let _first = hub.subscribe(&user("bob"), Wants::Messages, 1).unwrap();
         assert!(hub.subscribe(&user("bob"), Wants::Messages, 1).is_err());
     }

@@ -20,6 +20,8 @@ pub struct Limits {
     pub max_subscriptions_per_user: usize,
     /// Messages a subscription may have queued before it is dropped as lagging.
     pub subscription_queue: usize,
+    /// Bytes of events a subscription may have queued, likewise.
+    pub subscription_queue_bytes: usize,
     /// Messages a user may send per second, sustained.
     pub messages_per_second: f64,
     /// Messages a user may send at once after being idle.
@@ -41,6 +43,25 @@ pub struct Limits {
     pub presence_interval: std::time::Duration,
 }
 
+impl Limits {
+    /// The largest request message a Messenger call can legitimately
+    /// carry: a message of the largest content, or a group's worth of
+    /// the longest ids, with room for the other fields. tonic refuses a
+    /// larger one from its length prefix, before buffering any of it.
+    pub fn largest_request(&self) -> usize {
+        let ids = self.max_participants * (crate::domain::MAX_ID_BYTES + 3);
+        self.max_content_bytes.max(ids) + REQUEST_OVERHEAD
+    }
+}
+
+/// Bytes a request carries besides its content or ids: other fields,
+/// their tags, an idempotency key.
+const REQUEST_OVERHEAD: usize = 4 * 1024;
+
+/// The largest request of the calls that need no token (health,
+/// reflection): a service or symbol name.
+pub const ANONYMOUS_REQUEST: usize = 4 * 1024;
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -48,6 +69,7 @@ impl Default for Limits {
             max_participants: 1_000,
             max_subscriptions_per_user: 100,
             subscription_queue: 1_024,
+            subscription_queue_bytes: 4 * 1024 * 1024,
             messages_per_second: 2_000.0,
             message_burst: 2_000.0,
             replay_limit: 10_000,
@@ -178,6 +200,65 @@ impl RateLimiter {
     }
 }
 
+/// Requests one user may have in flight at once, across both doors and
+/// every connection: with a request message bounded per call and a body
+/// timeout, what one token can make the node hold is bounded too.
+pub const REQUESTS_PER_USER: usize = 64;
+
+/// Each user's requests in flight; cheap to clone.
+#[derive(Clone, Default)]
+pub struct InFlight {
+    users: Arc<Mutex<HashMap<UserId, usize>>>,
+}
+
+/// One request's place among its user's, until dropped.
+pub struct InFlightSlot {
+    owner: InFlight,
+    user: UserId,
+}
+
+impl std::fmt::Debug for InFlightSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlightSlot")
+    }
+}
+
+impl InFlight {
+    /// A place for one more request of `user`, unless they hold
+    /// [`REQUESTS_PER_USER`] already.
+    pub fn enter(&self, user: &UserId) -> Option<InFlightSlot> {
+        let mut users = self.lock();
+        let count = users.entry(user.clone()).or_default();
+        if *count >= REQUESTS_PER_USER {
+            return None;
+        }
+        *count += 1;
+        Some(InFlightSlot {
+            owner: self.clone(),
+            user: user.clone(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, usize>> {
+        // Counts only: a panicking holder leaves nothing half-done.
+        self.users
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        let mut users = self.owner.lock();
+        if let Some(count) = users.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
 /// Each user's share of the database: at most a few calls in flight at
 /// once, so one user's parallel reads queue behind each other instead of
 /// taking the whole pool from everyone else.
@@ -269,6 +350,21 @@ mod tests {
         assert_eq!(users.map.len(), PRUNE_ABOVE / 2 + 2, "the idle are gone");
         // 5,001 kept: the next scan waits until the map has doubled.
         assert_eq!(users.prune_at, 2 * (PRUNE_ABOVE / 2 + 1));
+    }
+
+    #[test]
+    fn a_user_holds_a_bounded_number_of_requests_and_gets_each_place_back() {
+        let in_flight = InFlight::default();
+        let alice = UserId::parse("user", "alice").unwrap();
+        let bob = UserId::parse("user", "bob").unwrap();
+        let held: Vec<_> = (0..REQUESTS_PER_USER)
+            .map(|_| in_flight.enter(&alice).unwrap())
+            .collect();
+        assert!(in_flight.enter(&alice).is_none());
+        assert!(in_flight.enter(&bob).is_some(), "others are not affected");
+        drop(held);
+        assert!(in_flight.enter(&alice).is_some());
+        assert_eq!(in_flight.lock().len(), 0, "an idle user is forgotten");
     }
 
     #[test]

@@ -12,12 +12,16 @@
 //! - an HTTP/2 connection (either port) must open its first stream within
 //!   the header timeout, and may open at most `max_streams` at once (its
 //!   SETTINGS_MAX_CONCURRENT_STREAMS);
+//! - a request body must arrive within the body timeout, and a request
+//!   message is bounded per call (HTTP/2 windows of 64 and 256 KiB, an
+//!   HTTP/1.1 buffer of 32 KiB: an anonymous connection costs kilobytes);
+//! - a stream whose client stops reading is closed after the write timeout;
 //! - the node holds at most `max_connections`, kept below the open-file
-//!   limit. At the cap, a new connection takes the place of the connection
-//!   that has been idle longest (no request in flight: a slow or silent
-//!   client, or a keep-alive connection), so a flood of idle connections
-//!   cannot lock out health checks or real users. Only when every
-//!   connection is busy is a new one closed at once.
+//!   limit, and one address at most `max_per_ip` of them. At the cap, a new
+//!   connection takes the place of an idle or stalled one (see
+//!   [`registry`]), so a flood of idle connections, anonymous health
+//!   streams or half-sent bodies cannot lock out health checks or real
+//!   users. Only when every connection is busy is a new one closed at once.
 //!
 //! Accept errors (EMFILE, ENFILE, ...) back off instead of spinning.
 //!
@@ -25,24 +29,23 @@
 //! over HTTP/1.1 is served by [`h1_stream`] instead of hyper, under the
 //! same limits, so a parked stream keeps no HTTP buffers.
 
+mod body;
 mod h1_stream;
+mod registry;
 
 use axum::{Router, body::Body, extract::Request, response::Response};
 use futures_util::future::BoxFuture;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
+use registry::{Admitted, Busy, Conn};
 use std::{
-    collections::HashMap,
     convert::Infallible,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
+    net::IpAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -53,16 +56,41 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+pub use registry::Connections;
+
 /// What one connection may take, and how many the node holds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectionLimits {
     /// Connections across both ports.
     pub max_connections: usize,
+    /// Connections one address may hold (0: no limit).
+    pub max_per_ip: usize,
+    /// Addresses exempt from `max_per_ip`: proxies in front of herald.
+    pub trusted_proxies: Arc<[IpAddr]>,
     /// How long a TLS handshake, an HTTP/1.1 request head, or an HTTP/2
     /// connection's first stream may take to arrive.
     pub header_timeout: Duration,
+    /// How long a request body may take to arrive, once its head has.
+    pub body_timeout: Duration,
+    /// How long a stream's client may leave a write unread before the
+    /// connection is closed.
+    pub write_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once.
     pub max_streams: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            max_per_ip: 0,
+            trusted_proxies: Arc::from([]),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            max_streams: 256,
+        }
+    }
 }
 
 /// Which protocols a port speaks.
@@ -74,126 +102,27 @@ pub enum Protocol {
     Grpc,
 }
 
+/// hyper's HTTP/1.1 read buffer at most: a head over this is refused (431
+/// or 414), and a half-sent head costs no more.
+const HTTP1_BUFFER: usize = 32 * 1024;
+/// HTTP/2 flow-control windows: what a client may send before the server
+/// has read it, per stream and per connection. A request message is read
+/// as it arrives (and bounded per call), so a client that sends and never
+/// finishes holds at most this much in the connection.
+const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
+const HTTP2_CONNECTION_WINDOW: u32 = 256 * 1024;
+/// What hyper buffers of a response stream for a client not reading it.
+const HTTP2_SEND_BUFFER: usize = 64 * 1024;
+/// Request paths that need no token (gRPC health and reflection): their
+/// streams never make a connection busy and are bounded in number.
+const ANONYMOUS_PATHS: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
 /// The longest pause after an accept error.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Every open connection of the node, on both ports: what the cap counts
-/// and whom it evicts. Cheap to clone.
-#[derive(Clone)]
-pub struct Connections {
-    inner: Arc<Shared>,
-}
-
-struct Shared {
-    limits: ConnectionLimits,
-    started: Instant,
-    open: Mutex<HashMap<u64, Arc<Conn>>>,
-    next_id: AtomicU64,
-    refused: AtomicU64,
-    evicted: AtomicU64,
-}
-
-/// One connection as the registry sees it.
-struct Conn {
-    /// Requests whose response has not finished.
-    in_flight: AtomicUsize,
-    /// Whether any request came at all.
-    served: std::sync::atomic::AtomicBool,
-    /// Milliseconds since `Shared::started` when it last became idle.
-    idle_since: AtomicU64,
-    /// Cancelled to close the connection at once.
-    evict: CancellationToken,
-}
-
-/// A connection's place in the registry; leaving it frees the place.
-struct Admitted {
-    id: u64,
-    conn: Arc<Conn>,
-    connections: Connections,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.connections.lock().remove(&self.id);
-    }
-}
-
-impl Connections {
-    pub fn new(limits: ConnectionLimits) -> Self {
-        Self {
-            inner: Arc::new(Shared {
-                limits,
-                started: Instant::now(),
-                open: Mutex::default(),
-                next_id: AtomicU64::new(0),
-                refused: AtomicU64::new(0),
-                evicted: AtomicU64::new(0),
-            }),
-        }
-    }
-
-    /// Open connections now.
-    pub fn open(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Connections closed on arrival because every place was busy.
-    pub fn refused_total(&self) -> u64 {
-        self.inner.refused.load(Ordering::Relaxed)
-    }
-
-    /// Idle connections closed to make room for new ones.
-    pub fn evicted_total(&self) -> u64 {
-        self.inner.evicted.load(Ordering::Relaxed)
-    }
-
-    /// A place for a new connection: a free one, or the place of the
-    /// connection idle longest; `None` when every connection is busy.
-    fn admit(&self) -> Option<Admitted> {
-        let now = self.millis();
-        let mut open = self.lock();
-        if open.len() >= self.inner.limits.max_connections.max(1) {
-            let idlest = open
-                .iter()
-                .filter(|(_, conn)| conn.in_flight.load(Ordering::Acquire) == 0)
-                .min_by_key(|(_, conn)| conn.idle_since.load(Ordering::Relaxed))
-                .map(|(id, _)| *id);
-            let Some(idlest) = idlest else {
-                self.inner.refused.fetch_add(1, Ordering::Relaxed);
-                return None;
-            };
-            if let Some(conn) = open.remove(&idlest) {
-                conn.evict.cancel();
-                self.inner.evicted.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn {
-            in_flight: AtomicUsize::new(0),
-            served: false.into(),
-            idle_since: AtomicU64::new(now),
-            evict: CancellationToken::new(),
-        });
-        open.insert(id, conn.clone());
-        Some(Admitted {
-            id,
-            conn,
-            connections: self.clone(),
-        })
-    }
-
-    fn millis(&self) -> u64 {
-        self.inner.started.elapsed().as_millis() as u64
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Conn>>> {
-        // A plain map: a panicking holder cannot leave it half-updated.
-        self.inner
-            .open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
 
 /// Serves `app` on `listener` until `stop`, then lets open connections
 /// finish (HTTP/2 gets GOAWAY) and returns once they have. Aborting the
@@ -206,12 +135,12 @@ pub fn serve(
     connections: Connections,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    let limits = connections.inner.limits;
+    let limits = connections.inner.limits.clone();
     let port = Arc::new(Port {
         app,
         tls,
         protocol,
-        builder: builder(protocol, limits),
+        builder: builder(protocol, &limits),
         limits,
         stop: stop.clone(),
     });
@@ -224,8 +153,8 @@ pub fn serve(
                 accepted = listener.accept() => accepted,
             };
             while tasks.try_join_next().is_some() {}
-            let tcp = match accepted {
-                Ok((tcp, _)) => tcp,
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of files, or the peer gave up: wait, then go on.
                     backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
@@ -235,8 +164,10 @@ pub fn serve(
                 }
             };
             backoff = Duration::ZERO;
-            let Some(admitted) = connections.admit() else {
-                tracing::debug!("connection refused: every connection is busy");
+            let Some(admitted) = connections.admit(peer.ip()) else {
+                tracing::debug!(
+                    "connection refused: its address holds its share, or every connection is busy"
+                );
                 continue;
             };
             let _ = tcp.set_nodelay(true);
@@ -257,16 +188,20 @@ struct Port {
     stop: CancellationToken,
 }
 
-fn builder(protocol: Protocol, limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
+fn builder(protocol: Protocol, limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
+        .max_buf_size(HTTP1_BUFFER)
         .header_read_timeout(limits.header_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .max_send_buf_size(HTTP2_SEND_BUFFER)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     match protocol {
@@ -325,8 +260,14 @@ impl Port {
         let Some(first) = first.await else { return };
         match first {
             h1_stream::First::Stream(io, request) => {
-                let _busy = Busy::new(&admitted);
-                h1_stream::serve(io, request, self.app.clone(), &evict).await;
+                let _busy = Busy::on(&admitted.conn, &admitted.connections);
+                let watch = h1_stream::Watch {
+                    evict: &evict,
+                    stop: &self.stop,
+                    connections: &admitted.connections,
+                    conn: &admitted.conn,
+                };
+                h1_stream::serve(io, request, self.app.clone(), watch).await;
             }
             // Boxed: hyper's connection state is large, and a stream
             // served above should not carry room for it.
@@ -346,6 +287,7 @@ impl Port {
             app: self.app.clone(),
             conn: conn.clone(),
             connections: admitted.connections.clone(),
+            body_timeout: self.limits.body_timeout,
         };
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
@@ -380,44 +322,21 @@ impl Port {
 }
 
 /// The port's router, with each request counted on its connection until
-/// its response body ends (a stream counts as long as it is open).
+/// its response body ends (a stream counts as long as it is open), its
+/// body bounded in time, and a streaming response watched for a client
+/// that stopped reading.
 #[derive(Clone)]
 struct Tracked {
     app: Router,
     conn: Arc<Conn>,
     connections: Connections,
+    body_timeout: Duration,
 }
 
-/// A request in flight on a connection.
-struct Busy {
-    conn: Arc<Conn>,
-    connections: Connections,
-}
-
-impl Busy {
-    /// Counts a request on `admitted`'s connection until dropped.
-    fn new(admitted: &Admitted) -> Self {
-        Self::on(&admitted.conn, &admitted.connections)
-    }
-
-    fn on(conn: &Arc<Conn>, connections: &Connections) -> Self {
-        conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        conn.served.store(true, Ordering::Release);
-        Self {
-            conn: conn.clone(),
-            connections: connections.clone(),
-        }
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        if self.conn.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let now = self.connections.millis();
-            self.conn.idle_since.store(now, Ordering::Relaxed);
-        }
-    }
-}
+/// When a streaming response must end whatever (its token's expiry), for
+/// the watch: a door puts it in the response's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamEnds(pub tokio::time::Instant);
 
 impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Response = Response;
@@ -425,18 +344,98 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Future = BoxFuture<'static, Result<Response, Infallible>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let path = request.uri().path();
+        if ANONYMOUS_PATHS
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+        {
+            return self.anonymous(request);
+        }
         let busy = Busy::on(&self.conn, &self.connections);
+        let request = match hyper::body::Body::is_end_stream(request.body()) {
+            true => request.map(Body::new),
+            false => {
+                let receiving = busy.receiving();
+                request.map(|body| {
+                    Body::new(body::Arriving::new(
+                        body,
+                        self.body_timeout,
+                        Some(receiving),
+                    ))
+                })
+            }
+        };
+        let mut app = self.app.clone();
+        let connections = self.connections.clone();
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let response = app.call(request).await?;
+            Ok(watch(response, &connections, &conn, busy))
+        })
+    }
+}
+
+impl Tracked {
+    /// A request that needs no token: served without making the connection
+    /// busy, unless the connection or the node holds its share of them.
+    fn anonymous(
+        &self,
+        request: Request<Incoming>,
+    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+        let Some(place) = self.connections.anonymous(&self.conn) else {
+            return Box::pin(async { Ok(too_many_anonymous()) });
+        };
+        let timeout = self.body_timeout;
         let mut app = self.app.clone();
         Box::pin(async move {
-            let response = app.call(request.map(Body::new)).await?;
+            // Its body is bounded in time too, but holds no place.
+            let request = request.map(|body| Body::new(body::Arriving::new(body, timeout, None)));
+            let response = app.call(request).await?;
             Ok(response.map(|body| {
-                Body::new(body.map_frame(move |frame| {
-                    let _in_flight = &busy;
+                Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                    let _place = &place;
                     frame
                 }))
             }))
         })
     }
+}
+
+/// `response`, counted on its connection until its body ends; a streaming
+/// body is watched for a client that stops reading it.
+fn watch(response: Response, connections: &Connections, conn: &Conn, busy: Busy) -> Response {
+    use http_body_util::BodyExt;
+    let streaming = hyper::body::Body::size_hint(response.body())
+        .exact()
+        .is_none();
+    if !streaming {
+        return response.map(|body| {
+            Body::new(body.map_frame(move |frame| {
+                let _in_flight = &busy;
+                frame
+            }))
+        });
+    }
+    let ends = response.extensions().get::<StreamEnds>().map(|ends| ends.0);
+    let progress = connections.progress(conn, ends);
+    response.map(|body| Body::new(body::Watched::new(body, progress, busy)))
+}
+
+/// The gRPC answer to an anonymous stream over the bounds: trailers only,
+/// RESOURCE_EXHAUSTED.
+fn too_many_anonymous() -> Response {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+    headers.insert(
+        "grpc-message",
+        axum::http::HeaderValue::from_static("too many health or reflection streams"),
+    );
+    response
 }
 
 /// A connection's first bytes as the HTTP port reads them, for the fuzzer.

@@ -62,6 +62,7 @@ impl Server {
     /// Connects and migrates the database, starts the core and binds both
     /// listeners.
     pub async fn bind(config: &ServeConfig, auth: Auth) -> Result<Self, StartError> {
+        config.validate()?;
         // TLS files first: a bad certificate fails the start, not the
         // first handshake.
         let tls = match config.tls()? {
@@ -139,8 +140,15 @@ impl Server {
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        // Anonymous: their requests are names, never more than a few KiB.
+        let anonymous = crate::limits::ANONYMOUS_REQUEST;
+        let health_service = health_service.max_decoding_message_size(anonymous);
+        let reflection_v1 = reflection()
+            .build_v1()?
+            .max_decoding_message_size(anonymous);
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()?
+            .max_decoding_message_size(anonymous);
 
         // Servers stop accepting on `stop`, a moment after open streams have
         // ended on `self.shutdown`, so clients read each stream's final
@@ -190,6 +198,8 @@ impl Server {
             stop.clone(),
         );
 
+        let watch = self.connections.watch(stop.clone());
+
         tokio::select! {
             _ = signal => tracing::info!("shutting down"),
             result = &mut grpc_server => tracing::error!(?result, "gRPC listener stopped on its own"),
@@ -214,6 +224,7 @@ impl Server {
             grpc_server.abort();
             http_server.abort();
         }
+        let _ = watch.await;
         let _ = self.feed.await;
         let _ = self.broker.await;
         self.herald.store().close().await;

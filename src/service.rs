@@ -72,7 +72,7 @@ impl Herald {
         publisher: Publisher,
         shutdown: CancellationToken,
     ) -> Result<(Self, JoinHandle<()>), Error> {
-        let hub = Hub::new(limits.subscription_queue);
+        let hub = Hub::new(limits.subscription_queue, limits.subscription_queue_bytes);
         let metrics = Metrics::default();
         let participants = Participants::new(store.clone());
         let (feed, feed_task) = Feed::start(
@@ -127,6 +127,11 @@ impl Herald {
             },
             tasks,
         ))
+    }
+
+    /// The limits the core was started with.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
 
     pub fn hub(&self) -> &Hub {
@@ -370,11 +375,11 @@ impl Herald {
         let page = match (before_id.is_empty(), after_id.is_empty()) {
             (true, true) => Page::Before(None),
             (false, true) => Page::Before(Some(
-                self.message_in(&conversation_id, "before_id", before_id)
+                self.message_in(caller, &conversation_id, "before_id", before_id)
                     .await?,
             )),
             (true, false) => Page::After(
-                self.message_in(&conversation_id, "after_id", after_id)
+                self.message_in(caller, &conversation_id, "after_id", after_id)
                     .await?,
             ),
             (false, false) => return Err(Error::invalid("give before_id or after_id, not both")),
@@ -411,7 +416,7 @@ impl Herald {
         let _metered = self.meter(caller, 1.0).await?;
         self.authorize(caller, &conversation_id).await?;
         let position = self
-            .message_in(&conversation_id, "message_id", message_id)
+            .message_in(caller, &conversation_id, "message_id", message_id)
             .await?;
         self.change(caller, &conversation_id, ChangeRequest::Read(position))
             .await?;
@@ -667,17 +672,25 @@ impl Herald {
         self.authorize(caller, id).await
     }
 
-    /// The position of message `id`, which must be in `conversation`.
+    /// The position of message `id`, which must be in `conversation` and
+    /// visible to `caller`: an id from before they joined is as unknown as
+    /// one that never existed, so a cursor tells nothing of that history.
     async fn message_in(
         &self,
+        caller: &UserId,
         conversation: &ConversationId,
         field: &str,
         id: &str,
     ) -> Result<Position, Error> {
         let position = Position::parse_id(field, id)?.ok_or(Error::NotFound("message"))?;
-        match self.inner.store.conversation_of(position).await? {
-            Some(found) if &found == conversation => Ok(position),
-            _ => Err(Error::NotFound("message")),
+        match self
+            .inner
+            .store
+            .visible_in(caller, conversation, position)
+            .await?
+        {
+            true => Ok(position),
+            false => Err(Error::NotFound("message")),
         }
     }
 }

@@ -622,17 +622,29 @@ impl Store {
         Ok(row.map(Message::from))
     }
 
-    /// The conversation a message belongs to, if the message exists (and
-    /// is a message, not another event).
-    pub async fn conversation_of(
+    /// Whether message `position` is in `conversation` and `user` may see
+    /// it (committed while they were a member): a cursor names one of the
+    /// caller's own messages, or nothing.
+    pub async fn visible_in(
         &self,
+        user: &UserId,
+        conversation: &ConversationId,
         position: Position,
-    ) -> Result<Option<ConversationId>, sqlx::Error> {
-        let sql = "SELECT conversation_id FROM messages WHERE position = $1 AND kind = 'message'";
-        let id: Option<String> = with_pool!(self, pool => {
-            sqlx::query_scalar(sql).bind(position.0).fetch_optional(pool).await
+    ) -> Result<bool, sqlx::Error> {
+        let sql = concat!(
+            "SELECT COUNT(*) FROM messages m ",
+            in_membership!(),
+            " WHERE m.position = $2 AND m.conversation_id = $3 AND m.kind = 'message'"
+        );
+        let count: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(sql)
+                .bind(user.as_str())
+                .bind(position.0)
+                .bind(conversation.as_str())
+                .fetch_one(pool)
+                .await
         })?;
-        Ok(id.map(ConversationId::from_stored))
+        Ok(count > 0)
     }
 
     /// One page of a conversation's messages that `viewer` may see (those

@@ -143,6 +143,12 @@ impl EventStream {
         self.here = Some(self.presence.here(self.live.user()));
     }
 
+    /// When the stream ends whatever happens: its token's expiry (plus
+    /// the leeway). The listener ends it then even while a write is blocked.
+    pub fn ends_at(&self) -> Instant {
+        self.expiry.deadline()
+    }
+
     /// Why the requested replay could not be made, if it could not.
     pub fn reset(&self) -> Option<&str> {
         self.reset.as_deref()

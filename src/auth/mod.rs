@@ -38,6 +38,10 @@ pub struct Claims {
     pub expires_at: u64,
     /// Set when the token is a stream ticket, which opens one stream only.
     pub ticket: Option<Ticket>,
+    /// The request's place among its user's requests in flight (see
+    /// [`crate::limits::REQUESTS_PER_USER`]): held while any copy of these
+    /// claims lives, which the doors keep for the request's length.
+    pub(crate) _request: Option<Arc<crate::limits::InFlightSlot>>,
 }
 
 /// A stream ticket's identity: redeemed once, across every node (see
@@ -112,6 +116,7 @@ pub use keys::IdentityConfig;
 pub struct Auth {
     keys: Arc<Keys>,
     refused: Arc<[AtomicU64; Refusal::ALL.len()]>,
+    in_flight: crate::limits::InFlight,
 }
 
 /// Why a token was refused, as counted for `/metrics` (never told to the
@@ -161,6 +166,7 @@ impl Auth {
         Ok(Self {
             keys: Arc::new(Keys::load(secret, identity)?),
             refused: Arc::default(),
+            in_flight: Default::default(),
         })
     }
 
@@ -208,10 +214,16 @@ impl Auth {
                 return Err(self.refuse(Refusal::Claims));
             }
         };
+        let Some(slot) = self.in_flight.enter(&user) else {
+            return Err(Error::ResourceExhausted(
+                "too many requests in flight for this user".into(),
+            ));
+        };
         Ok(Claims {
             user,
             expires_at,
             ticket,
+            _request: Some(Arc::new(slot)),
         })
     }
 

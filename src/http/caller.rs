@@ -84,10 +84,13 @@ fn same_origin_or_allowed(parts: &Parts, allowed: &[String]) -> Result<(), Error
         .headers
         .get(ORIGIN)
         .and_then(|value| value.to_str().ok());
+    // HTTP/1.1 names the host in `Host`; HTTP/2 in `:authority`, which
+    // hyper puts in the URI.
     let host = parts
         .headers
         .get(HOST)
-        .and_then(|value| value.to_str().ok());
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|authority| authority.as_str()));
     let own = |origin: &str| {
         let authority = origin.split_once("://").map(|(_, rest)| rest);
         authority.is_some() && authority == host

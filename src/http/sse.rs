@@ -118,8 +118,11 @@ async fn subscribe(
             HeaderValue::from_static("no"),
         ),
     ];
+    let ends = crate::listener::StreamEnds(stream.ends_at());
     let body = Body::from_stream(events(stream, state.heartbeat));
-    Ok((headers, body).into_response())
+    let mut response = (headers, body).into_response();
+    response.extensions_mut().insert(ends);
+    Ok(response)
 }
 
 fn accepts_event_stream(headers: &HeaderMap) -> bool {

@@ -1,5 +1,8 @@
 //! A subscription's bounded queue: the hub pushes without waiting, one
-//! subscriber takes.
+//! subscriber takes. Bounded by count and by bytes; a push that finds it
+//! full empties and closes it at once, so a subscriber that fell behind
+//! gives its whole backlog back the moment it is dropped (it resumes from
+//! the database, losing nothing) instead of holding it until it reads.
 //!
 //! Why not tokio's mpsc: its channel is built for many senders and pads its
 //! parts to cache lines, 800 bytes per subscription before the first
@@ -20,11 +23,13 @@ use std::{
 /// memory back once emptied.
 const KEEP_CAPACITY: usize = 16;
 
-/// Creates a queue of at most `capacity` items.
-pub fn queue<T>(capacity: usize) -> (Pusher<T>, Taker<T>) {
+/// Creates a queue of at most `capacity` items and `max_bytes` bytes (as
+/// the pusher counts them; one item always fits).
+pub fn queue<T>(capacity: usize, max_bytes: usize) -> (Pusher<T>, Taker<T>) {
     let shared = Arc::new(Shared {
         items: Mutex::new(Items {
             deque: VecDeque::new(),
+            bytes: 0,
             closed: false,
         }),
         waker: AtomicWaker::new(),
@@ -32,6 +37,7 @@ pub fn queue<T>(capacity: usize) -> (Pusher<T>, Taker<T>) {
     let pusher = Pusher {
         shared: shared.clone(),
         capacity,
+        max_bytes,
     };
     (pusher, Taker { shared })
 }
@@ -43,7 +49,9 @@ struct Shared<T> {
 }
 
 struct Items<T> {
-    deque: VecDeque<T>,
+    /// Each item with the bytes it was pushed as.
+    deque: VecDeque<(T, usize)>,
+    bytes: usize,
     /// The pusher is gone: once the deque is empty, nothing more comes.
     closed: bool,
 }
@@ -61,6 +69,7 @@ impl<T> Shared<T> {
 pub struct Pusher<T> {
     shared: Arc<Shared<T>>,
     capacity: usize,
+    max_bytes: usize,
 }
 
 /// Why a push was refused.
@@ -68,17 +77,33 @@ pub struct Pusher<T> {
 pub struct Full;
 
 impl<T> Pusher<T> {
-    /// Queues `item` unless the queue holds `capacity` items already.
-    pub fn try_push(&self, item: T) -> Result<(), Full> {
-        {
+    /// Queues `item`, counted as `bytes`, unless that would take the
+    /// queue past its count or its bytes. A refused push empties the queue
+    /// and closes it: the taker gets [`Taken::Closed`] next, and what was
+    /// queued is freed now.
+    pub fn try_push(&self, item: T, bytes: usize) -> Result<(), Full> {
+        let dropped = {
             let mut items = self.shared.lock();
-            if items.deque.len() >= self.capacity {
-                return Err(Full);
+            let over_bytes = !items.deque.is_empty() && items.bytes + bytes > self.max_bytes;
+            if items.deque.len() >= self.capacity || over_bytes {
+                items.closed = true;
+                items.bytes = 0;
+                Some(std::mem::take(&mut items.deque))
+            } else {
+                items.bytes += bytes;
+                items.deque.push_back((item, bytes));
+                None
             }
-            items.deque.push_back(item);
-        }
+        };
         self.shared.waker.wake();
-        Ok(())
+        match dropped {
+            // Freed outside the lock.
+            Some(backlog) => {
+                drop(backlog);
+                Err(Full)
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -109,7 +134,8 @@ impl<T> Taker<T> {
     pub fn try_take(&mut self) -> Taken<T> {
         let mut items = self.shared.lock();
         match items.deque.pop_front() {
-            Some(item) => {
+            Some((item, bytes)) => {
+                items.bytes -= bytes;
                 if items.deque.is_empty() && items.deque.capacity() > KEEP_CAPACITY {
                     items.deque = VecDeque::new();
                 }
@@ -145,25 +171,51 @@ mod tests {
     use super::{Full, Taken, queue};
 
     #[tokio::test]
-    async fn items_come_in_order_up_to_the_capacity_then_the_close() {
-        let (pusher, mut taker) = queue(2);
-        assert_eq!(pusher.try_push(1), Ok(()));
-        assert_eq!(pusher.try_push(2), Ok(()));
-        assert_eq!(pusher.try_push(3), Err(Full));
+    async fn items_come_in_order_then_the_close() {
+        let (pusher, mut taker) = queue(2, 100);
+        assert_eq!(pusher.try_push(1, 1), Ok(()));
+        assert_eq!(pusher.try_push(2, 1), Ok(()));
         assert_eq!(taker.take().await, Some(1));
-        assert_eq!(pusher.try_push(4), Ok(()));
+        assert_eq!(pusher.try_push(3, 1), Ok(()));
         drop(pusher);
         assert_eq!(taker.try_take(), Taken::Item(2));
-        assert_eq!(taker.take().await, Some(4));
+        assert_eq!(taker.take().await, Some(3));
         assert_eq!(taker.take().await, None);
+    }
+
+    #[test]
+    fn a_push_past_the_count_frees_the_backlog_and_closes_the_queue() {
+        let item = std::sync::Arc::new(0);
+        let (pusher, mut taker) = queue(2, usize::MAX);
+        assert_eq!(pusher.try_push(item.clone(), 1), Ok(()));
+        assert_eq!(pusher.try_push(item.clone(), 1), Ok(()));
+        assert_eq!(pusher.try_push(item.clone(), 1), Err(Full));
+        assert_eq!(
+            std::sync::Arc::strong_count(&item),
+            1,
+            "the backlog is freed"
+        );
+        assert_eq!(taker.try_take(), Taken::Closed);
+    }
+
+    #[test]
+    fn a_push_past_the_bytes_is_refused_but_one_large_item_fits() {
+        let (pusher, mut taker) = queue(100, 10);
+        assert_eq!(pusher.try_push(1, 50), Ok(()), "one item always fits");
+        assert_eq!(taker.try_take(), Taken::Item(1));
+        assert_eq!(pusher.try_push(2, 6), Ok(()));
+        assert_eq!(pusher.try_push(3, 4), Ok(()));
+        assert_eq!(pusher.try_push(4, 1), Err(Full));
+        assert_eq!(taker.try_take(), Taken::Closed);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_taker_is_woken_by_a_push_from_another_thread() {
-        let (pusher, mut taker) = queue(1_000);
+        let (pusher, mut taker) = queue(20_000, usize::MAX);
         let pushes = std::thread::spawn(move || {
             for n in 0..10_000 {
-                while pusher.try_push(n).is_err() {
+                pusher.try_push(n, 1).unwrap();
+                if n % 100 == 0 {
                     std::thread::yield_now();
                 }
             }
@@ -184,9 +236,9 @@ mod tests {
 
     #[test]
     fn an_emptied_deque_gives_back_what_a_backlog_grew() {
-        let (pusher, mut taker) = queue(1_000);
+        let (pusher, mut taker) = queue(1_000, usize::MAX);
         for n in 0..100 {
-            pusher.try_push(n).unwrap();
+            pusher.try_push(n, 1).unwrap();
         }
         while let Taken::Item(_) = taker.try_take() {}
         assert_eq!(taker.shared.lock().deque.capacity(), 0);

@@ -150,15 +150,22 @@ fn request(parsed: &httparse::Request) -> Option<Request> {
     builder.body(Body::empty()).ok()
 }
 
+/// What ends a served stream besides its body: the connection's eviction
+/// (which the watch also uses for a client that stopped reading), and the
+/// server stopping.
+pub(super) struct Watch<'a> {
+    pub evict: &'a CancellationToken,
+    pub stop: &'a CancellationToken,
+    pub connections: &'a super::Connections,
+    pub conn: &'a super::Conn,
+}
+
 /// Answers `request` with `app` on `io`, then closes the connection: when
-/// the body ends, the client leaves or sends anything, a write fails, or
-/// `evict` fires.
-pub(super) async fn serve<I>(
-    mut io: I,
-    request: Box<Request>,
-    app: Router,
-    evict: &CancellationToken,
-) where
+/// the body ends, the client leaves or sends anything, a write fails, the
+/// connection is evicted (or its client stopped reading: see `registry`),
+/// or the server stops, even while a write is blocked.
+pub(super) async fn serve<I>(mut io: I, request: Box<Request>, app: Router, watch: Watch<'_>)
+where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     // Boxed: answering (the router's future, the response head) is needed
@@ -169,22 +176,35 @@ pub(super) async fn serve<I>(
         let boxed = request;
         *boxed
     };
-    let Some((mut body, chunked)) = Box::pin(respond(&mut io, request, app)).await else {
+    let Some((mut body, chunked, ends)) = Box::pin(respond(&mut io, request, app)).await else {
         return;
     };
+    let progress = watch.connections.progress(watch.conn, ends);
     // One byte is enough to learn that the client sent something or left.
     let mut probe = [0u8; 1];
     // Made once: each `cancelled()` future registers with the token.
-    let evicted = evict.cancelled();
+    let evicted = watch.evict.cancelled();
     tokio::pin!(evicted);
+    let stopped = watch.stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             frame = body.frame() => match frame {
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else { continue };
-                    if !data.is_empty() && write_data(&mut io, data, chunked).await.is_err() {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    progress.handed();
+                    let written = tokio::select! {
+                        written = write_data(&mut io, data, chunked) => written,
+                        _ = &mut evicted => return,
+                        _ = &mut stopped => return,
+                    };
+                    if written.is_err() {
                         return;
                     }
+                    progress.taken();
                 }
                 // Cut short: closing without the last chunk says so.
                 Some(Err(error)) => {
@@ -195,6 +215,7 @@ pub(super) async fn serve<I>(
             },
             _ = io.read(&mut probe) => return,
             _ = &mut evicted => return,
+            _ = &mut stopped => return,
         }
     }
     if chunked && io.write_all(b"0\r\n\r\n").await.is_err() {
@@ -203,9 +224,13 @@ pub(super) async fn serve<I>(
     let _ = io.shutdown().await;
 }
 
-/// Calls `app` and writes the response head; the body, and whether it
-/// goes in chunks, if the head went out.
-async fn respond<I>(io: &mut I, request: Request, mut app: Router) -> Option<(Body, bool)>
+/// Calls `app` and writes the response head; the body, whether it goes in
+/// chunks, and when it must end whatever, if the head went out.
+async fn respond<I>(
+    io: &mut I,
+    request: Request,
+    mut app: Router,
+) -> Option<(Body, bool, Option<Instant>)>
 where
     I: AsyncWrite + Unpin,
 {
@@ -214,10 +239,14 @@ where
         Err(never) => match never {},
     };
     let (parts, body) = response.into_parts();
+    let ends = parts
+        .extensions
+        .get::<super::StreamEnds>()
+        .map(|ends| ends.0);
     let length = body.size_hint().exact();
     let head = response_head(&parts, length);
     io.write_all(&head).await.ok()?;
-    Some((body, length.is_none()))
+    Some((body, length.is_none(), ends))
 }
 
 /// Headers this writer sets itself, whatever the response carried.

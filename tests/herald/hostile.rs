@@ -454,6 +454,21 @@ async fn a_cookie_changes_state_only_from_the_pages_own_or_allowed_origins(db: T
     assert_eq!(create(None).await, 401);
     assert_eq!(create(Some(format!("http://{}", app.http))).await, 201);
     assert_eq!(create(Some("http://allowed.example".into())).await, 200);
+    // Over HTTP/2 there is no Host header, only :authority: the page's own
+    // origin is still its own.
+    let over_http2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .post(app.url("/api/conversations"))
+        .header("cookie", &cookie)
+        .header("origin", format!("http://{}", app.http))
+        .json(&serde_json::json!({ "participantIds": ["carol"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over_http2.version(), reqwest::Version::HTTP_2);
+    assert_eq!(over_http2.status(), 201);
     // Reading with the cookie needs no Origin.
     let listed = reqwest::Client::new()
         .get(app.url("/api/conversations"))

@@ -43,6 +43,7 @@ mod guarantees;
 mod hostile;
 mod identity;
 mod lifecycle;
+mod lockout;
 mod logs;
 mod membership;
 mod messages;

@@ -256,9 +256,18 @@ async fn a_new_member_sees_only_what_follows_the_add(db: TestDb) {
     );
     assert_eq!(code(carol.subscribe(&old.id).await), Code::OutOfRange);
     assert_eq!(code(carol.events(&old.id).await), Code::OutOfRange);
-    // Marking a message from before the add moves nothing.
-    let marked = carol.mark_read(&group.id, &old.id).await.unwrap();
-    assert_eq!(marked.unread_count, 1);
+    // A message from before the add is as unknown to her as one that
+    // never existed: no cursor tells her which ids were there.
+    assert_eq!(
+        code(carol.mark_read(&group.id, &old.id).await),
+        Code::NotFound
+    );
+    let mut before_old = page(&group.id);
+    before_old.before_id = old.id.clone();
+    assert_eq!(code(carol.messages(before_old).await), Code::NotFound);
+    let mut after_old = page(&group.id);
+    after_old.after_id = old.id.clone();
+    assert_eq!(code(carol.messages(after_old).await), Code::NotFound);
 }
 
 async fn read_receipts_reach_every_participant_and_every_device_once(db: TestDb) {
