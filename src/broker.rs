@@ -21,19 +21,24 @@
 //!
 //! **Signals** (typing, presence announcements) ride beside: the
 //! `herald_signals` channel (a `pg_notify` through the pool, no table) or
-//! the `<subject>.signals` subject, sealed like messages. They carry the
-//! sending node's random `origin`, so a node skips its own (PostgreSQL
-//! notifies the sender's LISTEN connection too). Lost ones cost a stale
-//! indicator; nothing fills their gaps.
+//! the `<subject>.signals` subject. They carry the sending node's random
+//! `origin`, so a node skips its own (PostgreSQL notifies the sender's
+//! LISTEN connection too). Lost ones cost a stale indicator; nothing fills
+//! their gaps.
 //!
 //! **Nor is either trusted for content.** Anything that can publish on the
-//! NATS subject could otherwise inject a message, so every NATS payload
-//! carries an HMAC-SHA256 tag under the cluster key (`--cluster-key-file`,
-//! or derived from the shared `--jwt-secret`), over the subject and the
-//! message: a payload whose tag does not verify is dropped and counted. A
-//! position from either broker is used only within the range positions can
-//! take, and a PostgreSQL notification is only a hint that the feed checks
+//! NATS subject, or connect to the database, could otherwise inject a
+//! message or a signal, and anything that can subscribe or LISTEN could
+//! read them. So every NATS payload and every PostgreSQL signal is sealed
+//! (`broker/seal.rs`): encrypted and authenticated under the cluster key
+//! (`--cluster-key-file`, or derived from the shared `--jwt-secret`), with
+//! a time and a per-node sequence that make a replay fail. What fails is
+//! dropped and counted. A position from either broker is used only within
+//! the range positions can take, and a PostgreSQL message notification
+//! (sent by a trigger, so unsealed) is only a hint that the feed checks
 //! against the database.
+
+mod seal;
 
 use crate::{
     domain::{Body, ConversationId, Event, Position, UserId},
@@ -43,7 +48,9 @@ use crate::{
     start::StartError,
     store::Store,
 };
+use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use seal::{Channel, Opener, Refused, Sealer};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::postgres::PgListener;
@@ -117,28 +124,19 @@ impl ClusterKey {
         Self(mac.finalize().into_bytes().to_vec().into())
     }
 
-    fn mac(&self, subject: &str, message: &[u8]) -> Hmac<Sha256> {
+    /// A 32-byte key for `label` and `data`: HMAC-SHA256 under this key.
+    pub fn derive(&self, label: &[u8], data: &[u8]) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
-        mac.update(subject.as_bytes());
+        mac.update(label);
         mac.update(b"\n");
-        mac.update(message);
-        mac
+        mac.update(data);
+        mac.finalize().into_bytes().into()
     }
 
-    /// `message` with its tag in front.
-    fn seal(&self, subject: &str, message: &[u8]) -> Vec<u8> {
-        let tag = self.mac(subject, message).finalize().into_bytes();
-        let mut sealed = Vec::with_capacity(TAG_BYTES + message.len());
-        sealed.extend_from_slice(&tag);
-        sealed.extend_from_slice(message);
-        sealed
-    }
-
-    /// The message of `sealed` if its tag verifies (in constant time).
-    fn open<'a>(&self, subject: &str, sealed: &'a [u8]) -> Option<&'a [u8]> {
-        let (tag, message) = sealed.split_at_checked(TAG_BYTES)?;
-        self.mac(subject, message).verify_slice(tag).ok()?;
-        Some(message)
+    /// A key of this process's own, for a node that was given none: it
+    /// can seal and open only its own signals.
+    pub fn random() -> Self {
+        Self::new(crate::domain::random_hex().as_bytes())
     }
 }
 
@@ -148,15 +146,13 @@ impl std::fmt::Debug for ClusterKey {
     }
 }
 
-/// Bytes of the HMAC-SHA256 tag in front of each NATS payload.
-const TAG_BYTES: usize = 32;
-
 /// Times a broker link was lost and caught up from the database, and
 /// broker messages dropped as forged or malformed.
 #[derive(Clone, Default)]
 pub struct Reconnects {
     lost: Arc<AtomicU64>,
     forged: Arc<AtomicU64>,
+    replayed: Arc<AtomicU64>,
 }
 
 impl Reconnects {
@@ -169,8 +165,20 @@ impl Reconnects {
         self.forged.load(Ordering::Relaxed)
     }
 
+    /// Broker payloads dropped because they were sealed before: played
+    /// again, or out of their node's sequence.
+    pub fn replayed_total(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
+    }
+
     fn count(&self) {
         self.lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a replayed payload; says whether to log it, as
+    /// [`count_forged`](Self::count_forged).
+    fn count_replayed(&self) -> bool {
+        (self.replayed.fetch_add(1, Ordering::Relaxed) + 1).is_power_of_two()
     }
 
     /// Counts a dropped broker message; says whether to log it (the 1st,
@@ -189,13 +197,12 @@ pub enum Publisher {
     /// notified through the pool.
     Postgres {
         pool: sqlx::PgPool,
-        origin: Arc<str>,
+        sealer: Sealer,
     },
     Nats {
         client: async_nats::Client,
         subject: String,
-        key: ClusterKey,
-        origin: Arc<str>,
+        sealer: Sealer,
     },
 }
 
@@ -300,14 +307,14 @@ impl Publisher {
         let Publisher::Nats {
             client,
             subject,
-            key,
-            origin,
+            sealer,
         } = self
         else {
             return;
         };
-        let wire = Wire::of(event, origin);
-        let payload = key.seal(subject, &serde_json::to_vec(&wire).unwrap_or_default());
+        let wire = Wire::of(event, sealer.origin());
+        let json = serde_json::to_vec(&wire).unwrap_or_default();
+        let payload = sealer.seal(Channel::Events, subject, &json);
         if let Err(error) = client.publish(subject.clone(), payload.into()).await {
             tracing::warn!(%error, position = event.position.0, "NATS publish failed; other nodes will read it from the database");
         }
@@ -369,11 +376,14 @@ impl Publisher {
     async fn send_signal(&self, wire: impl Fn(&str) -> Wire) {
         match self {
             Publisher::Quiet => {}
-            Publisher::Postgres { pool, origin } => {
-                let wire = serde_json::to_string(&wire(origin)).unwrap_or_default();
+            Publisher::Postgres { pool, sealer } => {
+                let wire = serde_json::to_vec(&wire(sealer.origin())).unwrap_or_default();
+                let sealed = sealer.seal(Channel::Signals, SIGNALS_CHANNEL, &wire);
+                // A notification's payload is text.
+                let payload = base64::engine::general_purpose::STANDARD.encode(sealed);
                 let notify = sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(SIGNALS_CHANNEL)
-                    .bind(wire)
+                    .bind(payload)
                     .execute(pool)
                     .await;
                 if let Err(error) = notify {
@@ -383,12 +393,11 @@ impl Publisher {
             Publisher::Nats {
                 client,
                 subject,
-                key,
-                origin,
+                sealer,
             } => {
                 let subject = format!("{subject}{SIGNALS_SUFFIX}");
-                let wire = serde_json::to_vec(&wire(origin)).unwrap_or_default();
-                let payload = key.seal(&subject, &wire);
+                let wire = serde_json::to_vec(&wire(sealer.origin())).unwrap_or_default();
+                let payload = sealer.seal(Channel::Signals, &subject, &wire);
                 if let Err(error) = client.publish(subject, payload.into()).await {
                     tracing::debug!(%error, "a signal was not published");
                 }
@@ -408,13 +417,13 @@ pub struct Broker {
 
 enum Receiver {
     Local,
-    Postgres(PgListener),
+    Postgres(PgListener, Opener),
     Nats {
         subscriber: async_nats::Subscriber,
         signals: async_nats::Subscriber,
         events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
         subject: String,
-        key: ClusterKey,
+        opener: Opener,
     },
 }
 
@@ -448,14 +457,20 @@ impl Broker {
                         "the postgres broker needs a postgres:// database",
                     ));
                 };
+                // Signals are sealed like NATS's: any role that can connect
+                // can NOTIFY and LISTEN on a channel.
+                let key = config.cluster_key.clone().unwrap_or_else(|| {
+                    tracing::warn!(
+                        "no --jwt-secret or --cluster-key-file: this node's presence and typing reach no other node"
+                    );
+                    ClusterKey::random()
+                });
                 let publisher = Publisher::Postgres {
                     pool: pool.clone(),
-                    origin: origin.clone(),
+                    sealer: Sealer::new(&key, origin.clone()),
                 };
-                (
-                    publisher,
-                    Receiver::Postgres(listen(store, database_url).await?),
-                )
+                let listener = listen(store, database_url).await?;
+                (publisher, Receiver::Postgres(listener, Opener::new(&key)))
             }
             BrokerKind::Nats => {
                 let url = config
@@ -498,15 +513,14 @@ impl Broker {
                 let publisher = Publisher::Nats {
                     client,
                     subject: config.nats_subject.clone(),
-                    key: key.clone(),
-                    origin: origin.clone(),
+                    sealer: Sealer::new(&key, origin.clone()),
                 };
                 let receiver = Receiver::Nats {
                     subscriber,
                     signals,
                     events: events_rx,
                     subject: config.nats_subject.clone(),
-                    key,
+                    opener: Opener::new(&key),
                 };
                 (publisher, receiver)
             }
@@ -546,17 +560,17 @@ impl Broker {
         };
         match self.receiver {
             Receiver::Local => tokio::spawn(async {}),
-            Receiver::Postgres(listener) => {
-                tokio::spawn(receive_notifications(listener, sinks, reconnects, shutdown))
-            }
+            Receiver::Postgres(listener, opener) => tokio::spawn(receive_notifications(
+                listener, opener, sinks, reconnects, shutdown,
+            )),
             Receiver::Nats {
                 subscriber,
                 signals,
                 events,
                 subject,
-                key,
+                opener,
             } => {
-                let trusted = Trusted { subject, key };
+                let trusted = Trusted { subject, opener };
                 let subscribers = (subscriber, signals);
                 tokio::spawn(receive_nats(
                     subscribers,
@@ -598,6 +612,7 @@ async fn listen(store: &Store, database_url: &str) -> Result<PgListener, StartEr
 
 async fn receive_notifications(
     mut listener: PgListener,
+    opener: Opener,
     sinks: Sinks,
     reconnects: Reconnects,
     shutdown: CancellationToken,
@@ -610,8 +625,18 @@ async fn receive_notifications(
         };
         match received {
             Ok(Some(notification)) if notification.channel() == SIGNALS_CHANNEL => {
-                let wire = serde_json::from_str::<Wire>(notification.payload());
-                if let Some(signal) = wire.ok().and_then(|wire| wire.signal(&sinks.origin)) {
+                let payload = base64::engine::general_purpose::STANDARD
+                    .decode(notification.payload())
+                    .unwrap_or_default();
+                let signal = unseal(
+                    &opener,
+                    Channel::Signals,
+                    SIGNALS_CHANNEL,
+                    &payload,
+                    &reconnects,
+                )
+                .and_then(|wire| wire.signal(&sinks.origin));
+                if let Some(signal) = signal {
                     sinks.signal(signal);
                 }
             }
@@ -646,26 +671,64 @@ async fn receive_notifications(
     }
 }
 
+/// The wire in `payload` if a node of this deployment sealed it for
+/// `channel` on `subject`, fresh and in sequence (see `seal`); what is
+/// refused is counted, and logged sparingly. The wire's origin is the one
+/// the seal proves.
+fn unseal(
+    opener: &Opener,
+    channel: Channel,
+    subject: &str,
+    payload: &[u8],
+    counts: &Reconnects,
+) -> Option<Wire> {
+    let refused = match opener.open(channel, subject, payload) {
+        Ok(opened) => {
+            let mut wire: Wire = serde_json::from_slice(&opened.message).ok()?;
+            wire.origin = opened.origin.to_string();
+            return Some(wire);
+        }
+        Err(refused) => refused,
+    };
+    let log = match refused {
+        Refused::Forged => counts.count_forged(),
+        Refused::Replayed => counts.count_replayed(),
+    };
+    if log {
+        tracing::warn!(
+            forged = counts.forged_total(),
+            replayed = counts.replayed_total(),
+            ?channel,
+            "ignoring broker payloads that no node of this deployment sealed, or sealed before"
+        );
+    }
+    None
+}
+
 /// What a NATS payload must be sealed for to be believed.
 struct Trusted {
     subject: String,
-    key: ClusterKey,
+    opener: Opener,
 }
 
 impl Trusted {
     /// The event in `payload`, if a herald node of this deployment sent it.
-    fn open(&self, payload: &[u8]) -> Option<Event> {
-        let message = self.key.open(&self.subject, payload)?;
-        let wire: Wire = serde_json::from_slice(message).ok()?;
+    fn open(&self, payload: &[u8], counts: &Reconnects) -> Option<Event> {
+        let wire = unseal(
+            &self.opener,
+            Channel::Events,
+            &self.subject,
+            payload,
+            counts,
+        )?;
         (wire.position > 0).then(|| wire.into())
     }
 
     /// The signal in `payload`, if a herald node of this deployment (other
     /// than `me`) sent it on the signals subject.
-    fn open_signal(&self, payload: &[u8], me: &str) -> Option<Signal> {
+    fn open_signal(&self, payload: &[u8], me: &str, counts: &Reconnects) -> Option<Signal> {
         let subject = format!("{}{SIGNALS_SUFFIX}", self.subject);
-        let message = self.key.open(&subject, payload)?;
-        serde_json::from_slice::<Wire>(message).ok()?.signal(me)
+        unseal(&self.opener, Channel::Signals, &subject, payload, counts)?.signal(me)
     }
 }
 
@@ -695,30 +758,16 @@ async fn receive_nats(
                 other => tracing::info!(event = %other, "NATS event"),
             },
             message = subscriber.next() => match message {
-                Some(message) => match trusted.open(&message.payload) {
-                    Some(message) => feed.remote(message),
-                    None => {
-                        if reconnects.count_forged() {
-                            tracing::warn!(
-                                dropped = reconnects.forged_total(),
-                                "ignoring NATS messages that no herald node of this deployment sealed"
-                            );
-                        }
+                Some(message) => {
+                    if let Some(event) = trusted.open(&message.payload, &reconnects) {
+                        feed.remote(event);
                     }
-                },
+                }
                 None => return,
             },
             Some(message) = signals.next() => {
-                match trusted.open_signal(&message.payload, &sinks.origin) {
-                    Some(signal) => sinks.signal(signal),
-                    None => {
-                        if reconnects.count_forged() {
-                            tracing::warn!(
-                                dropped = reconnects.forged_total(),
-                                "ignoring a NATS signal that no other herald node of this deployment sealed"
-                            );
-                        }
-                    }
+                if let Some(signal) = trusted.open_signal(&message.payload, &sinks.origin, &reconnects) {
+                    sinks.signal(signal);
                 }
             }
         }

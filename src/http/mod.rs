@@ -182,6 +182,21 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.reconnects.forged_total(),
     );
     counter(
+        "broker_replayed",
+        "Broker payloads dropped because a node sealed them before: played again, or out of sequence",
+        state.reconnects.replayed_total(),
+    );
+    counter(
+        "connections_refused_per_ip",
+        "Connections closed on arrival: their address held its share of the cap",
+        state.connections.refused_per_ip_total(),
+    );
+    counter(
+        "connections_stuck",
+        "Connections closed because a stream's client stopped reading it (the write timeout)",
+        state.connections.stuck_total(),
+    );
+    counter(
         "connections_refused",
         "Connections closed on arrival: the cap was reached and every connection was busy",
         state.connections.refused_total(),

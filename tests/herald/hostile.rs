@@ -490,6 +490,7 @@ on_every_backend!(
     expensive_calls_are_metered_per_user_and_groups_are_bounded,
     conversations_come_in_pages_that_fit_a_grpc_message,
     a_forged_or_garbled_notification_does_not_stall_the_feed,
+    signals_on_postgresql_are_sealed_against_any_role_that_can_connect,
     retries_of_one_send_in_flight_together_commit_once,
 );
 
@@ -668,6 +669,14 @@ async fn a_message_forged_on_the_nats_subject_is_never_delivered() {
         command.args(["--nats-subject", &subject]);
     })
     .await;
+    // An eavesdropper on both subjects, from before anything is sent.
+    let intruder = async_nats::connect(nats.as_str()).await.unwrap();
+    let mut heard = intruder.subscribe(subject.clone()).await.unwrap();
+    let mut heard_signals = intruder
+        .subscribe(format!("{subject}.signals"))
+        .await
+        .unwrap();
+    intruder.flush().await.unwrap();
     let (mut client, chat) = alice_and_bob(&herald).await;
     let send = |content: &str| {
         let body = pb::CreateMessageRequest {
@@ -689,6 +698,35 @@ async fn a_message_forged_on_the_nats_subject_is_never_delivered() {
         .unwrap()
         .into_inner();
     assert_eq!(crate::support::next_message(&mut bob).await, first);
+    // What the eavesdropper heard says nothing: neither the message nor who
+    // came online.
+    use futures_util::StreamExt;
+    let overheard = tokio::time::timeout(crate::support::PATIENCE, heard.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let announced = tokio::time::timeout(crate::support::PATIENCE, heard_signals.next())
+        .await
+        .unwrap()
+        .unwrap();
+    for payload in [&overheard.payload, &announced.payload] {
+        let text = String::from_utf8_lossy(payload);
+        assert!(!text.contains("first") && !text.contains("bob"), "{text}");
+    }
+    // Played again, a genuine payload is refused.
+    for recorded in [overheard.payload.clone(), announced.payload.clone()] {
+        let subject = match recorded == overheard.payload {
+            true => subject.clone(),
+            false => format!("{subject}.signals"),
+        };
+        intruder.publish(subject, recorded).await.unwrap();
+    }
+    intruder.flush().await.unwrap();
+    let refused = crate::support::eventually(|| async {
+        metric(&herald.http, "herald_broker_replayed_total").await >= 2.0
+    })
+    .await;
+    assert!(refused, "both replays are refused and counted");
 
     // Someone else on the subject claims the next position: once bare, once
     // sealed under a key that is not the cluster's.
@@ -698,9 +736,9 @@ async fn a_message_forged_on_the_nats_subject_is_never_delivered() {
         "content": "forged", "created_at_micros": 1
     })
     .to_string();
-    let mut sealed_wrongly = vec![7u8; 32];
+    let mut sealed_wrongly = vec![2u8];
+    sealed_wrongly.extend_from_slice(&[b'0'; 48]);
     sealed_wrongly.extend_from_slice(forged.as_bytes());
-    let intruder = async_nats::connect(nats.as_str()).await.unwrap();
     for payload in [forged.clone().into_bytes(), sealed_wrongly] {
         intruder
             .publish(subject.clone(), payload.into())
@@ -722,6 +760,74 @@ async fn a_message_forged_on_the_nats_subject_is_never_delivered() {
     assert_eq!(second.id, next.to_string());
     assert_eq!(crate::support::next_message(&mut bob).await, second);
     herald.terminate().await;
+}
+
+async fn signals_on_postgresql_are_sealed_against_any_role_that_can_connect(db: TestDb) {
+    if db.url.starts_with("sqlite:") {
+        return; // LISTEN/NOTIFY is PostgreSQL's.
+    }
+    let secret = String::from_utf8(crate::support::SECRET.to_vec()).unwrap();
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.secret.jwt_secret = Some(secret.parse().unwrap());
+    })
+    .await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("herald_signals").await.unwrap();
+    // Alice comes online: the announcement names nobody a listener can read.
+    let alice = app.user("alice").await;
+    let _online = alice.events("").await.unwrap();
+    let announced = tokio::time::timeout(crate::support::PATIENCE, listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !announced.payload().contains("alice"),
+        "{}",
+        announced.payload()
+    );
+    // A role that can only connect forges "mallory is online", and replays
+    // the genuine announcement.
+    let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let forged = serde_json::json!({
+        "position": 0, "conversation_id": "", "user_id": "", "created_at_micros": 1,
+        "content": "{\"online\":[\"mallory\"],\"offline\":[]}", "kind": "presence",
+        "origin": "someone-else"
+    });
+    for payload in [forged.to_string(), announced.payload().to_owned()] {
+        sqlx::query("SELECT pg_notify('herald_signals', $1)")
+            .bind(payload)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    let http = app.http.to_string();
+    let counted = crate::support::eventually(|| async {
+        metric(&http, "herald_broker_forged_total").await >= 1.0
+            && metric(&http, "herald_broker_replayed_total").await >= 1.0
+    })
+    .await;
+    assert!(
+        counted,
+        "the forgery and the replay are refused and counted"
+    );
+    let group = alice
+        .create_conversation(&["mallory", "bob"])
+        .await
+        .unwrap();
+    let (_, presence) = call(
+        &app,
+        &app.token("alice"),
+        Method::GET,
+        "/api/presence?userIds=mallory",
+        None,
+    )
+    .await;
+    assert!(
+        presence["presences"][0]["online"].as_bool() != Some(true),
+        "{presence} in {}",
+        group.id
+    );
+    app.stop().await;
 }
 
 async fn a_forged_or_garbled_notification_does_not_stall_the_feed(db: TestDb) {
@@ -799,8 +905,9 @@ async fn herald_logs_in_to_a_nats_server_that_wants_a_password() {
         client.create_message(request).await.unwrap();
         let wait = std::time::Duration::from_millis(500);
         use futures_util::StreamExt;
+        // Sealed: the watcher hears a payload it cannot read.
         if let Ok(Some(message)) = tokio::time::timeout(wait, watched.next()).await {
-            heard = String::from_utf8_lossy(&message.payload).contains("over authenticated NATS");
+            heard = !String::from_utf8_lossy(&message.payload).contains("over authenticated NATS");
             break;
         }
     }
