@@ -470,7 +470,10 @@ impl Broker {
                     sealer: Sealer::new(&key, origin.clone()),
                 };
                 let listener = listen(store, database_url).await?;
-                (publisher, Receiver::Postgres(listener, Opener::new(&key)))
+                (
+                    publisher,
+                    Receiver::Postgres(listener, Opener::new(&key, origin.clone(), true)),
+                )
             }
             BrokerKind::Nats => {
                 let url = config
@@ -520,7 +523,9 @@ impl Broker {
                     signals,
                     events: events_rx,
                     subject: config.nats_subject.clone(),
-                    opener: Opener::new(&key),
+                    // no_echo: this node's own payloads never come back,
+                    // unless someone plays them back.
+                    opener: Opener::new(&key, origin.clone(), false),
                 };
                 (publisher, receiver)
             }
@@ -693,6 +698,7 @@ fn unseal(
     let log = match refused {
         Refused::Forged => counts.count_forged(),
         Refused::Replayed => counts.count_replayed(),
+        Refused::Own => false,
     };
     if log {
         tracing::warn!(

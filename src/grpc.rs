@@ -305,6 +305,37 @@ impl pb::messenger_server::Messenger for Messenger {
         }))
     }
 
+    async fn block_user(
+        &self,
+        request: Request<pb::BlockUserRequest>,
+    ) -> Result<Response<pb::BlockUserResponse>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        self.herald.block_user(&caller, &body.user_id).await?;
+        Ok(Response::new(pb::BlockUserResponse {}))
+    }
+
+    async fn unblock_user(
+        &self,
+        request: Request<pb::UnblockUserRequest>,
+    ) -> Result<Response<pb::UnblockUserResponse>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        self.herald.unblock_user(&caller, &body.user_id).await?;
+        Ok(Response::new(pb::UnblockUserResponse {}))
+    }
+
+    async fn list_blocked(
+        &self,
+        request: Request<pb::ListBlockedRequest>,
+    ) -> Result<Response<pb::ListBlockedResponse>, Status> {
+        let caller = claims(&request)?.user;
+        let blocked = self.herald.list_blocked(&caller).await?;
+        Ok(Response::new(pb::ListBlockedResponse {
+            user_ids: blocked.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
     async fn add_participants(
         &self,
         request: Request<pb::AddParticipantsRequest>,

@@ -31,6 +31,12 @@ pub const DEFAULT_PAGE_SIZE: i32 = 50;
 pub const BYTES_PER_CALL: usize = 32 * 1024;
 /// The largest page `ListMessages` and `ListConversations` return.
 pub const MAX_PAGE_SIZE: i32 = 500;
+/// Calls of the call rate that adding one user the caller shares no
+/// conversation with costs, on top of the group's size (a known user costs
+/// 1/50): five times as much.
+pub const STRANGER_COST: f64 = 0.1;
+/// Users one user may block.
+pub const MAX_BLOCKS: usize = 10_000;
 
 /// The messaging core; cheap to clone.
 #[derive(Clone)]
@@ -84,7 +90,12 @@ impl Herald {
         )
         .await?;
         let rate = RateLimiter::new(limits.messages_per_second, limits.message_burst);
-        let signals = Signals::start(participants.clone(), hub.clone(), publisher.clone());
+        let signals = Signals::start(
+            participants.clone(),
+            store.clone(),
+            hub.clone(),
+            publisher.clone(),
+        );
         let timing = Timing {
             grace: limits.presence_grace,
             interval: limits.presence_interval,
@@ -173,7 +184,7 @@ impl Herald {
             .map(|id| UserId::parse("user_ids", id))
             .collect::<Result<Vec<_>, _>>()?;
         let _metered = self.meter(caller, 1.0 + users.len() as f64 / 50.0).await?;
-        let shared = self.inner.store.shared_with(caller, &users).await?;
+        let shared = self.inner.store.shared_with(caller, &users, true).await?;
         let asked: Vec<UserId> = users
             .into_iter()
             .filter(|user| shared.binary_search(user).is_ok())
@@ -265,6 +276,8 @@ impl Herald {
             .meter(caller, 1.0 + members.len() as f64 / 50.0)
             .await?;
         let members: Vec<UserId> = members.into_iter().collect();
+        let others: Vec<UserId> = members.iter().filter(|m| *m != caller).cloned().collect();
+        self.may_add(caller, &others).await?;
         // User ids cannot contain control characters, so "\n" joins a pair
         // unambiguously.
         let pair_key = (members.len() == 2).then(|| format!("{}\n{}", members[0], members[1]));
@@ -273,7 +286,7 @@ impl Herald {
         let (id, created) = self
             .inner
             .store
-            .create_conversation(&members, pair_key.as_deref(), creator, now_micros())
+            .create_conversation(&members, pair_key.as_deref(), creator, caller, now_micros())
             .await?;
         Ok((self.conversation(caller, &id).await?, created))
     }
@@ -464,6 +477,7 @@ impl Herald {
             .collect::<Result<Vec<_>, _>>()?;
         // Costs by its size, like creating a group.
         let _metered = self.meter(caller, 1.0 + users.len() as f64 / 50.0).await?;
+        self.may_add(caller, &users).await?;
         self.change(caller, &conversation_id, ChangeRequest::Add(users))
             .await?;
         self.conversation(caller, &conversation_id).await
@@ -499,6 +513,58 @@ impl Herald {
             }),
             _ => self.conversation(caller, &conversation_id).await,
         }
+    }
+
+    /// Whether `caller` may put `users` in a conversation: none of them
+    /// blocks the caller, and the caller pays [`STRANGER_COST`] more of
+    /// the call rate for each one they share no conversation with (adding
+    /// strangers in bulk is how a spammer fills conversation lists).
+    async fn may_add(&self, caller: &UserId, users: &[UserId]) -> Result<(), Error> {
+        let store = &self.inner.store;
+        if store.blocked_by_any(users, caller).await? {
+            return Err(Error::Forbidden("a user you named has blocked you"));
+        }
+        let known = store.shared_with(caller, users, false).await?;
+        let strangers = users
+            .iter()
+            .filter(|user| known.binary_search(user).is_err())
+            .count();
+        let cost = strangers as f64 * STRANGER_COST;
+        if cost > 0.0 && !self.inner.calls.allow_n(caller, cost) {
+            return Err(self
+                .over_rate("adding users you share no conversation with is limited; slow down")
+                .await);
+        }
+        Ok(())
+    }
+
+    /// Blocks `user_id` for the caller: they can no longer put the caller
+    /// in a conversation, and hear none of the caller's presence or typing.
+    pub async fn block_user(&self, caller: &UserId, user_id: &str) -> Result<(), Error> {
+        let user = UserId::parse("user_id", user_id)?;
+        if &user == caller {
+            return Err(Error::invalid("you cannot block yourself"));
+        }
+        let _metered = self.meter(caller, 1.0).await?;
+        self.inner
+            .store
+            .block(caller, &user, MAX_BLOCKS, now_micros())
+            .await
+    }
+
+    /// Lifts the caller's block of `user_id`, if any.
+    pub async fn unblock_user(&self, caller: &UserId, user_id: &str) -> Result<(), Error> {
+        let user = UserId::parse("user_id", user_id)?;
+        let _metered = self.meter(caller, 1.0).await?;
+        Ok(self.inner.store.unblock(caller, &user).await?)
+    }
+
+    /// The users the caller blocks, sorted.
+    pub async fn list_blocked(&self, caller: &UserId) -> Result<Vec<UserId>, Error> {
+        let _metered = self.meter(caller, 1.0).await?;
+        let blocked = self.inner.store.blocked_by(caller).await?;
+        self.charge_for_bytes(caller, blocked.iter().map(|id| id.as_str().len() + 3).sum());
+        Ok(blocked)
     }
 
     /// Commits a change through the committer, after which every node's

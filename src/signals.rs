@@ -17,7 +17,7 @@ use crate::{
     domain::{Body, ConversationId, Event, UserId},
     hub::{Delivery, Hub},
     limits::PerUser,
-    store::Participants,
+    store::{Participants, Store},
 };
 use std::{
     sync::{Arc, Mutex},
@@ -38,6 +38,7 @@ pub struct Signals {
 
 struct Inner {
     participants: Participants,
+    store: Store,
     hub: Hub,
     publisher: Publisher,
     /// When each (user, conversation) last had a typing signal relayed;
@@ -49,11 +50,12 @@ struct Inner {
 impl Signals {
     /// Starts the relay of other nodes' signals; it runs until every
     /// handle is dropped.
-    pub fn start(participants: Participants, hub: Hub, publisher: Publisher) -> Self {
+    pub fn start(participants: Participants, store: Store, hub: Hub, publisher: Publisher) -> Self {
         let (remote, mut queue) = mpsc::channel(REMOTE_QUEUE);
         let signals = Self {
             inner: Arc::new(Inner {
                 participants,
+                store,
                 hub,
                 publisher,
                 recent: Mutex::default(),
@@ -96,15 +98,19 @@ impl Signals {
     }
 
     /// Hands `event` to the hub for the conversation's participants other
-    /// than its sender, if the sender is one as far as this node knows.
+    /// than its sender and those the sender blocks, if the sender is one as
+    /// far as this node knows.
     async fn deliver(&self, event: &Event) -> Result<(), sqlx::Error> {
         let members = self.inner.participants.of(&event.conversation_id).await?;
         if members.binary_search(&event.user_id).is_err() {
             return Ok(());
         }
+        // Read each time: at most one signal per user and conversation
+        // every TYPING_EVERY, and a block must hold on every node at once.
+        let blocked = self.inner.store.blocked_by(&event.user_id).await?;
         let others: Arc<[UserId]> = members
             .iter()
-            .filter(|member| **member != event.user_id)
+            .filter(|member| **member != event.user_id && blocked.binary_search(member).is_err())
             .cloned()
             .collect();
         self.inner.hub.deliver(Delivery::new(event.clone(), others));

@@ -472,7 +472,8 @@ impl Store {
     }
 
     /// Creates a conversation of `participants` (sorted, distinct), members
-    /// from position 0 on (it has no history yet). With a `pair_key`, finds
+    /// from position 0 on (it has no history yet), of which `caller` took
+    /// part (created it) and the others not yet. With a `pair_key`, finds
     /// the existing conversation of that pair instead when there is one.
     /// Returns the id and whether it was created.
     pub async fn create_conversation(
@@ -480,6 +481,7 @@ impl Store {
         participants: &[UserId],
         pair_key: Option<&str>,
         creator: Option<&UserId>,
+        caller: &UserId,
         now_micros: i64,
     ) -> Result<(ConversationId, bool), sqlx::Error> {
         let id = ConversationId::generate();
@@ -504,6 +506,13 @@ impl Store {
                         .bind(pair_key)
                         .fetch_one(&mut *tx)
                         .await?;
+                // Asking for the pair is taking part in it.
+                sqlx::query("UPDATE participants SET took_part = 1
+                             WHERE conversation_id = $1 AND user_id = $2 AND took_part = 0")
+                    .bind(&existing)
+                    .bind(caller.as_str())
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 return Ok((ConversationId::from_stored(existing), false));
             }
@@ -511,10 +520,12 @@ impl Store {
             // large group holds the database's write lock briefly, and a
             // statement stays within SQLite's limit of bound values.
             for members in participants.chunks(1_000) {
-                let mut insert =
-                    sqlx::QueryBuilder::new("INSERT INTO participants (conversation_id, user_id) ");
+                let mut insert = sqlx::QueryBuilder::new(
+                    "INSERT INTO participants (conversation_id, user_id, took_part) ",
+                );
                 insert.push_values(members, |mut values, user| {
-                    values.push_bind(id.as_str()).push_bind(user.as_str());
+                    let took_part = i32::from(user == caller);
+                    values.push_bind(id.as_str()).push_bind(user.as_str()).push_bind(took_part);
                 });
                 insert.build().execute(&mut *tx).await?;
                 let mut intervals = sqlx::QueryBuilder::new(
@@ -620,6 +631,80 @@ impl Store {
             sqlx::query_as(sql).bind(user_id.as_str()).bind(key).fetch_optional(pool).await
         })?;
         Ok(row.map(Message::from))
+    }
+
+    /// Blocks `blocked` for `blocker` (a no-op when already blocked),
+    /// unless `blocker` already blocks `max` users.
+    pub async fn block(
+        &self,
+        blocker: &UserId,
+        blocked: &UserId,
+        max: usize,
+        now_micros: i64,
+    ) -> Result<(), Error> {
+        with_writer!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blocks WHERE blocker = $1")
+                .bind(blocker.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            if count >= max as i64 {
+                return Err(Error::FailedPrecondition(format!(
+                    "a user blocks at most {max} users"
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO blocks (blocker, blocked, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (blocker, blocked) DO NOTHING",
+            )
+            .bind(blocker.as_str())
+            .bind(blocked.as_str())
+            .bind(now_micros)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Lifts `blocker`'s block of `blocked`, if there is one.
+    pub async fn unblock(&self, blocker: &UserId, blocked: &UserId) -> Result<(), sqlx::Error> {
+        let sql = "DELETE FROM blocks WHERE blocker = $1 AND blocked = $2";
+        with_writer!(self, pool => {
+            sqlx::query(sql).bind(blocker.as_str()).bind(blocked.as_str()).execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// The users `blocker` blocks, sorted.
+    pub async fn blocked_by(&self, blocker: &UserId) -> Result<Vec<UserId>, sqlx::Error> {
+        let sql = "SELECT blocked FROM blocks WHERE blocker = $1";
+        let ids: Vec<String> = with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(blocker.as_str()).fetch_all(pool).await
+        })?;
+        Ok(sorted(ids))
+    }
+
+    /// Whether any of `users` blocks `user`.
+    pub async fn blocked_by_any(
+        &self,
+        users: &[UserId],
+        user: &UserId,
+    ) -> Result<bool, sqlx::Error> {
+        if users.is_empty() {
+            return Ok(false);
+        }
+        let found: Option<String> = with_pool!(self, pool => {
+            let mut sql =
+                sqlx::QueryBuilder::new("SELECT blocker FROM blocks WHERE blocked = ");
+            sql.push_bind(user.as_str()).push(" AND blocker IN ");
+            sql.push_tuples(users, |mut tuple, user| {
+                tuple.push_bind(user.as_str());
+            });
+            sql.push(" LIMIT 1");
+            sql.build_query_scalar().fetch_optional(pool).await?
+        });
+        Ok(found.is_some())
     }
 
     /// Whether message `position` is in `conversation` and `user` may see
@@ -792,9 +877,10 @@ impl Store {
         Ok(rows.into_iter().map(Event::from).collect())
     }
 
-    /// For each of `users`, everyone else who shares a conversation with
-    /// them now: who hears of their presence. One query for the batch;
-    /// its cost is the sum of the sizes of their conversations.
+    /// For each of `users`, who hears of their presence: everyone else in a
+    /// conversation the user took part in (created, sent or read in), less
+    /// those the user blocks. One query for the batch; its cost is the sum
+    /// of the sizes of their conversations.
     pub async fn sharers(
         &self,
         users: &[UserId],
@@ -805,7 +891,10 @@ impl Store {
                 let mut sql = sqlx::QueryBuilder::new(
                     "SELECT DISTINCT mine.user_id, theirs.user_id FROM participants mine
                      JOIN participants theirs ON theirs.conversation_id = mine.conversation_id
-                     AND theirs.user_id <> mine.user_id WHERE mine.user_id IN ",
+                     AND theirs.user_id <> mine.user_id
+                     WHERE mine.took_part = 1 AND NOT EXISTS (SELECT 1 FROM blocks b
+                       WHERE b.blocker = mine.user_id AND b.blocked = theirs.user_id)
+                     AND mine.user_id IN ",
                 );
                 sql.push_tuples(chunk, |mut tuple, user| {
                     tuple.push_bind(user.as_str());
@@ -823,11 +912,14 @@ impl Store {
     }
 
     /// Those of `users` who share a conversation with `caller` now (the
-    /// caller counts when they are in any conversation).
+    /// caller counts when they are in any conversation). With `consent`,
+    /// only through conversations they took part in, and not those who
+    /// block the caller: whose presence the caller may see.
     pub async fn shared_with(
         &self,
         caller: &UserId,
         users: &[UserId],
+        consent: bool,
     ) -> Result<Vec<UserId>, sqlx::Error> {
         if users.is_empty() {
             return Ok(Vec::new());
@@ -838,7 +930,15 @@ impl Store {
                  JOIN participants theirs ON theirs.conversation_id = mine.conversation_id
                  WHERE mine.user_id = ",
             );
-            sql.push_bind(caller.as_str()).push(" AND theirs.user_id IN ");
+            sql.push_bind(caller.as_str());
+            if consent {
+                sql.push(
+                    " AND (theirs.took_part = 1 OR theirs.user_id = mine.user_id)
+                      AND NOT EXISTS (SELECT 1 FROM blocks b
+                        WHERE b.blocker = theirs.user_id AND b.blocked = mine.user_id)",
+                );
+            }
+            sql.push(" AND theirs.user_id IN ");
             sql.push_tuples(users, |mut tuple, user| {
                 tuple.push_bind(user.as_str());
             });
@@ -974,8 +1074,9 @@ impl Store {
             };
             let body = match request {
                 ChangeRequest::Read(read) => {
+                    // Reading is taking part (see `sharers`).
                     let moved = sqlx::query(
-                        "UPDATE participants SET last_read_position = $3
+                        "UPDATE participants SET last_read_position = $3, took_part = 1
                          WHERE conversation_id = $1 AND user_id = $2 AND last_read_position < $3",
                     )
                     .bind(id.as_str())

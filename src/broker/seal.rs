@@ -68,6 +68,9 @@ pub enum Refused {
     /// Sealed, but too old or too new, or not after the last one accepted
     /// from its node: played again.
     Replayed,
+    /// Sealed by this node, on a broker that hands a node its own
+    /// payloads (PostgreSQL's LISTEN): not news.
+    Own,
 }
 
 impl Sealer {
@@ -111,6 +114,12 @@ impl Sealer {
 #[derive(Clone)]
 pub struct Opener {
     cluster: ClusterKey,
+    /// This node's name.
+    me: Arc<str>,
+    /// Whether the broker hands this node its own payloads (PostgreSQL);
+    /// where it does not (NATS, with no echo), one of its own arriving
+    /// was played back by someone else.
+    echoes: bool,
     /// The last sequence accepted per node and channel.
     last: Arc<Mutex<Sequences>>,
 }
@@ -126,9 +135,11 @@ pub struct Opened {
 }
 
 impl Opener {
-    pub fn new(cluster: &ClusterKey) -> Self {
+    pub fn new(cluster: &ClusterKey, me: Arc<str>, echoes: bool) -> Self {
         Self {
             cluster: cluster.clone(),
+            me,
+            echoes,
             last: Arc::default(),
         }
     }
@@ -157,6 +168,10 @@ impl Opener {
         if (now - sealed_at).abs() > window {
             return Err(Refused::Replayed);
         }
+        let own = origin == &*self.me;
+        if own && !self.echoes {
+            return Err(Refused::Replayed);
+        }
         let origin: Arc<str> = origin.into();
         let mut last = self
             .last
@@ -172,6 +187,11 @@ impl Opener {
             last.retain(|_, (_, at)| now - *at <= window);
         }
         last.insert(entry, (sequence, now));
+        // Its own payload, once, is the broker's echo; a second is a replay
+        // (refused above by its sequence).
+        if own {
+            return Err(Refused::Own);
+        }
         Ok(Opened {
             origin,
             message: body,
@@ -219,7 +239,11 @@ mod tests {
     fn pair() -> (Sealer, Opener) {
         let key = ClusterKey::new(&[7u8; 32]);
         let origin: Arc<str> = crate::domain::random_hex().into();
-        (Sealer::new(&key, origin), Opener::new(&key))
+        let receiver: Arc<str> = crate::domain::random_hex().into();
+        (
+            Sealer::new(&key, origin),
+            Opener::new(&key, receiver, false),
+        )
     }
 
     #[test]
@@ -236,7 +260,7 @@ mod tests {
     fn another_key_another_subject_or_a_flipped_bit_is_forged() {
         let (sealer, opener) = pair();
         let sealed = sealer.seal(Channel::Events, "a", b"hi");
-        let stranger = Opener::new(&ClusterKey::new(&[8u8; 32]));
+        let stranger = Opener::new(&ClusterKey::new(&[8u8; 32]), "x".into(), false);
         assert_eq!(
             stranger.open(Channel::Events, "a", &sealed).err(),
             Some(Refused::Forged)
@@ -275,6 +299,24 @@ mod tests {
         // Each channel has its own sequence.
         let event = sealer.seal(Channel::Events, "s", b"3");
         assert!(opener.open(Channel::Events, "s", &event).is_ok());
+    }
+
+    #[test]
+    fn a_nodes_own_payload_is_news_only_where_the_broker_echoes() {
+        let key = ClusterKey::new(&[7u8; 32]);
+        let me: Arc<str> = crate::domain::random_hex().into();
+        let sealer = Sealer::new(&key, me.clone());
+        let sealed = sealer.seal(Channel::Signals, "s", b"mine");
+        let listening = Opener::new(&key, me.clone(), true);
+        assert_eq!(
+            listening.open(Channel::Signals, "s", &sealed).err(),
+            Some(Refused::Own)
+        );
+        let no_echo = Opener::new(&key, me, false);
+        assert_eq!(
+            no_echo.open(Channel::Signals, "s", &sealed).err(),
+            Some(Refused::Replayed)
+        );
     }
 
     #[test]

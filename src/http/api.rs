@@ -8,7 +8,7 @@ use axum::{
     extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::{delete, get, post, put},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 
@@ -34,6 +34,11 @@ pub fn router() -> Router<AppState> {
             delete(remove_participant),
         )
         .route("/api/stream-tickets", post(stream_ticket))
+        .route("/api/blocks", get(list_blocked))
+        .route(
+            "/api/blocks/{user_id}",
+            put(block_user).delete(unblock_user),
+        )
 }
 
 async fn create_conversation(
@@ -173,6 +178,36 @@ async fn get_presence(
             .iter()
             .map(|(user, seen)| pb::presence(user, *seen))
             .collect(),
+    }))
+}
+
+/// 204: blocked (or already).
+async fn block_user(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(user_id): Path<String>,
+) -> Result<StatusCode, Error> {
+    state.herald.block_user(&caller.user, &user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// 204: not blocked (any more).
+async fn unblock_user(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(user_id): Path<String>,
+) -> Result<StatusCode, Error> {
+    state.herald.unblock_user(&caller.user, &user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_blocked(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<pb::ListBlockedResponse>, Error> {
+    let blocked = state.herald.list_blocked(&caller.user).await?;
+    Ok(Json(pb::ListBlockedResponse {
+        user_ids: blocked.iter().map(ToString::to_string).collect(),
     }))
 }
 

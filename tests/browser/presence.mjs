@@ -12,6 +12,8 @@ async function main() {
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
   try {
     const group = await rest(server, token("alice"), "POST", "/api/conversations", { participantIds: ["bob", "carol"] });
+    // bob takes part: being added by alice shares nothing of his presence.
+    await rest(server, token("bob"), "POST", `/api/conversations/${group.id}/messages`, { content: "hi" });
     const open = async (user) => {
       const context = await browser.newContext();
       const page = await context.newPage();

@@ -571,6 +571,10 @@ async fn presence_crosses_nodes_and_a_dead_node_takes_its_users_offline(mut node
     let alice = On::node(&nodes[0], "alice").await;
     alice.create(&["bob"]).await;
     alice.create(&["carol"]).await;
+    // Each takes part in their pair (asking for it): presence is shared
+    // only through conversations a user took part in.
+    On::node(&nodes[1], "bob").await.create(&["alice"]).await;
+    On::node(&nodes[2], "carol").await.create(&["alice"]).await;
     let mut alices = alice.events().await;
 
     let bobs = On::node(&nodes[1], "bob").await.events().await;

@@ -541,7 +541,7 @@ async fn expensive_calls_are_metered_per_user_and_groups_are_bounded(db: TestDb)
     assert_eq!(code(mallory.subscribe("1").await), Code::ResourceExhausted);
     // Everyone else keeps their own allowance.
     bob.conversations().await.unwrap();
-    bob.create_conversation(&others[..100]).await.unwrap();
+    bob.create_conversation(&others[..10]).await.unwrap();
     app.stop().await;
 }
 
@@ -551,12 +551,13 @@ async fn expensive_calls_are_metered_per_user_and_groups_are_bounded(db: TestDb)
 async fn membership_churn_in_a_large_group_is_paid_for_by_its_size(db: TestDb) {
     let app = crate::support::spawn_app_with(&db, |config| {
         config.call_rate_limit = 0.0;
-        config.call_rate_burst = 60.0;
+        config.call_rate_burst = 110.0;
     })
     .await;
     let mallory = app.user("mallory").await;
     let others: Vec<String> = (0..499).map(|n| format!("user-{n}")).collect();
-    // Creating costs 1 + 500 / 50 = 11 of the 60.
+    // Creating costs 1 + 500 / 50 = 11 of the 110, and 499 strangers
+    // 49.9 more.
     let group = mallory.create_conversation(&others).await.unwrap();
     let mut changes = 0;
     let refused = loop {

@@ -36,6 +36,7 @@ mod auth;
 mod bench;
 mod browser;
 mod cluster;
+mod consent;
 mod conversations;
 mod delivery;
 mod examples;

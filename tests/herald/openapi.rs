@@ -421,6 +421,40 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
         let data: Value = serde_json::from_str(&event.data).unwrap();
         spec.validate(&schema(kind), &data, &format!("event: {name}"));
     }
+    // Blocks: block, list, unblock, and the refusals a blocked user meets.
+    let blocks = "/api/blocks/{userId}";
+    let put = Method::PUT;
+    let (status, _) = spec
+        .check(
+            blocks,
+            put.clone(),
+            "/api/blocks/mallory",
+            alice,
+            None,
+            none,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = spec
+        .check(blocks, put.clone(), "/api/blocks/alice", alice, None, none)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "nobody blocks themselves");
+    let (status, listed) = spec
+        .check("/api/blocks", Method::GET, "/api/blocks", alice, None, none)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["userIds"], json!(["mallory"]));
+    let (status, _) = spec
+        .check(
+            blocks,
+            Method::DELETE,
+            "/api/blocks/mallory",
+            alice,
+            None,
+            none,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     let typing = "/api/conversations/{id}/typing";
     let (status, _) = spec
         .check(
@@ -458,7 +492,9 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
         "event: typing",
     );
     // Presence: bob's stream opening brings him online for alice, who
-    // shares a conversation with him; carol left, so she is not answered.
+    // shares a conversation he took part in; carol left, so she is not
+    // answered.
+    bob.send(group, "here").await.unwrap();
     let bobs = bob.events("").await.unwrap();
     let event = loop {
         let event = events.next_event().await.unwrap();

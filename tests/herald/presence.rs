@@ -30,6 +30,12 @@ async fn presence_follows_streams_with_a_grace_and_only_sharers_hear_of_it(db: T
     );
     let pair = alice.create_conversation(&["bob"]).await.unwrap();
     let mut alices = alice.events("").await.unwrap();
+    // bob takes part: being added shares nothing of his presence.
+    let hi = bob.send(&pair.id, "hi alice").await.unwrap();
+    match next_event(&mut alices).await.kind {
+        Some(Kind::Message(message)) => assert_eq!(message.id, hi.id),
+        other => panic!("expected bob's message, got {other:?}"),
+    }
     let mut carols = carol.events("").await.unwrap();
 
     // bob's first stream brings him online; his second changes nothing.
