@@ -55,6 +55,9 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     tokio::spawn(give_back_memory());
     // Before saying it serves: from then on a signal shuts down in order.
     let signal = shutdown_signal();
+    if let Some(metrics) = server.metrics_addr() {
+        tracing::info!(%metrics, "/metrics is served apart; keep this address internal");
+    }
     tracing::info!(http = %server.http_addr(), grpc = %server.grpc_addr(), "herald is serving");
     if ephemeral {
         print_demo(&auth, &server);

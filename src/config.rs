@@ -58,6 +58,12 @@ pub struct ServeConfig {
     )]
     pub http: String,
 
+    /// Address of a listener that serves only `/metrics`, which then leaves
+    /// the HTTP port: keep it on an internal address. [default: /metrics is
+    /// on the HTTP port]
+    #[arg(long, env = "HERALD_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// Address for the gRPC services.
     #[arg(
         long,
@@ -356,6 +362,7 @@ impl ServeConfig {
             max_body_bytes: self.max_body_bytes,
             heartbeat: self.sse_heartbeat,
             hsts: self.tls_cert.is_some(),
+            metrics_apart: self.metrics_addr.is_some(),
         }
     }
 

@@ -46,6 +46,8 @@ const STREAM_GRACE: Duration = Duration::from_millis(200);
 pub struct Server {
     http: TcpListener,
     grpc: TcpListener,
+    /// `/metrics` alone, when `--metrics-addr` gives it a listener.
+    metrics: Option<TcpListener>,
     herald: Herald,
     auth: Auth,
     feed: JoinHandle<()>,
@@ -71,6 +73,10 @@ impl Server {
         };
         let http = listen("--http", &config.http).await?;
         let grpc = listen("--grpc", &config.grpc).await?;
+        let metrics = match &config.metrics_addr {
+            Some(addr) => Some(listen("--metrics-addr", addr).await?),
+            None => None,
+        };
         let database_url = config.database_url();
         let store = Store::connect(&database_url)
             .await
@@ -91,6 +97,7 @@ impl Server {
         Ok(Self {
             http,
             grpc,
+            metrics,
             herald,
             auth,
             feed,
@@ -114,6 +121,15 @@ impl Server {
         self.grpc
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The address of the `/metrics` listener, if it has one of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|metrics| {
+            metrics
+                .local_addr()
+                .expect("a bound listener has an address")
+        })
     }
 
     /// The core, for callers that embed herald.
@@ -180,6 +196,19 @@ impl Server {
             heartbeat: self.http_options.heartbeat,
         };
         let grpc_web = grpc::web_routes(self.herald.clone(), self.auth.clone());
+        // Plain HTTP, no TLS: an internal address (see --metrics-addr).
+        let metrics_server = self.metrics.map(|metrics| {
+            let app = http::metrics_router(state.clone());
+            let connections = self.connections.clone();
+            listener::serve(
+                metrics,
+                None,
+                app,
+                Protocol::Http,
+                connections,
+                stop.clone(),
+            )
+        });
         let http_app = http::router(state, &self.http_options, grpc_web);
         let mut grpc_server = listener::serve(
             self.grpc,
@@ -223,6 +252,9 @@ impl Server {
             tracing::warn!(drain = ?self.drain, "drain time over; closing what is left");
             grpc_server.abort();
             http_server.abort();
+        }
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
         }
         let _ = watch.await;
         let _ = self.feed.await;

@@ -63,6 +63,9 @@ pub struct HttpOptions {
     pub heartbeat: std::time::Duration,
     /// Served over TLS: tell browsers to use HTTPS only (HSTS).
     pub hsts: bool,
+    /// `/metrics` has a listener of its own (`--metrics-addr`): the HTTP
+    /// port does not serve it.
+    pub metrics_apart: bool,
 }
 
 /// The HSTS policy under TLS: a year.
@@ -77,8 +80,12 @@ pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Route
         .merge(page::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(openapi));
+    let app = match options.metrics_apart {
+        true => app,
+        false => app.route("/metrics", get(metrics)),
+    };
+    let app = app
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .with_state(state)
         .merge(grpc_web)
@@ -96,6 +103,15 @@ pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Route
         false => app,
     };
     log::layer(app)
+}
+
+/// `/metrics` alone, for its own listener (`--metrics-addr`): an internal
+/// address that the open internet does not reach.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+        .fallback(not_found)
 }
 
 /// The REST and SSE doors described in OpenAPI 3.1, written by hand next

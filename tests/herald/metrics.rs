@@ -115,3 +115,18 @@ async fn metrics_count_messages_streams_resumes_and_refusals(db: TestDb) {
 }
 
 on_every_backend!(metrics_count_messages_streams_resumes_and_refusals);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_leave_the_public_port_for_a_listener_of_their_own() {
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.metrics_addr = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let public = reqwest::get(app.url("/metrics")).await.unwrap();
+    assert_eq!(public.status(), 404, "not on the HTTP port");
+    let internal = app.metrics.expect("a metrics listener");
+    let open = crate::support::metric(&internal.to_string(), "herald_connections_open").await;
+    assert!(open >= 1.0, "the scrape's own connection is open");
+    app.stop().await;
+}

@@ -84,6 +84,8 @@ fn with_database(base: &str, name: &str) -> String {
 pub struct TestApp {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// The `/metrics` listener, when the test gave it one.
+    pub metrics: Option<SocketAddr>,
     pub herald: Herald,
     connections: herald::Connections,
     auth: Auth,
@@ -106,6 +108,7 @@ pub async fn spawn_app_with(db: &TestDb, tweak: impl FnOnce(&mut ServeConfig)) -
         .await
         .expect("herald starts");
     let (http, grpc) = (server.http_addr(), server.grpc_addr());
+    let metrics = server.metrics_addr();
     let herald = server.herald().clone();
     let connections = server.connections();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -115,6 +118,7 @@ pub async fn spawn_app_with(db: &TestDb, tweak: impl FnOnce(&mut ServeConfig)) -
     TestApp {
         http,
         grpc,
+        metrics,
         herald,
         connections,
         auth,
