@@ -236,13 +236,38 @@ impl Wire {
         }
     }
 
+    /// A signal's wire: no position, its content under `kind`.
+    fn signal_of(kind: &str, content: &str, origin: &str) -> Self {
+        Wire {
+            position: 0,
+            conversation_id: String::new(),
+            user_id: String::new(),
+            content: content.to_owned(),
+            created_at_micros: crate::domain::now_micros(),
+            kind: kind.to_owned(),
+            origin: origin.to_owned(),
+        }
+    }
+
     /// The signal this is, if it is one sent by another node.
     fn signal(self, me: &str) -> Option<Signal> {
         if self.position != 0 || self.origin == me {
             return None;
         }
         match self.kind.as_str() {
-            "typing" => Some(Signal::Typing(self.into())),
+            "typings" => {
+                let pairs: Vec<(String, String)> = serde_json::from_str(&self.content).ok()?;
+                let events = pairs
+                    .into_iter()
+                    .filter_map(|(conversation, user)| {
+                        let conversation =
+                            ConversationId::parse("conversation", &conversation).ok()?;
+                        let user = UserId::parse("user", &user).ok()?;
+                        Some(Event::signal(conversation, user, Body::Typing))
+                    })
+                    .collect();
+                Some(Signal::Typing(events))
+            }
             "presence" => {
                 let announce: Announce = serde_json::from_str(&self.content).ok()?;
                 let ids = |ids: Vec<String>| {
@@ -263,7 +288,8 @@ impl Wire {
 
 /// A signal from another node.
 enum Signal {
-    Typing(Event),
+    /// Users typing in conversations, batched.
+    Typing(Vec<Event>),
     /// A node's users that came (or are still) online there, and left.
     Presence {
         origin: Arc<str>,
@@ -279,14 +305,37 @@ struct Announce {
     offline: Vec<String>,
 }
 
-/// Bytes of user ids per announcement: PostgreSQL refuses a notification
-/// payload of 8,000 bytes or more.
-const ANNOUNCE_BYTES: usize = 6_000;
+/// Bytes of ids per signal: PostgreSQL refuses a notification payload of
+/// 8,000 bytes or more, and a sealed signal travels there as base64 (4/3 of
+/// its bytes) of the wire and the seal's 65 bytes.
+const SIGNAL_BYTES: usize = 4_000;
+
+/// `items` in runs whose `bytes` add up to at most [`SIGNAL_BYTES`] each.
+fn runs<T>(items: impl IntoIterator<Item = T>, bytes: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let item_bytes = bytes(&item);
+        match runs.last_mut() {
+            Some(run) if size + item_bytes <= SIGNAL_BYTES => run.push(item),
+            _ => {
+                runs.push(vec![item]);
+                size = 0;
+            }
+        }
+        size += item_bytes;
+    }
+    runs
+}
 
 impl Sinks {
     fn signal(&self, signal: Signal) {
         match signal {
-            Signal::Typing(event) => self.signals.remote(event),
+            Signal::Typing(events) => {
+                for event in events {
+                    self.signals.remote(event);
+                }
+            }
             Signal::Presence {
                 origin,
                 online,
@@ -328,47 +377,41 @@ impl Publisher {
         if matches!(self, Publisher::Quiet) {
             return;
         }
-        let mut announce = Announce::default();
-        let mut bytes = 0;
         let all = online
             .iter()
             .map(|id| (true, id))
             .chain(offline.iter().map(|id| (false, id)));
-        for (is_online, id) in all {
-            if bytes + id.as_str().len() > ANNOUNCE_BYTES {
-                self.send_announce(std::mem::take(&mut announce)).await;
-                bytes = 0;
+        for run in runs(all, |(_, id)| id.as_str().len() + 3) {
+            let mut announce = Announce::default();
+            for (is_online, id) in run {
+                match is_online {
+                    true => announce.online.push(id.as_str().to_owned()),
+                    false => announce.offline.push(id.as_str().to_owned()),
+                }
             }
-            bytes += id.as_str().len() + 3;
-            match is_online {
-                true => announce.online.push(id.as_str().to_owned()),
-                false => announce.offline.push(id.as_str().to_owned()),
-            }
-        }
-        if !announce.online.is_empty() || !announce.offline.is_empty() {
-            self.send_announce(announce).await;
+            let content = serde_json::to_string(&announce).unwrap_or_default();
+            self.send_signal(|origin| Wire::signal_of("presence", &content, origin))
+                .await;
         }
     }
 
-    /// One announcement: a presence signal whose content is the lists.
-    async fn send_announce(&self, announce: Announce) {
-        let content = serde_json::to_string(&announce).unwrap_or_default();
-        self.send_signal(|origin| Wire {
-            position: 0,
-            conversation_id: String::new(),
-            user_id: String::new(),
-            content: content.clone(),
-            created_at_micros: crate::domain::now_micros(),
-            kind: "presence".into(),
-            origin: origin.to_owned(),
-        })
-        .await;
-    }
-
-    /// Tells the other nodes of a signal; a failure costs a stale
-    /// indicator, and is only logged.
-    pub async fn signal(&self, event: &Event) {
-        self.send_signal(|origin| Wire::of(event, origin)).await;
+    /// Tells the other nodes of typing signals made here, many to a
+    /// notification: one `pg_notify` (or NATS publish) per batch, not per
+    /// signal, so typing does not queue for the database pool.
+    pub async fn typing(&self, events: &[Event]) {
+        if matches!(self, Publisher::Quiet) {
+            return;
+        }
+        let pairs = events
+            .iter()
+            .map(|event| (event.conversation_id.as_str(), event.user_id.as_str()));
+        for run in runs(pairs, |(conversation, user)| {
+            conversation.len() + user.len() + 8
+        }) {
+            let content = serde_json::to_string(&run).unwrap_or_default();
+            self.send_signal(|origin| Wire::signal_of("typings", &content, origin))
+                .await;
+        }
     }
 
     /// Sends the wire `wire` makes for this node's origin on the signal
@@ -818,5 +861,53 @@ impl From<Wire> for Event {
             created_at_micros: wire.created_at_micros,
             body: Body::decode(&wire.kind, wire.content),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signal_fits_a_postgresql_notification_once_sealed() {
+        let longest = |n: usize| UserId::parse("user", &format!("{n:0>128}")).unwrap();
+        let users: Vec<UserId> = (0..2_000).map(longest).collect();
+        let conversation = ConversationId::generate();
+        let sealer = Sealer::new(
+            &ClusterKey::new(&[1; 32]),
+            crate::domain::random_hex().into(),
+        );
+        let notified = |wire: Wire| {
+            let json = serde_json::to_vec(&wire).unwrap();
+            let sealed = sealer.seal(Channel::Signals, SIGNALS_CHANNEL, &json);
+            base64::engine::general_purpose::STANDARD
+                .encode(sealed)
+                .len()
+        };
+        let mut announced = 0;
+        for run in runs(users.iter().map(|id| (true, id)), |(_, id)| {
+            id.as_str().len() + 3
+        }) {
+            announced += run.len();
+            let announce = Announce {
+                online: run.iter().map(|(_, id)| id.to_string()).collect(),
+                offline: Vec::new(),
+            };
+            let content = serde_json::to_string(&announce).unwrap();
+            let bytes = notified(Wire::signal_of("presence", &content, sealer.origin()));
+            assert!(bytes < 8_000, "{bytes} bytes");
+        }
+        assert_eq!(announced, users.len(), "nobody is left out");
+        let pairs = users
+            .iter()
+            .map(|user| (conversation.as_str(), user.as_str()));
+        let mut told = 0;
+        for run in runs(pairs, |(c, u)| c.len() + u.len() + 8) {
+            told += run.len();
+            let content = serde_json::to_string(&run).unwrap();
+            let bytes = notified(Wire::signal_of("typings", &content, sealer.origin()));
+            assert!(bytes < 8_000, "{bytes} bytes");
+        }
+        assert_eq!(told, users.len());
     }
 }

@@ -9,8 +9,11 @@
 //!
 //! **Bounded.** At most one typing signal per user and conversation is
 //! relayed every [`TYPING_EVERY`] per node; calls in between are accepted
-//! and dropped. Signals from other nodes wait in a bounded queue and are
-//! dropped when it is full.
+//! and dropped. The node tells the others in batches, one broker message
+//! per [`BATCH_WAIT`] at most (one `pg_notify` per signal queued sends
+//! behind typing on the database pool). Signals waiting to go out, and
+//! signals from other nodes, wait in bounded queues and are dropped when
+//! one is full.
 
 use crate::{
     broker::Publisher,
@@ -29,6 +32,12 @@ use tokio::{sync::mpsc, time::Instant};
 pub const TYPING_EVERY: Duration = Duration::from_secs(2);
 /// Signals from other nodes waiting to be delivered here.
 const REMOTE_QUEUE: usize = 4_096;
+/// Signals of this node waiting to be told to the others.
+const OUTBOX: usize = 4_096;
+/// How long a typing signal waits for others to share its broker message.
+pub const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// The most signals told in one batch (the broker splits it further by bytes).
+const MAX_BATCH: usize = 512;
 
 /// The signal relay; cheap to clone.
 #[derive(Clone)]
@@ -40,11 +49,11 @@ struct Inner {
     participants: Participants,
     store: Store,
     hub: Hub,
-    publisher: Publisher,
     /// When each (user, conversation) last had a typing signal relayed;
     /// stale entries are forgotten as the rate limiter forgets idle users.
     recent: Mutex<PerUser<Option<Instant>, (UserId, ConversationId)>>,
     remote: mpsc::Sender<Event>,
+    outbox: mpsc::Sender<Event>,
 }
 
 impl Signals {
@@ -52,14 +61,16 @@ impl Signals {
     /// handle is dropped.
     pub fn start(participants: Participants, store: Store, hub: Hub, publisher: Publisher) -> Self {
         let (remote, mut queue) = mpsc::channel(REMOTE_QUEUE);
+        let (outbox, outgoing) = mpsc::channel(OUTBOX);
+        tokio::spawn(tell_others(outgoing, publisher));
         let signals = Self {
             inner: Arc::new(Inner {
                 participants,
                 store,
                 hub,
-                publisher,
                 recent: Mutex::default(),
                 remote,
+                outbox,
             }),
         };
         let relay = Arc::downgrade(&signals.inner);
@@ -88,7 +99,8 @@ impl Signals {
         }
         let event = Event::signal(conversation.clone(), user.clone(), Body::Typing);
         self.deliver(&event).await?;
-        self.inner.publisher.signal(&event).await;
+        // A full outbox drops it: a stale indicator elsewhere, no more.
+        let _ = self.inner.outbox.try_send(event);
         Ok(())
     }
 
@@ -135,5 +147,24 @@ impl Signals {
         }
         *last = Some(now);
         true
+    }
+}
+
+/// Tells the other nodes of this node's signals, in batches: the first
+/// waits up to [`BATCH_WAIT`] for others to join it. Ends when every
+/// handle of the relay is dropped.
+async fn tell_others(mut outgoing: mpsc::Receiver<Event>, publisher: Publisher) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = outgoing.recv().await {
+        batch.push(first);
+        let deadline = Instant::now() + BATCH_WAIT;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, outgoing.recv()).await {
+                Ok(Some(event)) => batch.push(event),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        publisher.typing(&batch).await;
+        batch.clear();
     }
 }

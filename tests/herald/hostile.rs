@@ -491,6 +491,7 @@ on_every_backend!(
     conversations_come_in_pages_that_fit_a_grpc_message,
     a_forged_or_garbled_notification_does_not_stall_the_feed,
     signals_on_postgresql_are_sealed_against_any_role_that_can_connect,
+    typing_is_told_to_other_nodes_in_batches,
     retries_of_one_send_in_flight_together_commit_once,
 );
 
@@ -827,6 +828,38 @@ async fn signals_on_postgresql_are_sealed_against_any_role_that_can_connect(db: 
         presence["presences"][0]["online"].as_bool() != Some(true),
         "{presence} in {}",
         group.id
+    );
+    app.stop().await;
+}
+
+async fn typing_is_told_to_other_nodes_in_batches(db: TestDb) {
+    if db.url.starts_with("sqlite:") {
+        return; // LISTEN/NOTIFY is PostgreSQL's.
+    }
+    let app = spawn_app(&db).await;
+    let typists: Vec<String> = (0..40).map(|n| format!("typist-{n}")).collect();
+    let host = app.user("host").await;
+    let group = host.create_conversation(&typists).await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("herald_signals").await.unwrap();
+    // Forty users start typing at once: forty signals to tell.
+    let calls = typists.iter().map(|typist| {
+        let token = app.token(typist);
+        let path = format!("/api/conversations/{}/typing", group.id);
+        let app = &app;
+        async move { call(app, &token, Method::POST, &path, None).await.0 }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|status| *status == 204), "{statuses:?}");
+    let mut notifications = 0;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(std::time::Duration::from_millis(500), listener.recv()).await
+    {
+        notifications += 1;
+    }
+    assert!(
+        (1..=10).contains(&notifications),
+        "{notifications} notifications for 40 typing signals"
     );
     app.stop().await;
 }
