@@ -34,6 +34,7 @@ start_herald() {
     target/release/herald serve --http "$HERALD_HTTP" --grpc "$HERALD_GRPC" \
         --database-url "sqlite://$work/herald.db" --jwt-secret bench-secret-0123456789abcdef0123456789abcdef \
         --rate-limit 1000000 --rate-burst 1000000 --max-subscriptions-per-user 100000 --max-participants 100000 \
+        --call-rate-limit 1000000 --call-rate-burst 1000000 --max-connections-per-ip 0 \
         2>"$work/herald.log" &
     pids+=($!)
     herald_pid=$!

@@ -23,7 +23,7 @@ start_node() { # http grpc database broker-args...
     local http=$1 grpc=$2 url=$3
     shift 3
     "$HERALD" serve --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" --database-url "$url" \
-        --jwt-secret "$SECRET" --rate-limit 1000000 --rate-burst 1000000 "$@" 2>>"/tmp/herald-bench-$http.log" &
+        --jwt-secret "$SECRET" --rate-limit 1000000 --rate-burst 1000000 --max-connections-per-ip 0 "$@" 2>>"/tmp/herald-bench-$http.log" &
     pids+=($!)
     for _ in $(seq 100); do
         curl -fs "http://127.0.0.1:$http/healthz" >/dev/null && return

@@ -122,6 +122,14 @@ async fn every_bench_scenario_runs_against_herald() {
         "2",
         "--history",
         "10",
+        "--anonymous",
+        "4",
+        "--announced",
+        "2",
+        "--stalled",
+        "4",
+        "--stuck",
+        "2",
     ];
     let hostile = run_bench(&[&hostile[..], &target[..]].concat()).await;
     let presence = [

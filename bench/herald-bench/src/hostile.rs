@@ -2,8 +2,11 @@
 //! first alone, then while one attacker does everything the hardening is
 //! for at once: content with U+0000, half-sent and silent connections,
 //! a flood of calls on one HTTP/2 connection, giant groups, resumes of a
-//! large history that never read, and (with `--nats-url`) forged broker
-//! publishes. Reports the ordinary users' success rate, their
+//! large history that never read, (with `--nats-url`) forged broker
+//! publishes, and round two's: anonymous health `Watch` streams held on
+//! many connections, request messages announced at 4 MiB and never
+//! finished, request bodies that never come, and live streams of large
+//! messages that are never read. Reports the ordinary users' success rate, their
 //! create-to-delivery latency without and with the attack, messages lost,
 //! duplicated or forged, and the server's memory and open files.
 //! Loopback only, bounded in time.
@@ -51,12 +54,25 @@ pub struct Hostile {
     /// herald's NATS subject.
     #[arg(long, default_value = "herald.messages")]
     nats_subject: String,
+    /// Connections each holding an anonymous health Watch stream.
+    #[arg(long, default_value_t = 200)]
+    anonymous: usize,
+    /// Connections each with four request messages announced at 4 MiB.
+    #[arg(long, default_value_t = 16)]
+    announced: usize,
+    /// Request heads (with a token) whose body never comes.
+    #[arg(long, default_value_t = 32)]
+    stalled: usize,
+    /// Live event streams of the attacker that never read, while it sends
+    /// itself 16 KiB messages.
+    #[arg(long, default_value_t = 20)]
+    stuck: usize,
     /// Which attacks to run (all by default), to see what each costs.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "nul,slow,flood,giant,resume,forge"
+        default_value = "nul,slow,flood,giant,resume,forge,anonymous,announced,stalled,stuck"
     )]
     attacks: Vec<Attack>,
 }
@@ -69,6 +85,10 @@ enum Attack {
     Giant,
     Resume,
     Forge,
+    Anonymous,
+    Announced,
+    Stalled,
+    Stuck,
 }
 
 /// What the attackers got done, counted.
@@ -82,6 +102,12 @@ struct Attacks {
     groups_refused: AtomicU64,
     resumes: AtomicU64,
     forged_published: AtomicU64,
+    /// Anonymous streams the server ended or refused (evicted, bounded).
+    anonymous_ended: AtomicU64,
+    /// Announced messages answered at once instead of buffered.
+    announced_refused: AtomicU64,
+    /// Stalled requests cut at the body timeout.
+    stalled_cut: AtomicU64,
 }
 
 pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
@@ -143,6 +169,7 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
 
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let rss_before = rss_kib(&pid);
+    let stuck_before = metric(target.http, "herald_connections_stuck_total").await;
     let attack_started = now_micros();
     let attacks = Arc::new(Attacks::default());
     let attacking = CancellationToken::new();
@@ -155,6 +182,9 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
         attacking.clone(),
     );
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    let stuck_closed = metric(target.http, "herald_connections_stuck_total")
+        .await
+        .saturating_sub(stuck_before);
     attacking.cancel();
     for attacker in attackers {
         let _ = attacker.await;
@@ -175,7 +205,8 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
         "hostile seconds={} ordinary_sent={} ordinary_ok={} success_rate={:.4} lost={} duplicated={} forged_delivered={} \
          latency_ms_alone p50={:.2} p99={:.2} latency_ms_attacked p50={:.2} p99={:.2} latency_ms_attacked_after_1s p50={:.2} p99={:.2} \
          rss_kib before={rss_before} peak={} after={rss_after} open_files_peak={} \
-         attacks nul_refused={} reconnects={} flood_ok={} flood_refused={} groups_created={} groups_refused={} resumes={} forged_published={}",
+         attacks nul_refused={} reconnects={} flood_ok={} flood_refused={} groups_created={} groups_refused={} resumes={} forged_published={} \
+         anonymous_ended={} announced_refused={} stalled_cut={} stuck_closed={}",
         args.seconds,
         sent.len() as u64 + refused.load(Ordering::Relaxed),
         sent.len(),
@@ -199,6 +230,10 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
         attacks.groups_refused.load(Ordering::Relaxed),
         attacks.resumes.load(Ordering::Relaxed),
         attacks.forged_published.load(Ordering::Relaxed),
+        attacks.anonymous_ended.load(Ordering::Relaxed),
+        attacks.announced_refused.load(Ordering::Relaxed),
+        attacks.stalled_cut.load(Ordering::Relaxed),
+        stuck_closed,
     );
     Ok(())
 }
@@ -364,6 +399,42 @@ fn attack(
             stop.clone(),
         )));
     }
+    for _ in 0..args.anonymous * usize::from(on(Attack::Anonymous)) {
+        let addr = target.grpc.clone();
+        tasks.push(tokio::spawn(anonymous_watch(
+            addr,
+            attacks.clone(),
+            stop.clone(),
+        )));
+    }
+    for _ in 0..args.announced * usize::from(on(Attack::Announced)) {
+        let addr = target.grpc.clone();
+        tasks.push(tokio::spawn(announcer(addr, attacks.clone(), stop.clone())));
+    }
+    for _ in 0..args.stalled * usize::from(on(Attack::Stalled)) {
+        let token = target.token("mallory");
+        tasks.push(tokio::spawn(staller(
+            target.http,
+            token,
+            attacks.clone(),
+            stop.clone(),
+        )));
+    }
+    if on(Attack::Stuck) {
+        let path = format!("/api/events?token={}", target.token("mallory"));
+        for _ in 0..args.stuck {
+            tasks.push(tokio::spawn(stuck_reader(
+                target.http,
+                path.clone(),
+                stop.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(self_sender(
+            target.clone(),
+            lair.into(),
+            stop.clone(),
+        )));
+    }
     if let Some(url) = args.nats_url.as_ref().filter(|_| on(Attack::Forge)) {
         let (url, subject, chat) = (url.clone(), args.nats_subject.clone(), chat.to_owned());
         tasks.push(tokio::spawn(forger(
@@ -482,6 +553,165 @@ async fn non_reader(
         // Never read: hold the stream until the attack ends.
         stop.cancelled().await;
         drop(stream);
+    }
+}
+
+/// A raw HTTP/2 connection to `addr`, driven in the background.
+async fn h2_connect(addr: &str) -> Option<h2::client::SendRequest<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (client, connection) = h2::client::handshake(tcp).await.ok()?;
+    tokio::spawn(connection);
+    client.ready().await.ok()
+}
+
+/// A gRPC request head for `path` on `addr`, without a token.
+fn grpc_head(addr: &str, path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("a valid request head")
+}
+
+/// Holds an anonymous health Watch stream on a connection of its own;
+/// opens another whenever the server ends it (evicted, or refused).
+async fn anonymous_watch(addr: String, attacks: Arc<Attacks>, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        let Some(mut client) = h2_connect(&addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let head = grpc_head(&addr, "/grpc.health.v1.Health/Watch");
+        let Ok((response, mut body)) = client.send_request(head, false) else {
+            continue;
+        };
+        // An empty HealthCheckRequest: the whole service.
+        let _ = body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true);
+        let held = async {
+            if let Ok(response) = response.await {
+                let mut stream = response.into_body();
+                while let Some(Ok(_)) = stream.data().await {}
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = held => attacks.anonymous_ended.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Announces 4 MiB messages on anonymous streams and never finishes them.
+async fn announcer(addr: String, attacks: Arc<Attacks>, stop: CancellationToken) {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(4 * 1024 * 1024 - 1_u32).to_be_bytes());
+    frame.extend_from_slice(&[0u8; 16 * 1024]);
+    let frame = bytes::Bytes::from(frame);
+    while !stop.is_cancelled() {
+        let Some(mut client) = h2_connect(&addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        for _ in 0..4 {
+            let head = grpc_head(&addr, "/grpc.health.v1.Health/Watch");
+            let Ok((response, mut body)) = client.send_request(head, false) else {
+                break;
+            };
+            let _ = body.send_data(frame.clone(), false);
+            let answered = tokio::time::timeout(Duration::from_secs(1), response).await;
+            if matches!(answered, Ok(Ok(_))) {
+                attacks.announced_refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Sends request heads whose body never comes, each on a connection of its
+/// own, and another whenever the server answers or closes.
+async fn staller(
+    addr: std::net::SocketAddr,
+    token: String,
+    attacks: Arc<Attacks>,
+    stop: CancellationToken,
+) {
+    use tokio::io::AsyncReadExt;
+    while !stop.is_cancelled() {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let head = format!(
+            "POST /api/conversations HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        );
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            continue;
+        }
+        let answered = async {
+            let mut buffer = [0u8; 256];
+            while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = answered => attacks.stalled_cut.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// Opens the attacker's live event stream and never reads it, until the
+/// attack ends (the server's own count says how many it closed).
+async fn stuck_reader(addr: std::net::SocketAddr, path: String, stop: CancellationToken) {
+    let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+        return;
+    };
+    let _ = socket.set_recv_buffer_size(4096);
+    let Ok(mut stream) = socket.connect(addr).await else {
+        return;
+    };
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    if stream.write_all(request.as_bytes()).await.is_ok() {
+        stop.cancelled().await;
+    }
+}
+
+/// A counter of herald's `/metrics`, read with a bare HTTP/1.1 request.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    if stream.write_all(request.as_bytes()).await.is_err()
+        || stream.read_to_string(&mut text).await.is_err()
+    {
+        return 0;
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The attacker sends itself 16 KiB messages (printable: control
+/// characters are refused) for its stuck streams to pile up.
+async fn self_sender(target: Target, lair: String, stop: CancellationToken) {
+    let mut client = target.grpc().await;
+    let token = target.token("mallory-2");
+    let content = "~".repeat(16 * 1024 - 16);
+    while !stop.is_cancelled() {
+        let body = pb::CreateMessageRequest {
+            conversation_id: lair.clone(),
+            content: content.clone(),
+            ..Default::default()
+        };
+        let _ = client.create_message(authorized(body, &token)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
