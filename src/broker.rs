@@ -310,6 +310,20 @@ struct Announce {
 /// its bytes) of the wire and the seal's 65 bytes.
 const SIGNAL_BYTES: usize = 4_000;
 
+/// The bytes `text` takes as a JSON string inside a JSON string (the
+/// signal's content travels inside its wire): a quote or a backslash
+/// becomes four bytes; ids hold no control characters to escape.
+fn embedded_len(text: &str) -> usize {
+    let escaped: usize = text
+        .bytes()
+        .map(|byte| match byte {
+            b'"' | b'\\' => 4,
+            _ => 1,
+        })
+        .sum();
+    escaped + 5
+}
+
 /// `items` in runs whose `bytes` add up to at most [`SIGNAL_BYTES`] each.
 fn runs<T>(items: impl IntoIterator<Item = T>, bytes: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
     let mut runs: Vec<Vec<T>> = Vec::new();
@@ -381,7 +395,7 @@ impl Publisher {
             .iter()
             .map(|id| (true, id))
             .chain(offline.iter().map(|id| (false, id)));
-        for run in runs(all, |(_, id)| id.as_str().len() + 3) {
+        for run in runs(all, |(_, id)| embedded_len(id.as_str())) {
             let mut announce = Announce::default();
             for (is_online, id) in run {
                 match is_online {
@@ -406,7 +420,7 @@ impl Publisher {
             .iter()
             .map(|event| (event.conversation_id.as_str(), event.user_id.as_str()));
         for run in runs(pairs, |(conversation, user)| {
-            conversation.len() + user.len() + 8
+            embedded_len(conversation) + embedded_len(user) + 2
         }) {
             let content = serde_json::to_string(&run).unwrap_or_default();
             self.send_signal(|origin| Wire::signal_of("typings", &content, origin))
@@ -870,7 +884,11 @@ mod tests {
 
     #[test]
     fn every_signal_fits_a_postgresql_notification_once_sealed() {
-        let longest = |n: usize| UserId::parse("user", &format!("{n:0>128}")).unwrap();
+        // The longest ids, and the hardest to embed: quotes and backslashes.
+        let longest = |n: usize| {
+            let id = format!("{n}{}", "\"\\".repeat(64));
+            UserId::parse("user", &id[..128]).unwrap()
+        };
         let users: Vec<UserId> = (0..2_000).map(longest).collect();
         let conversation = ConversationId::generate();
         let sealer = Sealer::new(
@@ -886,7 +904,7 @@ mod tests {
         };
         let mut announced = 0;
         for run in runs(users.iter().map(|id| (true, id)), |(_, id)| {
-            id.as_str().len() + 3
+            embedded_len(id.as_str())
         }) {
             announced += run.len();
             let announce = Announce {
@@ -902,7 +920,7 @@ mod tests {
             .iter()
             .map(|user| (conversation.as_str(), user.as_str()));
         let mut told = 0;
-        for run in runs(pairs, |(c, u)| c.len() + u.len() + 8) {
+        for run in runs(pairs, |(c, u)| embedded_len(c) + embedded_len(u) + 2) {
             told += run.len();
             let content = serde_json::to_string(&run).unwrap();
             let bytes = notified(Wire::signal_of("typings", &content, sealer.origin()));

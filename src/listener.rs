@@ -113,6 +113,8 @@ const HTTP2_STREAM_WINDOW: u32 = 64 * 1024;
 const HTTP2_CONNECTION_WINDOW: u32 = 256 * 1024;
 /// What hyper buffers of a response stream for a client not reading it.
 const HTTP2_SEND_BUFFER: usize = 64 * 1024;
+/// The gRPC health check: anonymous and unary.
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 /// Request paths that need no token (gRPC health and reflection): their
 /// streams never make a connection busy and are bounded in number.
 const ANONYMOUS_PATHS: [&str; 3] = [
@@ -349,7 +351,10 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
             .iter()
             .any(|prefix| path.starts_with(prefix))
         {
-            return self.anonymous(request);
+            // A health check answers at once: it needs no place of the
+            // node's, so an orchestrator's probe is never refused.
+            let check = path == HEALTH_CHECK;
+            return self.anonymous(request, check);
         }
         let busy = Busy::on(&self.conn, &self.connections);
         let request = match hyper::body::Body::is_end_stream(request.body()) {
@@ -381,8 +386,9 @@ impl Tracked {
     fn anonymous(
         &self,
         request: Request<Incoming>,
+        check: bool,
     ) -> BoxFuture<'static, Result<Response, Infallible>> {
-        let Some(place) = self.connections.anonymous(&self.conn) else {
+        let Some(place) = self.connections.anonymous(&self.conn, !check) else {
             return Box::pin(async { Ok(too_many_anonymous()) });
         };
         let timeout = self.body_timeout;
@@ -401,21 +407,11 @@ impl Tracked {
     }
 }
 
-/// `response`, counted on its connection until its body ends; a streaming
-/// body is watched for a client that stops reading it.
+/// `response`, counted on its connection until its body ends, and watched
+/// for a client that stops reading it: a stream, and a fixed-length answer
+/// too (a client that grants no window for it would otherwise hold its
+/// connection's place for ever).
 fn watch(response: Response, connections: &Connections, conn: &Conn, busy: Busy) -> Response {
-    use http_body_util::BodyExt;
-    let streaming = hyper::body::Body::size_hint(response.body())
-        .exact()
-        .is_none();
-    if !streaming {
-        return response.map(|body| {
-            Body::new(body.map_frame(move |frame| {
-                let _in_flight = &busy;
-                frame
-            }))
-        });
-    }
     let ends = response.extensions().get::<StreamEnds>().map(|ends| ends.0);
     let progress = connections.progress(conn, ends);
     response.map(|body| Body::new(body::Watched::new(body, progress, busy)))

@@ -117,9 +117,15 @@ impl Signals {
         if members.binary_search(&event.user_id).is_err() {
             return Ok(());
         }
-        // Read each time: at most one signal per user and conversation
-        // every TYPING_EVERY, and a block must hold on every node at once.
-        let blocked = self.inner.store.blocked_by(&event.user_id).await?;
+        // Read each time (at most one signal per user and conversation
+        // every TYPING_EVERY, and a block must hold on every node at once),
+        // and only among the members: a group's worth of index lookups,
+        // however many users the sender blocks.
+        let blocked = self
+            .inner
+            .store
+            .blocked_among(&event.user_id, &members)
+            .await?;
         let others: Arc<[UserId]> = members
             .iter()
             .filter(|member| **member != event.user_id && blocked.binary_search(member).is_err())

@@ -691,20 +691,45 @@ impl Store {
         users: &[UserId],
         user: &UserId,
     ) -> Result<bool, sqlx::Error> {
-        if users.is_empty() {
-            return Ok(false);
-        }
-        let found: Option<String> = with_pool!(self, pool => {
-            let mut sql =
-                sqlx::QueryBuilder::new("SELECT blocker FROM blocks WHERE blocked = ");
-            sql.push_bind(user.as_str()).push(" AND blocker IN ");
-            sql.push_tuples(users, |mut tuple, user| {
-                tuple.push_bind(user.as_str());
+        // A statement per thousand ids, within both backends' bound values.
+        for chunk in users.chunks(1_000) {
+            let found: Option<String> = with_pool!(self, pool => {
+                let mut sql =
+                    sqlx::QueryBuilder::new("SELECT blocker FROM blocks WHERE blocked = ");
+                sql.push_bind(user.as_str()).push(" AND blocker IN ");
+                sql.push_tuples(chunk, |mut tuple, user| {
+                    tuple.push_bind(user.as_str());
+                });
+                sql.push(" LIMIT 1");
+                sql.build_query_scalar().fetch_optional(pool).await?
             });
-            sql.push(" LIMIT 1");
-            sql.build_query_scalar().fetch_optional(pool).await?
-        });
-        Ok(found.is_some())
+            if found.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Those of `users` whom `blocker` blocks, sorted.
+    pub async fn blocked_among(
+        &self,
+        blocker: &UserId,
+        users: &[UserId],
+    ) -> Result<Vec<UserId>, sqlx::Error> {
+        let mut found = Vec::new();
+        for chunk in users.chunks(1_000) {
+            let ids: Vec<String> = with_pool!(self, pool => {
+                let mut sql =
+                    sqlx::QueryBuilder::new("SELECT blocked FROM blocks WHERE blocker = ");
+                sql.push_bind(blocker.as_str()).push(" AND blocked IN ");
+                sql.push_tuples(chunk, |mut tuple, user| {
+                    tuple.push_bind(user.as_str());
+                });
+                sql.build_query_scalar().fetch_all(pool).await?
+            });
+            found.extend(ids);
+        }
+        Ok(sorted(found))
     }
 
     /// Whether message `position` is in `conversation` and `user` may see
@@ -921,30 +946,34 @@ impl Store {
         users: &[UserId],
         consent: bool,
     ) -> Result<Vec<UserId>, sqlx::Error> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = with_pool!(self, pool => {
-            let mut sql = sqlx::QueryBuilder::new(
-                "SELECT DISTINCT theirs.user_id FROM participants mine
-                 JOIN participants theirs ON theirs.conversation_id = mine.conversation_id
-                 WHERE mine.user_id = ",
-            );
-            sql.push_bind(caller.as_str());
-            if consent {
-                sql.push(
-                    " AND (theirs.took_part = 1 OR theirs.user_id = mine.user_id)
-                      AND NOT EXISTS (SELECT 1 FROM blocks b
-                        WHERE b.blocker = theirs.user_id AND b.blocked = mine.user_id)",
+        let mut found = Vec::new();
+        // A statement per thousand ids, within both backends' bound values.
+        for chunk in users.chunks(1_000) {
+            let ids: Vec<String> = with_pool!(self, pool => {
+                let mut sql = sqlx::QueryBuilder::new(
+                    "SELECT DISTINCT theirs.user_id FROM participants mine
+                     JOIN participants theirs ON theirs.conversation_id = mine.conversation_id
+                     WHERE mine.user_id = ",
                 );
-            }
-            sql.push(" AND theirs.user_id IN ");
-            sql.push_tuples(users, |mut tuple, user| {
-                tuple.push_bind(user.as_str());
+                sql.push_bind(caller.as_str());
+                if consent {
+                    sql.push(
+                        " AND (theirs.took_part = 1 OR theirs.user_id = mine.user_id)
+                          AND NOT EXISTS (SELECT 1 FROM blocks b
+                            WHERE b.blocker = theirs.user_id AND b.blocked = mine.user_id)",
+                    );
+                }
+                sql.push(" AND theirs.user_id IN ");
+                sql.push_tuples(chunk, |mut tuple, user| {
+                    tuple.push_bind(user.as_str());
+                });
+                sql.build_query_scalar().fetch_all(pool).await?
             });
-            sql.build_query_scalar().fetch_all(pool).await?
-        });
-        Ok(sorted(ids))
+            found.extend(ids);
+        }
+        let mut found = sorted(found);
+        found.dedup();
+        Ok(found)
     }
 
     /// [`members_at`](Self::members_at) of several conversations, each at

@@ -2,11 +2,14 @@
 -- part in (created, sent or read in): being added by someone else shares
 -- nothing. `took_part` says so per membership.
 ALTER TABLE participants ADD COLUMN took_part INTEGER NOT NULL DEFAULT 0;
+-- Who already took part: each reads its own rows once (the senders in one
+-- pass over messages), never a scan per participant.
+UPDATE participants SET took_part = 1 WHERE last_read_position > joined_at;
 UPDATE participants SET took_part = 1
-    WHERE last_read_position > joined_at
-       OR user_id = (SELECT creator_id FROM conversations c WHERE c.id = participants.conversation_id)
-       OR EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = participants.conversation_id
-                  AND m.user_id = participants.user_id AND m.kind = 'message');
+    WHERE user_id = (SELECT creator_id FROM conversations c WHERE c.id = participants.conversation_id);
+UPDATE participants SET took_part = 1
+    WHERE (conversation_id, user_id) IN
+        (SELECT DISTINCT conversation_id, user_id FROM messages WHERE kind = 'message');
 
 -- Sending is taking part: set by the insert's own check, whichever node
 -- sends (it has just found the sender's row).

@@ -13,9 +13,12 @@
 //! - **Nothing can be played again**: the header carries the node's name,
 //!   a sequence number per node and channel, and the time of sealing, all
 //!   authenticated. A receiver refuses a payload sealed more than
-//!   [`WINDOW`] from its own clock, or whose sequence does not follow the
-//!   last it accepted from that node on that channel. Nodes' clocks must
-//!   agree within the window (NTP).
+//!   [`WINDOW`] from its own clock, or whose sequence it has accepted
+//!   from that node on that channel already, or that is more than
+//!   [`REORDER`] behind the newest it accepted (a node's signals are
+//!   sealed by several tasks and may reach the broker a little out of
+//!   order: the IPsec anti-replay window). Nodes' clocks must agree within
+//!   the window (NTP).
 //!
 //! Each node's key is its own, so the sequence number alone is a nonce
 //! that never repeats under one key: no random nonces to collide.
@@ -44,6 +47,8 @@ const HEADER: usize = 1 + ORIGIN_BYTES + 8 + 8;
 const TAG: usize = 16;
 /// Nodes whose last sequence numbers are kept before idle ones are forgotten.
 const KEEP_ORIGINS: usize = 1_024;
+/// How far behind the newest accepted sequence a payload may arrive.
+pub const REORDER: u64 = 64;
 
 /// What a payload travels on: each has its own sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,9 +129,50 @@ pub struct Opener {
     last: Arc<Mutex<Sequences>>,
 }
 
-/// The last sequence accepted from each node on each channel, and when
-/// (Unix µs).
-type Sequences = HashMap<(Arc<str>, Channel), (u64, i64)>;
+/// What was accepted from each node on each channel.
+type Sequences = HashMap<(Arc<str>, Channel), Accepted>;
+
+/// The sequences accepted from one node on one channel: the newest, and
+/// which of the [`REORDER`] before it (bit `i` is `newest - i`).
+#[derive(Clone, Copy, Debug)]
+struct Accepted {
+    newest: u64,
+    seen: u64,
+    /// When the newest was sealed (Unix µs).
+    sealed_at: i64,
+}
+
+impl Accepted {
+    fn first(sequence: u64, sealed_at: i64) -> Self {
+        Self {
+            newest: sequence,
+            seen: 1,
+            sealed_at,
+        }
+    }
+
+    /// Takes `sequence` if it is new; false if it was accepted before or
+    /// is too far behind to tell.
+    fn take(&mut self, sequence: u64, sealed_at: i64) -> bool {
+        if sequence > self.newest {
+            let shift = sequence - self.newest;
+            self.seen = if shift >= REORDER {
+                1
+            } else {
+                (self.seen << shift) | 1
+            };
+            self.newest = sequence;
+            self.sealed_at = self.sealed_at.max(sealed_at);
+            return true;
+        }
+        let behind = self.newest - sequence;
+        if behind >= REORDER || self.seen & (1 << behind) != 0 {
+            return false;
+        }
+        self.seen |= 1 << behind;
+        true
+    }
+}
 
 /// A payload that opened: who sealed it, and what it says.
 pub struct Opened {
@@ -178,15 +224,19 @@ impl Opener {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let entry = (origin.clone(), channel);
-        if last.get(&entry).is_some_and(|(seen, _)| sequence <= *seen) {
-            return Err(Refused::Replayed);
+        if let Some(accepted) = last.get_mut(&entry) {
+            if !accepted.take(sequence, sealed_at) {
+                return Err(Refused::Replayed);
+            }
+        } else {
+            if last.len() >= KEEP_ORIGINS {
+                // A node whose newest payload was sealed longer ago than the
+                // window can replay nothing that would pass the time check:
+                // forget it.
+                last.retain(|_, accepted| now - accepted.sealed_at <= window);
+            }
+            last.insert(entry, Accepted::first(sequence, sealed_at));
         }
-        if last.len() >= KEEP_ORIGINS && !last.contains_key(&entry) {
-            // Nodes silent for longer than the window can replay nothing
-            // that would still pass the time check: forget them.
-            last.retain(|_, (_, at)| now - *at <= window);
-        }
-        last.insert(entry, (sequence, now));
         // Its own payload, once, is the broker's echo; a second is a replay
         // (refused above by its sequence).
         if own {
@@ -283,19 +333,28 @@ mod tests {
     }
 
     #[test]
-    fn a_payload_played_again_or_out_of_order_is_refused() {
+    fn a_payload_played_again_is_refused_and_a_little_disorder_is_not() {
         let (sealer, opener) = pair();
         let first = sealer.seal(Channel::Signals, "s", b"1");
         let second = sealer.seal(Channel::Signals, "s", b"2");
         assert!(opener.open(Channel::Signals, "s", &second).is_ok());
-        assert_eq!(
-            opener.open(Channel::Signals, "s", &first).err(),
-            Some(Refused::Replayed)
+        assert!(
+            opener.open(Channel::Signals, "s", &first).is_ok(),
+            "late, not replayed"
         );
-        assert_eq!(
-            opener.open(Channel::Signals, "s", &second).err(),
-            Some(Refused::Replayed)
-        );
+        for again in [&first, &second] {
+            let opened = opener.open(Channel::Signals, "s", again);
+            assert_eq!(opened.err(), Some(Refused::Replayed));
+        }
+        // Too far behind the newest to tell: refused.
+        let old = sealer.seal(Channel::Signals, "s", b"3");
+        let mut newest = Vec::new();
+        for _ in 0..REORDER {
+            newest = sealer.seal(Channel::Signals, "s", b"n");
+        }
+        assert!(opener.open(Channel::Signals, "s", &newest).is_ok());
+        let opened = opener.open(Channel::Signals, "s", &old);
+        assert_eq!(opened.err(), Some(Refused::Replayed));
         // Each channel has its own sequence.
         let event = sealer.seal(Channel::Events, "s", b"3");
         assert!(opener.open(Channel::Events, "s", &event).is_ok());

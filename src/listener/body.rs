@@ -4,8 +4,9 @@
 //! - [`Arriving`]: a request body that must arrive whole within the body
 //!   timeout, or fails (REST answers 400, gRPC fails the call, and the
 //!   connection's place is no longer held by it);
-//! - [`Watched`]: a streaming response body that tells the registry when
-//!   the transport takes its frames (see `registry`'s stuck readers).
+//! - [`Watched`]: a response body (a stream's, or a fixed-length one) that
+//!   tells the registry when the transport takes its frames (see
+//!   `registry`'s stuck readers).
 
 use super::registry::{Progress, Receiving};
 use axum::body::{Body, Bytes};
@@ -100,7 +101,7 @@ where
     }
 }
 
-/// A streaming response body whose transport's progress is watched.
+/// A response body whose transport's progress is watched.
 pub struct Watched<G> {
     inner: Body,
     progress: Arc<Progress>,

@@ -7,8 +7,11 @@
 //! request never make it busy, so they can never hold a place:
 //!
 //! - anonymous streams (gRPC health and reflection, which need no token):
-//!   at most [`ANONYMOUS_PER_CONNECTION`] per connection and
-//!   [`ANONYMOUS_PER_NODE`] across the node, refused beyond that;
+//!   at most [`ANONYMOUS_PER_CONNECTION`] per connection and (health
+//!   checks, which answer at once, aside) [`ANONYMOUS_PER_NODE`] across
+//!   the node, refused beyond that; a
+//!   connection that has had nothing but an open anonymous stream by the
+//!   header timeout is closed like a silent one;
 //! - requests whose body has not arrived yet (a POST head with no body, a
 //!   gRPC HEADERS without its DATA): stalled, and reset at the body
 //!   timeout anyway.
@@ -163,10 +166,14 @@ impl Connections {
     /// an idle or stalled connection; `None` when `ip` holds its share or
     /// every connection is busy.
     pub(super) fn admit(&self, ip: IpAddr) -> Option<Admitted> {
+        let ip = host_of(ip);
         let limits = &self.inner.limits;
         let now = self.millis();
         let mut open = self.lock();
-        let trusted = limits.trusted_proxies.contains(&ip);
+        let trusted = limits
+            .trusted_proxies
+            .iter()
+            .any(|proxy| host_of(*proxy) == ip);
         let held = open.per_ip.get(&ip).copied().unwrap_or(0);
         if limits.max_per_ip > 0 && !trusted && held >= limits.max_per_ip {
             self.inner.refused_per_ip.fetch_add(1, Ordering::Relaxed);
@@ -258,26 +265,36 @@ impl Connections {
             blocked_since: AtomicU64::new(0),
             ends_at,
         });
-        lock(&conn.streams).push(Arc::downgrade(&progress));
+        let mut streams = lock(&conn.streams);
+        // Ended streams are swept here too, whenever the list doubles, so a
+        // connection making many calls between two watches stays small.
+        if streams.len() >= 16 && streams.len().is_power_of_two() {
+            streams.retain(|stream| stream.strong_count() > 0);
+        }
+        streams.push(Arc::downgrade(&progress));
+        drop(streams);
         progress
     }
 
-    /// Counts an anonymous stream on `conn`, unless the connection or the
-    /// node holds its share already.
-    pub(super) fn anonymous(&self, conn: &Arc<Conn>) -> Option<Anonymous> {
+    /// Counts an anonymous request on `conn`, unless the connection holds
+    /// its share already, or (for a stream, `of_node`) the node does.
+    pub(super) fn anonymous(&self, conn: &Arc<Conn>, of_node: bool) -> Option<Anonymous> {
         // Checked, then counted: calls on one connection come one at a
         // time, and across the node a race can only overshoot by a few.
         let node = &self.inner.anonymous;
         if conn.anonymous.load(Ordering::Acquire) >= ANONYMOUS_PER_CONNECTION
-            || node.load(Ordering::Acquire) >= ANONYMOUS_PER_NODE
+            || (of_node && node.load(Ordering::Acquire) >= ANONYMOUS_PER_NODE)
         {
             return None;
         }
         conn.anonymous.fetch_add(1, Ordering::AcqRel);
-        node.fetch_add(1, Ordering::AcqRel);
+        if of_node {
+            node.fetch_add(1, Ordering::AcqRel);
+        }
         Some(Anonymous {
             conn: conn.clone(),
             connections: self.clone(),
+            of_node,
         })
     }
 
@@ -287,6 +304,19 @@ impl Connections {
 
     fn lock(&self) -> MutexGuard<'_, Open> {
         lock(&self.inner.open)
+    }
+}
+
+/// The address a connection counts against: an IPv4 address as itself
+/// (also when a dual-stack listener sees it as `::ffff:a.b.c.d`), an IPv6
+/// address by its /64, which one host is usually given whole.
+fn host_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -363,19 +393,21 @@ impl Drop for Receiving {
     }
 }
 
-/// An anonymous stream's place, until dropped.
+/// An anonymous request's place, until dropped.
 pub(super) struct Anonymous {
     conn: Arc<Conn>,
     connections: Connections,
+    /// Whether it holds one of the node's places too.
+    of_node: bool,
 }
 
 impl Drop for Anonymous {
     fn drop(&mut self) {
         self.conn.anonymous.fetch_sub(1, Ordering::AcqRel);
-        self.connections
-            .inner
-            .anonymous
-            .fetch_sub(1, Ordering::AcqRel);
+        if self.of_node {
+            let node = &self.connections.inner.anonymous;
+            node.fetch_sub(1, Ordering::AcqRel);
+        }
         self.conn.served.store(true, Ordering::Release);
     }
 }
@@ -406,5 +438,22 @@ impl Progress {
         let since = self.blocked_since.load(Ordering::Relaxed);
         let blocked_too_long = since != 0 && now.saturating_sub(since - 1) >= patience;
         blocked_too_long || (since != 0 && now >= self.ends_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn an_address_counts_as_its_host() {
+        let v4: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(host_of(mapped), v4, "a dual-stack listener's IPv4 peer");
+        let one: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let elsewhere: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(host_of(one), host_of(other), "one /64");
+        assert_ne!(host_of(one), host_of(elsewhere));
     }
 }

@@ -248,11 +248,7 @@ async fn nodes_share_the_machines_nats_when_it_is_configured() {
     let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
         return;
     };
-    let Some(url) = std::env::var("HERALD_TEST_NATS_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
-    else {
-        eprintln!("skipped: HERALD_TEST_NATS_URL is not set, so this NATS test did not run");
+    let Some(url) = crate::support::service_url("HERALD_TEST_NATS_URL", "NATS") else {
         return;
     };
     // A subject of this test's own: other deployments on the same NATS must not mix in.

@@ -650,11 +650,7 @@ async fn conversations_come_in_pages_that_fit_a_grpc_message(db: TestDb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_forged_on_the_nats_subject_is_never_delivered() {
-    let Some(nats) = std::env::var("HERALD_TEST_NATS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        eprintln!("skipped: HERALD_TEST_NATS_URL is not set, so this NATS test did not run");
+    let Some(nats) = crate::support::service_url("HERALD_TEST_NATS_URL", "NATS") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -324,6 +324,21 @@ async fn a_reader_that_stops_is_closed_after_the_write_timeout_on_http1_and_http
     flood_bob(&app, FLOOD).await;
     app.wait_for_subscriptions(0).await;
     assert!(app.connections().stuck_total() >= 2);
+
+    // Not only streams: a fixed-length answer to a client that grants it
+    // no window at all, anonymously, holds its place no longer either.
+    let mut client = h2_client(app.http, 0).await;
+    let request = http::Request::builder()
+        .uri(format!("http://{}/openapi.json", app.http))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let _head = response.await.unwrap();
+    let stuck = || async { app.connections().stuck_total() >= 3 };
+    assert!(
+        eventually(stuck).await,
+        "the unread answer's connection is closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,4 +403,41 @@ async fn content_with_control_characters_is_refused_on_every_door() {
     let mut client = alice.client();
     let refused = client.create_conversation(alice.request(add)).await;
     assert_eq!(code(refused), Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_head_costs_kilobytes_and_a_larger_head_is_refused() {
+    let app = app_with(|_| {}).await;
+    // hyper's buffer is 32 KiB: a 40 KiB header is refused, not buffered
+    // (it took up to about 400 KiB before).
+    let mut tcp = TcpStream::connect(app.http).await.unwrap();
+    let padding = "a".repeat(40 * 1024);
+    let head = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-padding: {padding}\r\n\r\n");
+    let (mut reader, mut writer) = tcp.split();
+    let (_, answer) = tokio::join!(writer.write_all(head.as_bytes()), async {
+        let mut answer = vec![0u8; 12];
+        let read = tokio::time::timeout(PATIENCE, reader.read_exact(&mut answer)).await;
+        read.map(|_| answer).unwrap_or_default()
+    });
+    assert_eq!(String::from_utf8_lossy(&answer), "HTTP/1.1 431");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeemed_tickets_are_pruned_by_an_index_not_a_scan() {
+    use sqlx::Connection;
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let app = crate::support::spawn_app(&db).await;
+    let mut connection = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    let plan: Vec<(i64, i64, i64, String)> =
+        sqlx::query_as("EXPLAIN QUERY PLAN DELETE FROM redeemed_tickets WHERE expires_at < 1")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+    let plan: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("redeemed_tickets_by_expiry")),
+        "{plan:?}"
+    );
+    app.stop().await;
 }

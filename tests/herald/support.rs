@@ -42,15 +42,7 @@ impl TestDb {
                 })
             }
             Backend::Postgres => {
-                let Some(base) = std::env::var("HERALD_TEST_DATABASE_URL")
-                    .ok()
-                    .filter(|u| !u.is_empty())
-                else {
-                    eprintln!(
-                        "skipped: HERALD_TEST_DATABASE_URL is not set, so this PostgreSQL test did not run"
-                    );
-                    return None;
-                };
+                let base = service_url("HERALD_TEST_DATABASE_URL", "PostgreSQL")?;
                 let name = format!("herald_t_{}", herald::ConversationId::generate().as_str());
                 let mut admin = sqlx::PgConnection::connect(&base)
                     .await
@@ -67,6 +59,22 @@ impl TestDb {
             }
         }
     }
+}
+
+/// The URL of a service a test needs, from `variable`; `None` (and a note
+/// that the test did not run) without it. Under CI (`CI` set, as `.ci/run`
+/// runs) a missing service fails the test instead: CI must never pass
+/// on tests that quietly did nothing.
+pub fn service_url(variable: &str, what: &str) -> Option<String> {
+    let url = std::env::var(variable).ok().filter(|url| !url.is_empty());
+    if url.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{variable} is not set under CI, so this {what} test cannot run"
+        );
+        eprintln!("skipped: {variable} is not set, so this {what} test did not run");
+    }
+    url
 }
 
 /// `base` with its database name replaced by `name`.
