@@ -150,29 +150,6 @@ async fn alice_and_bob(
     (client, chat)
 }
 
-/// Opens the SSE stream on a raw socket with a tiny receive buffer and
-/// reads only the response head: a subscriber that never reads its body.
-async fn stuck_sse(http: &str, path: &str) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(http.parse().unwrap()).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumed_streams_that_never_read_hold_a_page_not_their_whole_replay() {
     const MISSED: usize = 1_000;
@@ -206,7 +183,7 @@ async fn resumed_streams_that_never_read_hold_a_page_not_their_whole_replay() {
     let path = format!("/api/messages?token={token}&lastEventId={first}");
     let mut stuck = Vec::new();
     for _ in 0..STREAMS {
-        stuck.push(stuck_sse(&herald.http, &path).await);
+        stuck.push(crate::support::stuck_sse(&herald.http, &path, "").await);
     }
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let grown = rss_kib(pid).saturating_sub(before);
@@ -343,9 +320,10 @@ async fn idle_connections_at_the_cap_make_room_and_busy_ones_are_kept() {
     let mut streams = Vec::new();
     for _ in 0..CAP {
         streams.push(
-            stuck_sse(
+            crate::support::stuck_sse(
                 &app.http.to_string(),
                 &format!("/api/messages?token={token}"),
+                "",
             )
             .await,
         );

@@ -252,28 +252,11 @@ async fn one_address_holds_at_most_its_share_unless_it_is_a_trusted_proxy() {
     assert_eq!(proxy.connections().refused_per_ip_total(), 0);
 }
 
-/// Opens `path` as an SSE stream over HTTP/1.1 on a socket with a tiny
-/// receive buffer, reads the response head and nothing more.
+/// `path` as a stream over HTTP/1.1 that never reads (see
+/// [`crate::support::stuck_sse`]), as the holder of `token`.
 async fn stuck_sse(app: &TestApp, path: &str, token: &str) -> TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(app.http).await.unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
+    let authorization = format!("Authorization: Bearer {token}\r\n");
+    crate::support::stuck_sse(&app.http.to_string(), path, &authorization).await
 }
 
 /// Alice sends bob `count` messages of 12 KiB.

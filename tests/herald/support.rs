@@ -829,3 +829,29 @@ pub async fn metric(http: &str, name: &str) -> f64 {
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("{name} is not in /metrics"))
 }
+
+/// Opens an SSE stream (`path`) over HTTP/1.1 on a raw socket with a tiny
+/// receive buffer and reads only the response head: a subscriber that
+/// never reads its body. `headers` are more header lines, each ending in
+/// CRLF (a token, say).
+pub async fn stuck_sse(http: &str, path: &str, headers: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(http.parse().unwrap()).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{headers}\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
