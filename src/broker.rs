@@ -146,16 +146,16 @@ impl std::fmt::Debug for ClusterKey {
     }
 }
 
-/// Times a broker link was lost and caught up from the database, and
-/// broker messages dropped as forged or malformed.
+/// What the broker link counts: times it was lost and caught up from the
+/// database, and broker messages dropped as forged, malformed or replayed.
 #[derive(Clone, Default)]
-pub struct Reconnects {
+pub struct BrokerCounts {
     lost: Arc<AtomicU64>,
     forged: Arc<AtomicU64>,
     replayed: Arc<AtomicU64>,
 }
 
-impl Reconnects {
+impl BrokerCounts {
     pub fn total(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
     }
@@ -467,7 +467,7 @@ impl Publisher {
 pub struct Broker {
     publisher: Publisher,
     receiver: Receiver,
-    reconnects: Reconnects,
+    counts: BrokerCounts,
     /// This node's name on the broker, random per process.
     origin: Arc<str>,
 }
@@ -504,7 +504,7 @@ impl Broker {
             Store::Postgres(_) => BrokerKind::Postgres,
             Store::Sqlite(_) => BrokerKind::Local,
         });
-        let reconnects = Reconnects::default();
+        let counts = BrokerCounts::default();
         let origin: Arc<str> = crate::domain::random_hex().into();
         let (publisher, receiver) = match kind {
             BrokerKind::Local => (Publisher::Quiet, Receiver::Local),
@@ -591,7 +591,7 @@ impl Broker {
         Ok(Self {
             publisher,
             receiver,
-            reconnects,
+            counts,
             origin,
         })
     }
@@ -600,8 +600,9 @@ impl Broker {
         self.publisher.clone()
     }
 
-    pub fn reconnects(&self) -> Reconnects {
-        self.reconnects.clone()
+    /// What the broker link counts: losses, forgeries, replays.
+    pub fn counts(&self) -> BrokerCounts {
+        self.counts.clone()
     }
 
     /// Starts reporting other nodes' commits to `feed`, their typing to
@@ -613,7 +614,7 @@ impl Broker {
         presence: Presence,
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
-        let reconnects = self.reconnects;
+        let counts = self.counts;
         let sinks = Sinks {
             feed,
             signals,
@@ -623,7 +624,7 @@ impl Broker {
         match self.receiver {
             Receiver::Local => tokio::spawn(async {}),
             Receiver::Postgres(listener, opener) => tokio::spawn(receive_notifications(
-                listener, opener, sinks, reconnects, shutdown,
+                listener, opener, sinks, counts, shutdown,
             )),
             Receiver::Nats {
                 subscriber,
@@ -639,7 +640,7 @@ impl Broker {
                     events,
                     trusted,
                     sinks,
-                    reconnects,
+                    counts,
                     shutdown,
                 ))
             }
@@ -676,7 +677,7 @@ async fn receive_notifications(
     mut listener: PgListener,
     opener: Opener,
     sinks: Sinks,
-    reconnects: Reconnects,
+    counts: BrokerCounts,
     shutdown: CancellationToken,
 ) {
     let feed = &sinks.feed;
@@ -695,7 +696,7 @@ async fn receive_notifications(
                     Channel::Signals,
                     SIGNALS_CHANNEL,
                     &payload,
-                    &reconnects,
+                    &counts,
                 )
                 .and_then(|wire| wire.signal(&sinks.origin));
                 if let Some(signal) = signal {
@@ -705,9 +706,9 @@ async fn receive_notifications(
             Ok(Some(notification)) => match notification.payload().parse::<i64>() {
                 Ok(position) if position > 0 => feed.head(Position(position)),
                 _ => {
-                    if reconnects.count_forged() {
+                    if counts.count_forged() {
                         tracing::warn!(
-                            dropped = reconnects.forged_total(),
+                            dropped = counts.forged_total(),
                             "ignoring a notification that is not a position"
                         );
                     }
@@ -718,15 +719,11 @@ async fn receive_notifications(
             // feed reads it from the database.
             Ok(None) => lost_link(
                 feed,
-                &reconnects,
+                &counts,
                 "the LISTEN connection was lost; reconnecting",
             ),
             Err(error) => {
-                lost_link(
-                    feed,
-                    &reconnects,
-                    &format!("LISTEN failed: {error}; retrying"),
-                );
+                lost_link(feed, &counts, &format!("LISTEN failed: {error}; retrying"));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -742,7 +739,7 @@ fn unseal(
     channel: Channel,
     subject: &str,
     payload: &[u8],
-    counts: &Reconnects,
+    counts: &BrokerCounts,
 ) -> Option<Wire> {
     let refused = match opener.open(channel, subject, payload) {
         Ok(opened) => {
@@ -776,7 +773,7 @@ struct Trusted {
 
 impl Trusted {
     /// The event in `payload`, if a herald node of this deployment sent it.
-    fn open(&self, payload: &[u8], counts: &Reconnects) -> Option<Event> {
+    fn open(&self, payload: &[u8], counts: &BrokerCounts) -> Option<Event> {
         let wire = unseal(
             &self.opener,
             Channel::Events,
@@ -789,7 +786,7 @@ impl Trusted {
 
     /// The signal in `payload`, if a herald node of this deployment (other
     /// than `me`) sent it on the signals subject.
-    fn open_signal(&self, payload: &[u8], me: &str, counts: &Reconnects) -> Option<Signal> {
+    fn open_signal(&self, payload: &[u8], me: &str, counts: &BrokerCounts) -> Option<Signal> {
         let subject = format!("{}{SIGNALS_SUFFIX}", self.subject);
         unseal(&self.opener, Channel::Signals, &subject, payload, counts)?.signal(me)
     }
@@ -800,7 +797,7 @@ async fn receive_nats(
     mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
     trusted: Trusted,
     sinks: Sinks,
-    reconnects: Reconnects,
+    counts: BrokerCounts,
     shutdown: CancellationToken,
 ) {
     use futures_util::StreamExt;
@@ -816,20 +813,20 @@ async fn receive_nats(
                 }
                 async_nats::Event::Connected if was_lost => {
                     was_lost = false;
-                    lost_link(feed, &reconnects, "NATS reconnected; catching up from the database");
+                    lost_link(feed, &counts, "NATS reconnected; catching up from the database");
                 }
                 other => tracing::info!(event = %other, "NATS event"),
             },
             message = subscriber.next() => match message {
                 Some(message) => {
-                    if let Some(event) = trusted.open(&message.payload, &reconnects) {
+                    if let Some(event) = trusted.open(&message.payload, &counts) {
                         feed.remote(event);
                     }
                 }
                 None => return,
             },
             Some(message) = signals.next() => {
-                if let Some(signal) = trusted.open_signal(&message.payload, &sinks.origin, &reconnects) {
+                if let Some(signal) = trusted.open_signal(&message.payload, &sinks.origin, &counts) {
                     sinks.signal(signal);
                 }
             }
@@ -860,9 +857,9 @@ async fn nats_options(auth: &NatsAuth) -> Result<async_nats::ConnectOptions, Sta
     Ok(options)
 }
 
-fn lost_link(feed: &Feed, reconnects: &Reconnects, what: &str) {
+fn lost_link(feed: &Feed, counts: &BrokerCounts, what: &str) {
     tracing::warn!("{what}");
-    reconnects.count();
+    counts.count();
     feed.catch_up();
 }
 

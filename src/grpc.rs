@@ -169,7 +169,7 @@ impl Messenger {
         if let Some(reason) = stream.reset() {
             return Err(Error::ResumeImpossible(reason.to_owned()).into());
         }
-        stream.count_as(Transport::Grpc);
+        stream.serve_as(Transport::Grpc);
         let ends = crate::listener::StreamEnds(stream.ends_at());
         let mut response = Response::new(Box::pin(relay(stream, convert)) as StreamResponse<T>);
         response.extensions_mut().insert(ends);

@@ -13,7 +13,7 @@
 
 use crate::{
     auth::Auth,
-    broker::{Broker, Reconnects},
+    broker::{Broker, BrokerCounts},
     config::ServeConfig,
     grpc,
     http::{self, AppState, HttpOptions},
@@ -52,7 +52,7 @@ pub struct Server {
     auth: Auth,
     feed: JoinHandle<()>,
     broker: JoinHandle<()>,
-    reconnects: Reconnects,
+    broker_counts: BrokerCounts,
     shutdown: CancellationToken,
     drain: Duration,
     http_options: HttpOptions,
@@ -87,7 +87,7 @@ impl Server {
             Herald::start(store, config.limits(), broker.publisher(), shutdown.clone())
                 .await
                 .map_err(StartError::Core)?;
-        let reconnects = broker.reconnects();
+        let broker_counts = broker.counts();
         let broker = broker.start(
             herald.feed().clone(),
             herald.signals().clone(),
@@ -102,7 +102,7 @@ impl Server {
             auth,
             feed,
             broker,
-            reconnects,
+            broker_counts,
             shutdown,
             drain: config.drain_timeout,
             http_options: config.http_options(),
@@ -190,7 +190,7 @@ impl Server {
         let state = AppState {
             herald: self.herald.clone(),
             auth: self.auth.clone(),
-            reconnects: self.reconnects.clone(),
+            broker: self.broker_counts.clone(),
             connections: self.connections.clone(),
             origins: self.http_options.cors_origins.clone().into(),
             heartbeat: self.http_options.heartbeat,

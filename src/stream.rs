@@ -136,9 +136,10 @@ impl EventStream {
         self.reset = Some(reason);
     }
 
-    /// Counts this stream as open on `transport`, and its user as online,
-    /// until it is dropped: a door calls this when it serves the stream.
-    pub fn count_as(&mut self, transport: Transport) {
+    /// Serves the stream on `transport`: counts it as open there, and its
+    /// user as online (presence), until it is dropped. A door calls this
+    /// when it serves the stream.
+    pub fn serve_as(&mut self, transport: Transport) {
         self.open = Some(self.metrics.stream_opened(transport));
         self.here = Some(self.presence.here(self.live.user()));
     }

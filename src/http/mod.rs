@@ -41,8 +41,8 @@ pub use caller::{Caller, StreamCaller};
 pub struct AppState {
     pub herald: Herald,
     pub auth: Auth,
-    /// Cross-node broker link losses, for `/metrics`.
-    pub reconnects: crate::broker::Reconnects,
+    /// What the cross-node broker link counts, for `/metrics`.
+    pub broker: crate::broker::BrokerCounts,
     /// Origins allowed by `--cors-origin`, which cookie-authenticated
     /// requests that change state must come from (or the page's own).
     pub origins: std::sync::Arc<[String]>,
@@ -190,17 +190,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
     counter(
         "broker_reconnects",
         "Times the cross-node broker link was lost and caught up",
-        state.reconnects.total(),
+        state.broker.total(),
     );
     counter(
         "broker_forged",
         "Broker messages dropped: not sealed by a node of this deployment, or malformed",
-        state.reconnects.forged_total(),
+        state.broker.forged_total(),
     );
     counter(
         "broker_replayed",
         "Broker payloads dropped because a node sealed them before: played again, or out of sequence",
-        state.reconnects.replayed_total(),
+        state.broker.replayed_total(),
     );
     counter(
         "connections_refused_per_ip",

@@ -105,7 +105,7 @@ async fn subscribe(
     // refused for its headers or query does not burn it.
     state.herald.redeem(&caller).await?;
     let mut stream = state.herald.subscribe(&caller, &resume, wants).await?;
-    stream.count_as(Transport::Sse);
+    stream.serve_as(Transport::Sse);
     let headers = [
         (
             header::CONTENT_TYPE,
