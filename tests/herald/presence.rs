@@ -7,7 +7,10 @@ use crate::support::{TestDb, next_event_or_presence as next_event, spawn_app_wit
 use herald::pb::{self, event::Kind};
 use std::time::Duration;
 
-on_every_backend!(presence_follows_streams_with_a_grace_and_only_sharers_hear_of_it);
+on_every_backend!(
+    presence_follows_streams_with_a_grace_and_only_sharers_hear_of_it,
+    a_node_started_later_learns_who_is_online_from_the_next_announcement,
+);
 
 const GRACE: Duration = Duration::from_millis(1_000);
 
@@ -105,4 +108,51 @@ async fn presence_follows_streams_with_a_grace_and_only_sharers_hear_of_it(db: T
     // Never replayed: resuming before the presence changes finds messages.
     let mut resumed = alice.events(&marker.id).await.unwrap();
     assert_eq!(next_event(&mut resumed).await.id, hello.id);
+}
+
+/// A node hears of the users another node already held only from that
+/// node's periodic announcement: without it, they would stay offline there
+/// until they reconnected.
+async fn a_node_started_later_learns_who_is_online_from_the_next_announcement(db: TestDb) {
+    if db.url.starts_with("sqlite:") {
+        return; // Two nodes share PostgreSQL.
+    }
+    let first = node(&db).await;
+    let alice = first.user("alice").await;
+    let bob = first.user("bob").await;
+    let pair = alice.create_conversation(&["bob"]).await.unwrap();
+    bob.send(&pair.id, "hi").await.unwrap();
+    // alice comes online on the first node before the second one listens.
+    let _online = alice.events("").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = node(&db).await;
+    let bob_there = second.user("bob").await;
+    let online_there = || async {
+        let asked = pb::GetPresenceRequest {
+            user_ids: vec!["alice".into()],
+        };
+        let answer = bob_there
+            .client()
+            .get_presence(bob_there.request(asked))
+            .await;
+        let presences = answer.unwrap().into_inner().presences;
+        presences.first().is_some_and(|presence| presence.online)
+    };
+    assert!(
+        crate::support::eventually(online_there).await,
+        "the second node learns of alice from the first's next announcement"
+    );
+    second.stop().await;
+    first.stop().await;
+}
+
+/// A node on `db` that shares the test secret (so the cluster key) and
+/// announces its users every half second.
+async fn node(db: &TestDb) -> crate::support::TestApp {
+    let secret = String::from_utf8(crate::support::SECRET.to_vec()).unwrap();
+    spawn_app_with(db, move |config| {
+        config.secret.jwt_secret = Some(secret.parse().unwrap());
+        config.presence_interval = Duration::from_millis(500);
+    })
+    .await
 }
