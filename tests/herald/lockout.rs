@@ -424,3 +424,54 @@ async fn redeemed_tickets_are_pruned_by_an_index_not_a_scan() {
     );
     app.stop().await;
 }
+
+/// Reads an HTTP/1.1 response head from `tcp`.
+async fn response_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(PATIENCE, tcp.read_exact(&mut byte)).await;
+        read.expect("a head in time").expect("the head");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_s_own_stream_writer_waits_for_a_head_in_pieces_and_takes_a_large_one() {
+    let app = app_with(|config| config.header_timeout = Duration::from_secs(3)).await;
+    let token = app.token("bob");
+    // Half a head, then a pause well inside the header timeout, then the
+    // rest: served, by herald's writer (connection: close), not hyper.
+    let mut tcp = TcpStream::connect(app.http).await.unwrap();
+    tcp.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let rest = format!("Accept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n");
+    tcp.write_all(rest.as_bytes()).await.unwrap();
+    let head = response_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("connection: close"),
+        "herald's writer: {head}"
+    );
+    // A head of several KiB, as browsers send with their cookies, in
+    // pieces of a few bytes.
+    let mut tcp = TcpStream::connect(app.http).await.unwrap();
+    let padding = "p".repeat(6 * 1024);
+    let whole = format!(
+        "GET /api/messages HTTP/1.1\r\nHost: x\r\nX-Padding: {padding}\r\n\
+         Accept: text/event-stream\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    for piece in whole.as_bytes().chunks(700) {
+        tcp.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let head = response_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("connection: close"),
+        "herald's writer: {head}"
+    );
+}
