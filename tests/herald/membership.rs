@@ -11,6 +11,7 @@ use tonic::{Code, Streaming};
 
 on_every_backend!(
     a_one_to_one_conversation_keeps_its_participants,
+    a_send_the_cache_would_allow_is_refused_by_the_insert_itself,
     only_the_creator_removes_others_and_anyone_may_leave,
     a_removed_member_is_refused_and_receives_nothing_more,
     a_new_member_sees_only_what_follows_the_add,
@@ -638,4 +639,38 @@ async fn a_replay_of_large_membership_changes_comes_in_pages_and_whole(db: TestD
         );
     }
     assert_eq!(next_event(&mut resumed).await.id, end.id);
+}
+
+/// The insert's own check (a trigger) refuses a message from someone who is
+/// no longer a participant, whatever a node has cached: here the row is
+/// removed behind herald's back, so the cache still says yes.
+async fn a_send_the_cache_would_allow_is_refused_by_the_insert_itself(db: TestDb) {
+    use sqlx::Connection;
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let bob = app.user("bob").await;
+    let group = alice.create_conversation(&["bob", "carol"]).await.unwrap();
+    bob.send(&group.id, "cached").await.unwrap();
+    let remove = "DELETE FROM participants WHERE conversation_id = $1 AND user_id = 'bob'";
+    if db.url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query(remove)
+            .bind(&group.id)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    } else {
+        let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query(remove)
+            .bind(&group.id)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        code(bob.send(&group.id, "refused").await),
+        Code::PermissionDenied
+    );
+    alice.send(&group.id, "still fine").await.unwrap();
+    app.stop().await;
 }
