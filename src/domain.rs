@@ -4,6 +4,8 @@
 //! [`UserId`], [`ConversationId`] or [`Content`] that exists is valid, so the
 //! rest of the crate never re-checks.
 
+pub mod rules;
+
 use crate::error::Error;
 use std::{fmt, sync::Arc};
 

@@ -8,7 +8,7 @@ use crate::{
     commit::{Committed, Committer},
     domain::{
         Body, Content, Conversation, ConversationId, Event, IdempotencyKey, Message, Position,
-        UserId, now_micros,
+        UserId, now_micros, rules,
     },
     error::Error,
     feed::Feed,
@@ -265,12 +265,7 @@ impl Herald {
                 "a conversation needs at least one other participant",
             ));
         }
-        let max = self.inner.limits.max_participants;
-        if members.len() > max {
-            return Err(Error::invalid(format!(
-                "a conversation has at most {max} participants"
-            )));
-        }
+        rules::within_cap(members.len(), self.inner.limits.max_participants)?;
         // A group costs by its size: a thousand members is a heavy write.
         let _metered = self
             .meter(caller, 1.0 + members.len() as f64 / 50.0)
@@ -462,15 +457,11 @@ impl Herald {
         user_ids: &[String],
     ) -> Result<Conversation, Error> {
         let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
-        let max = self.inner.limits.max_participants;
         if user_ids.is_empty() {
             return Err(Error::invalid("user_ids must not be empty"));
         }
-        if user_ids.len() > max {
-            return Err(Error::invalid(format!(
-                "a conversation has at most {max} participants"
-            )));
-        }
+        // Before parsing them: more than a group holds is refused unread.
+        rules::within_cap(user_ids.len(), self.inner.limits.max_participants)?;
         let users = user_ids
             .iter()
             .map(|id| UserId::parse("user_ids", id))

@@ -17,7 +17,9 @@
 //! keeps its own migrations folder for its column types.
 
 use crate::{
-    domain::{Body, Change, Conversation, ConversationId, Event, Message, Position, UserId},
+    domain::{
+        Body, Change, Conversation, ConversationId, Event, Message, Position, UserId, rules::Group,
+    },
     error::Error,
 };
 use sqlx::{
@@ -1088,18 +1090,15 @@ impl Store {
                     .bind(id.as_str())
                     .fetch_all(&mut *tx)
                     .await?;
-                    let members = sorted(members);
-                    if members.binary_search(actor).is_err() {
-                        return Err(Error::PermissionDenied);
-                    }
-                    members
+                    sorted(members)
                 }
             };
             let creator = creator.map(UserId::from_stored);
-            let not_a_group = || {
-                Error::FailedPrecondition(
-                    "the participants of a one-to-one conversation cannot change".into(),
-                )
+            // The rules decide (`domain::rules`); the store writes.
+            let group = Group {
+                pair,
+                creator: creator.as_ref(),
+                members: &members,
             };
             let body = match request {
                 ChangeRequest::Read(read) => {
@@ -1120,23 +1119,9 @@ impl Store {
                     Body::Read(*read)
                 }
                 ChangeRequest::Add(users) => {
-                    if pair {
-                        return Err(not_a_group());
-                    }
-                    let mut added: Vec<UserId> = users
-                        .iter()
-                        .filter(|user| members.binary_search(user).is_err())
-                        .cloned()
-                        .collect();
-                    added.sort();
-                    added.dedup();
+                    let added = group.add(actor, users, max_members)?;
                     if added.is_empty() {
                         return Ok(None);
-                    }
-                    if members.len() + added.len() > max_members {
-                        return Err(Error::invalid(format!(
-                            "a conversation has at most {max_members} participants"
-                        )));
                     }
                     // New members see the conversation from this position:
                     // nothing before it counts as unread either.
@@ -1174,18 +1159,8 @@ impl Store {
                     })
                 }
                 ChangeRequest::Remove(user) => {
-                    if pair {
-                        return Err(not_a_group());
-                    }
-                    if user != actor && creator.as_ref() != Some(actor) {
-                        return Err(Error::Forbidden(
-                            "only the conversation's creator may remove others",
-                        ));
-                    }
-                    let Ok(index) = members.binary_search(user) else {
-                        return Err(Error::NotFound("participant"));
-                    };
-                    members.remove(index);
+                    group.remove(actor, user)?;
+                    members.retain(|member| member != user);
                     sqlx::query("DELETE FROM participants WHERE conversation_id = $1 AND user_id = $2")
                         .bind(id.as_str())
                         .bind(user.as_str())
