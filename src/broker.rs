@@ -275,10 +275,14 @@ impl Wire {
                         .filter_map(|id| UserId::parse("user", &id).ok())
                         .collect()
                 };
+                // A sealed node's word, but kept sane all the same.
+                let interval = (announce.interval_ms > 0)
+                    .then(|| Duration::from_millis(announce.interval_ms.clamp(100, 3_600_000)));
                 Some(Signal::Presence {
                     origin: self.origin.into(),
                     online: ids(announce.online),
                     offline: ids(announce.offline),
+                    interval,
                 })
             }
             _ => None,
@@ -295,6 +299,7 @@ enum Signal {
         origin: Arc<str>,
         online: Vec<UserId>,
         offline: Vec<UserId>,
+        interval: Option<Duration>,
     },
 }
 
@@ -303,6 +308,10 @@ enum Signal {
 struct Announce {
     online: Vec<String>,
     offline: Vec<String>,
+    /// How often the announcing node repeats itself (ms): its claims last
+    /// by its pace, not the receiver's. Absent from older nodes.
+    #[serde(default)]
+    interval_ms: u64,
 }
 
 /// Bytes of ids per signal: PostgreSQL refuses a notification payload of
@@ -354,7 +363,8 @@ impl Sinks {
                 origin,
                 online,
                 offline,
-            } => self.presence.remote(origin, online, offline),
+                interval,
+            } => self.presence.remote(origin, online, offline, interval),
         }
     }
 }
@@ -387,7 +397,7 @@ impl Publisher {
 impl Publisher {
     /// Tells the other nodes which users are online here, and which left,
     /// in announcements small enough for any broker.
-    pub async fn announce(&self, online: &[UserId], offline: &[UserId]) {
+    pub async fn announce(&self, online: &[UserId], offline: &[UserId], interval: Duration) {
         if matches!(self, Publisher::Quiet) {
             return;
         }
@@ -396,7 +406,10 @@ impl Publisher {
             .map(|id| (true, id))
             .chain(offline.iter().map(|id| (false, id)));
         for run in runs(all, |(_, id)| embedded_len(id.as_str())) {
-            let mut announce = Announce::default();
+            let mut announce = Announce {
+                interval_ms: interval.as_millis() as u64,
+                ..Announce::default()
+            };
             for (is_online, id) in run {
                 match is_online {
                     true => announce.online.push(id.as_str().to_owned()),
@@ -907,6 +920,7 @@ mod tests {
             let announce = Announce {
                 online: run.iter().map(|(_, id)| id.to_string()).collect(),
                 offline: Vec::new(),
+                interval_ms: 10_000,
             };
             let content = serde_json::to_string(&announce).unwrap();
             let bytes = notified(Wire::signal_of("presence", &content, sealer.origin()));

@@ -32,8 +32,11 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-/// How long, in intervals, a node's claims last without being repeated.
+/// How long, in the announcing node's intervals, its claims last without
+/// being repeated.
 const CLAIMS_LAST: f64 = 2.5;
+/// How often lapsed claims are looked for (at most).
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// Offline users whose last-seen time is kept, before the oldest are
 /// forgotten.
 const KEEP_OFFLINE: usize = 100_000;
@@ -86,6 +89,7 @@ enum Report {
         origin: Arc<str>,
         online: Vec<UserId>,
         offline: Vec<UserId>,
+        interval: Option<Duration>,
     },
 }
 
@@ -141,11 +145,21 @@ impl Presence {
     }
 
     /// Another node's announcement.
-    pub fn remote(&self, origin: Arc<str>, online: Vec<UserId>, offline: Vec<UserId>) {
+    /// Another node's announcement; its claims last 2.5 of *its*
+    /// `interval` (its own pace, whatever this node's), or of this node's
+    /// when it did not say.
+    pub fn remote(
+        &self,
+        origin: Arc<str>,
+        online: Vec<UserId>,
+        offline: Vec<UserId>,
+        interval: Option<Duration>,
+    ) {
         let _ = self.tx.send(Report::Remote {
             origin,
             online,
             offline,
+            interval,
         });
     }
 
@@ -187,6 +201,10 @@ struct Round {
 impl Tracker {
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Report>, shutdown: CancellationToken) {
         let mut announce = tokio::time::interval(self.timing.interval);
+        // Claims are checked every second (or interval, if shorter), not
+        // every interval: a dead node's users go offline within a second of
+        // their claims lapsing, 15 to 26 s after it died at the defaults.
+        let mut expire = tokio::time::interval(self.timing.interval.min(EXPIRE_EVERY));
         loop {
             let next_leave = self.next_leave();
             let mut round = Round::default();
@@ -200,16 +218,16 @@ impl Tracker {
                     }
                 }
                 _ = sleep_until(next_leave), if next_leave.is_some() => self.leave_due(&mut round),
-                _ = announce.tick() => {
-                    self.expire_claims(&mut round);
-                    round.arrived = self.held_here();
-                }
+                _ = announce.tick() => round.arrived = self.held_here(),
+                _ = expire.tick() => self.expire_claims(&mut round),
             }
             self.tell(round).await;
         }
         // Going away on purpose: the others need not wait for silence.
         let held = self.held_here();
-        self.publisher.announce(&[], &held).await;
+        self.publisher
+            .announce(&[], &held, self.timing.interval)
+            .await;
     }
 
     fn take(&self, report: Report, round: &mut Round) {
@@ -242,8 +260,10 @@ impl Tracker {
                 origin,
                 online,
                 offline,
+                interval,
             } => {
-                let until = now + self.timing.interval.mul_f64(CLAIMS_LAST);
+                let interval = interval.unwrap_or(self.timing.interval);
+                let until = now + interval.mul_f64(CLAIMS_LAST);
                 for user in online {
                     let entry = state.users.entry(user.clone()).or_default();
                     let was_online = entry.online();
@@ -338,7 +358,9 @@ impl Tracker {
     /// share a conversation with a changed user.
     async fn tell(&self, round: Round) {
         if !round.arrived.is_empty() || !round.left.is_empty() {
-            self.publisher.announce(&round.arrived, &round.left).await;
+            self.publisher
+                .announce(&round.arrived, &round.left, self.timing.interval)
+                .await;
         }
         if round.changed.is_empty() {
             return;

@@ -631,3 +631,49 @@ async fn presence_across_three_nodes_over_nats() {
     let nodes = nodes(&db.url, 3, &args).await;
     presence_crosses_nodes_and_a_dead_node_takes_its_users_offline(nodes).await;
 }
+
+/// A node's claims last by its own pace: a node that announces every
+/// second and dies is taken offline within seconds by a node that itself
+/// announces every twenty (by the observer's pace, it took 50 s and more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_users_go_offline_by_its_own_pace_not_the_observers() {
+    use crate::support::next_event_or_presence;
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let timing = |interval: &str| {
+        [
+            "--broker",
+            "postgres",
+            "--presence-grace",
+            "300ms",
+            "--presence-interval",
+        ]
+        .into_iter()
+        .chain([interval])
+        .map(String::from)
+        .collect::<Vec<_>>()
+    };
+    let observer = nodes(&db.url, 1, &timing("20s")).await.remove(0);
+    let mut dying = nodes(&db.url, 1, &timing("1s")).await.remove(0);
+    let alice = On::node(&observer, "alice").await;
+    alice.create(&["carol"]).await;
+    let carol = On::node(&dying, "carol").await;
+    carol.create(&["alice"]).await;
+    let mut alices = alice.events().await;
+    let _carols = carol.events().await;
+    let presence = |event: pb::Event| match event.kind {
+        Some(pb::event::Kind::Presence(p)) => (p.user_id, p.online),
+        other => panic!("expected presence, got {other:?}"),
+    };
+    assert_eq!(
+        presence(next_event_or_presence(&mut alices).await),
+        ("carol".into(), true)
+    );
+    dying.child.kill().await.unwrap();
+    // Within PATIENCE (20 s): 2.5 of the dead node's seconds, and a tick.
+    assert_eq!(
+        presence(next_event_or_presence(&mut alices).await),
+        ("carol".into(), false)
+    );
+}
