@@ -605,10 +605,7 @@ impl Herald {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let resume = match after_id.is_empty() {
-            true => None,
-            false => Some(Position::parse_id("after_id", after_id)?),
-        };
+        let resume = Resume::parse(after_id)?;
         let live = self
             .inner
             .hub
@@ -628,11 +625,11 @@ impl Herald {
             self.inner.metrics.clone(),
             self.inner.presence.clone(),
         );
-        if let Some(resume) = resume {
+        if resume != Resume::Live {
             let _metered = self.meter(&claims.user, 1.0).await?;
             self.inner.metrics.resumed();
             match self.missed(&claims.user, resume, wants).await? {
-                Replay::From(after, first_page) => {
+                Missed::From(after, first_page) => {
                     let source = ReplaySource {
                         store: self.inner.store.clone(),
                         user: claims.user.clone(),
@@ -643,7 +640,7 @@ impl Herald {
                     };
                     stream.replay(source, after, first_page);
                 }
-                Replay::Impossible(reason) => {
+                Missed::Impossible(reason) => {
                     self.inner.metrics.replay_impossible();
                     stream.reset_because(reason);
                 }
@@ -655,15 +652,11 @@ impl Herald {
     /// What `user` missed after `resume`: the first page of it (read before
     /// the stream starts, so a short replay is what was missed at this
     /// moment), or why it cannot be replayed.
-    async fn missed(
-        &self,
-        user: &UserId,
-        resume: Option<Position>,
-        wants: Wants,
-    ) -> Result<Replay, Error> {
-        let unknown = || Replay::Impossible("unknown message id: replay is impossible".into());
-        let Some(resume) = resume else {
-            // A well-formed id that names no message.
+    async fn missed(&self, user: &UserId, resume: Resume, wants: Wants) -> Result<Missed, Error> {
+        let unknown = || Missed::Impossible("unknown message id: replay is impossible".into());
+        let Resume::After(resume) = resume else {
+            // A well-formed id that names no message (or no resume at all,
+            // which the caller does not ask about).
             return Ok(unknown());
         };
         // An event the user could not see (someone else's conversation, or
@@ -687,11 +680,11 @@ impl Herald {
                     .await?
                     > limit);
         if too_many {
-            return Ok(Replay::Impossible(format!(
+            return Ok(Missed::Impossible(format!(
                 "more than {limit} messages were missed: replay is impossible"
             )));
         }
-        Ok(Replay::From(resume, first_page))
+        Ok(Missed::From(resume, first_page))
     }
 
     /// The conversation as `caller` sees it.
@@ -793,8 +786,32 @@ pub struct Metered {
     _place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// What a resuming stream replays.
-enum Replay {
+/// Where a stream starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    /// Live, from now: no resume point.
+    Live,
+    /// After this position.
+    After(Position),
+    /// After an id herald could have issued but that names nothing.
+    Unknown,
+}
+
+impl Resume {
+    /// The resume point a client gave (`after_id`, `Last-Event-ID`).
+    fn parse(after_id: &str) -> Result<Self, Error> {
+        if after_id.is_empty() {
+            return Ok(Resume::Live);
+        }
+        Ok(match Position::parse_id("after_id", after_id)? {
+            Some(position) => Resume::After(position),
+            None => Resume::Unknown,
+        })
+    }
+}
+
+/// What a resuming stream missed (the stream replays it: `stream::Replay`).
+enum Missed {
     /// Everything the user missed after this position, starting with
     /// this page.
     From(Position, Vec<Event>),

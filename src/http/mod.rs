@@ -35,6 +35,7 @@ use tower_http::{
 };
 
 pub use caller::{Caller, StreamCaller};
+pub use sse::STREAM_PATHS;
 
 /// What every HTTP handler can reach.
 #[derive(Clone)]

@@ -57,20 +57,28 @@ pub const NOT_EVENT_STREAM: &str = "This endpoint requires an EventSource connec
 /// The reconnection delay suggested to EventSource.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// The stream routes and what each carries. herald's own HTTP/1.1 writer
+/// (`listener/h1_stream.rs`) takes a connection whose first request is one
+/// of these paths ([`STREAM_PATHS`]): one list, so the two cannot drift.
+const STREAMS: [(&str, Wants); 2] = [
+    (STREAM_PATHS[0], Wants::Messages),
+    (STREAM_PATHS[1], Wants::Everything),
+];
+
+/// The paths of [`STREAMS`].
+pub const STREAM_PATHS: [&str; 2] = ["/api/messages", "/api/events"];
+
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/messages",
-            get(|state, caller, headers, query| {
-                subscribe(state, caller, headers, query, Wants::Messages)
-            }),
-        )
-        .route(
-            "/api/events",
-            get(|state, caller, headers, query| {
-                subscribe(state, caller, headers, query, Wants::Everything)
-            }),
-        )
+    STREAMS
+        .into_iter()
+        .fold(Router::new(), |router, (path, wants)| {
+            router.route(
+                path,
+                get(move |state, caller, headers, query| {
+                    subscribe(state, caller, headers, query, wants)
+                }),
+            )
+        })
 }
 
 #[derive(Deserialize)]

@@ -49,8 +49,9 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-/// The request lines served here, up to the query or the version.
-const ROUTES: [&[u8]; 2] = [b"GET /api/messages", b"GET /api/events"];
+/// The paths served here: the HTTP door's stream routes, one list for both
+/// (a route renamed there is taken here too).
+const ROUTES: [&str; 2] = crate::http::STREAM_PATHS;
 /// The longest head read here; a longer one (a huge token, say) goes to
 /// hyper, whose limits and answers then apply.
 pub(super) const MAX_HEAD: usize = 16 * 1024;
@@ -100,14 +101,19 @@ pub(super) fn fuzz(head: &[u8]) {
     let _ = parse(head);
 }
 
-/// Whether `head` and `route` agree as far as both go, and the route, if
-/// whole, ends where the path does.
-fn could_start(head: &[u8], route: &[u8]) -> bool {
-    let common = head.len().min(route.len());
-    head[..common] == route[..common]
-        && head
-            .get(route.len())
-            .is_none_or(|next| matches!(next, b'?' | b' '))
+/// Whether `head` and the request line `GET <path>` agree as far as both
+/// go, and the path, if whole, ends where the head's does.
+fn could_start(head: &[u8], path: &str) -> bool {
+    let line = b"GET ".iter().chain(path.as_bytes());
+    let mut at = 0;
+    for expected in line {
+        match head.get(at) {
+            None => return true,
+            Some(byte) if byte == expected => at += 1,
+            Some(_) => return false,
+        }
+    }
+    head.get(at).is_none_or(|next| matches!(next, b'?' | b' '))
 }
 
 enum Parsed {
