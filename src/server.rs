@@ -1,8 +1,9 @@
 //! Start-up and shut-down: the one seam `main` and every test use.
 //!
-//! [`Server::bind`] connects the database and binds both listeners (port 0
-//! allowed) so the caller can read the real addresses; [`Server::run`] serves
-//! until a shutdown future fires, then drains.
+//! [`Server::bind`] connects the database, starts the core, binds the
+//! listeners (port 0 allowed) so the caller can read the real addresses,
+//! and builds what each serves; [`Server::run`] only serves until a
+//! shutdown future fires, then drains.
 //!
 //! **Shutdown order.** Mark gRPC health NOT_SERVING; cancel the token every
 //! open stream watches, so SSE and gRPC streams end with their final status
@@ -13,7 +14,7 @@
 
 use crate::{
     auth::Auth,
-    broker::{Broker, BrokerCounts},
+    broker::Broker,
     config::ServeConfig,
     grpc,
     http::{self, AppState, HttpOptions},
@@ -24,13 +25,14 @@ use crate::{
     store::Store,
     tls::{self, Acceptors},
 };
+use axum::Router;
 use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::{
     net::{TcpListener, TcpSocket},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::trace::{DefaultOnEos, DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -48,16 +50,24 @@ pub struct Server {
     grpc: TcpListener,
     /// `/metrics` alone, when `--metrics-addr` gives it a listener.
     metrics: Option<TcpListener>,
+    /// What each listener serves.
+    apps: Apps,
     herald: Herald,
-    auth: Auth,
     feed: JoinHandle<()>,
     broker: JoinHandle<()>,
-    broker_counts: BrokerCounts,
     shutdown: CancellationToken,
     drain: Duration,
-    http_options: HttpOptions,
     tls: Option<Acceptors>,
     connections: Connections,
+}
+
+/// The applications the listeners serve, built at bind.
+struct Apps {
+    grpc: Router,
+    http: Router,
+    metrics: Option<Router>,
+    /// gRPC health, told NOT_SERVING when shutdown begins.
+    health: HealthReporter,
 }
 
 impl Server {
@@ -94,20 +104,28 @@ impl Server {
             herald.presence().clone(),
             shutdown.clone(),
         );
+        let connections = Connections::new(config.connection_limits());
+        let state = AppState {
+            herald: herald.clone(),
+            auth: auth.clone(),
+            broker: broker_counts,
+            connections: connections.clone(),
+            origins: config.cors_origin.clone().into(),
+            heartbeat: config.sse_heartbeat,
+        };
+        let apps = Apps::build(state, &config.http_options(), metrics.is_some()).await?;
         Ok(Self {
             http,
             grpc,
             metrics,
+            apps,
             herald,
-            auth,
             feed,
             broker,
-            broker_counts,
             shutdown,
             drain: config.drain_timeout,
-            http_options: config.http_options(),
             tls,
-            connections: Connections::new(config.connection_limits()),
+            connections,
         })
     }
 
@@ -145,88 +163,38 @@ impl Server {
     /// Serves until `signal` completes, then shuts down in order (see the
     /// module comment).
     pub async fn run(self, signal: impl Future<Output = ()> + Send) -> Result<(), StartError> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<pb::messenger_server::MessengerServer<grpc::Messenger>>()
-            .await;
-        // Both reflection versions, so every grpcurl can `list` and `describe`;
-        // health's descriptors too, or grpcurl would not list it.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        // Anonymous: their requests are names, never more than a few KiB.
-        let anonymous = crate::limits::ANONYMOUS_REQUEST;
-        let health_service = health_service.max_decoding_message_size(anonymous);
-        let reflection_v1 = reflection()
-            .build_v1()?
-            .max_decoding_message_size(anonymous);
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()?
-            .max_decoding_message_size(anonymous);
-
         // Servers stop accepting on `stop`, a moment after open streams have
         // ended on `self.shutdown`, so clients read each stream's final
         // status before the connection closes.
         let stop = CancellationToken::new();
-        let grpc_app = tonic::service::Routes::new(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(grpc::service(self.herald.clone(), self.auth.clone()))
-            .into_axum_router()
-            // The request log: method and outcome, never metadata (tokens).
-            // One line per call at info, when its stream ends (with the
-            // duration; a unary call's status comes then too); the response
-            // headers' line is debug, which halves the log on the send path.
-            .layer(
-                TraceLayer::new_for_grpc()
-                    .make_span_with(grpc::log_span)
-                    .on_request(())
-                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                    .on_failure(DefaultOnFailure::new().level(Level::INFO))
-                    .on_eos(DefaultOnEos::new().level(Level::INFO)),
-            );
-        let state = AppState {
-            herald: self.herald.clone(),
-            auth: self.auth.clone(),
-            broker: self.broker_counts.clone(),
-            connections: self.connections.clone(),
-            origins: self.http_options.cors_origins.clone().into(),
-            heartbeat: self.http_options.heartbeat,
-        };
-        let grpc_web = grpc::web_routes(self.herald.clone(), self.auth.clone());
-        // Plain HTTP, no TLS: an internal address (see --metrics-addr).
-        let metrics_server = self.metrics.map(|metrics| {
-            let app = http::metrics_router(state.clone());
+        let serve = |listener, tls, app, protocol| {
             let connections = self.connections.clone();
-            listener::serve(
-                metrics,
-                None,
-                app,
-                Protocol::Http,
-                connections,
-                stop.clone(),
-            )
-        });
-        let http_app = http::router(state, &self.http_options, grpc_web);
-        let mut grpc_server = listener::serve(
+            listener::serve(listener, tls, app, protocol, connections, stop.clone())
+        };
+        let Apps {
+            grpc,
+            http,
+            metrics,
+            health,
+        } = self.apps;
+        let tls = self.tls.as_ref();
+        let mut grpc_server = serve(
             self.grpc,
-            self.tls.as_ref().map(|tls| tls.grpc.clone()),
-            grpc_app,
+            tls.map(|tls| tls.grpc.clone()),
+            grpc,
             Protocol::Grpc,
-            self.connections.clone(),
-            stop.clone(),
         );
-        let mut http_server = listener::serve(
+        let mut http_server = serve(
             self.http,
-            self.tls.as_ref().map(|tls| tls.http.clone()),
-            http_app,
+            tls.map(|tls| tls.http.clone()),
+            http,
             Protocol::Http,
-            self.connections.clone(),
-            stop.clone(),
         );
-
+        // Plain HTTP, no TLS: an internal address (see --metrics-addr).
+        let metrics_server = self
+            .metrics
+            .zip(metrics)
+            .map(|(listener, app)| serve(listener, None, app, Protocol::Http));
         let watch = self.connections.watch(stop.clone());
 
         tokio::select! {
@@ -261,6 +229,65 @@ impl Server {
         let _ = self.broker.await;
         self.herald.store().close().await;
         Ok(())
+    }
+}
+
+impl Apps {
+    /// Every door over the core in `state`: gRPC (Messenger, health,
+    /// both reflection versions, the request log), HTTP (REST, SSE, the
+    /// page, gRPC-Web) and, when it has a listener of its own, `/metrics`.
+    async fn build(
+        state: AppState,
+        options: &HttpOptions,
+        metrics_apart: bool,
+    ) -> Result<Self, StartError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<pb::messenger_server::MessengerServer<grpc::Messenger>>()
+            .await;
+        // Both reflection versions, so every grpcurl can `list` and `describe`;
+        // health's descriptors too, or grpcurl would not list it.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // Anonymous: their requests are names, never more than a few KiB.
+        let anonymous = crate::limits::ANONYMOUS_REQUEST;
+        let health_service = health_service.max_decoding_message_size(anonymous);
+        let reflection_v1 = reflection()
+            .build_v1()?
+            .max_decoding_message_size(anonymous);
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()?
+            .max_decoding_message_size(anonymous);
+        let (herald, auth) = (state.herald.clone(), state.auth.clone());
+        let grpc = tonic::service::Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(grpc::service(herald.clone(), auth.clone()))
+            .into_axum_router()
+            // The request log: method and outcome, never metadata (tokens).
+            // One line per call at info, when its stream ends (with the
+            // duration; a unary call's status comes then too); the response
+            // headers' line is debug, which halves the log on the send path.
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(grpc::log_span)
+                    .on_request(())
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                    .on_failure(DefaultOnFailure::new().level(Level::INFO))
+                    .on_eos(DefaultOnEos::new().level(Level::INFO)),
+            );
+        let metrics = metrics_apart.then(|| http::metrics_router(state.clone()));
+        let grpc_web = grpc::web_routes(herald, auth);
+        let http = http::router(state, options, grpc_web);
+        Ok(Self {
+            grpc,
+            http,
+            metrics,
+            health,
+        })
     }
 }
 
