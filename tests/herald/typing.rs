@@ -6,7 +6,10 @@ use crate::support::{TestDb, code, next_event, next_message, spawn_app};
 use herald::pb::{self, event::Kind};
 use tonic::Code;
 
-on_every_backend!(typing_reaches_the_others_once_per_window_and_is_never_replayed);
+on_every_backend!(
+    typing_reaches_the_others_once_per_window_and_is_never_replayed,
+    typing_is_relayed_again_after_the_window_and_never_after_a_removal,
+);
 
 async fn typing_reaches_the_others_once_per_window_and_is_never_replayed(db: TestDb) {
     let app = spawn_app(&db).await;
@@ -115,4 +118,49 @@ async fn typing_reaches_the_others_once_per_window_and_is_never_replayed(db: Tes
         code(alice.client().set_typing(alice.request(nowhere)).await),
         Code::NotFound
     );
+}
+
+/// The window ends: a user still typing after it is relayed again. And a
+/// removal ends typing at once: the node's cache of who is in the group is
+/// dropped when the change is delivered.
+async fn typing_is_relayed_again_after_the_window_and_never_after_a_removal(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let group = alice.create_conversation(&["bob", "carol"]).await.unwrap();
+    let mut alices = alice.events("").await.unwrap();
+    let typing = || {
+        let body = pb::SetTypingRequest {
+            conversation_id: group.id.clone(),
+        };
+        let request = bob.request(body);
+        let mut client = bob.client();
+        async move { client.set_typing(request).await }
+    };
+    typing().await.unwrap();
+    assert!(matches!(
+        next_event(&mut alices).await.kind,
+        Some(Kind::Typing(_))
+    ));
+    tokio::time::sleep(herald_typing_window() + std::time::Duration::from_millis(200)).await;
+    typing().await.unwrap();
+    let again = next_event(&mut alices).await;
+    assert!(
+        matches!(again.kind, Some(Kind::Typing(_))),
+        "relayed again: {again:?}"
+    );
+    // alice removes bob; once the change reached her stream, the node has
+    // delivered it, and bob's typing is refused.
+    alice.remove(&group.id, "bob").await.unwrap();
+    let change = next_event(&mut alices).await;
+    assert!(
+        matches!(change.kind, Some(Kind::Membership(_))),
+        "{change:?}"
+    );
+    assert_eq!(code(typing().await), Code::PermissionDenied);
+    app.stop().await;
+}
+
+/// The typing window (`signals::TYPING_EVERY`): 2 s.
+fn herald_typing_window() -> std::time::Duration {
+    std::time::Duration::from_secs(2)
 }
