@@ -9,9 +9,9 @@
 //! - anonymous streams (gRPC health and reflection, which need no token):
 //!   at most [`ANONYMOUS_PER_CONNECTION`] per connection and (health
 //!   checks, which answer at once, aside) [`ANONYMOUS_PER_NODE`] across
-//!   the node, refused beyond that; a
-//!   connection that has had nothing but an open anonymous stream by the
-//!   header timeout is closed like a silent one;
+//!   the node, refused beyond that; a connection that has had nothing but
+//!   an open anonymous stream by the header timeout is closed like a
+//!   silent one;
 //! - requests whose body has not arrived yet (a POST head with no body, a
 //!   gRPC HEADERS without its DATA): stalled, and reset at the body
 //!   timeout anyway.
@@ -22,9 +22,9 @@
 //! closed. One address holds at most `max_per_ip` places (trusted proxies
 //! excepted), so one host cannot take the node.
 //!
-//! **Stuck readers.** A streaming response registers its [`Progress`]: when
-//! the transport last took a frame, and when the stream must end whatever
-//! (its token's expiry). [`Connections::watch`] closes every connection
+//! **Stuck readers.** Every response registers its [`Progress`]: when the
+//! transport last took a frame, and when a stream must end whatever (its
+//! token's expiry). [`Connections::watch`] closes every connection
 //! with a stream the transport has not taken from for the write timeout, or
 //! past its end: a client that stops reading costs its queue for at most
 //! that long, and expiry acts even while a write is blocked.
