@@ -475,3 +475,42 @@ async fn herald_s_own_stream_writer_waits_for_a_head_in_pieces_and_takes_a_large
         "herald's writer: {head}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_anonymous_streams_are_bounded_and_a_health_check_still_answers() {
+    let app = app_with(|_| {}).await;
+    // 256 connections of four Watch streams each: the node's 1,024.
+    let connection = || async {
+        let mut client = h2_client(app.grpc, 65_535).await;
+        let mut streams = Vec::new();
+        for _ in 0..4 {
+            let head = grpc_head(app.grpc, "/grpc.health.v1.Health/Watch", None);
+            let (response, mut body) = client.send_request(head, false).unwrap();
+            body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+                .unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(grpc_status(&response), None, "a stream, not a refusal");
+            streams.push(response);
+            client = client.ready().await.unwrap();
+        }
+        (client, streams)
+    };
+    let _held = futures_util::future::join_all((0..256).map(|_| connection())).await;
+    let watch = |channel| async move {
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        HealthClient::new(channel).watch(request).await
+    };
+    let refused = watch(app.channel().await).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "the node holds its share"
+    );
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let checked = HealthClient::new(app.channel().await).check(request).await;
+    assert_eq!(checked.unwrap().into_inner().status, 1, "SERVING");
+}
