@@ -159,6 +159,7 @@ async fn every_bench_scenario_runs_against_herald() {
         hostile.contains("success_rate=1.0000 lost=0 duplicated=0 forged_delivered=0 "),
         "{hostile}"
     );
+    assert!(hostile.contains(" presence_leaked=0"), "{hostile}");
     let events = presence
         .split_whitespace()
         .find_map(|field| field.strip_prefix("presence_events="))

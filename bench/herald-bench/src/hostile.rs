@@ -3,10 +3,11 @@
 //! for at once: content with U+0000, half-sent and silent connections,
 //! a flood of calls on one HTTP/2 connection, giant groups, resumes of a
 //! large history that never read, (with `--nats-url`) forged broker
-//! publishes, and round two's: anonymous health `Watch` streams held on
-//! many connections, request messages announced at 4 MiB and never
-//! finished, request bodies that never come, and live streams of large
-//! messages that are never read. Reports the ordinary users' success rate, their
+//! publishes and genuine ones played back, and round two's: anonymous
+//! health `Watch` streams held on many connections, request messages
+//! announced at 4 MiB and never finished, request bodies that never come,
+//! live streams of large messages that are never read, and presence probes
+//! (the ordinary users put in the attacker's groups, then asked about). Reports the ordinary users' success rate, their
 //! create-to-delivery latency without and with the attack, messages lost,
 //! duplicated or forged, and the server's memory and open files.
 //! Loopback only, bounded in time.
@@ -72,7 +73,7 @@ pub struct Hostile {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "nul,slow,flood,giant,resume,forge,anonymous,announced,stalled,stuck"
+        default_value = "nul,slow,flood,giant,resume,forge,anonymous,announced,stalled,stuck,probe"
     )]
     attacks: Vec<Attack>,
 }
@@ -89,6 +90,8 @@ enum Attack {
     Announced,
     Stalled,
     Stuck,
+    /// Puts the ordinary users in groups and asks for their presence.
+    Probe,
 }
 
 /// What the attackers got done, counted.
@@ -108,6 +111,12 @@ struct Attacks {
     announced_refused: AtomicU64,
     /// Stalled requests cut at the body timeout.
     stalled_cut: AtomicU64,
+    /// Genuine broker payloads recorded and published again.
+    replays_published: AtomicU64,
+    /// Presence probes made, and presences they were answered (must be 0:
+    /// the ordinary users never took part in the attacker's groups).
+    probes: AtomicU64,
+    presence_leaked: AtomicU64,
 }
 
 pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
@@ -170,6 +179,7 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let rss_before = rss_kib(&pid);
     let stuck_before = metric(target.http, "herald_connections_stuck_total").await;
+    let replayed_before = metric(target.http, "herald_broker_replayed_total").await;
     let attack_started = now_micros();
     let attacks = Arc::new(Attacks::default());
     let attacking = CancellationToken::new();
@@ -185,6 +195,9 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
     let stuck_closed = metric(target.http, "herald_connections_stuck_total")
         .await
         .saturating_sub(stuck_before);
+    let replays_refused = metric(target.http, "herald_broker_replayed_total")
+        .await
+        .saturating_sub(replayed_before);
     attacking.cancel();
     for attacker in attackers {
         let _ = attacker.await;
@@ -206,7 +219,8 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
          latency_ms_alone p50={:.2} p99={:.2} latency_ms_attacked p50={:.2} p99={:.2} latency_ms_attacked_after_1s p50={:.2} p99={:.2} \
          rss_kib before={rss_before} peak={} after={rss_after} open_files_peak={} \
          attacks nul_refused={} reconnects={} flood_ok={} flood_refused={} groups_created={} groups_refused={} resumes={} forged_published={} \
-         anonymous_ended={} announced_refused={} stalled_cut={} stuck_closed={}",
+         anonymous_ended={} announced_refused={} stalled_cut={} stuck_closed={} \
+         replays_published={} replays_refused={} probes={} presence_leaked={}",
         args.seconds,
         sent.len() as u64 + refused.load(Ordering::Relaxed),
         sent.len(),
@@ -234,6 +248,10 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
         attacks.announced_refused.load(Ordering::Relaxed),
         attacks.stalled_cut.load(Ordering::Relaxed),
         stuck_closed,
+        attacks.replays_published.load(Ordering::Relaxed),
+        replays_refused,
+        attacks.probes.load(Ordering::Relaxed),
+        attacks.presence_leaked.load(Ordering::Relaxed),
     );
     Ok(())
 }
@@ -432,6 +450,13 @@ fn attack(
         tasks.push(tokio::spawn(self_sender(
             target.clone(),
             lair.into(),
+            stop.clone(),
+        )));
+    }
+    if on(Attack::Probe) {
+        tasks.push(tokio::spawn(prober(
+            target.clone(),
+            attacks.clone(),
             stop.clone(),
         )));
     }
@@ -725,13 +750,30 @@ async fn forger(
     attacks: Arc<Attacks>,
     stop: CancellationToken,
 ) {
+    use futures_util::StreamExt;
     let Ok(nats) = async_nats::connect(url.as_str()).await else {
         eprintln!("the forger cannot reach NATS at {url}");
+        return;
+    };
+    // It also records what herald publishes, to play it back.
+    let signals = format!("{subject}.signals");
+    let (Ok(mut heard), Ok(mut heard_signals)) = (
+        nats.subscribe(subject.clone()).await,
+        nats.subscribe(signals.clone()).await,
+    ) else {
         return;
     };
     let mut client = target.grpc().await;
     let token = target.token("alice");
     while !stop.is_cancelled() {
+        let recorded = [(&subject, &mut heard), (&signals, &mut heard_signals)];
+        for (on, stream) in recorded {
+            let next = tokio::time::timeout(Duration::from_millis(1), stream.next()).await;
+            if let Ok(Some(message)) = next {
+                let _ = nats.publish(on.clone(), message.payload).await;
+                attacks.replays_published.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         let newest = pb::ListMessagesRequest {
             conversation_id: chat.clone(),
             page_size: 1,
@@ -754,6 +796,36 @@ async fn forger(
             attacks.forged_published.fetch_add(1, Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Puts the ordinary users in a group of the attacker's and asks whether
+/// they are online: by consent, they are never told (they took no part).
+async fn prober(target: Target, attacks: Arc<Attacks>, stop: CancellationToken) {
+    let mut client = target.grpc().await;
+    let token = target.token("mallory");
+    let targets = vec!["alice".to_owned(), "bob".to_owned()];
+    while !stop.is_cancelled() {
+        let group = pb::CreateConversationRequest {
+            participant_ids: targets
+                .iter()
+                .cloned()
+                .chain(["mallory-2".into()])
+                .collect(),
+        };
+        let _ = client.create_conversation(authorized(group, &token)).await;
+        let asked = pb::GetPresenceRequest {
+            user_ids: targets.clone(),
+        };
+        if let Ok(answer) = client.get_presence(authorized(asked, &token)).await {
+            let presences = answer.into_inner().presences;
+            let online = presences.iter().filter(|presence| presence.online).count();
+            attacks
+                .presence_leaked
+                .fetch_add(online as u64, Ordering::Relaxed);
+        }
+        attacks.probes.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
