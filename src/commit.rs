@@ -10,8 +10,11 @@
 //! The task takes whatever is queued (up to [`MAX_BATCH`]) and commits it in
 //! one transaction, so under load many messages share one commit and one
 //! wait for the disk, while a lone message waits for nobody. Only after the
-//! commit are the messages reported to the feed (in position order), the
-//! writers answered, and the broker told: acknowledged means persisted. Once
+//! commit are the messages reported to the feed (in position order) and the
+//! broker told, and each writer is answered once the feed has handed its
+//! message to this node's hub: acknowledged means persisted, and queued for
+//! every live subscription of this node (a stream opened after the answer
+//! does not receive it as new). Once
 //! queued, the work belongs to the task, so a client that hangs up cannot
 //! leave a message committed but unpublished.
 //!
@@ -196,8 +199,10 @@ impl Sink {
             .await;
         match committed {
             Ok(Some(event)) => {
-                self.feed.committed(event.clone());
-                let _ = job.reply.send(Ok(Some(event.clone())));
+                let (reply, answer) = (job.reply, Ok(Some(event.clone())));
+                self.feed.committed(event.clone(), move || {
+                    let _ = reply.send(answer);
+                });
                 self.publisher.publish(&event).await;
             }
             other => {
@@ -269,8 +274,10 @@ impl Sink {
         let mut events = Vec::with_capacity(committed.len());
         for (job, message) in committed {
             let event = Event::from(message.clone());
-            self.feed.committed(event.clone());
-            let _ = job.reply.send(Ok(Committed::New(message)));
+            let reply = job.reply;
+            self.feed.committed(event.clone(), move || {
+                let _ = reply.send(Ok(Committed::New(message)));
+            });
             events.push(event);
         }
         for event in &events {

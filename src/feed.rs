@@ -53,6 +53,11 @@ pub const POLL: Duration = Duration::from_secs(1);
 const FILL_BATCH: i64 = 1_000;
 /// The most pending events whose conversations' members are read at once.
 const MAX_BATCH_EVENTS: usize = 256;
+/// The longest a local commit's acknowledgement waits for its delivery.
+pub const ACK_PATIENCE: Duration = Duration::from_secs(1);
+
+/// What runs once a local commit is in the hub: its writer's answer.
+type OnDelivered = Box<dyn FnOnce() + Send>;
 
 /// What a batch of reports requires the feed to read, least to most.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,7 +91,7 @@ pub struct FillCounts {
 }
 
 enum Report {
-    Committed(Event),
+    Committed(Event, OnDelivered),
     Remote(Event),
     Head(Position),
     CatchUp,
@@ -115,6 +120,7 @@ impl Feed {
             next,
             head: next - 1,
             pending: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             gap_since: None,
             members: MemberLists::default(),
             participants,
@@ -127,9 +133,14 @@ impl Feed {
         Ok((Self { tx, fills }, task))
     }
 
-    /// This node committed `event`.
-    pub fn committed(&self, event: Event) {
-        self.report(Report::Committed(event));
+    /// This node committed `event`; `on_delivered` runs once the hub has
+    /// it (every live subscription of this node has it queued), so a
+    /// writer acknowledged from there is acknowledged after that. At the
+    /// latest it runs [`ACK_PATIENCE`] later, when the feed is held up (the
+    /// database cannot tell it the recipients): the event is committed, and
+    /// its writer must not wait on the feed's trouble.
+    pub fn committed(&self, event: Event, on_delivered: impl FnOnce() + Send + 'static) {
+        self.report(Report::Committed(event, Box::new(on_delivered)));
     }
 
     /// Another node committed `event`.
@@ -166,6 +177,9 @@ struct Sequencer {
     head: i64,
     /// Reports past a gap, by position.
     pending: BTreeMap<i64, Event>,
+    /// Local commits' acknowledgements, by position, each with when it
+    /// began to wait.
+    waiting: BTreeMap<i64, (Instant, OnDelivered)>,
     /// When the current gap opened.
     gap_since: Option<Instant>,
     /// Members of conversations as of `next - 1` (see the module comment).
@@ -196,8 +210,13 @@ impl Sequencer {
                         self.fill(Fill::Unreported).await;
                     }
                     seen_at_last_poll = self.next;
+                    self.acknowledge_overdue();
                 }
             }
+        }
+        // Stopping: every commit waiting here is committed; say so.
+        for (_, (_, on_delivered)) in std::mem::take(&mut self.waiting) {
+            on_delivered();
         }
     }
 
@@ -221,7 +240,18 @@ impl Sequencer {
     /// Takes one report and says what must be read from the database.
     fn take(&mut self, report: Report) -> Read {
         match report {
-            Report::Committed(event) | Report::Remote(event) => self.hold(event),
+            Report::Committed(event, on_delivered) => {
+                let position = event.position.0;
+                match position < self.next {
+                    true => on_delivered(),
+                    false => {
+                        self.waiting
+                            .insert(position, (Instant::now(), on_delivered));
+                    }
+                }
+                self.hold(event);
+            }
+            Report::Remote(event) => self.hold(event),
             Report::Head(position) => {
                 self.head = self.head.max(position.0);
                 if self.head >= self.next && !self.pending.contains_key(&self.next) {
@@ -255,6 +285,9 @@ impl Sequencer {
                 Ok(recipients) => {
                     let delivery = Delivery::new(event, recipients);
                     self.metrics.delivered(self.hub.deliver(delivery) as u64);
+                    if let Some((_, on_delivered)) = self.waiting.remove(&self.next) {
+                        on_delivered();
+                    }
                     self.next += 1;
                 }
                 Err(error) => {
@@ -389,6 +422,22 @@ impl Sequencer {
             }
             Ok(_) => self.retry_later(&"no committed message at the next position"),
             Err(error) => self.retry_later(&error),
+        }
+    }
+
+    /// Answers the writers of local commits that have waited for their
+    /// delivery longer than [`ACK_PATIENCE`] (the feed is held up).
+    fn acknowledge_overdue(&mut self) {
+        let overdue: Vec<i64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() >= ACK_PATIENCE)
+            .map(|(position, _)| *position)
+            .collect();
+        for position in overdue {
+            if let Some((_, on_delivered)) = self.waiting.remove(&position) {
+                on_delivered();
+            }
         }
     }
 

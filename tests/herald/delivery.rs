@@ -209,6 +209,7 @@ async fn a_stream_ends_when_its_token_expires(db: TestDb) {
 }
 
 on_every_backend!(
+    an_acknowledged_message_is_already_queued_for_every_live_subscription,
     every_participant_receives_on_every_subscription_including_the_senders_other_one,
     a_group_message_reaches_every_member,
     concurrent_writers_are_delivered_once_in_the_order_history_shows,
@@ -220,3 +221,47 @@ on_every_backend!(
     a_user_cannot_open_more_streams_than_the_limit,
     a_stream_ends_when_its_token_expires,
 );
+
+/// "Acknowledged" means committed and queued for every live subscription
+/// of the node: a live-only stream opened just after the acknowledgement
+/// never receives that message (it came before the stream), while other
+/// writers keep the feed busy.
+async fn an_acknowledged_message_is_already_queued_for_every_live_subscription(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let (alice, bob, carol) = (
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("carol").await,
+    );
+    let chat = alice.create_conversation(&["bob"]).await.unwrap();
+    let busy = carol.create_conversation(&["dave"]).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, carol, busy) = (stop.clone(), carol, busy.id.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = carol.send(&busy, "load").await;
+            }
+        })
+    };
+    for round in 0..100 {
+        let before = alice
+            .send(&chat.id, &format!("before-{round}"))
+            .await
+            .unwrap();
+        let mut live = bob.subscribe("").await.unwrap();
+        let after = alice
+            .send(&chat.id, &format!("after-{round}"))
+            .await
+            .unwrap();
+        let first = next_message(&mut live).await;
+        assert_eq!(
+            first.id, after.id,
+            "round {round}: {} was acknowledged before the stream opened",
+            before.id
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.unwrap();
+    app.stop().await;
+}
