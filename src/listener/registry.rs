@@ -8,8 +8,9 @@
 //!
 //! - anonymous streams (gRPC health and reflection, which need no token):
 //!   at most [`ANONYMOUS_PER_CONNECTION`] per connection and (health
-//!   checks, which answer at once, aside) [`ANONYMOUS_PER_NODE`] across
-//!   the node, refused beyond that; a connection that has had nothing but
+//!   checks, which answer at once, aside) a sixteenth of the connection
+//!   cap across the node (16 to 1,024: [`anonymous_per_node`]), refused
+//!   beyond that; a connection that has had nothing but
 //!   an open anonymous stream by the header timeout is closed like a
 //!   silent one;
 //! - requests whose body has not arrived yet (a POST head with no body, a
@@ -44,8 +45,10 @@ use super::ConnectionLimits;
 
 /// Anonymous streams (health, reflection) one connection may have open.
 pub const ANONYMOUS_PER_CONNECTION: usize = 4;
-/// Anonymous streams the node holds at once.
-pub const ANONYMOUS_PER_NODE: usize = 1_024;
+/// Anonymous streams the node holds at once, for a cap of `max_connections`.
+pub fn anonymous_per_node(max_connections: usize) -> usize {
+    (max_connections / 16).clamp(16, 1_024)
+}
 
 /// Every open connection of the node, on both ports. Cheap to clone.
 #[derive(Clone)]
@@ -283,7 +286,9 @@ impl Connections {
         // time, and across the node a race can only overshoot by a few.
         let node = &self.inner.anonymous;
         if conn.anonymous.load(Ordering::Acquire) >= ANONYMOUS_PER_CONNECTION
-            || (of_node && node.load(Ordering::Acquire) >= ANONYMOUS_PER_NODE)
+            || (of_node
+                && node.load(Ordering::Acquire)
+                    >= anonymous_per_node(self.inner.limits.max_connections))
         {
             return None;
         }
