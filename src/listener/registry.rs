@@ -159,6 +159,15 @@ impl Connections {
         self.inner.evicted.load(Ordering::Relaxed)
     }
 
+    /// Requests on open connections whose body has not fully arrived yet.
+    pub fn awaiting_bodies(&self) -> usize {
+        let open = self.lock();
+        open.conns
+            .values()
+            .map(|conn| conn.receiving.load(Ordering::Acquire))
+            .sum()
+    }
+
     /// Connections closed because a stream's client stopped reading (or
     /// its stream outlived its token while blocked).
     pub fn stuck_total(&self) -> u64 {

@@ -204,6 +204,14 @@ async fn stalled_bodies_make_room_at_the_cap_and_a_user_holds_a_bounded_number()
     for _ in 0..64 {
         stalled.push(stalled_post(&app, &token).await);
     }
+    // Each is in flight once the server has its head: wait for that.
+    let connections = app.connections().clone();
+    let all_in = || async { connections.awaiting_bodies() == 64 };
+    assert!(
+        eventually(all_in).await,
+        "{} of 64",
+        app.connections().awaiting_bodies()
+    );
     let alice_now = || call(&app, &token, Method::GET, "/api/conversations", None);
     assert!(
         eventually(|| async { alice_now().await.0 == 429 }).await,
