@@ -220,7 +220,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     );
     counter(
         "connections_evicted",
-        "Idle connections closed to make room for new ones at the cap",
+        "Idle or stalled connections closed to make room for new ones at the cap",
         state.connections.evicted_total(),
     );
     let refused = Family::<Refused, Counter>::default();
