@@ -10,69 +10,47 @@
 //! out to the live subscriptions of its participants. A subscription that
 //! resumes replays from the store first, then goes live with no gap.
 //!
-//! | module | owns |
-//! | --- | --- |
-//! | `config` | the command line and its environment variables |
-//! | [`commands`] | what `serve` and `token` do, and the program as a whole |
-//! | `server` | binding, running, graceful shutdown |
-//! | `start` | why herald could not start |
-//! | `listener` | accepting and serving connections, with their limits |
-//! | `tls` | optional TLS on both listeners, HTTP/2 by ALPN |
-//! | `error` | the error type, and its gRPC mapping |
-//! | `auth` | JWT verification and minting |
-//! | `domain` | ids, content, messages, conversations |
-//! | `limits` | configurable limits and the rate limiter |
-//! | `metrics` | Prometheus counters and histograms |
-//! | `store` | SQLite / PostgreSQL persistence and stream positions |
-//! | `commit` | group commit: persist, then publish, in one place |
-//! | `feed` | stream order and gap filling between commits and the hub |
-//! | `broker` | cross-node fan-out: PostgreSQL LISTEN/NOTIFY or NATS |
-//! | `hub` | per-user fan-out with bounded queues |
-//! | `service` | the core the transports adapt |
-//! | `signals` | typing: events with no position, relayed and never stored |
-//! | `presence` | who is online, across nodes, never stored |
-//! | `stream` | one subscriber's stream: replay, then live |
-//! | [`pb`] | generated proto types and their JSON mapping |
-//! | `grpc` | the gRPC adapter |
-//! | `http` | the HTTP adapter |
+//! The tree shows the parts (docs/architecture.md says the rule each
+//! keeps):
+//!
+//! | folder | part | holds |
+//! | --- | --- | --- |
+//! | `doors/` | the doors | `grpc`, `http` (REST, SSE, gRPC-Web, the page): adapt, never decide |
+//! | `auth/` | the gate | JWT verification and minting |
+//! | `engine/` | the core | `service` (what the doors call), `commit`, `feed`, `hub`, `stream`, `signals`, `presence`, `limits` |
+//! | `domain` | the vocabulary | ids, content, messages, conversations, and `rules` (who may change what) |
+//! | `store/` | persistence | SQLite / PostgreSQL, by concern: messages, conversations, membership, blocks |
+//! | `cluster/` | many nodes | the broker (LISTEN/NOTIFY or NATS) and its seal |
+//! | `net/` | the network | the listener with its limits, TLS |
+//! | `startup/` | the program | configuration, commands, start-up and shutdown |
+//! | [`pb`] | the wire types | generated proto types and their JSON mapping |
+//! | `error`, `metrics` | shared | the core's error type; Prometheus counters |
 
 // Every module is the crate's own; what an embedder or a test may use is
 // re-exported below, so the compiler reports whatever nothing uses.
 mod auth;
-mod broker;
-pub mod commands;
-mod commit;
-mod config;
+mod cluster;
 mod domain;
+mod doors;
+mod engine;
 mod error;
-mod feed;
-mod grpc;
-mod http;
-mod hub;
-mod limits;
-mod listener;
 mod metrics;
+mod net;
 /// The wire types of `herald.v1` (generated), for clients in Rust.
 pub mod pb;
-mod presence;
-mod server;
-mod service;
-mod signals;
-mod start;
+mod startup;
 mod store;
-mod stream;
-mod telemetry;
-mod tls;
 
 pub use auth::Auth;
-pub use config::ServeConfig;
 pub use domain::{ConversationId, UserId, random_hex};
+pub use engine::hub::Hub;
+pub use engine::service::Herald;
 pub use error::{Error, UNAUTHENTICATED};
-pub use hub::Hub;
-pub use listener::Connections;
-pub use server::{Server, shutdown_signal};
-pub use service::Herald;
-pub use start::StartError;
+pub use net::listener::Connections;
+pub use startup::commands;
+pub use startup::config::ServeConfig;
+pub use startup::server::{Server, shutdown_signal};
+pub use startup::start::StartError;
 
 /// Everything a client can send before any business logic runs (tokens,
 /// message ids, JSON bodies, timestamps, a stream request's head), for the fuzzer in `fuzz/` and a
@@ -87,7 +65,7 @@ pub fn fuzz_network_input(data: &[u8]) {
     let _ = serde_json::from_slice::<pb::CreateConversationRequest>(data);
     let _ = serde_json::from_slice::<pb::MarkReadRequest>(data);
     let _ = pb::Timestamp::parse_rfc3339(&text);
-    listener::fuzz_first_bytes(data);
+    net::listener::fuzz_first_bytes(data);
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! HS256 tokens (and stream tickets) are not the provider's, so they are not.
 
 use super::{LEEWAY, Refusal, STREAM_AUDIENCE};
-use crate::start::StartError;
+use crate::startup::start::StartError;
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation,
     jwk::{AlgorithmParameters, Jwk, JwkSet},

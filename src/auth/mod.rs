@@ -4,7 +4,7 @@
 //! Every rejection gives the client the same [`Error::Unauthenticated`];
 //! the reason goes to the debug log, never the token itself.
 
-use crate::{domain::UserId, error::Error, start::StartError};
+use crate::{domain::UserId, error::Error, startup::start::StartError};
 use jsonwebtoken::{Algorithm, Header};
 use keys::Keys;
 use serde::{Deserialize, Serialize};
@@ -39,9 +39,9 @@ pub struct Claims {
     /// Set when the token is a stream ticket, which opens one stream only.
     pub ticket: Option<Ticket>,
     /// The request's place among its user's requests in flight (see
-    /// [`crate::limits::REQUESTS_PER_USER`]): held while any copy of these
+    /// [`crate::engine::limits::REQUESTS_PER_USER`]): held while any copy of these
     /// claims lives, which the doors keep for the request's length.
-    pub(crate) _request: Option<Arc<crate::limits::InFlightSlot>>,
+    pub(crate) _request: Option<Arc<crate::engine::limits::InFlightSlot>>,
 }
 
 /// A stream ticket's identity: redeemed once, across every node (see
@@ -116,7 +116,7 @@ pub use keys::IdentityConfig;
 pub struct Auth {
     keys: Arc<Keys>,
     refused: Arc<[AtomicU64; Refusal::ALL.len()]>,
-    in_flight: crate::limits::InFlight,
+    in_flight: crate::engine::limits::InFlight,
 }
 
 /// Why a token was refused, as counted for `/metrics` (never told to the

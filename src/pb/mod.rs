@@ -115,7 +115,10 @@ impl From<&domain::Event> for Event {
 
 /// A presence answer: `None` for a user never seen online (offline, no
 /// `last_seen`).
-pub(crate) fn presence(user: &domain::UserId, seen: Option<crate::presence::Seen>) -> Presence {
+pub(crate) fn presence(
+    user: &domain::UserId,
+    seen: Option<crate::engine::presence::Seen>,
+) -> Presence {
     Presence {
         user_id: user.as_str().to_owned(),
         online: seen.is_some_and(|seen| seen.online),

@@ -14,16 +14,16 @@
 
 use crate::{
     auth::Auth,
-    broker::Broker,
-    config::ServeConfig,
-    grpc,
-    http::{self, AppState, HttpOptions},
-    listener::{self, Connections, Protocol},
+    cluster::broker::Broker,
+    doors::grpc,
+    doors::http::{self, AppState, HttpOptions},
+    engine::service::Herald,
+    net::listener::{self, Connections, Protocol},
+    net::tls::{self, Acceptors},
     pb,
-    service::Herald,
-    start::StartError,
+    startup::config::ServeConfig,
+    startup::start::StartError,
     store::Store,
-    tls::{self, Acceptors},
 };
 use axum::Router;
 use std::{future::Future, net::SocketAddr, time::Duration};
@@ -253,7 +253,7 @@ impl Apps {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
         // Anonymous: their requests are names, never more than a few KiB.
-        let anonymous = crate::limits::ANONYMOUS_REQUEST;
+        let anonymous = crate::engine::limits::ANONYMOUS_REQUEST;
         let health_service = health_service.max_decoding_message_size(anonymous);
         let reflection_v1 = reflection()
             .build_v1()?

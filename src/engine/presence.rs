@@ -17,10 +17,10 @@
 //! announcements ride the broker's signal channel.
 
 use crate::{
-    broker::Publisher,
+    cluster::broker::Publisher,
     domain::{Body, ConversationId, Event, UserId, now_micros},
-    feed::sleep_until,
-    hub::{Delivery, Hub},
+    engine::feed::sleep_until,
+    engine::hub::{Delivery, Hub},
     store::Store,
 };
 use std::{

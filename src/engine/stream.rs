@@ -14,9 +14,9 @@
 
 use crate::{
     domain::{Event, Position, UserId, now_micros},
-    hub::{Closed, Delivery, Subscription, Wants},
+    engine::hub::{Closed, Delivery, Subscription, Wants},
+    engine::presence::{Here, Presence},
     metrics::{Metrics, OpenStream, Transport},
-    presence::{Here, Presence},
     store::Store,
 };
 use std::{collections::VecDeque, pin::Pin, sync::Arc};

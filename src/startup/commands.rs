@@ -3,18 +3,18 @@
 
 use crate::{
     auth::Auth,
-    config::{Command, ServeConfig, TokenArgs},
     domain::{UserId, hex},
-    server::{Server, shutdown_signal},
-    start::StartError,
-    telemetry::LogFormat,
+    startup::config::{Command, ServeConfig, TokenArgs},
+    startup::server::{Server, shutdown_signal},
+    startup::start::StartError,
+    startup::telemetry::LogFormat,
 };
 use std::{process::ExitCode, time::Duration};
 
 /// The whole program: parses the command line, installs logging, runs the
 /// command; a failure is one line on stderr and a non-zero exit.
 pub async fn run() -> ExitCode {
-    let cli = match crate::config::parse() {
+    let cli = match crate::startup::config::parse() {
         Ok(cli) => cli,
         Err(error) => return failed(&error),
     };
@@ -22,7 +22,7 @@ pub async fn run() -> ExitCode {
         Command::Serve(config) => config.log_format,
         Command::Token(_) => LogFormat::Text,
     };
-    crate::telemetry::init(log_format);
+    crate::startup::telemetry::init(log_format);
     let result = match cli.command {
         Command::Serve(config) => serve(*config).await,
         Command::Token(args) => token(&args),

@@ -4,21 +4,21 @@
 
 use crate::{
     auth::Claims,
-    broker::Publisher,
-    commit::{Committed, Committer},
+    cluster::broker::Publisher,
     domain::{
         Body, Content, Conversation, ConversationId, Event, IdempotencyKey, Message, Position,
         UserId, now_micros, rules,
     },
+    engine::commit::{Committed, Committer},
+    engine::feed::Feed,
+    engine::hub::{Hub, Wants},
+    engine::limits::{Limits, RateLimiter, Tarpit, UserPermits},
+    engine::presence::{Presence, Seen, Timing},
+    engine::signals::Signals,
+    engine::stream::{EventStream, REPLAY_PAGE_BYTES, ReplaySource},
     error::Error,
-    feed::Feed,
-    hub::{Hub, Wants},
-    limits::{Limits, RateLimiter, Tarpit, UserPermits},
     metrics::Metrics,
-    presence::{Presence, Seen, Timing},
-    signals::Signals,
     store::{ChangeRequest, Cursor, NewMessage, Page, Participants, Store},
-    stream::{EventStream, REPLAY_PAGE_BYTES, ReplaySource},
 };
 use std::{collections::BTreeSet, sync::Arc};
 use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
@@ -346,24 +346,21 @@ impl Herald {
             return Err(Error::ShuttingDown);
         }
         self.may_send(caller, &conversation_id).await?;
-        let key = key.map(|key| key.as_str().to_owned());
         if let Some(key) = &key
             && let Some(original) = self.inner.store.message_by_key(caller, key).await?
         {
-            return same_message(original, &conversation_id, content.as_str());
+            return same_message(original, &conversation_id, &content);
         }
         let new = NewMessage {
             conversation_id: conversation_id.clone(),
             user_id: caller.clone(),
-            content: content.as_str().to_owned(),
+            content: content.clone(),
             key,
             created_at_micros: now_micros(),
         };
         match self.inner.committer.commit(new).await? {
             Committed::New(message) => Ok(message),
-            Committed::Existing(original) => {
-                same_message(original, &conversation_id, content.as_str())
-            }
+            Committed::Existing(original) => same_message(original, &conversation_id, &content),
         }
     }
 
@@ -750,9 +747,9 @@ impl Herald {
 fn same_message(
     original: Message,
     conversation_id: &ConversationId,
-    content: &str,
+    content: &Content,
 ) -> Result<Message, Error> {
-    match original.conversation_id == *conversation_id && original.content == content {
+    match original.conversation_id == *conversation_id && original.content == content.as_str() {
         true => Ok(original),
         false => Err(Error::invalid(
             "client_message_id was already used for a different message",

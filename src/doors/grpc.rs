@@ -4,12 +4,12 @@
 use crate::{
     auth::{Auth, Claims, bearer},
     domain::Event,
+    engine::hub::Wants,
+    engine::service::Herald,
+    engine::stream::{EventStream, StreamEnd},
     error::Error,
-    hub::Wants,
     metrics::Transport,
     pb::{self, messenger_server::MessengerServer},
-    service::Herald,
-    stream::{EventStream, StreamEnd},
 };
 use futures_util::{Stream, stream};
 use std::pin::Pin;
@@ -23,7 +23,7 @@ pub type Service = TooLargeIsInvalid<InterceptedService<MessengerServer<Messenge
 /// bounded by what a call can carry ([`Limits::largest_request`]), which
 /// tonic checks from each message's length prefix, before buffering it.
 ///
-/// [`Limits::largest_request`]: crate::limits::Limits::largest_request
+/// [`Limits::largest_request`]: crate::engine::limits::Limits::largest_request
 pub fn service(herald: Herald, auth: Auth) -> Service {
     let largest = herald.limits().largest_request();
     let server = MessengerServer::new(Messenger { herald }).max_decoding_message_size(largest);
@@ -107,7 +107,7 @@ async fn grpc_only(
         .is_some_and(|value| value.starts_with("application/grpc"));
     match grpc {
         true => next.run(request).await,
-        false => crate::http::not_found().await,
+        false => crate::doors::http::not_found().await,
     }
 }
 
@@ -170,7 +170,7 @@ impl Messenger {
             return Err(Error::ResumeImpossible(reason.to_owned()).into());
         }
         stream.serve_as(Transport::Grpc);
-        let ends = crate::listener::StreamEnds(stream.ends_at());
+        let ends = crate::net::listener::StreamEnds(stream.ends_at());
         let mut response = Response::new(Box::pin(relay(stream, convert)) as StreamResponse<T>);
         response.extensions_mut().insert(ends);
         Ok(response)

@@ -6,7 +6,7 @@
 //! Handshakes run on each connection's own task, within the header
 //! timeout (see `listener`), so a slow or silent client holds up no one.
 
-use crate::start::StartError;
+use crate::startup::start::StartError;
 use std::{
     path::{Path, PathBuf},
     sync::Arc,

@@ -30,7 +30,7 @@
 
 use crate::{
     domain::{Body, ConversationId, Event, Position, UserId},
-    hub::{Delivery, Hub},
+    engine::hub::{Delivery, Hub},
     metrics::Metrics,
     store::{MemberLists, Participants, Store},
 };

@@ -27,7 +27,7 @@
 //! µs (8) | ciphertext | tag (16)`, the first four the AEAD's associated
 //! data with the subject or channel name.
 
-use super::ClusterKey;
+use super::broker::ClusterKey;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use std::{
     collections::HashMap,

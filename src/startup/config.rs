@@ -3,13 +3,13 @@
 
 use crate::{
     auth::{IdentityConfig, MIN_SECRET_BYTES},
-    broker::{BrokerConfig, BrokerKind, ClusterKey, NatsAuth},
-    http::HttpOptions,
-    limits::Limits,
-    listener::{ConnectionLimits, default_max_connections},
-    start::StartError,
-    telemetry::LogFormat,
-    tls::TlsFiles,
+    cluster::broker::{BrokerConfig, BrokerKind, ClusterKey, NatsAuth},
+    doors::http::HttpOptions,
+    engine::limits::Limits,
+    net::listener::{ConnectionLimits, default_max_connections},
+    net::tls::TlsFiles,
+    startup::start::StartError,
+    startup::telemetry::LogFormat,
 };
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::{

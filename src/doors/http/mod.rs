@@ -15,7 +15,7 @@ mod log;
 mod page;
 mod sse;
 
-use crate::{auth::Auth, error::Error, service::Herald};
+use crate::{auth::Auth, engine::service::Herald, error::Error};
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, State},
@@ -43,12 +43,12 @@ pub struct AppState {
     pub herald: Herald,
     pub auth: Auth,
     /// What the cross-node broker link counts, for `/metrics`.
-    pub broker: crate::broker::BrokerCounts,
+    pub broker: crate::cluster::broker::BrokerCounts,
     /// Origins allowed by `--cors-origin`, which cookie-authenticated
     /// requests that change state must come from (or the page's own).
     pub origins: std::sync::Arc<[String]>,
     /// Open connections on both ports, for `/metrics`.
-    pub connections: crate::listener::Connections,
+    pub connections: crate::net::listener::Connections,
     /// How long an idle SSE stream waits before sending a comment.
     pub heartbeat: std::time::Duration,
 }

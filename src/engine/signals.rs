@@ -16,10 +16,10 @@
 //! one is full.
 
 use crate::{
-    broker::Publisher,
+    cluster::broker::Publisher,
     domain::{Body, ConversationId, Event, UserId},
-    hub::{Delivery, Hub},
-    limits::PerUser,
+    engine::hub::{Delivery, Hub},
+    engine::limits::PerUser,
     store::{Participants, Store},
 };
 use std::{

@@ -51,7 +51,7 @@ use tower_service::Service;
 
 /// The paths served here: the HTTP door's stream routes, one list for both
 /// (a route renamed there is taken here too).
-const ROUTES: [&str; 2] = crate::http::STREAM_PATHS;
+const ROUTES: [&str; 2] = crate::doors::http::STREAM_PATHS;
 /// The longest head read here; a longer one (a huge token, say) goes to
 /// hyper, whose limits and answers then apply.
 pub(super) const MAX_HEAD: usize = 16 * 1024;

@@ -38,19 +38,17 @@
 //! (sent by a trigger, so unsealed) is only a hint that the feed checks
 //! against the database.
 
-mod seal;
-
+use super::seal::{Channel, Opener, Refused, Sealer};
 use crate::{
     domain::{Body, ConversationId, Event, Position, UserId},
-    feed::Feed,
-    presence::Presence,
-    signals::Signals,
-    start::StartError,
+    engine::feed::Feed,
+    engine::presence::Presence,
+    engine::signals::Signals,
+    startup::start::StartError,
     store::Store,
 };
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use seal::{Channel, Opener, Refused, Sealer};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::postgres::PgListener;

@@ -29,16 +29,16 @@
 //! closes when the subscriber falls behind, the token expires or the server
 //! shuts down; EventSource then reconnects with the last id it saw.
 //!
-//! [`Herald::subscribe`]: crate::service::Herald::subscribe
+//! [`Herald::subscribe`]: crate::engine::service::Herald::subscribe
 
 use super::{AppState, StreamCaller, error_response};
 use crate::{
     domain,
+    engine::hub::{Delivery, Wants},
+    engine::stream::EventStream,
     error::Error,
-    hub::{Delivery, Wants},
     metrics::Transport,
     pb,
-    stream::EventStream,
 };
 use axum::{
     Router,
@@ -126,7 +126,7 @@ async fn subscribe(
             HeaderValue::from_static("no"),
         ),
     ];
-    let ends = crate::listener::StreamEnds(stream.ends_at());
+    let ends = crate::net::listener::StreamEnds(stream.ends_at());
     let body = Body::from_stream(events(stream, state.heartbeat));
     let mut response = (headers, body).into_response();
     response.extensions_mut().insert(ends);

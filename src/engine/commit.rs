@@ -34,15 +34,12 @@
 //! wait for the next round, where they find the first and answer with it.
 
 use crate::{
-    broker::Publisher,
+    cluster::broker::Publisher,
     domain::{ConversationId, Event, Message, UserId, now_micros},
+    engine::feed::Feed,
     error::Error,
-    feed::Feed,
     metrics::Metrics,
-    store::{
-        ChangeRequest, NewMessage, Store, is_not_participant, is_unique_violation,
-        refused_for_its_data,
-    },
+    store::{ChangeRequest, NewMessage, Refused, Store},
 };
 use futures_util::future::BoxFuture;
 use std::collections::HashSet;
@@ -220,30 +217,21 @@ impl Sink {
         Box::pin(async move {
             let rows: Vec<&NewMessage> = jobs.iter().map(|job| &job.message).collect();
             let started = std::time::Instant::now();
-            let error = match self.store.insert_batch(&rows).await {
+            let refused = match self.store.insert_batch(&rows).await {
                 Ok(messages) => {
                     self.metrics
                         .created(messages.len() as u64, started.elapsed().as_secs_f64());
                     return self.publish(jobs.into_iter().zip(messages).collect()).await;
                 }
-                Err(error) => error,
+                Err(refused) => refused,
             };
-            if refused_for_its_data(&error) && jobs.len() > 1 {
+            if refused.by_a_row() && jobs.len() > 1 {
                 let second = jobs.split_off(jobs.len() / 2);
                 self.commit(jobs).await;
                 return self.commit(second).await;
             }
-            if let [_] = jobs.as_slice()
-                && is_not_participant(&error)
-            {
-                // Removed (on any node) before this message's position.
-                if let Some(job) = jobs.pop() {
-                    let _ = job.reply.send(Err(Error::PermissionDenied));
-                }
-                return;
-            }
             if let [job] = jobs.as_slice()
-                && is_unique_violation(&error)
+                && matches!(refused, Refused::KeyUsed)
             {
                 let original = self.original(&job.message).await;
                 if let Some(job) = jobs.pop() {
@@ -251,8 +239,12 @@ impl Sink {
                 }
                 return;
             }
-            tracing::warn!(%error, messages = jobs.len(), "a commit failed");
-            let error = Error::from(error);
+            if let Refused::Data(error) | Refused::Database(error) = &refused {
+                tracing::warn!(%error, messages = jobs.len(), "a commit failed");
+            }
+            // A sender removed (on any node) before its message's position
+            // is refused here, alone.
+            let error = Error::from(refused);
             for job in jobs {
                 let _ = job.reply.send(Err(error.clone()));
             }
@@ -261,7 +253,9 @@ impl Sink {
 
     /// The message committed before under `message`'s idempotency key.
     async fn original(&self, message: &NewMessage) -> Result<Message, Error> {
-        let key = message.key.as_deref().unwrap_or_default();
+        let Some(key) = &message.key else {
+            return Err(Error::invalid("client_message_id could not be stored"));
+        };
         self.store
             .message_by_key(&message.user_id, key)
             .await?

@@ -1,0 +1,238 @@
+//! Persistence with sqlx: SQLite (the embedded default) or PostgreSQL,
+//! chosen from the database URL.
+//!
+//! **The stream position.** Every message gets a position from the single
+//! `stream_head` row, incremented inside the inserting transaction. That row
+//! lock is held until commit, so the next writer can take position `p + 1`
+//! only after `p` is committed and visible: positions are gap-free and in
+//! commit order. "Every message after position P" is therefore an exact
+//! resume point, which a plain sequence or autoincrement is not (a value
+//! taken earlier can commit later). The price is that message commits are
+//! serialized per database, which SQLite does anyway; group commit (see
+//! `commit`) makes each one carry every message queued meanwhile.
+//!
+//! Both backends run the same SQL (`$n` placeholders work on both), with one
+//! measured exception: SQLite commits a batch as one multi-statement query
+//! (`Sqlite::insert_batch`), one round trip instead of four. Each backend
+//! keeps its own migrations folder for its column types.
+
+use crate::domain::{Body, ConversationId, Event, Message, Position, UserId};
+use sqlx::{
+    FromRow, PgPool,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use std::{str::FromStr, time::Duration};
+
+/// The database, whichever backend; cheap to clone (pools are handles).
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(Sqlite),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool the store holds. The
+/// body is compiled once per backend, so the same code serves both.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite(sqlite) => {
+                let $pool = &sqlite.read;
+                $body
+            }
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// [`with_pool!`] for a call that writes: SQLite's one writer.
+macro_rules! with_writer {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite(sqlite) => {
+                let $pool = &sqlite.write;
+                $body
+            }
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// How long a call waits for a free connection before reporting the
+/// database unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The columns [`MessageRow`] reads, as a literal for `concat!` (sqlx takes
+/// only static SQL).
+macro_rules! message_columns {
+    () => {
+        "position, conversation_id, user_id, content, created_at"
+    };
+}
+
+/// The caller's conversations (`$1`), or just one (`$2`) when it is not
+/// NULL, each with its last activity: its newest message's time, else its
+/// creation's.
+macro_rules! my_conversations {
+    () => {
+        "SELECT c.id, c.created_at,
+           COALESCE((SELECT m.created_at FROM messages m WHERE m.conversation_id = c.id
+                     AND m.kind = 'message' AND m.position >= p.joined_at
+                     ORDER BY m.position DESC LIMIT 1), c.created_at) AS activity,
+           c.creator_id
+         FROM participants p JOIN conversations c ON c.id = p.conversation_id
+         WHERE p.user_id = $1 AND (CAST($2 AS TEXT) IS NULL OR c.id = $2)"
+    };
+}
+
+#[derive(FromRow)]
+struct MessageRow {
+    position: i64,
+    conversation_id: String,
+    user_id: String,
+    content: String,
+    created_at: i64,
+}
+
+impl From<MessageRow> for Message {
+    fn from(row: MessageRow) -> Self {
+        Message {
+            position: Position(row.position),
+            conversation_id: ConversationId::from_stored(row.conversation_id),
+            user_id: UserId::from_stored(row.user_id),
+            content: row.content,
+            created_at_micros: row.created_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct ConversationRow {
+    id: String,
+    created_at: i64,
+    creator_id: Option<String>,
+}
+
+/// The columns [`EventRow`] reads, as a literal for `concat!`.
+macro_rules! event_columns {
+    () => {
+        "m.position, m.conversation_id, m.user_id, m.content, m.created_at, m.kind"
+    };
+}
+
+/// Whether position `m.position` of conversation `m.conversation_id` falls
+/// in one of user `$1`'s membership intervals (`ms`): the one visibility
+/// rule of replay, history and resume points.
+macro_rules! in_membership {
+    () => {
+        "JOIN memberships ms ON ms.conversation_id = m.conversation_id AND ms.user_id = $1
+           AND m.position >= ms.joined_at AND (ms.left_at IS NULL OR m.position <= ms.left_at)"
+    };
+}
+
+/// The position at which user `$1` first joined conversation `$2`: where
+/// a page of their history stops scanning, so paging back past a late
+/// join never reads the history before it.
+macro_rules! first_join {
+    () => {
+        "(SELECT MIN(joined_at) FROM memberships WHERE conversation_id = $2 AND user_id = $1)"
+    };
+}
+
+#[derive(FromRow)]
+struct EventRow {
+    position: i64,
+    conversation_id: String,
+    user_id: String,
+    content: String,
+    created_at: i64,
+    kind: String,
+}
+
+impl From<EventRow> for Event {
+    fn from(row: EventRow) -> Self {
+        Event {
+            position: Position(row.position),
+            conversation_id: ConversationId::from_stored(row.conversation_id),
+            user_id: UserId::from_stored(row.user_id),
+            created_at_micros: row.created_at,
+            body: Body::decode(&row.kind, row.content),
+        }
+    }
+}
+
+// After the macros above, which they use.
+mod blocks;
+mod cache;
+mod conversations;
+mod membership;
+mod messages;
+mod sqlite;
+mod tickets;
+
+pub use cache::{MemberLists, Participants};
+pub use conversations::Cursor;
+pub use membership::ChangeRequest;
+pub use messages::{NewMessage, Page, Refused};
+use sqlite::Sqlite;
+
+impl Store {
+    /// Connects to `url` (`sqlite://...` or `postgres://...`) and migrates.
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        let store = if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect(url)
+                .await?;
+            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            Store::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.clone())
+                .await?;
+            sqlx::migrate!("migrations/sqlite").run(&write).await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            Store::Sqlite(Sqlite { read, write })
+        } else {
+            return Err(sqlx::Error::Configuration(
+                "the database URL must start with sqlite: or postgres:".into(),
+            ));
+        };
+        Ok(store)
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        with_writer!(self, pool => pool.close().await);
+        with_pool!(self, pool => pool.close().await)
+    }
+
+    /// The position of the newest committed message (0 when there is none).
+    pub async fn head(&self) -> Result<Position, sqlx::Error> {
+        let sql = "SELECT position FROM stream_head WHERE id = 1";
+        let position: i64 =
+            with_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await)?;
+        Ok(Position(position))
+    }
+}
+
+/// Stored user ids, sorted here rather than in SQL, so both backends agree
+/// whatever their collation.
+fn sorted(ids: Vec<String>) -> Vec<UserId> {
+    let mut ids: Vec<UserId> = ids.into_iter().map(UserId::from_stored).collect();
+    ids.sort();
+    ids
+}
