@@ -5,10 +5,22 @@
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 use std::{fmt::Write as _, sync::Arc};
+
+/// Registers a counter read now: the parts keep their counts in atomics and
+/// register them at each scrape (a registry of a few entries, built in
+/// microseconds).
+pub fn counted(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    registry.register(name, help, ConstCounter::new(value));
+}
 
 /// Counters and histograms of the core; cheap to clone.
 #[derive(Clone)]

@@ -7,6 +7,11 @@
 use crate::{domain::UserId, error::Error, startup::start::StartError};
 use jsonwebtoken::{Algorithm, Header};
 use keys::Keys;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 use serde::{Deserialize, Serialize};
 use std::{
     sync::{
@@ -250,12 +255,16 @@ impl Auth {
     }
 
     /// Refusals so far, by reason.
-    pub fn refused(&self) -> Vec<(Refusal, u64)> {
-        Refusal::ALL
-            .iter()
-            .zip(self.refused.iter())
-            .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
-            .collect()
+    /// Registers the refused tokens, by reason.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let refused = Family::<Reason, Counter>::default();
+        for (reason, count) in Refusal::ALL.iter().zip(self.refused.iter()) {
+            let reason = reason.as_str();
+            refused
+                .get_or_create(&Reason { reason })
+                .inc_by(count.load(Ordering::Relaxed));
+        }
+        registry.register("auth_failures", "Refused tokens, by reason", refused);
     }
 
     fn refuse(&self, reason: Refusal) -> Error {
@@ -312,6 +321,12 @@ pub fn bearer(header: &str) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|token| !token.is_empty())
+}
+
+/// The label of `herald_auth_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
 }
 
 #[cfg(test)]

@@ -39,16 +39,15 @@
 //! against the database.
 
 use super::seal::{Channel, Opener, Refused, Sealer};
+use crate::metrics::counted;
 use crate::{
     domain::{Body, ConversationId, Event, Position, UserId},
-    engine::feed::Feed,
-    engine::presence::Presence,
-    engine::signals::Signals,
     startup::start::StartError,
     store::Store,
 };
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::postgres::PgListener;
@@ -59,8 +58,8 @@ use std::{
     },
     time::Duration,
 };
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// The PostgreSQL channel the `messages` trigger notifies (see migrations).
 pub const CHANNEL: &str = "herald_messages";
@@ -154,18 +153,34 @@ pub struct BrokerCounts {
 }
 
 impl BrokerCounts {
-    pub fn total(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
+    /// Registers what the broker link counts.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let read = |count: &AtomicU64| count.load(Ordering::Relaxed);
+        counted(
+            registry,
+            "broker_reconnects",
+            "Times the cross-node broker link was lost and caught up",
+            read(&self.lost),
+        );
+        counted(
+            registry,
+            "broker_forged",
+            "Broker messages dropped: not sealed by a node of this deployment, or malformed",
+            read(&self.forged),
+        );
+        counted(
+            registry,
+            "broker_replayed",
+            "Broker payloads dropped because a node sealed them before: played again, or out of sequence",
+            read(&self.replayed),
+        );
     }
 
-    /// Broker messages dropped because they were not a herald node's.
-    pub fn forged_total(&self) -> u64 {
+    fn forged_total(&self) -> u64 {
         self.forged.load(Ordering::Relaxed)
     }
 
-    /// Broker payloads dropped because they were sealed before: played
-    /// again, or out of their node's sequence.
-    pub fn replayed_total(&self) -> u64 {
+    fn replayed_total(&self) -> u64 {
         self.replayed.load(Ordering::Relaxed)
     }
 
@@ -352,17 +367,13 @@ fn runs<T>(items: impl IntoIterator<Item = T>, bytes: impl Fn(&T) -> usize) -> V
 impl Sinks {
     fn signal(&self, signal: Signal) {
         match signal {
-            Signal::Typing(events) => {
-                for event in events {
-                    self.signals.remote(event);
-                }
-            }
+            Signal::Typing(events) => self.heard.typing(events),
             Signal::Presence {
                 origin,
                 online,
                 offline,
                 interval,
-            } => self.presence.remote(origin, online, offline, interval),
+            } => self.heard.presence(origin, online, offline, interval),
         }
     }
 }
@@ -495,12 +506,35 @@ enum Receiver {
     },
 }
 
-/// What a broker's receiving half hands on: commits to the feed, signals
-/// to the relay, and its own node's name to skip its own signals.
+/// Where a broker hands what it hears from the other nodes. The node wires
+/// its core in (the engine's feed, typing relay and presence tracker); the
+/// broker knows none of them.
+pub trait Heard: Send + Sync + 'static {
+    /// Another node committed up to `head` (PostgreSQL's notification: a
+    /// hint, which the feed checks against the database).
+    fn head(&self, head: Position);
+    /// Another node committed `event` (NATS carries it whole).
+    fn event(&self, event: Event);
+    /// The link was lost and is back: whatever it carried meanwhile must be
+    /// read from the database.
+    fn lost(&self);
+    /// Users typing on another node.
+    fn typing(&self, events: Vec<Event>);
+    /// Another node's users that came (or are still) online there, and
+    /// those that left; its claims last by its `interval`.
+    fn presence(
+        &self,
+        origin: Arc<str>,
+        online: Vec<UserId>,
+        offline: Vec<UserId>,
+        interval: Option<Duration>,
+    );
+}
+
+/// What a broker's receiving half hands on, and its own node's name to
+/// skip its own signals.
 struct Sinks {
-    feed: Feed,
-    signals: Signals,
-    presence: Presence,
+    heard: Arc<dyn Heard>,
     origin: Arc<str>,
 }
 
@@ -616,27 +650,19 @@ impl Broker {
         self.counts.clone()
     }
 
-    /// Starts reporting other nodes' commits to `feed`, their typing to
-    /// `signals` and their users' presence to `presence`, until `shutdown`.
-    pub fn start(
-        self,
-        feed: Feed,
-        signals: Signals,
-        presence: Presence,
-        shutdown: CancellationToken,
-    ) -> JoinHandle<()> {
+    /// Starts handing what other nodes tell to `heard`, until `shutdown`,
+    /// on a task of `tasks`.
+    pub fn start(self, heard: Arc<dyn Heard>, shutdown: CancellationToken, tasks: &TaskTracker) {
         let counts = self.counts;
         let sinks = Sinks {
-            feed,
-            signals,
-            presence,
+            heard,
             origin: self.origin,
         };
         match self.receiver {
-            Receiver::Local => tokio::spawn(async {}),
-            Receiver::Postgres(listener, opener) => tokio::spawn(receive_notifications(
+            Receiver::Local => {}
+            Receiver::Postgres(listener, opener) => drop(tasks.spawn(receive_notifications(
                 listener, opener, sinks, counts, shutdown,
-            )),
+            ))),
             Receiver::Nats {
                 subscriber,
                 signals,
@@ -646,14 +672,14 @@ impl Broker {
             } => {
                 let trusted = Trusted { subject, opener };
                 let subscribers = (subscriber, signals);
-                tokio::spawn(receive_nats(
+                drop(tasks.spawn(receive_nats(
                     subscribers,
                     events,
                     trusted,
                     sinks,
                     counts,
                     shutdown,
-                ))
+                )));
             }
         }
     }
@@ -691,7 +717,7 @@ async fn receive_notifications(
     counts: BrokerCounts,
     shutdown: CancellationToken,
 ) {
-    let feed = &sinks.feed;
+    let heard = &*sinks.heard;
     loop {
         let received = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -715,7 +741,7 @@ async fn receive_notifications(
                 }
             }
             Ok(Some(notification)) => match notification.payload().parse::<i64>() {
-                Ok(position) if position > 0 => feed.head(Position(position)),
+                Ok(position) if position > 0 => heard.head(Position(position)),
                 _ => {
                     if counts.count_forged() {
                         tracing::warn!(
@@ -729,12 +755,12 @@ async fn receive_notifications(
             // LISTENs again. Whatever was notified meanwhile is lost, so the
             // feed reads it from the database.
             Ok(None) => lost_link(
-                feed,
+                heard,
                 &counts,
                 "the LISTEN connection was lost; reconnecting",
             ),
             Err(error) => {
-                lost_link(feed, &counts, &format!("LISTEN failed: {error}; retrying"));
+                lost_link(heard, &counts, &format!("LISTEN failed: {error}; retrying"));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -812,7 +838,7 @@ async fn receive_nats(
     shutdown: CancellationToken,
 ) {
     use futures_util::StreamExt;
-    let feed = &sinks.feed;
+    let heard = &*sinks.heard;
     let mut was_lost = false;
     loop {
         tokio::select! {
@@ -824,14 +850,14 @@ async fn receive_nats(
                 }
                 async_nats::Event::Connected if was_lost => {
                     was_lost = false;
-                    lost_link(feed, &counts, "NATS reconnected; catching up from the database");
+                    lost_link(heard, &counts, "NATS reconnected; catching up from the database");
                 }
                 other => tracing::info!(event = %other, "NATS event"),
             },
             message = subscriber.next() => match message {
                 Some(message) => {
                     if let Some(event) = trusted.open(&message.payload, &counts) {
-                        feed.remote(event);
+                        heard.event(event);
                     }
                 }
                 None => return,
@@ -868,10 +894,10 @@ async fn nats_options(auth: &NatsAuth) -> Result<async_nats::ConnectOptions, Sta
     Ok(options)
 }
 
-fn lost_link(feed: &Feed, counts: &BrokerCounts, what: &str) {
+fn lost_link(heard: &dyn Heard, counts: &BrokerCounts, what: &str) {
     tracing::warn!("{what}");
     counts.count();
-    feed.catch_up();
+    heard.lost();
 }
 
 impl From<Wire> for Event {

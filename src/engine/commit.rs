@@ -44,6 +44,7 @@ use crate::{
 use futures_util::future::BoxFuture;
 use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// The most messages committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -86,8 +87,16 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer task; it runs until every handle is dropped.
-    pub fn start(store: Store, feed: Feed, publisher: Publisher, metrics: Metrics) -> Self {
+    /// Starts the committer task on `tasks`; it runs until `closing`
+    /// (finishing the batch in hand) or until every handle is dropped.
+    pub fn start(
+        store: Store,
+        feed: Feed,
+        publisher: Publisher,
+        metrics: Metrics,
+        closing: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let sink = Sink {
             store,
@@ -95,7 +104,7 @@ impl Committer {
             publisher,
             metrics,
         };
-        tokio::spawn(run(rx, sink));
+        tasks.spawn(run(rx, sink, closing));
         Self { tx }
     }
 
@@ -140,9 +149,17 @@ struct Sink {
     metrics: Metrics,
 }
 
-async fn run(mut rx: mpsc::Receiver<Work>, sink: Sink) {
+async fn run(mut rx: mpsc::Receiver<Work>, sink: Sink, closing: CancellationToken) {
     let mut queued = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut queued, MAX_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            received = rx.recv_many(&mut queued, MAX_BATCH) => received,
+            // Work still queued is dropped: its callers hear ShuttingDown.
+            _ = closing.cancelled() => return,
+        };
+        if received == 0 {
+            return;
+        }
         let mut messages = Vec::new();
         for work in queued.drain(..) {
             match work {

@@ -28,12 +28,14 @@
 //! for its head, so a lost report at the tail is found too. Reports at or
 //! below what was delivered are dropped as duplicates.
 
+use crate::metrics::counted;
 use crate::{
     domain::{Body, ConversationId, Event, Position, UserId},
     engine::hub::{Delivery, Hub},
     metrics::Metrics,
     store::{MemberLists, Participants, Store},
 };
+use prometheus_client::registry::Registry;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -42,8 +44,8 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long a gap may stay open before the feed reads it from the database.
 pub const GAP_WAIT: Duration = Duration::from_millis(50);
@@ -112,7 +114,8 @@ impl Feed {
         hub: Hub,
         metrics: Metrics,
         shutdown: CancellationToken,
-    ) -> Result<(Self, JoinHandle<()>), sqlx::Error> {
+        tasks: &TaskTracker,
+    ) -> Result<Self, sqlx::Error> {
         let next = store.head().await?.0 + 1;
         let (tx, rx) = mpsc::unbounded_channel();
         let fills = Arc::new(FillCounts::default());
@@ -129,8 +132,8 @@ impl Feed {
             store,
             hub,
         };
-        let task = tokio::spawn(sequencer.run(rx, shutdown));
-        Ok((Self { tx, fills }, task))
+        tasks.spawn(sequencer.run(rx, shutdown));
+        Ok(Self { tx, fills })
     }
 
     /// This node committed `event`; `on_delivered` runs once the hub has
@@ -159,8 +162,20 @@ impl Feed {
     }
 
     /// What the feed has read from the database, so far.
-    pub fn fills(&self) -> &FillCounts {
-        &self.fills
+    /// Registers what the feed counts.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        counted(
+            registry,
+            "feed_filled_messages",
+            "Messages the feed read from the database to fill gaps",
+            self.fills.filled.load(Ordering::Relaxed),
+        );
+        counted(
+            registry,
+            "feed_unreported_messages",
+            "Of those, messages no report named (gap timer, head poll, catch-up): the broker did not deliver them",
+            self.fills.unreported.load(Ordering::Relaxed),
+        );
     }
 
     fn report(&self, report: Report) {

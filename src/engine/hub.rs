@@ -19,6 +19,7 @@
 //! `/api/events`).
 
 use crate::domain::{Event, UserId};
+use crate::metrics::counted;
 use std::{
     collections::HashMap,
     sync::{
@@ -201,6 +202,16 @@ impl Hub {
     }
 
     /// Subscriptions dropped so far because they fell behind.
+    /// Registers what the hub counts.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        counted(
+            registry,
+            "subscriptions_dropped_lagging",
+            "Streams dropped because their queue filled",
+            self.lagged_total(),
+        );
+    }
+
     pub fn lagged_total(&self) -> u64 {
         self.inner.lagged.load(Ordering::Relaxed)
     }

@@ -29,8 +29,8 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long, in the announcing node's intervals, its claims last without
 /// being repeated.
@@ -121,7 +121,8 @@ impl Presence {
         publisher: Publisher,
         timing: Timing,
         shutdown: CancellationToken,
-    ) -> (Self, JoinHandle<()>) {
+        tasks: &TaskTracker,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(Mutex::new(State::default()));
         let tracker = Tracker {
@@ -131,8 +132,8 @@ impl Presence {
             publisher,
             timing,
         };
-        let task = tokio::spawn(tracker.run(rx, shutdown));
-        (Self { state, tx }, task)
+        tasks.spawn(tracker.run(rx, shutdown));
+        Self { state, tx }
     }
 
     /// A stream of `user` opened here; it counts until the claim is dropped.
@@ -144,7 +145,6 @@ impl Presence {
         }
     }
 
-    /// Another node's announcement.
     /// Another node's announcement; its claims last 2.5 of *its*
     /// `interval` (its own pace, whatever this node's), or of this node's
     /// when it did not say.

@@ -4,7 +4,7 @@
 
 use crate::{
     auth::Claims,
-    cluster::broker::Publisher,
+    cluster::broker::{self, Broker, BrokerCounts},
     domain::{
         Body, Content, Conversation, ConversationId, Event, IdempotencyKey, Message, Position,
         UserId, now_micros, rules,
@@ -18,11 +18,13 @@ use crate::{
     engine::stream::{EventStream, REPLAY_PAGE_BYTES, ReplaySource},
     error::Error,
     metrics::Metrics,
+    startup::{config::ServeConfig, start::StartError},
     store::{ChangeRequest, Cursor, NewMessage, Page, Participants, Store},
 };
-use std::{collections::BTreeSet, sync::Arc};
-use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
-use tokio_util::sync::CancellationToken;
+use prometheus_client::registry::Registry;
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use tokio::{sync::Semaphore, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// Page size of `ListMessages` and `ListConversations` when the client
 /// sets none.
@@ -49,6 +51,7 @@ struct Inner {
     participants: Participants,
     hub: Hub,
     feed: Feed,
+    broker: BrokerCounts,
     committer: Committer,
     signals: Signals,
     presence: Presence,
@@ -65,49 +68,118 @@ struct Inner {
     replay_permits: Arc<Semaphore>,
     /// Messages per replay page: about [`REPLAY_PAGE_BYTES`] of content.
     replay_page: usize,
+    /// Streams end, the feed, presence and the broker stop.
     shutdown: CancellationToken,
+    /// The committer and the typing relay stop (at [`Herald::close`]).
+    closing: CancellationToken,
+    /// Every task the core started, awaited at [`Herald::close`].
+    tasks: TaskTracker,
+}
+
+/// Where the broker hands what other nodes tell: their commits to the
+/// feed, their typing to the relay, their users to presence.
+struct Heard {
+    feed: Feed,
+    signals: Signals,
+    presence: Presence,
+}
+
+impl broker::Heard for Heard {
+    fn head(&self, head: Position) {
+        self.feed.head(head);
+    }
+
+    fn event(&self, event: Event) {
+        self.feed.remote(event);
+    }
+
+    fn lost(&self) {
+        self.feed.catch_up();
+    }
+
+    fn typing(&self, events: Vec<Event>) {
+        for event in events {
+            self.signals.remote(event);
+        }
+    }
+
+    fn presence(
+        &self,
+        origin: Arc<str>,
+        online: Vec<UserId>,
+        offline: Vec<UserId>,
+        interval: Option<Duration>,
+    ) {
+        self.presence.remote(origin, online, offline, interval);
+    }
 }
 
 impl Herald {
-    /// Starts the core on `store`; `publisher` tells other nodes of each
-    /// commit. Streams end when `shutdown` is cancelled; the returned task
-    /// ends when the feed and the presence tracker have stopped then too.
+    /// Connects and migrates the database, connects the broker, and starts
+    /// the core's parts on them. Streams end when `shutdown` is cancelled;
+    /// [`close`](Self::close) then stops the rest.
     pub async fn start(
-        store: Store,
-        limits: Limits,
-        publisher: Publisher,
+        config: &ServeConfig,
         shutdown: CancellationToken,
-    ) -> Result<(Self, JoinHandle<()>), Error> {
+    ) -> Result<Self, StartError> {
+        let database_url = config.database_url();
+        let store = Store::connect(&database_url)
+            .await
+            .map_err(StartError::Database)?;
+        let broker = Broker::connect(&config.broker()?, &store, &database_url).await?;
+        let publisher = broker.publisher();
+        let broker_counts = broker.counts();
+        let limits = config.limits();
+        let tasks = TaskTracker::new();
+        let closing = CancellationToken::new();
         let hub = Hub::new(limits.subscription_queue, limits.subscription_queue_bytes);
         let metrics = Metrics::default();
         let participants = Participants::new(store.clone());
-        let (feed, feed_task) = Feed::start(
+        let feed = Feed::start(
             store.clone(),
             participants.clone(),
             hub.clone(),
             metrics.clone(),
             shutdown.clone(),
+            &tasks,
         )
-        .await?;
+        .await
+        .map_err(StartError::Database)?;
         let rate = RateLimiter::new(limits.messages_per_second, limits.message_burst);
         let signals = Signals::start(
             participants.clone(),
             store.clone(),
             hub.clone(),
             publisher.clone(),
+            closing.clone(),
+            &tasks,
         );
         let timing = Timing {
             grace: limits.presence_grace,
             interval: limits.presence_interval,
         };
-        let (presence, presence_task) = Presence::start(
+        let presence = Presence::start(
             store.clone(),
             hub.clone(),
             publisher.clone(),
             timing,
             shutdown.clone(),
+            &tasks,
         );
-        let committer = Committer::start(store.clone(), feed.clone(), publisher, metrics.clone());
+        let committer = Committer::start(
+            store.clone(),
+            feed.clone(),
+            publisher,
+            metrics.clone(),
+            closing.clone(),
+            &tasks,
+        );
+        let heard = Heard {
+            feed: feed.clone(),
+            signals: signals.clone(),
+            presence: presence.clone(),
+        };
+        broker.start(Arc::new(heard), shutdown.clone(), &tasks);
         let inner = Inner {
             store,
             participants,
@@ -117,6 +189,7 @@ impl Herald {
             presence,
             metrics,
             feed,
+            broker: broker_counts,
             replay_permits: Arc::new(Semaphore::new(limits.replay_concurrency.max(1))),
             replay_page: (REPLAY_PAGE_BYTES / limits.max_content_bytes.max(1)).clamp(1, 256),
             calls: RateLimiter::new(limits.calls_per_second, limits.call_burst),
@@ -125,19 +198,37 @@ impl Herald {
             limits,
             rate,
             shutdown,
-        };
-        // One handle for the core's background work: the feed, and the
-        // presence tracker's goodbye to the other nodes at shutdown.
-        let tasks = tokio::spawn(async move {
-            let _ = feed_task.await;
-            let _ = presence_task.await;
-        });
-        Ok((
-            Self {
-                inner: Arc::new(inner),
-            },
+            closing,
             tasks,
-        ))
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Ready to serve: not shutting down, and the database answers within
+    /// `patience`.
+    pub async fn ready(&self, patience: Duration) -> Result<(), Error> {
+        if self.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
+        match tokio::time::timeout(patience, self.inner.store.head()).await {
+            Ok(answer) => answer.map(|_| ()).map_err(Error::from),
+            Err(_) => Err(Error::from(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    /// Stops every task of the core and closes the database, once the doors
+    /// have drained (no request is in flight any more): the feed and the
+    /// presence tracker (which says goodbye to the other nodes) have been
+    /// stopping since shutdown began; the committer and the typing relay
+    /// stop now.
+    pub async fn close(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.closing.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.inner.store.close().await;
     }
 
     /// The limits the core was started with.
@@ -149,23 +240,13 @@ impl Herald {
         &self.inner.hub
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
-    /// Where commits are reported; brokers report other nodes' commits here.
-    pub fn feed(&self) -> &Feed {
-        &self.inner.feed
-    }
-
-    /// Where signals from other nodes are handed in.
-    pub fn signals(&self) -> &Signals {
-        &self.inner.signals
-    }
-
-    /// Where other nodes' presence announcements are handed in.
-    pub fn presence(&self) -> &Presence {
-        &self.inner.presence
+    /// Registers what the core and its parts count: its own counters, the
+    /// hub's, the feed's and the broker link's.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.inner.metrics.register(registry);
+        self.inner.hub.register_metrics(registry);
+        self.inner.feed.register_metrics(registry);
+        self.inner.broker.register_metrics(registry);
     }
 
     /// Whether each of `user_ids` is online, for those who share a
@@ -190,11 +271,6 @@ impl Herald {
             .filter(|user| shared.binary_search(user).is_ok())
             .collect();
         Ok(self.inner.presence.of(&asked))
-    }
-
-    /// The core's counters and histograms.
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
     }
 
     /// Whether shutdown has begun.
@@ -315,7 +391,8 @@ impl Herald {
         Ok((page, next))
     }
 
-    /// Persists a message, then publishes it: the one place that does both.
+    /// Sends a message: checked here, then persisted and published by the
+    /// committer (`commit`, the one place that does both).
     ///
     /// A non-empty `client_message_id` makes the call retry-safe: sending the
     /// same key again returns the original message, published once.
@@ -622,66 +699,25 @@ impl Herald {
             self.inner.metrics.clone(),
             self.inner.presence.clone(),
         );
-        if resume != Resume::Live {
-            let _metered = self.meter(&claims.user, 1.0).await?;
-            self.inner.metrics.resumed();
-            match self.missed(&claims.user, resume, wants).await? {
-                Missed::From(after, first_page) => {
-                    let source = ReplaySource {
-                        store: self.inner.store.clone(),
-                        user: claims.user.clone(),
-                        permits: self.inner.replay_permits.clone(),
-                        page_size: self.inner.replay_page,
-                        wants,
-                        metrics: self.inner.metrics.clone(),
-                    };
-                    stream.replay(source, after, first_page);
-                }
-                Missed::Impossible(reason) => {
-                    self.inner.metrics.replay_impossible();
-                    stream.reset_because(reason);
-                }
-            }
-        }
-        Ok(stream)
-    }
-
-    /// What `user` missed after `resume`: the first page of it (read before
-    /// the stream starts, so a short replay is what was missed at this
-    /// moment), or why it cannot be replayed.
-    async fn missed(&self, user: &UserId, resume: Resume, wants: Wants) -> Result<Missed, Error> {
-        let unknown = || Missed::Impossible("unknown message id: replay is impossible".into());
-        let Resume::After(resume) = resume else {
-            // A well-formed id that names no message (or no resume at all,
-            // which the caller does not ask about).
-            return Ok(unknown());
+        let after = match resume {
+            Resume::Live => return Ok(stream),
+            Resume::After(position) => Some(position),
+            Resume::Unknown => None,
         };
-        // An event the user could not see (someone else's conversation, or
-        // before they joined) is as unknown as none.
-        let store = &self.inner.store;
-        if !store.visible(user, resume).await? {
-            return Ok(unknown());
-        }
-        let _permit = self.inner.replay_permits.acquire().await;
-        let page_size = self.inner.replay_page;
-        let everything = wants == Wants::Everything;
-        let first_page = store
-            .missed(user, resume, page_size as i64, everything)
+        let _metered = self.meter(&claims.user, 1.0).await?;
+        self.inner.metrics.resumed();
+        let source = ReplaySource {
+            store: self.inner.store.clone(),
+            user: claims.user.clone(),
+            permits: self.inner.replay_permits.clone(),
+            page_size: self.inner.replay_page,
+            wants,
+            metrics: self.inner.metrics.clone(),
+        };
+        stream
+            .resume(source, after, self.inner.limits.replay_limit)
             .await?;
-        self.inner.metrics.replayed(first_page.len() as u64);
-        let limit = self.inner.limits.replay_limit;
-        let too_many = first_page.len() > limit
-            || (first_page.len() == page_size
-                && store
-                    .missed_count(user, resume, limit + 1, everything)
-                    .await?
-                    > limit);
-        if too_many {
-            return Ok(Missed::Impossible(format!(
-                "more than {limit} messages were missed: replay is impossible"
-            )));
-        }
-        Ok(Missed::From(resume, first_page))
+        Ok(stream)
     }
 
     /// The conversation as `caller` sees it.
@@ -805,13 +841,4 @@ impl Resume {
             None => Resume::Unknown,
         })
     }
-}
-
-/// What a resuming stream missed (the stream replays it: `stream::Replay`).
-enum Missed {
-    /// Everything the user missed after this position, starting with
-    /// this page.
-    From(Position, Vec<Event>),
-    /// Nothing: the reason the client is told.
-    Impossible(String),
 }

@@ -27,6 +27,7 @@ use std::{
     time::Duration,
 };
 use tokio::{sync::mpsc, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// At most one typing signal per user and conversation this often.
 pub const TYPING_EVERY: Duration = Duration::from_secs(2);
@@ -57,12 +58,20 @@ struct Inner {
 }
 
 impl Signals {
-    /// Starts the relay of other nodes' signals; it runs until every
-    /// handle is dropped.
-    pub fn start(participants: Participants, store: Store, hub: Hub, publisher: Publisher) -> Self {
+    /// Starts the relay of other nodes' signals and the batcher of this
+    /// node's, on `tasks`; they run until `closing` or until every handle
+    /// is dropped.
+    pub fn start(
+        participants: Participants,
+        store: Store,
+        hub: Hub,
+        publisher: Publisher,
+        closing: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Self {
         let (remote, mut queue) = mpsc::channel(REMOTE_QUEUE);
         let (outbox, outgoing) = mpsc::channel(OUTBOX);
-        tokio::spawn(tell_others(outgoing, publisher));
+        tasks.spawn(tell_others(outgoing, publisher, closing.clone()));
         let signals = Self {
             inner: Arc::new(Inner {
                 participants,
@@ -74,8 +83,8 @@ impl Signals {
             }),
         };
         let relay = Arc::downgrade(&signals.inner);
-        tokio::spawn(async move {
-            while let Some(event) = queue.recv().await {
+        tasks.spawn(async move {
+            while let Some(event) = until(&closing, queue.recv()).await.flatten() {
                 let Some(inner) = relay.upgrade() else { return };
                 let signals = Signals { inner };
                 if let Err(error) = signals.deliver(&event).await {
@@ -159,9 +168,13 @@ impl Signals {
 /// Tells the other nodes of this node's signals, in batches: the first
 /// waits up to [`BATCH_WAIT`] for others to join it. Ends when every
 /// handle of the relay is dropped.
-async fn tell_others(mut outgoing: mpsc::Receiver<Event>, publisher: Publisher) {
+async fn tell_others(
+    mut outgoing: mpsc::Receiver<Event>,
+    publisher: Publisher,
+    closing: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = outgoing.recv().await {
+    while let Some(first) = until(&closing, outgoing.recv()).await.flatten() {
         batch.push(first);
         let deadline = Instant::now() + BATCH_WAIT;
         while batch.len() < MAX_BATCH {
@@ -172,5 +185,13 @@ async fn tell_others(mut outgoing: mpsc::Receiver<Event>, publisher: Publisher) 
         }
         publisher.typing(&batch).await;
         batch.clear();
+    }
+}
+
+/// `next`'s output, or `None` once `closing` is cancelled.
+async fn until<T>(closing: &CancellationToken, next: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        output = next => Some(output),
+        _ = closing.cancelled() => None,
     }
 }

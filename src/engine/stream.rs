@@ -16,6 +16,7 @@ use crate::{
     domain::{Event, Position, UserId, now_micros},
     engine::hub::{Closed, Delivery, Subscription, Wants},
     engine::presence::{Here, Presence},
+    error::Error,
     metrics::{Metrics, OpenStream, Transport},
     store::Store,
 };
@@ -114,14 +115,62 @@ impl EventStream {
         }
     }
 
-    /// Replays `first_page`, then whatever else `source` has after it,
-    /// before going live; `after` is the resume point.
-    pub(crate) fn replay(
+    /// Resumes after `after` (`None`: an id herald could have issued
+    /// that names nothing): reads the first page of what the user missed
+    /// before the stream starts (so a short replay is what was missed at
+    /// this moment), and replays it, then the rest from `source`, before
+    /// going live; or, when the resume point is unknown, invisible to the
+    /// user, or more than `limit` events ago, records why it cannot.
+    pub(crate) async fn resume(
         &mut self,
         source: ReplaySource,
-        after: Position,
-        mut first_page: Vec<Event>,
-    ) {
+        after: Option<Position>,
+        limit: usize,
+    ) -> Result<(), Error> {
+        // An event the user could not see (someone else's conversation, or
+        // before they joined) is as unknown as none.
+        let after = match after {
+            Some(after) if source.store.visible(&source.user, after).await? => after,
+            _ => {
+                self.impossible("unknown message id: replay is impossible");
+                return Ok(());
+            }
+        };
+        let first_page = {
+            let _permit = source.permits.acquire().await;
+            let everything = source.wants == Wants::Everything;
+            let (store, user, page_size) = (&source.store, &source.user, source.page_size);
+            let first_page = store
+                .missed(user, after, page_size as i64, everything)
+                .await?;
+            let too_many = first_page.len() > limit
+                || (first_page.len() == page_size
+                    && store
+                        .missed_count(user, after, limit + 1, everything)
+                        .await?
+                        > limit);
+            if too_many {
+                let reason =
+                    format!("more than {limit} messages were missed: replay is impossible");
+                self.impossible(&reason);
+                return Ok(());
+            }
+            first_page
+        };
+        source.metrics.replayed(first_page.len() as u64);
+        self.replay(source, after, first_page);
+        Ok(())
+    }
+
+    /// Records why the requested replay is impossible.
+    fn impossible(&mut self, reason: &str) {
+        self.metrics.replay_impossible();
+        self.reset = Some(reason.to_owned());
+    }
+
+    /// Replays `first_page`, then whatever else `source` has after it,
+    /// before going live; `after` is the resume point.
+    fn replay(&mut self, source: ReplaySource, after: Position, mut first_page: Vec<Event>) {
         let cut = keep_within_bytes(&mut first_page);
         self.replayed_up_to = first_page.last().map_or(after, |last| last.position);
         self.replay = Some(Replay {
@@ -129,11 +178,6 @@ impl EventStream {
             source,
             page: first_page.into(),
         });
-    }
-
-    /// Records why the requested replay is impossible.
-    pub(crate) fn reset_because(&mut self, reason: String) {
-        self.reset = Some(reason);
     }
 
     /// Serves the stream on `transport`: counts it as open there, and its

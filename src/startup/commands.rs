@@ -52,7 +52,8 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     };
     let auth = Auth::new(secret.as_bytes(), &identity)?;
     let server = Server::bind(&config, auth.clone()).await?;
-    tokio::spawn(give_back_memory());
+    // Owned like the core's tasks: stopped once the server has shut down.
+    let trim = tokio::spawn(give_back_memory());
     // Before saying it serves: from then on a signal shuts down in order.
     let signal = shutdown_signal();
     if let Some(metrics) = server.metrics_addr() {
@@ -62,7 +63,10 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     if ephemeral {
         print_demo(&auth, &server);
     }
-    server.run(signal).await
+    let served = server.run(signal).await;
+    trim.abort();
+    let _ = trim.await;
+    served
 }
 
 /// How often freed memory is handed back to the system.

@@ -14,7 +14,6 @@
 
 use crate::{
     auth::Auth,
-    cluster::broker::Broker,
     doors::grpc,
     doors::http::{self, AppState, HttpOptions},
     engine::service::Herald,
@@ -23,14 +22,10 @@ use crate::{
     pb,
     startup::config::ServeConfig,
     startup::start::StartError,
-    store::Store,
 };
 use axum::Router;
 use std::{future::Future, net::SocketAddr, time::Duration};
-use tokio::{
-    net::{TcpListener, TcpSocket},
-    task::JoinHandle,
-};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::trace::{DefaultOnEos, DefaultOnFailure, DefaultOnResponse, TraceLayer};
@@ -53,8 +48,6 @@ pub struct Server {
     /// What each listener serves.
     apps: Apps,
     herald: Herald,
-    feed: JoinHandle<()>,
-    broker: JoinHandle<()>,
     shutdown: CancellationToken,
     drain: Duration,
     tls: Option<Acceptors>,
@@ -87,28 +80,12 @@ impl Server {
             Some(addr) => Some(listen("--metrics-addr", addr).await?),
             None => None,
         };
-        let database_url = config.database_url();
-        let store = Store::connect(&database_url)
-            .await
-            .map_err(StartError::Database)?;
-        let broker = Broker::connect(&config.broker()?, &store, &database_url).await?;
         let shutdown = CancellationToken::new();
-        let (herald, feed) =
-            Herald::start(store, config.limits(), broker.publisher(), shutdown.clone())
-                .await
-                .map_err(StartError::Core)?;
-        let broker_counts = broker.counts();
-        let broker = broker.start(
-            herald.feed().clone(),
-            herald.signals().clone(),
-            herald.presence().clone(),
-            shutdown.clone(),
-        );
+        let herald = Herald::start(config, shutdown.clone()).await?;
         let connections = Connections::new(config.connection_limits());
         let state = AppState {
             herald: herald.clone(),
             auth: auth.clone(),
-            broker: broker_counts,
             connections: connections.clone(),
             origins: config.cors_origin.clone().into(),
             heartbeat: config.sse_heartbeat,
@@ -120,8 +97,6 @@ impl Server {
             metrics,
             apps,
             herald,
-            feed,
-            broker,
             shutdown,
             drain: config.drain_timeout,
             tls,
@@ -225,9 +200,7 @@ impl Server {
             metrics_server.abort();
         }
         let _ = watch.await;
-        let _ = self.feed.await;
-        let _ = self.broker.await;
-        self.herald.store().close().await;
+        self.herald.close().await;
         Ok(())
     }
 }

@@ -52,9 +52,6 @@ pub enum StartError {
         #[source]
         source: Cause,
     },
-    /// The core could not load what it needs from the database.
-    #[error("cannot start the core")]
-    Core(#[source] crate::Error),
     /// gRPC reflection could not read herald's own descriptors.
     #[error("cannot build gRPC reflection")]
     Reflection(#[from] tonic_reflection::server::Error),

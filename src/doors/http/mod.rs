@@ -23,12 +23,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge},
-    registry::Registry,
-};
-use std::sync::atomic::Ordering;
+use prometheus_client::registry::Registry;
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     set_header::SetResponseHeaderLayer,
@@ -42,8 +37,6 @@ pub use sse::STREAM_PATHS;
 pub struct AppState {
     pub herald: Herald,
     pub auth: Auth,
-    /// What the cross-node broker link counts, for `/metrics`.
-    pub broker: crate::cluster::broker::BrokerCounts,
     /// Origins allowed by `--cors-origin`, which cookie-authenticated
     /// requests that change state must come from (or the page's own).
     pub origins: std::sync::Arc<[String]>,
@@ -148,92 +141,21 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the database answers and the server is not draining.
+/// Readiness: the server is not draining and the database answers.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.herald.is_shutting_down() {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-    }
-    let answer = tokio::time::timeout(READY_TIMEOUT, state.herald.store().head()).await;
-    match answer {
-        Ok(Ok(_)) => "ready".into_response(),
-        Ok(Err(error)) => Error::from(error).into_response(),
-        Err(_) => error_response(StatusCode::SERVICE_UNAVAILABLE, "database unavailable"),
+    match state.herald.ready(READY_TIMEOUT).await {
+        Ok(()) => "ready".into_response(),
+        Err(error) => error.into_response(),
     }
 }
 
 /// Prometheus metrics, written by prometheus-client in the OpenMetrics
-/// text format: the core's own, and what the hub, feed, broker, auth and
-/// listener count, read at each scrape (a registry of a few entries, built
-/// in microseconds).
+/// text format: each part registers what it counts, read at this scrape.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let herald = &state.herald;
     let mut registry = Registry::with_prefix("herald");
-    herald.metrics().register(&mut registry);
-    let mut counter = |name: &str, help: &str, value: u64| {
-        registry.register(name, help, ConstCounter::new(value));
-    };
-    counter(
-        "subscriptions_dropped_lagging",
-        "Streams dropped because their queue filled",
-        herald.hub().lagged_total(),
-    );
-    let fills = herald.feed().fills();
-    counter(
-        "feed_filled_messages",
-        "Messages the feed read from the database to fill gaps",
-        fills.filled.load(Ordering::Relaxed),
-    );
-    counter(
-        "feed_unreported_messages",
-        "Of those, messages no report named (gap timer, head poll, catch-up): the broker did not deliver them",
-        fills.unreported.load(Ordering::Relaxed),
-    );
-    counter(
-        "broker_reconnects",
-        "Times the cross-node broker link was lost and caught up",
-        state.broker.total(),
-    );
-    counter(
-        "broker_forged",
-        "Broker messages dropped: not sealed by a node of this deployment, or malformed",
-        state.broker.forged_total(),
-    );
-    counter(
-        "broker_replayed",
-        "Broker payloads dropped because a node sealed them before: played again, or out of sequence",
-        state.broker.replayed_total(),
-    );
-    counter(
-        "connections_refused_per_ip",
-        "Connections closed on arrival: their address held its share of the cap",
-        state.connections.refused_per_ip_total(),
-    );
-    counter(
-        "connections_stuck",
-        "Connections closed because a stream's client stopped reading it (the write timeout)",
-        state.connections.stuck_total(),
-    );
-    counter(
-        "connections_refused",
-        "Connections closed on arrival: the cap was reached and every connection was busy",
-        state.connections.refused_total(),
-    );
-    counter(
-        "connections_evicted",
-        "Idle or stalled connections closed to make room for new ones at the cap",
-        state.connections.evicted_total(),
-    );
-    let refused = Family::<Refused, Counter>::default();
-    for (reason, count) in state.auth.refused() {
-        let reason = reason.as_str();
-        refused.get_or_create(&Refused { reason }).inc_by(count);
-    }
-    registry.register("auth_failures", "Refused tokens, by reason", refused);
-    registry.register(
-        "connections_open",
-        "Open connections on both ports",
-        ConstGauge::new(i64::try_from(state.connections.open()).unwrap_or(i64::MAX)),
-    );
+    state.herald.register_metrics(&mut registry);
+    state.auth.register_metrics(&mut registry);
+    state.connections.register_metrics(&mut registry);
     let mut text = String::new();
     if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
         tracing::error!(%error, "metrics did not encode");
@@ -247,12 +169,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
-}
-
-/// The label of `herald_auth_failures_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Refused {
-    reason: &'static str,
 }
 
 /// How long `/readyz` waits for the database.

@@ -30,6 +30,8 @@
 //! past its end: a client that stops reading costs its queue for at most
 //! that long, and expiry acts even while a write is blocked.
 
+use crate::metrics::counted;
+use prometheus_client::{metrics::gauge::ConstGauge, registry::Registry};
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -140,6 +142,39 @@ impl Connections {
     }
 
     /// Open connections now.
+    /// Registers what the connection registry counts.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        counted(
+            registry,
+            "connections_refused_per_ip",
+            "Connections closed on arrival: their address held its share of the cap",
+            self.refused_per_ip_total(),
+        );
+        counted(
+            registry,
+            "connections_stuck",
+            "Connections closed because a stream's client stopped reading it (the write timeout)",
+            self.stuck_total(),
+        );
+        counted(
+            registry,
+            "connections_refused",
+            "Connections closed on arrival: the cap was reached and every connection was busy",
+            self.refused_total(),
+        );
+        counted(
+            registry,
+            "connections_evicted",
+            "Idle or stalled connections closed to make room for new ones at the cap",
+            self.evicted_total(),
+        );
+        registry.register(
+            "connections_open",
+            "Open connections on both ports",
+            ConstGauge::new(i64::try_from(self.open()).unwrap_or(i64::MAX)),
+        );
+    }
+
     pub fn open(&self) -> usize {
         self.lock().conns.len()
     }
