@@ -154,19 +154,27 @@ async fn delivered_by_the_broker(nodes: &[Process]) {
     }
 }
 
-/// Terminates every herald LISTEN connection to `database`; returns how many.
-async fn terminate_listeners(admin_url: &str, database: &str) -> i64 {
+/// Runs `select` (a list over herald's LISTEN connections to `database`,
+/// `$1`) as an administrator; returns how many rows say true.
+async fn on_listeners(admin_url: &str, database: &str, select: &str) -> i64 {
     use sqlx::Connection;
     let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
-    let terminated: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE application_name = 'herald-listener' AND datname = $1",
-    )
-    .bind(database)
-    .fetch_all(&mut admin)
-    .await
-    .unwrap();
-    terminated.into_iter().filter(|done| *done).count() as i64
+    let sql = format!(
+        "SELECT {select} FROM pg_stat_activity
+         WHERE application_name = 'herald-listener' AND datname = $1"
+    );
+    // `select` is one of this file's literals.
+    let rows: Vec<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(database)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    rows.into_iter().filter(|done| *done).count() as i64
+}
+
+/// Terminates every herald LISTEN connection to `database`; returns how many.
+async fn terminate_listeners(admin_url: &str, database: &str) -> i64 {
+    on_listeners(admin_url, database, "pg_terminate_backend(pid)").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,6 +218,18 @@ async fn three_nodes_over_listen_notify_lose_nothing_when_listeners_are_killed()
     })
     .await;
 
+    // Each node LISTENs again (not only fills from the database), and
+    // counted the loss once.
+    let listening =
+        crate::support::eventually(|| async { on_listeners(&admin, &name, "true").await == 3 })
+            .await;
+    assert!(listening, "every node LISTENs again");
+    for node in &nodes {
+        assert_eq!(
+            metric(&node.http, "herald_broker_reconnects_total").await,
+            1.0
+        );
+    }
     for node in nodes {
         let (exit, log) = node.terminate().await;
         assert!(exit.success());
@@ -560,10 +580,6 @@ async fn typing_across_three_nodes_over_nats() {
 /// here; 25 s with the default interval, within the 30 s asked).
 async fn presence_crosses_nodes_and_a_dead_node_takes_its_users_offline(mut nodes: Vec<Process>) {
     use crate::support::next_event_or_presence;
-    let presence = |event: pb::Event| match event.kind {
-        Some(pb::event::Kind::Presence(p)) => (p.user_id, p.online),
-        other => panic!("expected presence, got {other:?}"),
-    };
     let alice = On::node(&nodes[0], "alice").await;
     alice.create(&["bob"]).await;
     alice.create(&["carol"]).await;
@@ -632,48 +648,80 @@ async fn presence_across_three_nodes_over_nats() {
     presence_crosses_nodes_and_a_dead_node_takes_its_users_offline(nodes).await;
 }
 
+/// Who went online or offline, from a presence event.
+fn presence(event: pb::Event) -> (String, bool) {
+    match event.kind {
+        Some(pb::event::Kind::Presence(p)) => (p.user_id, p.online),
+        other => panic!("expected presence, got {other:?}"),
+    }
+}
+
+/// One node on PostgreSQL's broker announcing every `interval`, with a
+/// short grace.
+async fn presence_node(db: &crate::support::TestDb, interval: &str) -> Process {
+    let args = ["--broker", "postgres", "--presence-grace", "300ms"]
+        .into_iter()
+        .chain(["--presence-interval", interval])
+        .map(String::from)
+        .collect::<Vec<_>>();
+    nodes(&db.url, 1, &args).await.remove(0)
+}
+
+/// Alice on `observer` sharing a pair with carol on `node`, once alice has
+/// seen carol come online: alice's events, and carol's open stream.
+async fn alice_sees_carol_online(
+    observer: &Process,
+    node: &Process,
+) -> (tonic::Streaming<pb::Event>, tonic::Streaming<pb::Event>) {
+    use crate::support::next_event_or_presence;
+    let alice = On::node(observer, "alice").await;
+    alice.create(&["carol"]).await;
+    let carol = On::node(node, "carol").await;
+    carol.create(&["alice"]).await;
+    let mut alices = alice.events().await;
+    let carols = carol.events().await;
+    assert_eq!(
+        presence(next_event_or_presence(&mut alices).await),
+        ("carol".into(), true)
+    );
+    (alices, carols)
+}
+
 /// A node's claims last by its own pace: a node that announces every
 /// second and dies is taken offline within seconds by a node that itself
 /// announces every twenty (by the observer's pace, it took 50 s and more).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_users_go_offline_by_its_own_pace_not_the_observers() {
-    use crate::support::next_event_or_presence;
     let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
         return;
     };
-    let timing = |interval: &str| {
-        [
-            "--broker",
-            "postgres",
-            "--presence-grace",
-            "300ms",
-            "--presence-interval",
-        ]
-        .into_iter()
-        .chain([interval])
-        .map(String::from)
-        .collect::<Vec<_>>()
-    };
-    let observer = nodes(&db.url, 1, &timing("20s")).await.remove(0);
-    let mut dying = nodes(&db.url, 1, &timing("1s")).await.remove(0);
-    let alice = On::node(&observer, "alice").await;
-    alice.create(&["carol"]).await;
-    let carol = On::node(&dying, "carol").await;
-    carol.create(&["alice"]).await;
-    let mut alices = alice.events().await;
-    let _carols = carol.events().await;
-    let presence = |event: pb::Event| match event.kind {
-        Some(pb::event::Kind::Presence(p)) => (p.user_id, p.online),
-        other => panic!("expected presence, got {other:?}"),
-    };
-    assert_eq!(
-        presence(next_event_or_presence(&mut alices).await),
-        ("carol".into(), true)
-    );
+    let observer = presence_node(&db, "20s").await;
+    let mut dying = presence_node(&db, "1s").await;
+    let (mut alices, _carols) = alice_sees_carol_online(&observer, &dying).await;
     dying.child.kill().await.unwrap();
     // Within PATIENCE (20 s): 2.5 of the dead node's seconds, and a tick.
     assert_eq!(
-        presence(next_event_or_presence(&mut alices).await),
+        presence(crate::support::next_event_or_presence(&mut alices).await),
+        ("carol".into(), false)
+    );
+}
+
+/// A node that stops on SIGTERM says goodbye: its users go offline on the
+/// other nodes after the grace, not when its claims would lapse (2.5 of
+/// its 60 s, far past PATIENCE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_takes_its_users_offline_at_once() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let observer = presence_node(&db, "60s").await;
+    let leaving = presence_node(&db, "60s").await;
+    let (mut alices, carols) = alice_sees_carol_online(&observer, &leaving).await;
+    let (exit, _) = leaving.terminate().await;
+    assert!(exit.success(), "{exit:?}");
+    drop(carols);
+    assert_eq!(
+        presence(crate::support::next_event_or_presence(&mut alices).await),
         ("carol".into(), false)
     );
 }

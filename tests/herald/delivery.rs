@@ -199,6 +199,7 @@ async fn a_user_cannot_open_more_streams_than_the_limit(db: TestDb) {
 
 async fn a_stream_ends_when_its_token_expires(db: TestDb) {
     let app = spawn_app(&db).await;
+    let minted = std::time::Instant::now();
     let token = app.token_for("bob", Duration::from_secs(1));
     let bob = crate::support::User::with_token(&app, token).await;
     let mut stream = bob.subscribe("").await.unwrap();
@@ -206,6 +207,12 @@ async fn a_stream_ends_when_its_token_expires(db: TestDb) {
     let status = end_of(&mut stream, Duration::from_secs(20)).await;
 
     assert_eq!(status.code(), Code::Unauthenticated);
+    // At `exp` (whole seconds, after minting) plus the 5 s leeway.
+    assert!(
+        minted.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        minted.elapsed()
+    );
 }
 
 on_every_backend!(

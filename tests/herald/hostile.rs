@@ -279,15 +279,11 @@ async fn advertised_max_streams(addr: std::net::SocketAddr) -> Option<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_ports_advertise_a_finite_number_of_http2_streams() {
+async fn both_ports_advertise_the_configured_number_of_http2_streams() {
     let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
-    let app = spawn_app(&db).await;
+    let app = crate::support::spawn_app_with(&db, |config| config.http2_max_streams = 37).await;
     for addr in [app.grpc, app.http] {
-        let streams = advertised_max_streams(addr).await;
-        assert!(
-            streams.is_some_and(|n| (1..=1_000).contains(&n)),
-            "{addr}: {streams:?}"
-        );
+        assert_eq!(advertised_max_streams(addr).await, Some(37), "{addr}");
     }
     app.stop().await;
 }
@@ -721,12 +717,39 @@ async fn a_message_forged_on_the_nats_subject_is_never_delivered() {
             .await
             .unwrap();
     }
+    // And bare signals on the signal subject, in the wire a node would
+    // seal: alice typing, and alice online from a node of its own.
+    let signal = |kind: &str, content: String| {
+        serde_json::json!({
+            "position": 0, "conversation_id": "", "user_id": "", "content": content,
+            "created_at_micros": 1, "kind": kind, "origin": "intruder"
+        })
+        .to_string()
+    };
+    let typing = signal("typings", serde_json::json!([[chat, "alice"]]).to_string());
+    let online = signal(
+        "presence",
+        serde_json::json!({"online": ["alice"], "offline": [], "interval_ms": 1000}).to_string(),
+    );
+    for payload in [typing, online] {
+        intruder
+            .publish(format!("{subject}.signals"), payload.into())
+            .await
+            .unwrap();
+    }
     intruder.flush().await.unwrap();
     let dropped = crate::support::eventually(|| async {
-        metric(&herald.http, "herald_broker_forged_total").await >= 2.0
+        metric(&herald.http, "herald_broker_forged_total").await >= 4.0
     })
     .await;
-    assert!(dropped, "both forgeries are dropped and counted");
+    assert!(
+        dropped,
+        "the two forged events and the two bare signals are dropped and counted"
+    );
+    assert_eq!(
+        metric(&herald.http, "herald_broker_forged_total").await,
+        4.0
+    );
 
     let second = client
         .create_message(send("second"))

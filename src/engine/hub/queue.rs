@@ -234,6 +234,38 @@ mod tests {
         pushes.join().unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_taker_waiting_on_an_empty_queue_is_woken_by_every_push() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Ping-pong: each push comes the moment the taker has taken the
+        // last one (the pusher spins on a counter, so it is not a thread
+        // wake-up late), while the taker is about to wait, or waiting, on an
+        // empty queue: the moment a lost wakeup needs, 20,000 times.
+        const ROUNDS: usize = 20_000;
+        let (pusher, mut taker) = queue(16, usize::MAX);
+        let taken = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = taken.clone();
+        let pushes = std::thread::spawn(move || {
+            for n in 0..ROUNDS {
+                pusher.try_push(n, 1).unwrap();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while seen.load(Ordering::Acquire) <= n && std::time::Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let takes = async {
+            for n in 0..ROUNDS {
+                assert_eq!(taker.take().await, Some(n));
+                taken.store(n + 1, Ordering::Release);
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), takes)
+            .await
+            .expect("every push wakes the waiting taker");
+        pushes.join().unwrap();
+    }
+
     #[test]
     fn an_emptied_deque_gives_back_what_a_backlog_grew() {
         let (pusher, mut taker) = queue(1_000, usize::MAX);
