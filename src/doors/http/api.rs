@@ -86,7 +86,8 @@ async fn list_conversations(
     }))
 }
 
-/// The body may carry `clientMessageId`; an `Idempotency-Key` header wins.
+/// The idempotency key is the body's `clientMessageId` or an
+/// `Idempotency-Key` header (an empty one is none); both at once must agree.
 async fn create_message(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -94,11 +95,20 @@ async fn create_message(
     headers: HeaderMap,
     Body(body): Body<pb::CreateMessageRequest>,
 ) -> Result<(StatusCode, Json<pb::Message>), Error> {
-    let key = match headers.get("idempotency-key") {
+    let header = match headers.get("idempotency-key") {
         Some(value) => value
             .to_str()
             .map_err(|_| Error::invalid("Idempotency-Key must be printable"))?,
-        None => &body.client_message_id,
+        None => "",
+    };
+    let key = match (header, body.client_message_id.as_str()) {
+        (key, "") | ("", key) => key,
+        (header, body) if header == body => header,
+        _ => {
+            return Err(Error::invalid(
+                "Idempotency-Key and clientMessageId differ: give one key",
+            ));
+        }
     };
     let message = state
         .herald
