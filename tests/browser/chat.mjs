@@ -11,7 +11,7 @@ import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
-  CHROMIUM, CHROMIUM_ARGS, PATIENCE, rest, run, startHerald, stopHerald, token, track, until,
+  CHROMIUM, CHROMIUM_ARGS, PATIENCE, rest, run, startHerald, stopHerald, token, track, until, watchErrors,
 } from "./herald.mjs";
 
 const screenshots = join(dirname(fileURLToPath(import.meta.url)), "screenshots");
@@ -39,7 +39,7 @@ async function openChat(browser, server, bearer, conversationId) {
   const context = await browser.newContext();
   await context.addInitScript(recordEvents);
   const page = await context.newPage();
-  page.on("pageerror", (error) => console.error("page error:", error));
+  watchErrors(page, "alice");
   await page.goto(`http://${server.http}/#token=${bearer}`);
   await page.click(`.conversation[data-id="${conversationId}"]`, { timeout: PATIENCE });
   await page.waitForSelector("#status[data-state=live]", { timeout: PATIENCE });
@@ -64,7 +64,7 @@ async function chatWithGrpcUser(browser, server, bob) {
   const carol = token("carol");
   const conversation = await rest(server, carol, "POST", "/api/conversations", { participantIds: ["bob"] });
   const carolStream = grpcurl(server, carol, "SubscribeMessages", {});
-  const bobPage = await (await browser.newContext()).newPage();
+  const bobPage = watchErrors(await (await browser.newContext()).newPage(), "bob");
   await bobPage.goto(`http://${server.http}/#token=${bob}`);
   await bobPage.click(`.conversation[data-id="${conversation.id}"]`, { timeout: PATIENCE });
   await bobPage.waitForSelector("#status[data-state=live]", { timeout: PATIENCE });

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { CHROMIUM, CHROMIUM_ARGS, PATIENCE, rest, run, startHerald, stopHerald, token } from "./herald.mjs";
+import { CHROMIUM, CHROMIUM_ARGS, PATIENCE, rest, run, startHerald, stopHerald, token, watchErrors } from "./herald.mjs";
 
 const page = readFileSync(join(dirname(fileURLToPath(import.meta.url)), "..", "..", "examples", "browser", "index.html"));
 
@@ -19,7 +19,7 @@ async function main() {
   const conversation = await rest(server, alice, "POST", "/api/conversations", { participantIds: ["bob"] });
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
   try {
-    const tab = await browser.newPage();
+    const tab = watchErrors(await browser.newPage(), "bob");
     const query = new URLSearchParams({ herald: `http://${server.http}`, token: bob, conversation: conversation.id });
     await tab.goto(`${origin}/?${query}`);
     await tab.click("#connect button");

@@ -71,9 +71,24 @@ export async function until(what, check) {
   }
 }
 
-/** Runs `test`, reports, and always cleans up. */
+/** Errors the pages' own scripts threw: any fails the test. */
+const pageErrors = [];
+
+/** Records what `page`'s scripts throw, as `who`'s errors. */
+export function watchErrors(page, who) {
+  page.on("pageerror", (error) => {
+    console.error(`${who}'s page error:`, error);
+    pageErrors.push(`${who}: ${error}`);
+  });
+  return page;
+}
+
+/** Runs `test`, reports, and always cleans up; an error a page threw fails it. */
 export function run(name, test) {
   test()
+    .then(() => {
+      if (pageErrors.length > 0) throw new Error(`the pages threw: ${pageErrors.join("; ")}`);
+    })
     .then(() => console.log(`${name} passed`))
     .catch((error) => {
       console.error(`${name} failed:`, error);

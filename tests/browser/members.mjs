@@ -8,7 +8,7 @@
 // Run by the Rust test `browser` (which passes HERALD_BIN), or by hand:
 //   HERALD_BIN=target/debug/herald node tests/browser/members.mjs
 import { chromium } from "playwright-core";
-import { CHROMIUM, CHROMIUM_ARGS, PATIENCE, rest, run, startHerald, stopHerald, token, until } from "./herald.mjs";
+import { CHROMIUM, CHROMIUM_ARGS, PATIENCE, rest, run, startHerald, stopHerald, token, until, watchErrors } from "./herald.mjs";
 
 /** Records, before the page's script runs, every message id its EventSource receives. */
 function recordMessages() {
@@ -26,7 +26,7 @@ async function open(browser, server, user) {
   const context = await browser.newContext();
   await context.addInitScript(recordMessages);
   const page = await context.newPage();
-  page.on("pageerror", (error) => console.error(`${user}'s page error:`, error));
+  watchErrors(page, user);
   await page.goto(`http://${server.http}/#token=${token(user)}`);
   await page.waitForSelector("#status[data-state=live]", { timeout: PATIENCE });
   return page;

@@ -5,7 +5,7 @@
 // Run by the Rust test `browser` (which passes HERALD_BIN), or by hand:
 //   HERALD_BIN=target/debug/herald node tests/browser/presence.mjs
 import { chromium } from "playwright-core";
-import { CHROMIUM, CHROMIUM_ARGS, PATIENCE, rest, run, startHerald, stopHerald, token, until } from "./herald.mjs";
+import { CHROMIUM, CHROMIUM_ARGS, PATIENCE, rest, run, startHerald, stopHerald, token, until, watchErrors } from "./herald.mjs";
 
 async function main() {
   const server = await startHerald("127.0.0.1:0", ["--presence-grace", "500ms"]);
@@ -17,7 +17,7 @@ async function main() {
     const open = async (user) => {
       const context = await browser.newContext();
       const page = await context.newPage();
-      page.on("pageerror", (error) => console.error(`${user}'s page error:`, error));
+      watchErrors(page, user);
       await page.goto(`http://${server.http}/#token=${token(user)}`);
       await page.waitForSelector("#status[data-state=live]", { timeout: PATIENCE });
       await page.click(`.conversation[data-id="${group.id}"]`);
