@@ -72,7 +72,7 @@ fn is_width_form(c: char) -> bool {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(Arc<str>);
 
         impl $name {
@@ -146,7 +146,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// Positions are assigned inside the inserting transaction from a single
 /// counter row, so they are gap-free and increase in commit order (see
 /// `store`). A message's public id is its position in decimal.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct Position(pub i64);
 
 impl Position {
@@ -220,15 +220,66 @@ pub fn random_hex() -> String {
     hex(&bytes)
 }
 
-/// A committed message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A committed message, as it now is.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Message {
     pub position: Position,
     pub conversation_id: ConversationId,
     pub user_id: UserId,
+    /// Empty once deleted.
     pub content: String,
     /// Microseconds since the Unix epoch, from the server's clock at commit.
     pub created_at_micros: i64,
+    /// When the author last edited it.
+    pub edited_at_micros: Option<i64>,
+    pub deleted: bool,
+    /// The message this one answers.
+    pub reply_to: Option<Position>,
+    /// By emoji, as one reader sees them; read for history, empty on the
+    /// streams (reactions travel as events of their own).
+    pub reactions: Vec<Reaction>,
+}
+
+/// The reactions to a message with one emoji, as one reader sees them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaction {
+    pub emoji: String,
+    pub count: i32,
+    /// Whether the reader is among them.
+    pub mine: bool,
+}
+
+/// An emoji to react with: one grapheme cluster (as unicode-segmentation
+/// counts them) of at most [`MAX_EMOJI_BYTES`], nothing invisible or
+/// blank. Not checked against an emoji list: a letter is a reaction too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Emoji(String);
+
+/// The longest emoji, in bytes: a family or a flag with modifiers fits.
+pub const MAX_EMOJI_BYTES: usize = 32;
+
+impl Emoji {
+    pub fn parse(value: &str) -> Result<Self, Error> {
+        use unicode_segmentation::UnicodeSegmentation;
+        let invalid = |why: &str| Err(Error::invalid(format!("emoji {why}")));
+        if value.len() > MAX_EMOJI_BYTES {
+            return invalid(&format!("must be at most {MAX_EMOJI_BYTES} bytes"));
+        }
+        if value.graphemes(true).count() != 1 {
+            return invalid("must be exactly one character (grapheme cluster)");
+        }
+        if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return invalid("must not be a control or blank character");
+        }
+        if value.chars().all(is_default_ignorable) {
+            return invalid("must be visible");
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// What happened at one stream position: a message, or a change to a
@@ -247,8 +298,21 @@ pub struct Event {
 /// The kinds of event, each with what it says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
-    /// A message's text.
-    Message(String),
+    /// A new message: its text, and the message it answers.
+    Message {
+        content: String,
+        reply_to: Option<Position>,
+    },
+    /// A message was edited: the message as it now is.
+    Edited(Box<Message>),
+    /// A message was deleted: its tombstone.
+    Deleted(Box<Message>),
+    /// The user reacted to `message` with `emoji`, or took it back.
+    Reaction {
+        message: Position,
+        emoji: String,
+        added: bool,
+    },
     /// The user read up to this message.
     Read(Position),
     Membership(Change),
@@ -277,19 +341,31 @@ impl Event {
     /// The message, if this event is one.
     pub fn message(&self) -> Option<Message> {
         match &self.body {
-            Body::Message(content) => Some(Message {
+            Body::Message { content, reply_to } => Some(Message {
                 position: self.position,
                 conversation_id: self.conversation_id.clone(),
                 user_id: self.user_id.clone(),
                 content: content.clone(),
                 created_at_micros: self.created_at_micros,
+                reply_to: *reply_to,
+                ..Message::default()
             }),
             _ => None,
         }
     }
 
     pub fn is_message(&self) -> bool {
-        matches!(self.body, Body::Message(_))
+        matches!(self.body, Body::Message { .. })
+    }
+
+    /// The message a change concerns (an edit, a deletion, a reaction): only
+    /// those who saw it receive the change.
+    pub fn target(&self) -> Option<Position> {
+        match &self.body {
+            Body::Edited(message) | Body::Deleted(message) => Some(message.position),
+            Body::Reaction { message, .. } => Some(*message),
+            _ => None,
+        }
     }
 
     /// A signal (typing, presence): never stored, never replayed, so it has
@@ -308,7 +384,9 @@ impl Event {
     pub fn approximate_bytes(&self) -> usize {
         let ids = |ids: &[UserId]| ids.iter().map(|id| id.as_str().len() + 48).sum::<usize>();
         200 + match &self.body {
-            Body::Message(content) => content.len(),
+            Body::Message { content, .. } => content.len(),
+            Body::Edited(message) | Body::Deleted(message) => message.content.len() + 100,
+            Body::Reaction { emoji, .. } => emoji.len(),
             Body::Membership(change) => {
                 ids(&change.added) + ids(&change.removed) + ids(&change.members)
             }
@@ -326,7 +404,10 @@ impl Body {
     /// The name stored in the `kind` column and carried between nodes.
     pub fn kind(&self) -> &'static str {
         match self {
-            Body::Message(_) => "message",
+            Body::Message { .. } => "message",
+            Body::Edited(_) => "edit",
+            Body::Deleted(_) => "delete",
+            Body::Reaction { .. } => "reaction",
             Body::Read(_) => "read",
             Body::Membership(_) => "membership",
             Body::Typing => "typing",
@@ -334,11 +415,28 @@ impl Body {
         }
     }
 
-    /// What the `content` column holds: a message's text, a receipt's
-    /// message position, a change as JSON.
+    /// What the `content` column holds, and what travels between nodes: a
+    /// message's text, a receipt's message position, a change as JSON. An
+    /// edit or a deletion travels as the message it leaves (JSON); its row
+    /// holds nothing (`target` names the message), so the message's own row
+    /// stays the only copy of its content.
     pub fn encode(&self) -> String {
         match self {
-            Body::Message(content) => content.clone(),
+            Body::Message { content, .. } => content.clone(),
+            Body::Edited(message) | Body::Deleted(message) => {
+                serde_json::to_string(&StoredMessage::from(&**message))
+                    .unwrap_or_else(|_| String::from("{}"))
+            }
+            Body::Reaction {
+                message,
+                emoji,
+                added,
+            } => serde_json::to_string(&StoredReaction {
+                message: message.0,
+                emoji: emoji.clone(),
+                added: *added,
+            })
+            .unwrap_or_else(|_| String::from("{}")),
             Body::Read(position) => position.0.to_string(),
             Body::Membership(change) => serde_json::to_string(&StoredChange::from(change))
                 .unwrap_or_else(|_| String::from("{}")),
@@ -350,11 +448,33 @@ impl Body {
         }
     }
 
-    /// The body [`encode`](Self::encode) wrote under `kind`. Only herald
-    /// writes these columns; anything unreadable decodes as an empty event
-    /// rather than a panic.
-    pub fn decode(kind: &str, content: String) -> Self {
+    /// The body [`encode`](Self::encode) wrote under `kind` (a message's
+    /// `reply_to` travels beside it). Only herald writes these columns;
+    /// anything unreadable decodes as an empty event rather than a panic.
+    pub fn decode(kind: &str, content: String, reply_to: Option<Position>) -> Self {
         match kind {
+            "edit" | "delete" => {
+                let message = serde_json::from_str::<StoredMessage>(&content)
+                    .map(Message::from)
+                    .unwrap_or_default();
+                match kind {
+                    "edit" => Body::Edited(Box::new(message)),
+                    _ => Body::Deleted(Box::new(message)),
+                }
+            }
+            "reaction" => {
+                let stored = serde_json::from_str::<StoredReaction>(&content).ok();
+                let stored = stored.unwrap_or(StoredReaction {
+                    message: 0,
+                    emoji: String::new(),
+                    added: false,
+                });
+                Body::Reaction {
+                    message: Position(stored.message),
+                    emoji: stored.emoji,
+                    added: stored.added,
+                }
+            }
             "read" => Body::Read(Position(content.parse().unwrap_or(0))),
             "typing" => Body::Typing,
             "presence" => {
@@ -369,9 +489,61 @@ impl Body {
                     .map(Change::from)
                     .unwrap_or_default(),
             ),
-            _ => Body::Message(content),
+            _ => Body::Message { content, reply_to },
         }
     }
+}
+
+/// A changed [`Message`] as it travels between nodes: plain values.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredMessage {
+    position: i64,
+    conversation: String,
+    user: String,
+    content: String,
+    created_at: i64,
+    edited_at: Option<i64>,
+    deleted: bool,
+    reply_to: Option<i64>,
+}
+
+impl From<&Message> for StoredMessage {
+    fn from(message: &Message) -> Self {
+        Self {
+            position: message.position.0,
+            conversation: message.conversation_id.as_str().to_owned(),
+            user: message.user_id.as_str().to_owned(),
+            content: message.content.clone(),
+            created_at: message.created_at_micros,
+            edited_at: message.edited_at_micros,
+            deleted: message.deleted,
+            reply_to: message.reply_to.map(|position| position.0),
+        }
+    }
+}
+
+impl From<StoredMessage> for Message {
+    fn from(stored: StoredMessage) -> Self {
+        Self {
+            position: Position(stored.position),
+            conversation_id: ConversationId::from_stored(stored.conversation),
+            user_id: UserId::from_stored(stored.user),
+            content: stored.content,
+            created_at_micros: stored.created_at,
+            edited_at_micros: stored.edited_at,
+            deleted: stored.deleted,
+            reply_to: stored.reply_to.map(Position),
+            reactions: Vec::new(),
+        }
+    }
+}
+
+/// A reaction event's content: stored, and carried between nodes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredReaction {
+    message: i64,
+    emoji: String,
+    added: bool,
 }
 
 /// [`Change`] as stored and carried: plain strings.
@@ -417,7 +589,10 @@ impl From<Message> for Event {
             conversation_id: message.conversation_id,
             user_id: message.user_id,
             created_at_micros: message.created_at_micros,
-            body: Body::Message(message.content),
+            body: Body::Message {
+                content: message.content,
+                reply_to: message.reply_to,
+            },
         }
     }
 }

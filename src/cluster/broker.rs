@@ -234,6 +234,9 @@ struct Wire {
     /// notifies the sender's LISTEN connection too).
     #[serde(default)]
     origin: String,
+    /// The message a message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reply_to: Option<i64>,
 }
 
 impl Wire {
@@ -246,6 +249,10 @@ impl Wire {
             created_at_micros: event.created_at_micros,
             kind: event.body.kind().to_owned(),
             origin: origin.to_owned(),
+            reply_to: match &event.body {
+                Body::Message { reply_to, .. } => reply_to.map(|position| position.0),
+                _ => None,
+            },
         }
     }
 
@@ -259,6 +266,7 @@ impl Wire {
             created_at_micros: crate::domain::now_micros(),
             kind: kind.to_owned(),
             origin: origin.to_owned(),
+            reply_to: None,
         }
     }
 
@@ -907,7 +915,7 @@ impl From<Wire> for Event {
             conversation_id: ConversationId::from_stored(wire.conversation_id),
             user_id: UserId::from_stored(wire.user_id),
             created_at_micros: wire.created_at_micros,
-            body: Body::decode(&wire.kind, wire.content),
+            body: Body::decode(&wire.kind, wire.content, wire.reply_to.map(Position)),
         }
     }
 }

@@ -31,6 +31,12 @@ pub enum Refusal {
     NoSuchParticipant,
     /// More participants than a conversation may have.
     TooMany { max: usize },
+    /// Only a message's author edits or deletes it.
+    NotTheAuthor,
+    /// A deleted message takes no edits and no reactions.
+    Deleted,
+    /// A message holds at most [`MAX_EMOJI`] distinct emoji.
+    TooManyEmoji,
 }
 
 impl From<Refusal> for Error {
@@ -47,6 +53,62 @@ impl From<Refusal> for Error {
             Refusal::TooMany { max } => {
                 Error::invalid(format!("a conversation has at most {max} participants"))
             }
+            Refusal::NotTheAuthor => Error::Forbidden("only its author may change a message"),
+            Refusal::Deleted => {
+                Error::FailedPrecondition("the message was deleted: it cannot change".into())
+            }
+            Refusal::TooManyEmoji => Error::FailedPrecondition(format!(
+                "a message holds at most {MAX_EMOJI} distinct emoji"
+            )),
+        }
+    }
+}
+
+/// Distinct emoji one message may hold: a flood of different reactions is
+/// refused, not stored.
+pub const MAX_EMOJI: usize = 20;
+
+/// A message as the rules of changing it see it, read inside the change's
+/// transaction.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub author: &'a UserId,
+    pub deleted: bool,
+}
+
+impl Target<'_> {
+    /// Whether `actor` may edit it.
+    pub fn edit(&self, actor: &UserId) -> Result<(), Refusal> {
+        self.by_author(actor)?;
+        match self.deleted {
+            true => Err(Refusal::Deleted),
+            false => Ok(()),
+        }
+    }
+
+    /// Whether `actor` may delete it, and whether that changes anything (a
+    /// deleted message stays as it is).
+    pub fn delete(&self, actor: &UserId) -> Result<bool, Refusal> {
+        self.by_author(actor)?;
+        Ok(!self.deleted)
+    }
+
+    /// Whether a reaction may be given: `new_emoji` when nobody reacted with
+    /// it yet, `distinct` the emoji it holds now.
+    pub fn react(&self, new_emoji: bool, distinct: usize) -> Result<(), Refusal> {
+        if self.deleted {
+            return Err(Refusal::Deleted);
+        }
+        match new_emoji && distinct >= MAX_EMOJI {
+            true => Err(Refusal::TooManyEmoji),
+            false => Ok(()),
+        }
+    }
+
+    fn by_author(&self, actor: &UserId) -> Result<(), Refusal> {
+        match actor == self.author {
+            true => Ok(()),
+            false => Err(Refusal::NotTheAuthor),
         }
     }
 }
@@ -195,5 +257,42 @@ mod tests {
             pair.remove(&user("alice"), &user("alice")),
             Err(Refusal::NotAGroup)
         );
+    }
+
+    #[test]
+    fn only_the_author_edits_or_deletes_and_a_tombstone_stays_one() {
+        let alice = user("alice");
+        let message = Target {
+            author: &alice,
+            deleted: false,
+        };
+        assert_eq!(message.edit(&alice), Ok(()));
+        assert_eq!(message.delete(&alice), Ok(true));
+        assert_eq!(message.edit(&user("bob")), Err(Refusal::NotTheAuthor));
+        assert_eq!(message.delete(&user("bob")), Err(Refusal::NotTheAuthor));
+        let tombstone = Target {
+            deleted: true,
+            ..message
+        };
+        assert_eq!(tombstone.edit(&alice), Err(Refusal::Deleted));
+        assert_eq!(tombstone.delete(&alice), Ok(false), "nothing to change");
+        assert_eq!(tombstone.delete(&user("bob")), Err(Refusal::NotTheAuthor));
+    }
+
+    #[test]
+    fn a_message_takes_twenty_distinct_emoji_and_more_of_those() {
+        let alice = user("alice");
+        let message = Target {
+            author: &alice,
+            deleted: false,
+        };
+        assert_eq!(message.react(true, MAX_EMOJI - 1), Ok(()));
+        assert_eq!(message.react(true, MAX_EMOJI), Err(Refusal::TooManyEmoji));
+        assert_eq!(message.react(false, MAX_EMOJI), Ok(()), "one already given");
+        let tombstone = Target {
+            deleted: true,
+            ..message
+        };
+        assert_eq!(tombstone.react(false, 0), Err(Refusal::Deleted));
     }
 }

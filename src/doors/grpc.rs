@@ -218,6 +218,76 @@ impl pb::messenger_server::Messenger for Messenger {
                 &body.conversation_id,
                 body.content,
                 &body.client_message_id,
+                &body.reply_to_id,
+            )
+            .await?;
+        Ok(Response::new((&message).into()))
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        let message = self
+            .herald
+            .edit_message(
+                &caller,
+                &body.conversation_id,
+                &body.message_id,
+                body.content,
+            )
+            .await?;
+        Ok(Response::new((&message).into()))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        let message = self
+            .herald
+            .delete_message(&caller, &body.conversation_id, &body.message_id)
+            .await?;
+        Ok(Response::new((&message).into()))
+    }
+
+    async fn react(
+        &self,
+        request: Request<pb::ReactRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        let message = self
+            .herald
+            .react(
+                &caller,
+                &body.conversation_id,
+                &body.message_id,
+                &body.emoji,
+                true,
+            )
+            .await?;
+        Ok(Response::new((&message).into()))
+    }
+
+    async fn unreact(
+        &self,
+        request: Request<pb::UnreactRequest>,
+    ) -> Result<Response<pb::Message>, Status> {
+        let caller = claims(&request)?.user;
+        let body = request.into_inner();
+        let message = self
+            .herald
+            .react(
+                &caller,
+                &body.conversation_id,
+                &body.message_id,
+                &body.emoji,
+                false,
             )
             .await?;
         Ok(Response::new((&message).into()))

@@ -39,7 +39,7 @@ use crate::{
     engine::feed::Feed,
     error::Error,
     metrics::Metrics,
-    store::{ChangeRequest, NewMessage, Refused, Store},
+    store::{ChangeRequest, MessageChange, NewMessage, Refused, Store},
 };
 use futures_util::future::BoxFuture;
 use std::collections::HashSet;
@@ -69,9 +69,27 @@ struct Job {
 struct ChangeJob {
     conversation: ConversationId,
     actor: UserId,
-    request: ChangeRequest,
+    request: Changing,
     max_members: usize,
     reply: oneshot::Sender<Result<Option<Event>, Error>>,
+}
+
+/// What a change job changes: the conversation, or one of its messages.
+pub enum Changing {
+    Conversation(ChangeRequest),
+    Message(MessageChange),
+}
+
+impl From<ChangeRequest> for Changing {
+    fn from(request: ChangeRequest) -> Self {
+        Changing::Conversation(request)
+    }
+}
+
+impl From<MessageChange> for Changing {
+    fn from(change: MessageChange) -> Self {
+        Changing::Message(change)
+    }
 }
 
 /// What the committer's queue carries.
@@ -115,13 +133,14 @@ impl Committer {
         answer.await.map_err(|_| Error::ShuttingDown)?
     }
 
-    /// Commits a change to `conversation` by `actor`, reports it, and
-    /// answers once it is persisted; `None` when it changed nothing.
+    /// Commits a change to `conversation` (or one of its messages) by
+    /// `actor`, reports it, and answers once it is persisted; `None` when
+    /// it changed nothing.
     pub async fn change(
         &self,
         conversation: ConversationId,
         actor: UserId,
-        request: ChangeRequest,
+        request: Changing,
         max_members: usize,
     ) -> Result<Option<Event>, Error> {
         let (reply, answer) = oneshot::channel();
@@ -201,16 +220,19 @@ impl Sink {
 
     /// Commits one change alone and reports it.
     async fn change(&self, job: ChangeJob) {
-        let committed = self
-            .store
-            .commit_change(
-                &job.conversation,
-                &job.actor,
-                &job.request,
-                job.max_members,
-                now_micros(),
-            )
-            .await;
+        let (id, actor, now) = (&job.conversation, &job.actor, now_micros());
+        let committed = match &job.request {
+            Changing::Message(change) => {
+                self.store
+                    .commit_message_change(id, actor, change, now)
+                    .await
+            }
+            Changing::Conversation(request) => {
+                self.store
+                    .commit_change(id, actor, request, job.max_members, now)
+                    .await
+            }
+        };
         match committed {
             Ok(Some(event)) => {
                 let (reply, answer) = (job.reply, Ok(Some(event.clone())));

@@ -347,7 +347,7 @@ impl Sequencer {
     }
 
     /// Who receives `event`: the members of its conversation at its
-    /// position. A membership change also moves the feed's list (and drops
+    /// position (of a change to a message, those of them who saw it). A membership change also moves the feed's list (and drops
     /// the core's cached one) to the members after it.
     async fn recipients(&mut self, event: &Event) -> Result<Arc<[UserId]>, sqlx::Error> {
         let id = &event.conversation_id;
@@ -359,6 +359,17 @@ impl Sequencer {
                 loaded
             }
         };
+        // A change to a message reaches only the members who saw it (were
+        // members when it was sent), as a replay would (`saw_target!`).
+        if let Some(target) = event.target() {
+            let saw = self.store.members_at(id, target).await?;
+            let members: Vec<UserId> = members
+                .iter()
+                .filter(|member| saw.binary_search(member).is_ok())
+                .cloned()
+                .collect();
+            return Ok(members.into());
+        }
         let Body::Membership(change) = &event.body else {
             return Ok(members);
         };

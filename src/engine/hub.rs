@@ -295,7 +295,10 @@ mod tests {
             conversation_id: ConversationId::generate(),
             user_id: user("alice"),
             created_at_micros: 0,
-            body: Body::Message("hi".into()),
+            body: Body::Message {
+                content: "hi".into(),
+                reply_to: None,
+            },
         };
         Delivery::new(event, recipients.iter().map(|name| user(name)).collect())
     }

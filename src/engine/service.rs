@@ -6,10 +6,10 @@ use crate::{
     auth::Claims,
     cluster::broker::{self, Broker, BrokerCounts},
     domain::{
-        Body, Content, Conversation, ConversationId, Event, IdempotencyKey, Message, Position,
-        UserId, now_micros, rules,
+        Body, Content, Conversation, ConversationId, Emoji, Event, IdempotencyKey, Message,
+        Position, UserId, now_micros, rules,
     },
-    engine::commit::{Committed, Committer},
+    engine::commit::{Changing, Committed, Committer},
     engine::feed::Feed,
     engine::hub::{Hub, Wants},
     engine::limits::{Limits, RateLimiter, Tarpit, UserPermits},
@@ -19,7 +19,7 @@ use crate::{
     error::Error,
     metrics::Metrics,
     startup::{config::ServeConfig, start::StartError},
-    store::{ChangeRequest, Cursor, NewMessage, Page, Participants, Store},
+    store::{ChangeRequest, Cursor, MessageChange, NewMessage, Page, Participants, Store},
 };
 use prometheus_client::registry::Registry;
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
@@ -402,6 +402,7 @@ impl Herald {
         conversation_id: &str,
         content: String,
         client_message_id: &str,
+        reply_to_id: &str,
     ) -> Result<Message, Error> {
         // Every attempt counts, refused ones too: bad input is no way
         // around the rate.
@@ -423,6 +424,13 @@ impl Herald {
             return Err(Error::ShuttingDown);
         }
         self.may_send(caller, &conversation_id).await?;
+        let reply_to = match reply_to_id.is_empty() {
+            true => None,
+            false => Some(
+                self.message_in(caller, &conversation_id, "reply_to_id", reply_to_id)
+                    .await?,
+            ),
+        };
         if let Some(key) = &key
             && let Some(original) = self.inner.store.message_by_key(caller, key).await?
         {
@@ -433,12 +441,94 @@ impl Herald {
             user_id: caller.clone(),
             content: content.clone(),
             key,
+            reply_to,
             created_at_micros: now_micros(),
         };
         match self.inner.committer.commit(new).await? {
             Committed::New(message) => Ok(message),
             Committed::Existing(original) => same_message(original, &conversation_id, &content),
         }
+    }
+
+    /// Replaces the content of the caller's message `message_id` (under
+    /// the rules and the rate of sending): an `edit` event for those who saw
+    /// it.
+    pub async fn edit_message(
+        &self,
+        caller: &UserId,
+        conversation_id: &str,
+        message_id: &str,
+        content: String,
+    ) -> Result<Message, Error> {
+        if !self.inner.rate.allow(caller) {
+            return Err(self
+                .over_rate("message rate limit reached; slow down")
+                .await);
+        }
+        let content = Content::parse(content, self.inner.limits.max_content_bytes)?;
+        let change = |message| MessageChange::Edit {
+            message,
+            content: content.as_str().to_owned(),
+        };
+        self.change_message(caller, conversation_id, message_id, change)
+            .await
+    }
+
+    /// Deletes the caller's message `message_id`: its content erased, a
+    /// tombstone left, a `delete` event for those who saw it.
+    pub async fn delete_message(
+        &self,
+        caller: &UserId,
+        conversation_id: &str,
+        message_id: &str,
+    ) -> Result<Message, Error> {
+        let _metered = self.meter(caller, 1.0).await?;
+        let change = |message| MessageChange::Delete { message };
+        self.change_message(caller, conversation_id, message_id, change)
+            .await
+    }
+
+    /// Gives (`added`) or takes back the caller's reaction `emoji` to
+    /// message `message_id`: a `reaction` event for those who saw it.
+    pub async fn react(
+        &self,
+        caller: &UserId,
+        conversation_id: &str,
+        message_id: &str,
+        emoji: &str,
+        added: bool,
+    ) -> Result<Message, Error> {
+        let _metered = self.meter(caller, 1.0).await?;
+        let emoji = Emoji::parse(emoji)?;
+        let change = |message| MessageChange::React {
+            message,
+            emoji: emoji.clone(),
+            added,
+        };
+        self.change_message(caller, conversation_id, message_id, change)
+            .await
+    }
+
+    /// Commits the change `to` makes of message `message_id`, which the
+    /// caller must see in `conversation_id`, and answers the message as the
+    /// caller now sees it.
+    async fn change_message(
+        &self,
+        caller: &UserId,
+        conversation_id: &str,
+        message_id: &str,
+        to: impl FnOnce(Position) -> MessageChange,
+    ) -> Result<Message, Error> {
+        let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
+        let position = self
+            .message_in(caller, &conversation_id, "message_id", message_id)
+            .await?;
+        self.change(caller, &conversation_id, to(position)).await?;
+        self.inner
+            .store
+            .message(caller, &conversation_id, position)
+            .await?
+            .ok_or(Error::NotFound("message"))
     }
 
     /// One page of a conversation's history, oldest first.
@@ -466,12 +556,21 @@ impl Herald {
             ),
             (false, false) => return Err(Error::invalid("give before_id or after_id, not both")),
         };
-        let messages = self
-            .inner
-            .store
+        let store = &self.inner.store;
+        let mut messages = store
             .messages(caller, &conversation_id, page, i64::from(limit))
             .await?;
-        self.charge_for_bytes(caller, messages.iter().map(|m| m.content.len() + 200).sum());
+        store.with_reactions(caller, &mut messages).await?;
+        let reactions = |m: &Message| {
+            m.reactions
+                .iter()
+                .map(|r| r.emoji.len() + 16)
+                .sum::<usize>()
+        };
+        let bytes = messages
+            .iter()
+            .map(|m| m.content.len() + reactions(m) + 200);
+        self.charge_for_bytes(caller, bytes.sum());
         Ok(messages)
     }
 
@@ -638,7 +737,7 @@ impl Herald {
         &self,
         caller: &UserId,
         id: &ConversationId,
-        request: ChangeRequest,
+        request: impl Into<Changing>,
     ) -> Result<Option<Event>, Error> {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -647,7 +746,7 @@ impl Herald {
         let event = self
             .inner
             .committer
-            .change(id.clone(), caller.clone(), request, max)
+            .change(id.clone(), caller.clone(), request.into(), max)
             .await?;
         // A change goes to every member with the whole member list: the
         // caller's call rate pays for that fan-out by the group's size, so

@@ -371,7 +371,10 @@ mod tests {
             conversation_id: ConversationId::generate(),
             user_id: UserId::parse("user", "alice").unwrap(),
             created_at_micros: 0,
-            body: Body::Message("x".repeat(bytes)),
+            body: Body::Message {
+                content: "x".repeat(bytes),
+                reply_to: None,
+            },
         }
     }
 

@@ -33,6 +33,18 @@ impl From<&domain::Message> for Message {
             user_id: message.user_id.as_str().to_owned(),
             content: message.content.clone(),
             created_at: Some(timestamp(message.created_at_micros)),
+            edited_at: message.edited_at_micros.map(timestamp),
+            deleted: message.deleted,
+            reactions: message
+                .reactions
+                .iter()
+                .map(|reaction| Reaction {
+                    emoji: reaction.emoji.clone(),
+                    count: reaction.count,
+                    mine: reaction.mine,
+                })
+                .collect(),
+            reply_to_id: message.reply_to.map(|id| id.id()).unwrap_or_default(),
         }
     }
 }
@@ -58,12 +70,25 @@ impl From<&domain::Event> for event::Kind {
     fn from(event: &domain::Event) -> Self {
         let conversation_id = event.conversation_id.as_str().to_owned();
         match &event.body {
-            domain::Body::Message(content) => event::Kind::Message(Message {
-                id: event.position.id(),
+            domain::Body::Message { .. } => event::Kind::Message(
+                event
+                    .message()
+                    .as_ref()
+                    .map(Message::from)
+                    .unwrap_or_default(),
+            ),
+            domain::Body::Edited(message) => event::Kind::Edited((&**message).into()),
+            domain::Body::Deleted(message) => event::Kind::Deleted((&**message).into()),
+            domain::Body::Reaction {
+                message,
+                emoji,
+                added,
+            } => event::Kind::Reaction(ReactionChange {
                 conversation_id,
+                message_id: message.id(),
                 user_id: event.user_id.as_str().to_owned(),
-                content: content.clone(),
-                created_at: Some(timestamp(event.created_at_micros)),
+                emoji: emoji.clone(),
+                added: *added,
             }),
             domain::Body::Read(message) => event::Kind::Read(ReadReceipt {
                 conversation_id,

@@ -172,7 +172,7 @@ impl Store {
             unread.push_bind(user.as_str());
             unread.push(
                 " WHERE m.position > p.last_read_position AND m.user_id <> p.user_id
-                  AND m.kind = 'message' AND m.conversation_id IN ",
+                  AND m.kind = 'message' AND m.deleted = 0 AND m.conversation_id IN ",
             );
             unread.push_tuples(ids(), |mut tuple, id| {
                 tuple.push_bind(id);
@@ -184,7 +184,20 @@ impl Store {
                 unread.build_query_as().fetch_all(pool).await?,
             )
         });
-        Ok(assemble(rows, members, last, unread))
+        let mut conversations = assemble(rows, members, last, unread);
+        let mut last: Vec<Message> = conversations
+            .iter_mut()
+            .filter_map(|conversation| conversation.last_message.take())
+            .collect();
+        self.with_reactions(user, &mut last).await?;
+        let mut last: HashMap<ConversationId, Message> = last
+            .into_iter()
+            .map(|message| (message.conversation_id.clone(), message))
+            .collect();
+        for conversation in &mut conversations {
+            conversation.last_message = last.remove(&conversation.id);
+        }
+        Ok(conversations)
     }
 }
 

@@ -15,6 +15,8 @@ pub struct NewMessage {
     pub content: Content,
     /// The client's idempotency key, unique per user.
     pub key: Option<IdempotencyKey>,
+    /// The message it answers, checked visible to the sender.
+    pub reply_to: Option<Position>,
     pub created_at_micros: i64,
 }
 
@@ -114,6 +116,8 @@ impl Store {
                 user_id: row.user_id.clone(),
                 content: row.content.as_str().to_owned(),
                 created_at_micros: row.created_at_micros,
+                reply_to: row.reply_to,
+                ..Message::default()
             })
             .collect())
     }
@@ -133,7 +137,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO messages (position, conversation_id, user_id, content, created_at, client_message_id) ",
+                "INSERT INTO messages (position, conversation_id, user_id, content, created_at, client_message_id, reply_to) ",
             );
             insert.push_values(rows.iter().enumerate(), |mut values, (index, row)| {
                 values
@@ -142,7 +146,8 @@ impl Store {
                     .push_bind(row.user_id.as_str())
                     .push_bind(row.content.as_str())
                     .push_bind(row.created_at_micros)
-                    .push_bind(row.key.as_ref().map(IdempotencyKey::as_str));
+                    .push_bind(row.key.as_ref().map(IdempotencyKey::as_str))
+                    .push_bind(row.reply_to.map(|position| position.0));
             });
             insert.build().execute(&mut *tx).await?;
             tx.commit().await?;
@@ -207,7 +212,7 @@ impl Store {
                 concat!(
                     "SELECT ",
                     event_columns!(),
-                    " FROM messages m ",
+                    events!(),
                     in_membership!(),
                     " WHERE m.conversation_id = $2 AND m.kind = 'message'
                      AND m.position < $3 AND m.position >= ",
@@ -221,7 +226,7 @@ impl Store {
                 concat!(
                     "SELECT ",
                     event_columns!(),
-                    " FROM messages m ",
+                    events!(),
                     in_membership!(),
                     " WHERE m.conversation_id = $2 AND m.kind = 'message'
                      AND m.position > $3 AND m.position >= ",
@@ -241,10 +246,7 @@ impl Store {
                 .fetch_all(pool)
                 .await
         })?;
-        let mut messages: Vec<Message> = rows
-            .into_iter()
-            .filter_map(|row| Event::from(row).message())
-            .collect();
+        let mut messages: Vec<Message> = rows.into_iter().map(EventRow::message).collect();
         if newest_first {
             messages.reverse();
         }
@@ -264,10 +266,11 @@ impl Store {
         let sql = concat!(
             "SELECT ",
             event_columns!(),
-            " FROM messages m ",
+            events!(),
             in_membership!(),
-            " WHERE m.position > $2 AND (m.kind = 'message' OR $4 = 1)
-             ORDER BY m.position LIMIT $3"
+            " WHERE m.position > $2 AND (m.kind = 'message' OR $4 = 1)",
+            saw_target!(),
+            " ORDER BY m.position LIMIT $3"
         );
         let rows: Vec<EventRow> = with_pool!(self, pool => {
             sqlx::query_as(sql)
@@ -293,7 +296,9 @@ impl Store {
         let sql = concat!(
             "SELECT COUNT(*) FROM (SELECT 1 FROM messages m ",
             in_membership!(),
-            " WHERE m.position > $2 AND (m.kind = 'message' OR $4 = 1) LIMIT $3) AS missed"
+            " WHERE m.position > $2 AND (m.kind = 'message' OR $4 = 1)",
+            saw_target!(),
+            " LIMIT $3) AS missed"
         );
         let count: i64 = with_pool!(self, pool => {
             sqlx::query_scalar(sql)
@@ -313,7 +318,8 @@ impl Store {
         let sql = concat!(
             "SELECT COUNT(*) FROM messages m ",
             in_membership!(),
-            " WHERE m.position = $2"
+            " WHERE m.position = $2",
+            saw_target!()
         );
         let count: i64 = with_pool!(self, pool => {
             sqlx::query_scalar(sql).bind(user.as_str()).bind(position.0).fetch_one(pool).await
@@ -330,7 +336,8 @@ impl Store {
         let sql = concat!(
             "SELECT ",
             event_columns!(),
-            " FROM messages m WHERE m.position >= $1 AND m.position < $2 ORDER BY m.position"
+            events!(),
+            "WHERE m.position >= $1 AND m.position < $2 ORDER BY m.position"
         );
         let rows: Vec<EventRow> = with_pool!(self, pool => {
             sqlx::query_as(sql).bind(from.0).bind(to.0).fetch_all(pool).await

@@ -66,7 +66,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// only static SQL).
 macro_rules! message_columns {
     () => {
-        "position, conversation_id, user_id, content, created_at"
+        "position, conversation_id, user_id, content, created_at, edited_at, deleted, reply_to"
     };
 }
 
@@ -92,6 +92,9 @@ struct MessageRow {
     user_id: String,
     content: String,
     created_at: i64,
+    edited_at: Option<i64>,
+    deleted: i32,
+    reply_to: Option<i64>,
 }
 
 impl From<MessageRow> for Message {
@@ -102,6 +105,10 @@ impl From<MessageRow> for Message {
             user_id: UserId::from_stored(row.user_id),
             content: row.content,
             created_at_micros: row.created_at,
+            edited_at_micros: row.edited_at,
+            deleted: row.deleted != 0,
+            reply_to: row.reply_to.map(Position),
+            reactions: Vec::new(),
         }
     }
 }
@@ -113,10 +120,34 @@ struct ConversationRow {
     creator_id: Option<String>,
 }
 
-/// The columns [`EventRow`] reads, as a literal for `concat!`.
+/// The columns [`EventRow`] reads, as a literal for `concat!`: the event
+/// `m`, and for a change to a message the message `t` as it now is.
 macro_rules! event_columns {
     () => {
-        "m.position, m.conversation_id, m.user_id, m.content, m.created_at, m.kind"
+        "m.position, m.conversation_id, m.user_id, m.content, m.created_at, m.kind,
+         m.edited_at, m.deleted, m.reply_to, m.target,
+         t.user_id AS t_user_id, t.content AS t_content, t.created_at AS t_created_at,
+         t.edited_at AS t_edited_at, t.deleted AS t_deleted, t.reply_to AS t_reply_to"
+    };
+}
+
+/// Events `m`, each with the message `t` it changes (if it is a change):
+/// an edit's or a deletion's row holds nothing of the message, whose own
+/// row is the only copy of its content.
+macro_rules! events {
+    () => {
+        " FROM messages m LEFT JOIN messages t ON t.position = m.target "
+    };
+}
+
+/// Whether user `$1` saw the message a change `m` concerns (was a member
+/// when it was sent): a change reaches only those, within their membership
+/// ([`in_membership!`]) at the change.
+macro_rules! saw_target {
+    () => {
+        " AND (m.target IS NULL OR EXISTS (SELECT 1 FROM memberships mt
+             WHERE mt.conversation_id = m.conversation_id AND mt.user_id = $1
+               AND m.target >= mt.joined_at AND (mt.left_at IS NULL OR m.target <= mt.left_at))) "
     };
 }
 
@@ -147,16 +178,61 @@ struct EventRow {
     content: String,
     created_at: i64,
     kind: String,
+    edited_at: Option<i64>,
+    deleted: i32,
+    reply_to: Option<i64>,
+    target: Option<i64>,
+    t_user_id: Option<String>,
+    t_content: Option<String>,
+    t_created_at: Option<i64>,
+    t_edited_at: Option<i64>,
+    t_deleted: Option<i32>,
+    t_reply_to: Option<i64>,
+}
+
+impl EventRow {
+    /// A message's row as the message now is: edited, deleted, replying.
+    fn message(self) -> Message {
+        Message::from(MessageRow {
+            position: self.position,
+            conversation_id: self.conversation_id,
+            user_id: self.user_id,
+            content: self.content,
+            created_at: self.created_at,
+            edited_at: self.edited_at,
+            deleted: self.deleted,
+            reply_to: self.reply_to,
+        })
+    }
 }
 
 impl From<EventRow> for Event {
     fn from(row: EventRow) -> Self {
+        let conversation_id = ConversationId::from_stored(row.conversation_id);
+        // The message a change concerns, as it now is.
+        let changed = || {
+            Box::new(Message::from(MessageRow {
+                position: row.target.unwrap_or_default(),
+                conversation_id: conversation_id.as_str().to_owned(),
+                user_id: row.t_user_id.clone().unwrap_or_default(),
+                content: row.t_content.clone().unwrap_or_default(),
+                created_at: row.t_created_at.unwrap_or_default(),
+                edited_at: row.t_edited_at,
+                deleted: row.t_deleted.unwrap_or_default(),
+                reply_to: row.t_reply_to,
+            }))
+        };
+        let body = match row.kind.as_str() {
+            "edit" => Body::Edited(changed()),
+            "delete" => Body::Deleted(changed()),
+            kind => Body::decode(kind, row.content, row.reply_to.map(Position)),
+        };
         Event {
             position: Position(row.position),
-            conversation_id: ConversationId::from_stored(row.conversation_id),
+            conversation_id,
             user_id: UserId::from_stored(row.user_id),
             created_at_micros: row.created_at,
-            body: Body::decode(&row.kind, row.content),
+            body,
         }
     }
 }
@@ -164,6 +240,7 @@ impl From<EventRow> for Event {
 // After the macros above, which they use.
 mod blocks;
 mod cache;
+mod changes;
 mod conversations;
 mod membership;
 mod messages;
@@ -171,6 +248,7 @@ mod sqlite;
 mod tickets;
 
 pub use cache::{MemberLists, Participants};
+pub use changes::MessageChange;
 pub use conversations::Cursor;
 pub use membership::ChangeRequest;
 pub use messages::{NewMessage, Page, Refused};
@@ -193,6 +271,9 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
+                // A deleted message's content is overwritten in the file,
+                // not only unlinked from the table (see `changes`).
+                .pragma("secure_delete", "on")
                 .foreign_keys(true);
             let write = SqlitePoolOptions::new()
                 .max_connections(1)

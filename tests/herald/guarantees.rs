@@ -164,6 +164,7 @@ async fn a_retried_send_returns_the_original_message_once(db: TestDb) {
             conversation_id: conversation.id.clone(),
             content: content.into(),
             client_message_id: key.into(),
+            ..Default::default()
         };
         alice.request(body)
     };

@@ -960,6 +960,7 @@ async fn retries_of_one_send_in_flight_together_commit_once(db: TestDb) {
                 conversation_id: chat.id.clone(),
                 content,
                 client_message_id: key.into(),
+                ..Default::default()
             }),
         );
         async move {

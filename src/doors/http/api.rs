@@ -8,7 +8,7 @@ use axum::{
     extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::{delete, get, post, put},
+    routing::{delete, get, patch, post, put},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 
@@ -21,6 +21,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/conversations/{id}/messages",
             post(create_message).get(list_messages),
+        )
+        .route(
+            "/api/conversations/{id}/messages/{message_id}",
+            patch(edit_message).delete(delete_message),
+        )
+        .route(
+            "/api/conversations/{id}/messages/{message_id}/reactions/{emoji}",
+            put(react).delete(unreact),
         )
         .route("/api/conversations/{id}/read", post(mark_read))
         .route(
@@ -112,9 +120,60 @@ async fn create_message(
     };
     let message = state
         .herald
-        .create_message(&caller.user, &id, body.content, key)
+        .create_message(&caller.user, &id, body.content, key, &body.reply_to_id)
         .await?;
     Ok((StatusCode::CREATED, Json((&message).into())))
+}
+
+/// The body's `content` replaces the message's (its ids come from the path).
+async fn edit_message(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((id, message_id)): Path<(String, String)>,
+    Body(body): Body<pb::EditMessageRequest>,
+) -> Result<Json<pb::Message>, Error> {
+    let message = state
+        .herald
+        .edit_message(&caller.user, &id, &message_id, body.content)
+        .await?;
+    Ok(Json((&message).into()))
+}
+
+async fn delete_message(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((id, message_id)): Path<(String, String)>,
+) -> Result<Json<pb::Message>, Error> {
+    let message = state
+        .herald
+        .delete_message(&caller.user, &id, &message_id)
+        .await?;
+    Ok(Json((&message).into()))
+}
+
+/// The emoji is the last path segment, percent-decoded.
+async fn react(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((id, message_id, emoji)): Path<(String, String, String)>,
+) -> Result<Json<pb::Message>, Error> {
+    let message = state
+        .herald
+        .react(&caller.user, &id, &message_id, &emoji, true)
+        .await?;
+    Ok(Json((&message).into()))
+}
+
+async fn unreact(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((id, message_id, emoji)): Path<(String, String, String)>,
+) -> Result<Json<pb::Message>, Error> {
+    let message = state
+        .herald
+        .react(&caller.user, &id, &message_id, &emoji, false)
+        .await?;
+    Ok(Json((&message).into()))
 }
 
 /// `ListMessages` parameters, named as in the JSON mapping.

@@ -206,6 +206,10 @@ fn write_event(out: &mut String, delivery: &Delivery) {
             pb::event::Kind::Membership(inner) => serde_json::to_string(&inner),
             pb::event::Kind::Typing(inner) => serde_json::to_string(&inner),
             pb::event::Kind::Presence(inner) => serde_json::to_string(&inner),
+            pb::event::Kind::Edited(inner) | pb::event::Kind::Deleted(inner) => {
+                serde_json::to_string(&inner)
+            }
+            pb::event::Kind::Reaction(inner) => serde_json::to_string(&inner),
         };
         json.unwrap_or_else(|error| {
             // Unreachable for strings and a server timestamp; never a panic.
@@ -225,7 +229,10 @@ fn write_event(out: &mut String, delivery: &Delivery) {
         out.push('\n');
     }
     let name = match &event.body {
-        domain::Body::Message(_) => None,
+        domain::Body::Message { .. } => None,
+        domain::Body::Edited(_) => Some("edit"),
+        domain::Body::Deleted(_) => Some("delete"),
+        domain::Body::Reaction { .. } => Some("reaction"),
         domain::Body::Read(_) => Some("read"),
         domain::Body::Membership(_) => Some("membership"),
         domain::Body::Typing => Some("typing"),
