@@ -298,10 +298,13 @@ pub struct Event {
 /// The kinds of event, each with what it says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
-    /// A new message: its text, and the message it answers.
+    /// A message: its text, the message it answers, and (replayed after
+    /// the fact) whether it was edited or deleted since.
     Message {
         content: String,
         reply_to: Option<Position>,
+        edited_at_micros: Option<i64>,
+        deleted: bool,
     },
     /// A message was edited: the message as it now is.
     Edited(Box<Message>),
@@ -341,14 +344,21 @@ impl Event {
     /// The message, if this event is one.
     pub fn message(&self) -> Option<Message> {
         match &self.body {
-            Body::Message { content, reply_to } => Some(Message {
+            Body::Message {
+                content,
+                reply_to,
+                edited_at_micros,
+                deleted,
+            } => Some(Message {
                 position: self.position,
                 conversation_id: self.conversation_id.clone(),
                 user_id: self.user_id.clone(),
                 content: content.clone(),
                 created_at_micros: self.created_at_micros,
+                edited_at_micros: *edited_at_micros,
+                deleted: *deleted,
                 reply_to: *reply_to,
-                ..Message::default()
+                reactions: Vec::new(),
             }),
             _ => None,
         }
@@ -489,7 +499,12 @@ impl Body {
                     .map(Change::from)
                     .unwrap_or_default(),
             ),
-            _ => Body::Message { content, reply_to },
+            _ => Body::Message {
+                content,
+                reply_to,
+                edited_at_micros: None,
+                deleted: false,
+            },
         }
     }
 }
@@ -592,6 +607,8 @@ impl From<Message> for Event {
             body: Body::Message {
                 content: message.content,
                 reply_to: message.reply_to,
+                edited_at_micros: message.edited_at_micros,
+                deleted: message.deleted,
             },
         }
     }

@@ -298,6 +298,8 @@ mod tests {
             body: Body::Message {
                 content: "hi".into(),
                 reply_to: None,
+                edited_at_micros: None,
+                deleted: false,
             },
         };
         Delivery::new(event, recipients.iter().map(|name| user(name)).collect())

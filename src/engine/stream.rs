@@ -374,6 +374,8 @@ mod tests {
             body: Body::Message {
                 content: "x".repeat(bytes),
                 reply_to: None,
+                edited_at_micros: None,
+                deleted: false,
             },
         }
     }

@@ -7,7 +7,7 @@
 //! overwrites it, a deletion empties it (and drops its reactions), and the
 //! change's own row holds nothing of it (`target` names the message; a
 //! reader joins it). On SQLite `secure_delete` overwrites the freed bytes
-//! in the file.
+//! in the file, and a deletion empties the write-ahead log.
 
 use super::{MessageRow, Store};
 use crate::{
@@ -60,6 +60,32 @@ impl Store {
         now_micros: i64,
     ) -> Result<Option<Event>, Error> {
         let target = change.message();
+        let committed = self
+            .commit_message_change_in(id, actor, change, target, now_micros)
+            .await;
+        // The old page images of a deleted message's row would stay in
+        // SQLite's write-ahead log until it wraps: copy the log into the
+        // file and empty it (best effort: a reader holding an older
+        // snapshot keeps those pages until it ends).
+        if let (Store::Sqlite(sqlite), MessageChange::Delete { .. }, Ok(Some(_))) =
+            (self, change, &committed)
+        {
+            let truncate = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)");
+            if let Err(error) = truncate.execute(&sqlite.write).await {
+                tracing::warn!(%error, "the log was not emptied after a deletion");
+            }
+        }
+        committed
+    }
+
+    async fn commit_message_change_in(
+        &self,
+        id: &ConversationId,
+        actor: &UserId,
+        change: &MessageChange,
+        target: Position,
+        now_micros: i64,
+    ) -> Result<Option<Event>, Error> {
         with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             let position: i64 = sqlx::query_scalar(
@@ -124,8 +150,8 @@ impl Store {
                     // whether the actor gave it already)
                     let (distinct, given, mine): (i64, i64, i64) = sqlx::query_as(
                         "SELECT COUNT(DISTINCT emoji),
-                                COALESCE(MAX(CASE WHEN emoji = $2 THEN 1 ELSE 0 END), 0),
-                                COALESCE(MAX(CASE WHEN emoji = $2 AND user_id = $3 THEN 1 ELSE 0 END), 0)
+                                CAST(COALESCE(MAX(CASE WHEN emoji = $2 THEN 1 ELSE 0 END), 0) AS BIGINT),
+                                CAST(COALESCE(MAX(CASE WHEN emoji = $2 AND user_id = $3 THEN 1 ELSE 0 END), 0) AS BIGINT)
                          FROM reactions WHERE message_position = $1",
                     )
                     .bind(target.0)
@@ -236,10 +262,10 @@ impl Store {
         let rows: Vec<(i64, String, i64, i64)> = with_pool!(self, pool => {
             let mut sql = sqlx::QueryBuilder::new(
                 "SELECT message_position, emoji, COUNT(*),
-                        MAX(CASE WHEN user_id = ",
+                        CAST(MAX(CASE WHEN user_id = ",
             );
             sql.push_bind(viewer.as_str());
-            sql.push(" THEN 1 ELSE 0 END) FROM reactions WHERE message_position IN ");
+            sql.push(" THEN 1 ELSE 0 END) AS BIGINT) FROM reactions WHERE message_position IN ");
             sql.push_tuples(messages, |mut tuple, position| {
                 tuple.push_bind(position.0);
             });

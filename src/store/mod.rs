@@ -225,7 +225,13 @@ impl From<EventRow> for Event {
         let body = match row.kind.as_str() {
             "edit" => Body::Edited(changed()),
             "delete" => Body::Deleted(changed()),
-            kind => Body::decode(kind, row.content, row.reply_to.map(Position)),
+            "message" => Body::Message {
+                content: row.content,
+                reply_to: row.reply_to.map(Position),
+                edited_at_micros: row.edited_at,
+                deleted: row.deleted != 0,
+            },
+            kind => Body::decode(kind, row.content, None),
         };
         Event {
             position: Position(row.position),

@@ -35,6 +35,7 @@ macro_rules! on_every_backend {
 mod auth;
 mod bench;
 mod browser;
+mod changes;
 mod cluster;
 mod consent;
 mod conversations;
