@@ -509,6 +509,106 @@ async fn membership_across_three_nodes_over_nats() {
     membership_changes_apply_at_their_position_on_every_node(&nodes).await;
 }
 
+/// alice edits, deletes and reacts on node A; bob's event stream on B and
+/// carol's on C carry each change once, in the order of the positions, and
+/// what history shows on B afterwards is the state they leave.
+async fn message_changes_cross_nodes_in_order(nodes: &[Process]) {
+    use pb::event::Kind;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let alice = On::node(a, "alice").await;
+    let group = alice.create(&["bob", "carol"]).await;
+    let mut streams = vec![
+        On::node(b, "bob").await.events().await,
+        On::node(c, "carol").await.events().await,
+    ];
+    let first = alice.send(&group, "first").await.unwrap();
+    let second = alice.send(&group, "second").await.unwrap();
+    let mut client = alice.client.clone();
+    let (chat, bearer) = (group.clone(), alice.bearer.clone());
+    let edit = pb::EditMessageRequest {
+        conversation_id: chat.clone(),
+        message_id: first.id.clone(),
+        content: "first, edited".into(),
+    };
+    client
+        .edit_message(authorized(edit, &bearer))
+        .await
+        .unwrap();
+    for emoji in ["👍", "🎉"] {
+        let react = pb::ReactRequest {
+            conversation_id: chat.clone(),
+            message_id: second.id.clone(),
+            emoji: emoji.into(),
+        };
+        client.react(authorized(react, &bearer)).await.unwrap();
+    }
+    let delete = pb::DeleteMessageRequest {
+        conversation_id: chat.clone(),
+        message_id: first.id.clone(),
+    };
+    client
+        .delete_message(authorized(delete, &bearer))
+        .await
+        .unwrap();
+    let what = |event: pb::Event| match event.kind {
+        Some(Kind::Message(m)) => format!("message {}", m.content),
+        Some(Kind::Edited(m)) => format!("edit {} {}", m.id, m.content),
+        Some(Kind::Reaction(r)) => format!("reaction {} {}", r.message_id, r.emoji),
+        Some(Kind::Deleted(m)) => format!("delete {} {}", m.id, m.deleted),
+        other => format!("{other:?}"),
+    };
+    let expected = [
+        "message first".to_string(),
+        "message second".into(),
+        format!("edit {} first, edited", first.id),
+        format!("reaction {} 👍", second.id),
+        format!("reaction {} 🎉", second.id),
+        format!("delete {} true", first.id),
+    ];
+    for stream in &mut streams {
+        let mut seen = Vec::new();
+        for _ in 0..expected.len() {
+            seen.push(what(next_event(stream).await));
+        }
+        assert_eq!(seen, expected);
+    }
+    let bob = On::node(b, "bob").await;
+    let list = authorized(crate::support::page(&group), &bob.bearer);
+    let history = bob.client.clone().list_messages(list).await.unwrap();
+    let history = history.into_inner().messages;
+    assert_eq!(history.len(), 2);
+    assert!(history[0].deleted && history[0].content.is_empty());
+    let emoji: Vec<&str> = history[1]
+        .reactions
+        .iter()
+        .map(|r| r.emoji.as_str())
+        .collect();
+    assert_eq!(emoji, ["👍", "🎉"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_changes_across_three_nodes_over_listen_notify() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let nodes = nodes(&db.url, 3, &["--broker".into(), "postgres".into()]).await;
+    message_changes_cross_nodes_in_order(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_changes_across_three_nodes_over_nats() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    if !Nats::available() {
+        return;
+    }
+    let nats = Nats::start(free_port(), &[]).await;
+    let args = ["--broker", "nats", "--nats-url", &nats.url()].map(String::from);
+    let nodes = nodes(&db.url, 3, &args).await;
+    message_changes_cross_nodes_in_order(&nodes).await;
+}
+
 /// alice types on node A: bob's event stream on B and carol's on C get one
 /// signal each through the broker, dave's on A gets one (not a second
 /// through the broker's echo), alice's own gets none.
