@@ -323,6 +323,47 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["conversations"][0]["lastMessage"], last);
 
+    // A message changes: edited, reacted to, deleted.
+    let one = format!("{messages}/{}", last["id"].as_str().unwrap());
+    let template = "/api/conversations/{id}/messages/{messageId}";
+    let edit = Some(json!({ "content": "edited" }));
+    let (status, edited) = spec
+        .check(template, Method::PATCH, &one, alice, edit.clone(), none)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(edited["content"], "edited");
+    let reactions = "/api/conversations/{id}/messages/{messageId}/reactions/{emoji}";
+    let thumbs = format!("{one}/reactions/%F0%9F%91%8D");
+    let (status, reacted) = spec
+        .check(reactions, Method::PUT, &thumbs, alice, None, none)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reacted["reactions"][0]["count"], 1);
+    let (status, _) = spec
+        .check(
+            reactions,
+            Method::PUT,
+            &format!("{one}/reactions/ab"),
+            alice,
+            None,
+            none,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = spec
+        .check(reactions, Method::DELETE, &thumbs, alice, None, none)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, tombstone) = spec
+        .check(template, Method::DELETE, &one, alice, None, none)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tombstone["deleted"], true);
+    let (status, _) = spec
+        .check(template, Method::PATCH, &one, alice, edit, none)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
     let tickets = "/api/stream-tickets";
     let (status, ticket) = spec
         .check(tickets, post.clone(), tickets, alice, None, none)
@@ -413,6 +454,10 @@ async fn every_operation_answers_as_the_openapi_document_says(db: TestDb) {
     let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
     for (name, kind) in [
         ("read", "ReadReceipt"),
+        ("edit", "Message"),
+        ("reaction", "ReactionChange"),
+        ("reaction", "ReactionChange"),
+        ("delete", "Message"),
         ("membership", "MembershipChange"),
         ("membership", "MembershipChange"),
     ] {
