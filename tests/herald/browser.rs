@@ -75,6 +75,29 @@ async fn the_browser_example_receives_and_sends_from_another_origin() {
     run_script("example.mjs").await;
 }
 
+/// The proto stays wire- and JSON-compatible with the last released one
+/// (tests/proto-released: herald.v1 before message changes), by buf's FILE
+/// rules: fields and rpcs are only ever added.
+#[tokio::test]
+async fn the_proto_breaks_nothing_of_the_released_one() {
+    let buf = browser_dir().join("node_modules/.bin/buf");
+    if !tools_ready("buf (tests/browser/node_modules)", buf.exists()) {
+        return;
+    }
+    let output = tokio::process::Command::new(buf)
+        .args(["breaking", "proto", "--against", "tests/proto-released"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[tokio::test]
 async fn the_proto_passes_buf_lint() {
     let buf = browser_dir().join("node_modules/.bin/buf");
