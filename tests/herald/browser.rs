@@ -56,6 +56,11 @@ async fn two_people_chat_through_the_page_and_it_survives_a_server_restart() {
 }
 
 #[tokio::test]
+async fn two_pages_see_edits_deletions_reactions_and_replies_live_and_after_a_reload() {
+    run_script("changes.mjs").await;
+}
+
+#[tokio::test]
 async fn three_pages_see_a_group_change_and_read_receipts_through_the_event_stream() {
     run_script("members.mjs").await;
 }

@@ -1,6 +1,7 @@
-// herald's chat page: REST for history, sending and membership, and one
-// EventSource on /api/events for live messages, read receipts, membership
-// changes, presence and typing. No framework and no build step.
+// herald's chat page: REST for history, sending, message changes and
+// membership, and one EventSource on /api/events for live messages, edits,
+// deletions, reactions, read receipts, membership changes, presence and
+// typing. No framework and no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -13,6 +14,9 @@ const state = {
   order: [],                // conversation ids, most recently active first
   current: null,            // open conversation id
   shown: new Set(),         // message ids rendered in the open conversation
+  messages: new Map(),      // message id -> Message, of the open conversation
+  replyTo: null,            // the message the composer answers
+  editing: null,            // the message the composer edits
   events: null,             // the EventSource
   lastEventId: null,        // the id of the last event received live
   reads: new Map(),         // conversation id -> Map(user id -> newest message id they read)
@@ -26,6 +30,9 @@ const TYPING_EVERY_MS = 2000;
 const TYPING_SHOWN_MS = 5000;
 
 const position = (id) => Number(id || 0);
+
+// The reactions the page offers; any one grapheme cluster is accepted.
+const PALETTE = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
 
 // ---- token -----------------------------------------------------------------
 
@@ -120,24 +127,120 @@ function renderConversations() {
 function appendMessage(message) {
   if (state.shown.has(message.id)) return;
   state.shown.add(message.id);
+  state.messages.set(message.id, message);
   const list = $("messages");
   list.querySelector(".empty")?.remove();
   const item = document.createElement("li");
-  item.className = "message" + (message.userId === state.me ? " mine" : "");
   item.dataset.id = message.id;
-  const bubble = document.createElement("div");
-  bubble.className = "bubble";
-  bubble.textContent = message.content;
-  const meta = document.createElement("div");
-  meta.className = "meta";
-  meta.textContent = `${message.userId === state.me ? "" : message.userId + " · "}${timeOf(message)}`;
-  const seen = document.createElement("div");
-  seen.className = "seen";
-  item.append(bubble, meta, seen);
+  fillMessage(item, message);
   const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
   list.append(item);
   if (stick || message.userId === state.me) list.scrollTop = list.scrollHeight;
   renderSeen();
+}
+
+// A message as it now is: edited, deleted, with its reactions, answering
+// another (quoted above it); with the actions the page user may take.
+function fillMessage(item, message) {
+  const mine = message.userId === state.me;
+  item.className = "message" + (mine ? " mine" : "") + (message.deleted ? " deleted" : "");
+  const parts = [];
+  if (message.replyToId) {
+    const quoted = state.messages.get(message.replyToId);
+    const quote = document.createElement("div");
+    quote.className = "quote";
+    quote.dataset.replyTo = message.replyToId;
+    quote.textContent = !quoted ? "↩ an earlier message" : quoted.deleted ? "↩ message deleted" : `↩ ${quoted.userId}: ${quoted.content}`;
+    parts.push(quote);
+  }
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  bubble.textContent = message.deleted ? "message deleted" : message.content;
+  parts.push(bubble);
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  meta.textContent = `${mine ? "" : message.userId + " · "}${timeOf(message)}${message.editedAt && !message.deleted ? " (edited)" : ""}`;
+  parts.push(meta);
+  if (!message.deleted) {
+    const reactions = document.createElement("div");
+    reactions.className = "reactions";
+    for (const reaction of message.reactions || []) {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "reaction" + (reaction.mine ? " mine" : "");
+      chip.dataset.emoji = reaction.emoji;
+      chip.textContent = `${reaction.emoji} ${reaction.count}`;
+      chip.addEventListener("click", () => react(message, reaction.emoji, !reaction.mine));
+      reactions.append(chip);
+    }
+    parts.push(reactions);
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const action = (name, label, run) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = `link ${name}`;
+      button.textContent = label;
+      button.addEventListener("click", run);
+      actions.append(button);
+    };
+    action("reply", "Reply", () => compose({ replyTo: message }));
+    for (const emoji of PALETTE) action("react", emoji, () => react(message, emoji, true));
+    if (mine) {
+      action("edit", "Edit", () => compose({ editing: message }));
+      action("delete", "Delete", () => deleteMessage(message));
+    }
+    parts.push(actions);
+  }
+  const seen = document.createElement("div");
+  seen.className = "seen";
+  parts.push(seen);
+  item.replaceChildren(...parts);
+}
+
+// Redraws a message that changed, and the replies that quote it.
+function updateMessage(message) {
+  if (message.conversationId !== state.current || !state.shown.has(message.id)) return;
+  const known = state.messages.get(message.id);
+  // Edits and deletions travel without reactions: keep the ones we know.
+  const now = { ...message, reactions: message.deleted ? [] : message.reactions ?? known?.reactions };
+  state.messages.set(message.id, now);
+  const item = $("messages").querySelector(`.message[data-id="${CSS.escape(message.id)}"]`);
+  if (item) fillMessage(item, now);
+  for (const reply of $("messages").querySelectorAll(`.quote[data-reply-to="${CSS.escape(message.id)}"]`)) {
+    const replying = reply.closest(".message");
+    fillMessage(replying, state.messages.get(replying.dataset.id));
+  }
+  renderSeen();
+}
+
+// The composer answers a message, or edits one of mine.
+function compose({ replyTo = null, editing = null }) {
+  state.replyTo = replyTo;
+  state.editing = editing;
+  const banner = $("composing");
+  banner.hidden = !replyTo && !editing;
+  $("composing-text").textContent = editing ? "Editing your message" : replyTo ? `Replying to ${replyTo.userId}: ${replyTo.content}` : "";
+  if (editing) $("content").value = editing.content;
+  $("content").focus();
+}
+
+async function react(message, emoji, add) {
+  const path = `/api/conversations/${encodeURIComponent(message.conversationId)}/messages/${encodeURIComponent(message.id)}/reactions/${encodeURIComponent(emoji)}`;
+  try {
+    updateMessage(await api(add ? "PUT" : "DELETE", path));
+  } catch (error) {
+    $("thread-error").textContent = error.message;
+  }
+}
+
+async function deleteMessage(message) {
+  const path = `/api/conversations/${encodeURIComponent(message.conversationId)}/messages/${encodeURIComponent(message.id)}`;
+  try {
+    updateMessage(await api("DELETE", path));
+  } catch (error) {
+    $("thread-error").textContent = error.message;
+  }
 }
 
 // "Seen by …" under my newest message that others have read, from the
@@ -221,6 +324,8 @@ async function loadPresence() {
 async function openConversation(id) {
   state.current = id;
   state.shown = new Set();
+  state.messages = new Map();
+  compose({});
   renderTyping();
   $("thread-title").textContent = othersIn(state.conversations.get(id));
   renderMembers();
@@ -262,10 +367,17 @@ async function send(event) {
   const content = input.value;
   if (!content.trim() || !state.current) return;
   $("send").disabled = true;
+  const conversation = `/api/conversations/${encodeURIComponent(state.current)}/messages`;
   try {
-    const message = await api("POST", `/api/conversations/${encodeURIComponent(state.current)}/messages`, { content });
+    if (state.editing) {
+      const edited = await api("PATCH", `${conversation}/${encodeURIComponent(state.editing.id)}`, { content });
+      updateMessage(edited);
+    } else {
+      const body = state.replyTo ? { content, replyToId: state.replyTo.id } : { content };
+      appendMessage(await api("POST", conversation, body));
+    }
     input.value = "";
-    appendMessage(message);
+    compose({});
     $("thread-error").textContent = "";
   } catch (error) {
     $("thread-error").textContent = error.message;
@@ -371,6 +483,18 @@ async function connect() {
   });
   events.addEventListener("presence", (event) => receivePresence(JSON.parse(event.data)));
   events.addEventListener("typing", (event) => receiveTyping(JSON.parse(event.data)));
+  // A message changed: edited or deleted (the message as it now is), or a
+  // reaction given or taken back.
+  for (const name of ["edit", "delete"]) {
+    events.addEventListener(name, (event) => {
+      state.lastEventId = event.lastEventId;
+      receiveChange(JSON.parse(event.data));
+    });
+  }
+  events.addEventListener("reaction", (event) => {
+    state.lastEventId = event.lastEventId;
+    receiveReaction(JSON.parse(event.data));
+  });
   events.addEventListener("membership", (event) => {
     state.lastEventId = event.lastEventId;
     receiveMembership(JSON.parse(event.data));
@@ -403,6 +527,32 @@ async function receive(message) {
     appendMessage(message);
     if (message.userId !== state.me) markRead(message.conversationId, message).catch(() => {});
   }
+}
+
+// A message was edited or deleted: in the open conversation, and as the
+// conversation's last message.
+function receiveChange(message) {
+  const known = state.conversations.get(message.conversationId);
+  if (known?.lastMessage?.id === message.id) {
+    known.lastMessage = message;
+    renderConversations();
+  }
+  updateMessage(message);
+}
+
+// Someone reacted, or took it back: the counts of the open conversation.
+function receiveReaction(change) {
+  if (change.conversationId !== state.current) return;
+  const message = state.messages.get(change.messageId);
+  if (!message) return;
+  const reactions = (message.reactions || []).map((reaction) => ({ ...reaction }));
+  let reaction = reactions.find((r) => r.emoji === change.emoji);
+  const added = Boolean(change.added);
+  if (!reaction && added) reactions.push((reaction = { emoji: change.emoji, count: 0, mine: false }));
+  if (!reaction) return;
+  reaction.count += added ? 1 : -1;
+  if (change.userId === state.me) reaction.mine = added;
+  updateMessage({ ...message, reactions: reactions.filter((r) => r.count > 0) });
 }
 
 // Someone read up to a message: "seen" marks for others' receipts, and
@@ -505,6 +655,10 @@ $("login-form").addEventListener("submit", (event) => {
 });
 $("sign-out").addEventListener("click", () => signOut());
 $("composer").addEventListener("submit", send);
+$("composing-cancel").addEventListener("click", () => {
+  if (state.editing) $("content").value = "";
+  compose({});
+});
 $("new-conversation").addEventListener("submit", startConversation);
 $("add-member").addEventListener("submit", addMembers);
 $("leave").addEventListener("click", () => removeMember(state.current, state.me));
