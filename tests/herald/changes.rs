@@ -315,7 +315,7 @@ async fn changes_are_events_at_their_own_positions_replayed_exactly_on_resume(db
     react(&bob, &chat, &second.id, "🎉").await.unwrap();
     unreact(&bob, &chat, &second.id, "🎉").await.unwrap();
     delete(&alice, &chat, &second.id).await.unwrap();
-    let last = alice.send(&chat, "last").await.unwrap();
+    let last = reply(&alice, &chat, &first.id, "last").await.unwrap();
 
     let expected = [
         ("message second".to_string(), second.id.clone()),
@@ -342,8 +342,24 @@ async fn changes_are_events_at_their_own_positions_replayed_exactly_on_resume(db
     let mut replayed = expected.clone();
     replayed[0].0 = "message (deleted)".into();
     for want in &replayed {
-        assert_eq!(&what(&next_event(&mut resumed).await), want);
+        let event = next_event(&mut resumed).await;
+        assert_eq!(&what(&event), want);
+        // Replayed, a message and a change carry all they carried live.
+        match event.kind {
+            Some(Kind::Edited(message)) => {
+                assert!(message.edited_at.is_some() && message.created_at == first.created_at);
+                assert_eq!(message.user_id, "alice");
+            }
+            Some(Kind::Message(message)) if message.id == last.id => {
+                assert_eq!(message.reply_to_id, first.id);
+            }
+            _ => {}
+        }
     }
+    // Taking back a reaction never given changes nothing: no event.
+    unreact(&bob, &chat, &second.id, "🦄").await.unwrap();
+    let very_last = alice.send(&chat, "very last").await.unwrap();
+    assert_eq!(next_event(&mut live).await.id, very_last.id);
     let mut from_the_middle = bob.events(&ids[2].to_string()).await.unwrap();
     for want in &expected[3..] {
         assert_eq!(&what(&next_event(&mut from_the_middle).await), want);
@@ -359,10 +375,13 @@ async fn a_member_who_joined_later_hears_no_change_to_what_came_before(db: TestD
         .await
         .unwrap()
         .id;
+    // Carol is in another conversation from its start: that membership says
+    // nothing of this group's history.
+    carol.create_conversation(&["erin"]).await.unwrap();
     let old = alice.send(&group, "old").await.unwrap();
     alice.add(&group, &["carol"]).await.unwrap();
     let mut carols = carol.events("").await.unwrap();
-    assert_eq!(carol.conversations().await.unwrap().len(), 1);
+    assert_eq!(carol.conversations().await.unwrap().len(), 2);
 
     // Changes to a message carol never saw: not for her, live or replayed.
     edit(&alice, &group, &old.id, "old, edited").await.unwrap();
@@ -432,6 +451,19 @@ async fn edits_and_reactions_make_nothing_unread_and_a_deletion_is_no_longer_unr
     assert_eq!(unread(bob.conversations().await.unwrap()), 0);
     let mine = alice.conversations().await.unwrap();
     assert_eq!(mine[0].last_message.as_ref().unwrap().id, two.id);
+    // The last message shows its reactions, as each reader sees them.
+    let three = alice.send(&chat, "three").await.unwrap();
+    react(&bob, &chat, &three.id, "👍").await.unwrap();
+    let last =
+        |conversations: Vec<pb::Conversation>| conversations[0].last_message.clone().unwrap();
+    assert_eq!(
+        reactions(&last(bob.conversations().await.unwrap())),
+        [("👍".into(), 1, true)]
+    );
+    assert_eq!(
+        reactions(&last(alice.conversations().await.unwrap())),
+        [("👍".into(), 1, false)]
+    );
     app.stop().await;
 }
 
@@ -446,6 +478,7 @@ async fn a_deleted_messages_content_is_erased_from_the_database(db: TestDb) {
     // Long enough to take overflow pages, which a deletion frees.
     let long = format!("{}{secret}", "x".repeat(6_000));
     let sent = alice.send(&chat, &long).await.unwrap();
+    react(&alice, &chat, &sent.id, "🔥").await.unwrap();
     edit(&alice, &chat, &sent.id, &format!("{long}, edited"))
         .await
         .unwrap();
@@ -455,13 +488,17 @@ async fn a_deleted_messages_content_is_erased_from_the_database(db: TestDb) {
     delete(&alice, &chat, &sent.id).await.unwrap();
 
     let pattern = format!("%{secret}%");
-    let sql = "SELECT COUNT(*) FROM messages WHERE content LIKE $1";
+    // Rows holding the content, and the deleted message's reactions.
+    let sql = "SELECT (SELECT COUNT(*) FROM messages WHERE content LIKE $1)
+                    + (SELECT COUNT(*) FROM reactions WHERE message_position = $2)";
+    let position = sent.id.parse::<i64>().unwrap();
     let left: i64 = if db.url.starts_with("sqlite:") {
         let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
             .await
             .unwrap();
         sqlx::query_scalar(sql)
             .bind(&pattern)
+            .bind(position)
             .fetch_one(&mut connection)
             .await
             .unwrap()
@@ -471,11 +508,12 @@ async fn a_deleted_messages_content_is_erased_from_the_database(db: TestDb) {
             .unwrap();
         sqlx::query_scalar(sql)
             .bind(&pattern)
+            .bind(position)
             .fetch_one(&mut connection)
             .await
             .unwrap()
     };
-    assert_eq!(left, 0, "no row holds the content");
+    assert_eq!(left, 0, "no row holds the content, no reaction is left");
     if let Some(dir) = &db._dir {
         for file in ["herald.db", "herald.db-wal"] {
             let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
@@ -610,6 +648,116 @@ async fn the_rest_door_and_the_event_stream_carry_changes(db: TestDb) {
     app.stop().await;
 }
 
+/// A member who left hears no change after leaving, and makes none; one who
+/// comes back hears no change to what was sent while away, live or replayed.
+async fn leaving_ends_changes_both_ways_and_coming_back_does_not_reopen_the_gap(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let (alice, dave) = (app.user("alice").await, app.user("dave").await);
+    let group = alice
+        .create_conversation(&["bob", "dave"])
+        .await
+        .unwrap()
+        .id;
+    // A pair of alice and dave carries the markers that prove "nothing else came".
+    let pair = alice.create_conversation(&["dave"]).await.unwrap().id;
+    let seen = alice.send(&group, "dave saw this").await.unwrap();
+    let his = dave.send(&group, "dave's own").await.unwrap();
+    let mut daves = dave.events(&his.id).await.unwrap();
+    alice.remove(&group, "dave").await.unwrap();
+    assert!(matches!(
+        next_event(&mut daves).await.kind,
+        Some(Kind::Membership(_))
+    ));
+
+    // Out: he cannot change his message or react, and hears nothing of
+    // changes to what he saw.
+    assert_eq!(
+        code(edit(&dave, &group, &his.id, "x").await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(delete(&dave, &group, &his.id).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(react(&dave, &group, &seen.id, "👍").await),
+        Code::PermissionDenied
+    );
+    edit(&alice, &group, &seen.id, "edited after he left")
+        .await
+        .unwrap();
+    react(&alice, &group, &seen.id, "👋").await.unwrap();
+    let away = alice.send(&group, "while dave was away").await.unwrap();
+    let marker = alice.send(&pair, "marker one").await.unwrap();
+    assert_eq!(
+        next_event(&mut daves).await.id,
+        marker.id,
+        "nothing of the group"
+    );
+
+    // Back: changes to what was sent while he was away are not his.
+    alice.add(&group, &["dave"]).await.unwrap();
+    let back = next_event(&mut daves).await;
+    assert!(matches!(back.kind, Some(Kind::Membership(_))));
+    edit(&alice, &group, &away.id, "away, edited")
+        .await
+        .unwrap();
+    let marker = alice.send(&pair, "marker two").await.unwrap();
+    assert_eq!(
+        next_event(&mut daves).await.id,
+        marker.id,
+        "not the edit of the gap"
+    );
+    let mut replayed = dave.events(&back.id).await.unwrap();
+    assert_eq!(
+        next_event(&mut replayed).await.id,
+        marker.id,
+        "nor on replay"
+    );
+    app.stop().await;
+}
+
+/// Deleting and reacting are metered by the call rate: a reaction storm
+/// is refused before it floods anyone's stream.
+async fn a_reaction_storm_is_refused_at_the_call_rate(db: TestDb) {
+    let app = spawn_app_with(&db, |config| {
+        config.call_rate_limit = 0.1;
+        config.call_rate_burst = 6.0;
+    })
+    .await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let sent = alice.send(&chat, "storm").await.unwrap();
+    let mut refused = None;
+    for round in 0..12 {
+        let answer = match round % 2 {
+            0 => react(&bob, &chat, &sent.id, "👍").await,
+            _ => unreact(&bob, &chat, &sent.id, "👍").await,
+        };
+        if let Err(status) = answer {
+            refused = Some((round, status.code()));
+            break;
+        }
+    }
+    let (round, status) = refused.expect("the storm is refused");
+    assert_eq!(status, Code::ResourceExhausted);
+    assert!(round <= 6, "refused at round {round}");
+    // Deletions are metered the same way.
+    let mut deleted = 0;
+    loop {
+        let sent = alice.send(&chat, "to delete").await.unwrap();
+        match delete(&alice, &chat, &sent.id).await {
+            Ok(_) => deleted += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted);
+                break;
+            }
+        }
+        assert!(deleted <= 6, "deletions are not metered");
+    }
+    app.stop().await;
+}
+
 on_every_backend!(
     the_author_edits_and_deletes_and_others_cannot,
     an_edit_meets_the_rules_of_sending_and_bad_ids_are_not_found,
@@ -621,4 +769,6 @@ on_every_backend!(
     edits_and_reactions_make_nothing_unread_and_a_deletion_is_no_longer_unread,
     a_deleted_messages_content_is_erased_from_the_database,
     the_rest_door_and_the_event_stream_carry_changes,
+    leaving_ends_changes_both_ways_and_coming_back_does_not_reopen_the_gap,
+    a_reaction_storm_is_refused_at_the_call_rate,
 );

@@ -522,8 +522,18 @@ async fn message_changes_cross_nodes_in_order(nodes: &[Process]) {
         On::node(c, "carol").await.events().await,
     ];
     let first = alice.send(&group, "first").await.unwrap();
-    let second = alice.send(&group, "second").await.unwrap();
     let mut client = alice.client.clone();
+    let answer = pb::CreateMessageRequest {
+        conversation_id: group.clone(),
+        content: "second".into(),
+        reply_to_id: first.id.clone(),
+        ..Default::default()
+    };
+    let second = client
+        .create_message(authorized(answer, &alice.bearer))
+        .await
+        .unwrap()
+        .into_inner();
     let (chat, bearer) = (group.clone(), alice.bearer.clone());
     let edit = pb::EditMessageRequest {
         conversation_id: chat.clone(),
@@ -551,7 +561,11 @@ async fn message_changes_cross_nodes_in_order(nodes: &[Process]) {
         .await
         .unwrap();
     let what = |event: pb::Event| match event.kind {
-        Some(Kind::Message(m)) => format!("message {}", m.content),
+        Some(Kind::Message(m)) if m.reply_to_id.is_empty() => format!("message {}", m.content),
+        Some(Kind::Message(m)) => format!("message {} replying to {}", m.content, m.reply_to_id),
+        Some(Kind::Edited(m)) if m.edited_at.is_none() || m.created_at != first.created_at => {
+            format!("edit {m:?} without its times")
+        }
         Some(Kind::Edited(m)) => format!("edit {} {}", m.id, m.content),
         Some(Kind::Reaction(r)) => format!("reaction {} {}", r.message_id, r.emoji),
         Some(Kind::Deleted(m)) => format!("delete {} {}", m.id, m.deleted),
@@ -559,7 +573,7 @@ async fn message_changes_cross_nodes_in_order(nodes: &[Process]) {
     };
     let expected = [
         "message first".to_string(),
-        "message second".into(),
+        format!("message second replying to {}", first.id),
         format!("edit {} first, edited", first.id),
         format!("reaction {} 👍", second.id),
         format!("reaction {} 🎉", second.id),
