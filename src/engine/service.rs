@@ -523,12 +523,22 @@ impl Herald {
         let position = self
             .message_in(caller, &conversation_id, "message_id", message_id)
             .await?;
-        self.change(caller, &conversation_id, to(position)).await?;
-        self.inner
-            .store
-            .message(caller, &conversation_id, position)
-            .await?
-            .ok_or(Error::NotFound("message"))
+        let event = self.change(caller, &conversation_id, to(position)).await?;
+        let store = &self.inner.store;
+        match event.map(|event| event.body) {
+            // The commit read the message back: only its reactions are
+            // missing (none on a tombstone, and no read then).
+            Some(Body::Edited(message) | Body::Deleted(message)) => {
+                let mut message = [*message];
+                store.with_reactions(caller, &mut message).await?;
+                let [message] = message;
+                Ok(message)
+            }
+            _ => store
+                .message(caller, &conversation_id, position)
+                .await?
+                .ok_or(Error::NotFound("message")),
+        }
     }
 
     /// One page of a conversation's history, oldest first.

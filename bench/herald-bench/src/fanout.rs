@@ -84,6 +84,19 @@ pub struct Fanout {
     /// seconds after the start); 0 sends as fast as the publishers can.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// What each operation is (direct, herald only): a new message, an edit
+    /// of the pair's message, or a reaction given and taken back in turn;
+    /// edits and reactions are received on /api/events.
+    #[arg(long, value_enum, default_value = "send")]
+    op: Op,
+}
+
+/// One operation of a direct run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Op {
+    Send,
+    Edit,
+    React,
 }
 
 impl Target {
@@ -93,6 +106,9 @@ impl Target {
 
     fn stream_path(&self, user: &str, channel: &str) -> String {
         match self.server {
+            Server::Herald if channel.starts_with("events:") => {
+                format!("/api/events?token={}", self.token(user))
+            }
             Server::Herald => format!("/api/messages?token={}", self.token(user)),
             Server::Nchan => format!("/sub/{channel}"),
         }
@@ -225,7 +241,12 @@ pub async fn group(args: Fanout) -> Result<(), Box<dyn std::error::Error>> {
 pub async fn direct(args: Fanout) -> Result<(), Box<dyn std::error::Error>> {
     let pairs = args.users / 2;
     let users: Vec<String> = (0..pairs * 2).map(|i| format!("d{i}")).collect();
-    let streams: Vec<(String, String)> = users.iter().map(|u| (u.clone(), u.clone())).collect();
+    // Changes arrive on the event stream (named channels say which).
+    let stream = |u: &String| match args.op {
+        Op::Send => (u.clone(), u.clone()),
+        Op::Edit | Op::React => (u.clone(), format!("events:{u}")),
+    };
+    let streams: Vec<(String, String)> = users.iter().map(stream).collect();
     let mut conversations = vec![String::new(); pairs];
     if args.target.server == Server::Herald {
         let client = args.target.grpc().await;
@@ -249,6 +270,27 @@ pub async fn direct(args: Fanout) -> Result<(), Box<dyn std::error::Error>> {
             conversations[pair] = result?.into_inner().id;
         }
     }
+    // The message each pair's changes concern, sent by the pair's writer.
+    let mut targets = vec![String::new(); pairs];
+    if args.op != Op::Send {
+        let client = args.target.grpc().await;
+        let send = (0..pairs).map(|pair| {
+            let (mut client, token) = (client.clone(), args.target.token(&users[2 * pair + 1]));
+            let request = pb::CreateMessageRequest {
+                conversation_id: conversations[pair].clone(),
+                content: "changes to come".into(),
+                ..Default::default()
+            };
+            async move { client.create_message(authorized(request, &token)).await }
+        });
+        let sent: Vec<_> = futures_util::stream::iter(send)
+            .buffered(64)
+            .collect()
+            .await;
+        for (pair, result) in sent.into_iter().enumerate() {
+            targets[pair] = result?.into_inner().id;
+        }
+    }
     let tally = open_streams(&args.target, &streams).await;
     // herald also delivers each message to its sender's own stream.
     let per_message = if args.target.server == Server::Herald {
@@ -256,15 +298,31 @@ pub async fn direct(args: Fanout) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         1
     };
+    // A change travels to its message's conversation (its target after a
+    // slash): the job's operation rides in the channel name.
     let channel = |i: usize| {
         let pair = i % pairs.max(1);
+        let conversation = match args.op {
+            Op::Send => conversations[pair].clone(),
+            Op::Edit | Op::React => format!(
+                "{}/{}/{}",
+                conversations[pair],
+                targets[pair],
+                i / pairs.max(1)
+            ),
+        };
         (
             users[2 * pair + 1].clone(),
-            users[2 * pair].clone(),
-            conversations[pair].clone(),
+            users[2 * pair + 1].clone(),
+            conversation,
         )
     };
-    publish_and_measure("direct", &args, &tally, per_message, channel).await
+    let scenario = match args.op {
+        Op::Send => "direct",
+        Op::Edit => "direct-edit",
+        Op::React => "direct-react",
+    };
+    publish_and_measure(scenario, &args, &tally, per_message, channel).await
 }
 
 /// Publishes `args.messages` (message `i` to `channel(i)`: nchan channel,
@@ -288,8 +346,9 @@ async fn publish_and_measure(
             started,
             rate: args.rate,
         };
+        let op = args.op;
         publishers.push(tokio::spawn(async move {
-            publisher(target, jobs, next, pace).await
+            publisher(target, jobs, next, pace, op).await
         }));
     }
     for publisher in publishers {
@@ -319,8 +378,8 @@ async fn publish_and_measure(
         args.target.transport,
         args.users,
         args.messages,
-        latencies.len(),
-        latencies.len() as f64 / elapsed,
+        tally.events.load(Ordering::Relaxed),
+        tally.events.load(Ordering::Relaxed) as f64 / elapsed,
         args.messages as f64 / elapsed,
         at(0.5),
         at(0.99),
@@ -344,6 +403,7 @@ async fn publisher(
     jobs: Arc<Vec<Job>>,
     next: Arc<std::sync::atomic::AtomicUsize>,
     pace: Pace,
+    op: Op,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut grpc = match target.server {
         Server::Herald => Some(target.grpc().await),
@@ -368,12 +428,53 @@ async fn publisher(
             let token = tokens
                 .entry(sender.clone())
                 .or_insert_with(|| target.token(sender));
-            let body = pb::CreateMessageRequest {
-                conversation_id: conversation.clone(),
-                content,
-                ..Default::default()
-            };
-            client.create_message(authorized(body, token)).await?;
+            // "conversation/message/round" for a change (see `direct`).
+            let mut parts = conversation.split('/');
+            let (conversation, message, round) = (
+                parts.next().unwrap_or_default().to_owned(),
+                parts.next(),
+                parts.next().and_then(|round| round.parse::<usize>().ok()),
+            );
+            match (message, round) {
+                (Some(message), Some(_)) if op == Op::Edit => {
+                    let body = pb::EditMessageRequest {
+                        conversation_id: conversation,
+                        message_id: message.to_owned(),
+                        content,
+                    };
+                    client.edit_message(authorized(body, token)).await?;
+                }
+                (Some(message), Some(round)) => {
+                    let (conversation_id, message_id) = (conversation, message.to_owned());
+                    let emoji = "👍".to_owned();
+                    match round % 2 {
+                        0 => {
+                            let body = pb::ReactRequest {
+                                conversation_id,
+                                message_id,
+                                emoji,
+                            };
+                            client.react(authorized(body, token)).await?;
+                        }
+                        _ => {
+                            let body = pb::UnreactRequest {
+                                conversation_id,
+                                message_id,
+                                emoji,
+                            };
+                            client.unreact(authorized(body, token)).await?;
+                        }
+                    }
+                }
+                _ => {
+                    let body = pb::CreateMessageRequest {
+                        conversation_id: conversation,
+                        content,
+                        ..Default::default()
+                    };
+                    client.create_message(authorized(body, token)).await?;
+                }
+            }
         } else if let Some(stream) = nchan.as_mut() {
             post(
                 stream,

@@ -38,6 +38,11 @@ impl Tally {
             self.forged.fetch_add(1, Ordering::Relaxed);
         }
         let Some(sent) = number_after(line, b"t=") else {
+            // A reaction event carries no send time: counted, not timed.
+            if find(line, b"\"emoji\"").is_some() {
+                self.events.fetch_add(1, Ordering::Relaxed);
+                self.changed.notify_waiters();
+            }
             return false;
         };
         let latency = now.saturating_sub(sent);
