@@ -17,3 +17,8 @@ CREATE TABLE reactions (
     created_at        BIGINT NOT NULL,
     PRIMARY KEY (message_position, emoji, user_id)
 );
+
+-- The position of a message's last edit or deletion: a replay to someone
+-- whose membership ended before it withholds what changed, and an edit
+-- superseded by a later change replays without content.
+ALTER TABLE messages ADD COLUMN changed_at BIGINT;

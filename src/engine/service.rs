@@ -180,6 +180,7 @@ impl Herald {
             presence: presence.clone(),
         };
         broker.start(Arc::new(heard), shutdown.clone(), &tasks);
+        tasks.spawn(store.clone().erase_freed(closing.clone()));
         let inner = Inner {
             store,
             participants,

@@ -7,7 +7,8 @@
 //! overwrites it, a deletion empties it (and drops its reactions), and the
 //! change's own row holds nothing of it (`target` names the message; a
 //! reader joins it). On SQLite `secure_delete` overwrites the freed bytes
-//! in the file, and a deletion empties the write-ahead log.
+//! in the file, and the write-ahead log is emptied soon after (within a
+//! second or so, off the committer's path).
 
 use super::{MessageRow, Store};
 use crate::{
@@ -63,17 +64,13 @@ impl Store {
         let committed = self
             .commit_message_change_in(id, actor, change, target, now_micros)
             .await;
-        // The old page images of a deleted message's row would stay in
-        // SQLite's write-ahead log until it wraps: copy the log into the
-        // file and empty it (best effort: a reader holding an older
-        // snapshot keeps those pages until it ends).
-        if let (Store::Sqlite(sqlite), MessageChange::Delete { .. }, Ok(Some(_))) =
-            (self, change, &committed)
+        // The old page images of an edited or deleted message's row stay in
+        // SQLite's write-ahead log until it is emptied (within a second or
+        // so, off this path: `Sqlite::erase_freed`).
+        if let (Store::Sqlite(sqlite), Ok(Some(_))) = (self, &committed)
+            && !matches!(change, MessageChange::React { .. })
         {
-            let truncate = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)");
-            if let Err(error) = truncate.execute(&sqlite.write).await {
-                tracing::warn!(%error, "the log was not emptied after a deletion");
-            }
+            sqlite.erase_soon();
         }
         committed
     }
@@ -123,10 +120,14 @@ impl Store {
             let content = match change {
                 MessageChange::Edit { content, .. } => {
                     rules.edit(actor)?;
-                    sqlx::query("UPDATE messages SET content = $2, edited_at = $3 WHERE position = $1")
+                    sqlx::query(
+                        "UPDATE messages SET content = $2, edited_at = $3, changed_at = $4
+                         WHERE position = $1",
+                    )
                         .bind(target.0)
                         .bind(content.as_str())
                         .bind(now_micros)
+                        .bind(position)
                         .execute(&mut *tx)
                         .await?;
                     String::new()
@@ -135,8 +136,12 @@ impl Store {
                     if !rules.delete(actor)? {
                         return Ok(None);
                     }
-                    sqlx::query("UPDATE messages SET content = '', deleted = 1 WHERE position = $1")
+                    sqlx::query(
+                        "UPDATE messages SET content = '', deleted = 1, changed_at = $2
+                         WHERE position = $1",
+                    )
                         .bind(target.0)
+                        .bind(position)
                         .execute(&mut *tx)
                         .await?;
                     sqlx::query("DELETE FROM reactions WHERE message_position = $1")

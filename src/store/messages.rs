@@ -266,10 +266,12 @@ impl Store {
         let sql = concat!(
             "SELECT ",
             event_columns!(),
+            ", ms.left_at",
             events!(),
             in_membership!(),
             " WHERE m.position > $2 AND (m.kind = 'message' OR $4 = 1)",
             saw_target!(),
+            current_changes!(),
             " ORDER BY m.position LIMIT $3"
         );
         let rows: Vec<EventRow> = with_pool!(self, pool => {
@@ -294,10 +296,12 @@ impl Store {
         everything: bool,
     ) -> Result<usize, sqlx::Error> {
         let sql = concat!(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM messages m ",
+            "SELECT COUNT(*) FROM (SELECT 1",
+            events!(),
             in_membership!(),
             " WHERE m.position > $2 AND (m.kind = 'message' OR $4 = 1)",
             saw_target!(),
+            current_changes!(),
             " LIMIT $3) AS missed"
         );
         let count: i64 = with_pool!(self, pool => {

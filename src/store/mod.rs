@@ -125,9 +125,10 @@ struct ConversationRow {
 macro_rules! event_columns {
     () => {
         "m.position, m.conversation_id, m.user_id, m.content, m.created_at, m.kind,
-         m.edited_at, m.deleted, m.reply_to, m.target,
+         m.edited_at, m.deleted, m.reply_to, m.target, m.changed_at,
          t.user_id AS t_user_id, t.content AS t_content, t.created_at AS t_created_at,
-         t.edited_at AS t_edited_at, t.deleted AS t_deleted, t.reply_to AS t_reply_to"
+         t.edited_at AS t_edited_at, t.deleted AS t_deleted, t.reply_to AS t_reply_to,
+         t.changed_at AS t_changed_at"
     };
 }
 
@@ -137,6 +138,17 @@ macro_rules! event_columns {
 macro_rules! events {
     () => {
         " FROM messages m LEFT JOIN messages t ON t.position = m.target "
+    };
+}
+
+/// What a replay leaves out: an edit a later change superseded (the later
+/// one carries the message as it now is, so a replay costs one copy of each
+/// message, not one per edit), and the reactions of a deleted message.
+/// Never in the feed's reads: those must hold every position.
+macro_rules! current_changes {
+    () => {
+        " AND NOT (m.kind = 'edit' AND t.changed_at > m.position)
+          AND NOT (m.kind = 'reaction' AND t.deleted <> 0) "
     };
 }
 
@@ -188,6 +200,12 @@ struct EventRow {
     t_edited_at: Option<i64>,
     t_deleted: Option<i32>,
     t_reply_to: Option<i64>,
+    changed_at: Option<i64>,
+    t_changed_at: Option<i64>,
+    /// The end of the reader's membership interval holding the event, when
+    /// a replay reads it (`ms.left_at`): what changed after it is withheld.
+    #[sqlx(default)]
+    left_at: Option<i64>,
 }
 
 impl EventRow {
@@ -206,31 +224,49 @@ impl EventRow {
     }
 }
 
+/// Whether a message last changed at `changed_at` may be shown as it now is
+/// to a reader whose membership ended at `left_at`: not if it changed after
+/// (they are told nothing committed after they left).
+fn withheld(left_at: Option<i64>, changed_at: Option<i64>) -> bool {
+    matches!((left_at, changed_at), (Some(left), Some(changed)) if changed > left)
+}
+
 impl From<EventRow> for Event {
     fn from(row: EventRow) -> Self {
         let conversation_id = ConversationId::from_stored(row.conversation_id);
-        // The message a change concerns, as it now is.
+        // The message a change concerns, as it now is (to a reader who has
+        // left since it changed, a tombstone: its content is not theirs).
         let changed = || {
+            let hidden = withheld(row.left_at, row.t_changed_at);
             Box::new(Message::from(MessageRow {
                 position: row.target.unwrap_or_default(),
                 conversation_id: conversation_id.as_str().to_owned(),
                 user_id: row.t_user_id.clone().unwrap_or_default(),
-                content: row.t_content.clone().unwrap_or_default(),
+                content: match hidden {
+                    true => String::new(),
+                    false => row.t_content.clone().unwrap_or_default(),
+                },
                 created_at: row.t_created_at.unwrap_or_default(),
-                edited_at: row.t_edited_at,
-                deleted: row.t_deleted.unwrap_or_default(),
+                edited_at: row.t_edited_at.filter(|_| !hidden),
+                deleted: row.t_deleted.unwrap_or_default() | i32::from(hidden),
                 reply_to: row.t_reply_to,
             }))
         };
         let body = match row.kind.as_str() {
             "edit" => Body::Edited(changed()),
             "delete" => Body::Deleted(changed()),
-            "message" => Body::Message {
-                content: row.content,
-                reply_to: row.reply_to.map(Position),
-                edited_at_micros: row.edited_at,
-                deleted: row.deleted != 0,
-            },
+            "message" => {
+                let hidden = withheld(row.left_at, row.changed_at);
+                Body::Message {
+                    content: match hidden {
+                        true => String::new(),
+                        false => row.content,
+                    },
+                    reply_to: row.reply_to.map(Position),
+                    edited_at_micros: row.edited_at.filter(|_| !hidden),
+                    deleted: row.deleted != 0 || hidden,
+                }
+            }
             kind => Body::decode(kind, row.content, None),
         };
         Event {
@@ -287,12 +323,23 @@ impl Store {
                 .connect_with(options.clone())
                 .await?;
             sqlx::migrate!("migrations/sqlite").run(&write).await?;
+            // The log's truncation after a deletion waits for readers only
+            // briefly, and tries again later, on a connection of its own.
+            let eraser = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options.clone().busy_timeout(Duration::from_millis(100)));
             let read = SqlitePoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await?;
-            Store::Sqlite(Sqlite { read, write })
+            Store::Sqlite(Sqlite {
+                read,
+                write,
+                eraser,
+                erase: Default::default(),
+            })
         } else {
             return Err(sqlx::Error::Configuration(
                 "the database URL must start with sqlite: or postgres:".into(),
@@ -301,8 +348,20 @@ impl Store {
         Ok(store)
     }
 
+    /// Keeps what edits and deletions remove out of the database's files,
+    /// until `closing` (SQLite's write-ahead log; PostgreSQL has nothing to
+    /// do here: VACUUM reclaims dead rows).
+    pub async fn erase_freed(self, closing: tokio_util::sync::CancellationToken) {
+        if let Store::Sqlite(sqlite) = self {
+            sqlite.erase_freed(closing).await;
+        }
+    }
+
     /// Closes every connection.
     pub async fn close(&self) {
+        if let Store::Sqlite(sqlite) = self {
+            sqlite.eraser.close().await;
+        }
         with_writer!(self, pool => pool.close().await);
         with_pool!(self, pool => pool.close().await)
     }

@@ -3,8 +3,48 @@
 use super::NewMessage;
 use crate::domain::IdempotencyKey;
 use sqlx::SqlitePool;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How long erasures wait to be done together: a storm of deletions costs
+/// one truncation of the log a second, not one each.
+const ERASE_EVERY: Duration = Duration::from_secs(1);
 
 impl Sqlite {
+    /// Asks for the log to be emptied soon: what a deletion or an edit
+    /// removed from the file stays in SQLite's write-ahead log until then.
+    pub(super) fn erase_soon(&self) {
+        self.erase.notify_one();
+    }
+
+    /// Empties the log after each burst of deletions and edits, until
+    /// `closing`: copies it into the file and truncates it. Off the
+    /// committer's path, on a connection of its own that waits at most
+    /// 100 ms for readers; a reader holding an older snapshot makes it try
+    /// again a second later, until it is done.
+    pub(super) async fn erase_freed(self, closing: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.erase.notified() => {}
+                _ = closing.cancelled() => return,
+            }
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(ERASE_EVERY) => {}
+                    _ = closing.cancelled() => return,
+                }
+                let truncate =
+                    sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)");
+                match truncate.fetch_one(&self.eraser).await {
+                    Ok((0, _, _)) => break,
+                    Ok(_) => tracing::debug!("readers held the log; emptying it again in a second"),
+                    Err(error) => tracing::debug!(%error, "the log was not emptied; trying again"),
+                }
+            }
+        }
+    }
+
     /// The whole batch as one round trip to SQLite's worker thread: the
     /// transaction, the positions and the insert in one multi-statement
     /// query (sqlx binds each statement's parameters in turn). Each row's
@@ -75,4 +115,7 @@ impl Sqlite {
 pub struct Sqlite {
     pub(super) read: SqlitePool,
     pub(super) write: SqlitePool,
+    /// The log's truncation (see [`Sqlite::erase_freed`]).
+    pub(super) eraser: SqlitePool,
+    pub(super) erase: Arc<Notify>,
 }
