@@ -268,13 +268,37 @@ impl Emoji {
         if value.graphemes(true).count() != 1 {
             return invalid("must be exactly one character (grapheme cluster)");
         }
-        if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return invalid("must not be a control or blank character");
+        if value
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '\u{2800}' || is_width_form(c))
+        {
+            return invalid("must not be a control, blank, fullwidth or halfwidth character");
         }
-        if value.chars().all(is_default_ignorable) {
-            return invalid("must be visible");
+        // Invisible characters only where emoji sequences need them: a
+        // joiner between two characters, one variation selector after a
+        // character, tags after a black flag (subdivision flags).
+        let chars: Vec<char> = value.chars().collect();
+        let flag = chars.first() == Some(&'\u{1F3F4}');
+        for (index, &c) in chars.iter().enumerate() {
+            let previous = index.checked_sub(1).map(|at| chars[at]);
+            let visible_before = previous.is_some_and(|p| !is_default_ignorable(p));
+            let allowed = match c {
+                '\u{200D}' => {
+                    let selector = matches!(previous, Some('\u{FE0E}' | '\u{FE0F}'));
+                    (visible_before || selector) && index + 1 < chars.len()
+                }
+                '\u{FE0E}' | '\u{FE0F}' => visible_before,
+                '\u{E0020}'..='\u{E007F}' => flag,
+                c => !is_default_ignorable(c),
+            };
+            if !allowed {
+                return invalid("must not hold invisible characters outside an emoji sequence");
+            }
         }
-        Ok(Self(value.to_owned()))
+        // "é" typed in two code points is the same reaction as in one.
+        Ok(Self(
+            unicode_normalization::UnicodeNormalization::nfc(value).collect(),
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -670,6 +694,42 @@ mod tests {
         assert!(UserId::parse("sub", &"x".repeat(129)).is_err());
         assert!(UserId::parse("sub", &"é".repeat(64)).is_ok());
         assert!(UserId::parse("sub", "a\nb").is_err());
+    }
+
+    #[test]
+    fn an_emoji_is_one_visible_cluster_and_invisible_characters_only_join_it() {
+        for good in [
+            "👍",
+            "👍🏽",
+            "❤️",
+            "👨‍👩‍👧",
+            "🏳️‍🌈",
+            "🇫🇷",
+            "🏴\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+            "A",
+        ] {
+            assert!(Emoji::parse(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "👍👍",
+            "ab",
+            " ",
+            "\u{7}",
+            "\u{200b}",
+            "a\u{200d}",
+            "a\u{34f}",
+            "a\u{fe0f}\u{fe0f}",
+            "\u{2800}",
+            "\u{ff21}",
+            "a\u{E0068}\u{E0069}",
+        ] {
+            assert!(Emoji::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            Emoji::parse("e\u{301}").unwrap(),
+            Emoji::parse("\u{e9}").unwrap()
+        );
     }
 
     #[test]

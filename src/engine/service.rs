@@ -525,6 +525,14 @@ impl Herald {
             .message_in(caller, &conversation_id, "message_id", message_id)
             .await?;
         let event = self.change(caller, &conversation_id, to(position)).await?;
+        // Every member who saw the message receives the change: the
+        // caller's call rate pays for that fan-out by the group's size, as
+        // for a membership change (an edit storm in a large group is slowed,
+        // not only counted against the send rate).
+        if event.is_some() {
+            let members = self.inner.participants.of(&conversation_id).await?.len();
+            self.inner.calls.charge(caller, members as f64 / 50.0);
+        }
         let store = &self.inner.store;
         match event.map(|event| event.body) {
             // The commit read the message back: only its reactions are
@@ -895,7 +903,10 @@ fn same_message(
     conversation_id: &ConversationId,
     content: &Content,
 ) -> Result<Message, Error> {
-    match original.conversation_id == *conversation_id && original.content == content.as_str() {
+    // Edited or deleted since, it is still the message that key sent.
+    let changed = original.edited_at_micros.is_some() || original.deleted;
+    let same = changed || original.content == content.as_str();
+    match original.conversation_id == *conversation_id && same {
         true => Ok(original),
         false => Err(Error::invalid(
             "client_message_id was already used for a different message",

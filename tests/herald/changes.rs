@@ -738,6 +738,31 @@ async fn leaving_ends_changes_both_ways_and_coming_back_does_not_reopen_the_gap(
     app.stop().await;
 }
 
+/// A send retried with its key after the message changed answers the
+/// message as it now is, not a refusal for "a different message".
+async fn a_retried_send_after_an_edit_answers_the_message_as_it_now_is(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let send = || {
+        let body = pb::CreateMessageRequest {
+            conversation_id: chat.clone(),
+            content: "helo".into(),
+            client_message_id: "retry-me".into(),
+            ..Default::default()
+        };
+        let mut client = alice.client();
+        let request = alice.request(body);
+        async move { client.create_message(request).await.map(|r| r.into_inner()) }
+    };
+    let sent = send().await.unwrap();
+    let edited = edit(&alice, &chat, &sent.id, "hello").await.unwrap();
+    assert_eq!(send().await.unwrap(), edited);
+    let tombstone = delete(&alice, &chat, &sent.id).await.unwrap();
+    assert_eq!(send().await.unwrap(), tombstone);
+    app.stop().await;
+}
+
 /// Deleting and reacting are metered by the call rate: a reaction storm
 /// is refused before it floods anyone's stream.
 async fn a_reaction_storm_is_refused_at_the_call_rate(db: TestDb) {
@@ -792,4 +817,5 @@ on_every_backend!(
     the_rest_door_and_the_event_stream_carry_changes,
     leaving_ends_changes_both_ways_and_coming_back_does_not_reopen_the_gap,
     a_reaction_storm_is_refused_at_the_call_rate,
+    a_retried_send_after_an_edit_answers_the_message_as_it_now_is,
 );
