@@ -156,6 +156,21 @@ pub struct Messenger {
 type StreamResponse<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Messenger {
+    /// Gives (`added`) or takes back the reaction `(conversation, message,
+    /// emoji)` names.
+    async fn reaction(
+        &self,
+        caller: &crate::domain::UserId,
+        (conversation, message, emoji): (String, String, String),
+        added: bool,
+    ) -> Result<Response<pb::Message>, Status> {
+        let message = self
+            .herald
+            .react(caller, &conversation, &message, &emoji, added)
+            .await?;
+        Ok(Response::new((&message).into()))
+    }
+
     /// Opens the caller's stream of what `wants` asks for, each event
     /// written as `convert` makes it.
     async fn open<T: Send + 'static>(
@@ -261,17 +276,8 @@ impl pb::messenger_server::Messenger for Messenger {
     ) -> Result<Response<pb::Message>, Status> {
         let caller = claims(&request)?.user;
         let body = request.into_inner();
-        let message = self
-            .herald
-            .react(
-                &caller,
-                &body.conversation_id,
-                &body.message_id,
-                &body.emoji,
-                true,
-            )
-            .await?;
-        Ok(Response::new((&message).into()))
+        let named = (body.conversation_id, body.message_id, body.emoji);
+        self.reaction(&caller, named, true).await
     }
 
     async fn unreact(
@@ -280,17 +286,8 @@ impl pb::messenger_server::Messenger for Messenger {
     ) -> Result<Response<pb::Message>, Status> {
         let caller = claims(&request)?.user;
         let body = request.into_inner();
-        let message = self
-            .herald
-            .react(
-                &caller,
-                &body.conversation_id,
-                &body.message_id,
-                &body.emoji,
-                false,
-            )
-            .await?;
-        Ok(Response::new((&message).into()))
+        let named = (body.conversation_id, body.message_id, body.emoji);
+        self.reaction(&caller, named, false).await
     }
 
     async fn list_messages(

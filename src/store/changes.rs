@@ -10,7 +10,7 @@
 //! in the file, and the write-ahead log is emptied soon after (within a
 //! second or so, off the committer's path).
 
-use super::{MessageRow, Store};
+use super::{IS_PARTICIPANT, MessageRow, NEXT_POSITION, Store};
 use crate::{
     domain::{
         Body, ConversationId, Emoji, Event, Message, Position, Reaction, UserId, rules::Target,
@@ -85,14 +85,10 @@ impl Store {
     ) -> Result<Option<Event>, Error> {
         with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
-            let position: i64 = sqlx::query_scalar(
-                "UPDATE stream_head SET position = position + 1 WHERE id = 1 RETURNING position",
-            )
+            let position: i64 = sqlx::query_scalar(NEXT_POSITION)
             .fetch_one(&mut *tx)
             .await?;
-            let member: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM participants WHERE conversation_id = $1 AND user_id = $2)",
-            )
+            let member: bool = sqlx::query_scalar(IS_PARTICIPANT)
             .bind(id.as_str())
             .bind(actor.as_str())
             .fetch_one(&mut *tx)

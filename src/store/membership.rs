@@ -1,7 +1,7 @@
 //! Membership: who is in a conversation now and at a position, who shares
 //! one with whom, and changes committed at their own positions.
 
-use super::{Store, sorted};
+use super::{IS_PARTICIPANT, NEXT_POSITION, Store, sorted};
 use crate::{
     domain::{Body, Change, ConversationId, Event, Position, UserId, rules::Group},
     error::Error,
@@ -190,9 +190,7 @@ impl Store {
     ) -> Result<Option<Event>, Error> {
         with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
-            let position: i64 = sqlx::query_scalar(
-                "UPDATE stream_head SET position = position + 1 WHERE id = 1 RETURNING position",
-            )
+            let position: i64 = sqlx::query_scalar(NEXT_POSITION)
             .fetch_one(&mut *tx)
             .await?;
             let conversation: Option<(bool, Option<String>, i64)> = sqlx::query_as(
@@ -208,10 +206,7 @@ impl Store {
             // needs the whole group (it carries the members after it).
             let mut members = match request {
                 ChangeRequest::Read(_) => {
-                    let member: bool = sqlx::query_scalar(
-                        "SELECT EXISTS (SELECT 1 FROM participants
-                         WHERE conversation_id = $1 AND user_id = $2)",
-                    )
+                    let member: bool = sqlx::query_scalar(IS_PARTICIPANT)
                     .bind(id.as_str())
                     .bind(actor.as_str())
                     .fetch_one(&mut *tx)

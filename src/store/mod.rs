@@ -58,6 +58,15 @@ macro_rules! with_writer {
     };
 }
 
+/// Takes the next stream position for a change, locking the head until the
+/// transaction ends (see the module comment).
+const NEXT_POSITION: &str =
+    "UPDATE stream_head SET position = position + 1 WHERE id = 1 RETURNING position";
+
+/// Whether user `$2` is a participant of conversation `$1` now.
+const IS_PARTICIPANT: &str =
+    "SELECT EXISTS (SELECT 1 FROM participants WHERE conversation_id = $1 AND user_id = $2)";
+
 /// How long a call waits for a free connection before reporting the
 /// database unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);

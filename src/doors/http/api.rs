@@ -155,23 +155,29 @@ async fn delete_message(
 async fn react(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path((id, message_id, emoji)): Path<(String, String, String)>,
+    Path(path): Path<(String, String, String)>,
 ) -> Result<Json<pb::Message>, Error> {
-    let message = state
-        .herald
-        .react(&caller.user, &id, &message_id, &emoji, true)
-        .await?;
-    Ok(Json((&message).into()))
+    reaction(state, caller.user, path, true).await
 }
 
 async fn unreact(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path((id, message_id, emoji)): Path<(String, String, String)>,
+    Path(path): Path<(String, String, String)>,
+) -> Result<Json<pb::Message>, Error> {
+    reaction(state, caller.user, path, false).await
+}
+
+/// Gives (`added`) or takes back a reaction named by its path.
+async fn reaction(
+    state: AppState,
+    caller: crate::domain::UserId,
+    (id, message_id, emoji): (String, String, String),
+    added: bool,
 ) -> Result<Json<pb::Message>, Error> {
     let message = state
         .herald
-        .react(&caller.user, &id, &message_id, &emoji, false)
+        .react(&caller, &id, &message_id, &emoji, added)
         .await?;
     Ok(Json((&message).into()))
 }
