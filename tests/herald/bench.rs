@@ -86,6 +86,12 @@ async fn every_bench_scenario_runs_against_herald() {
         .concat(),
     )
     .await;
+    // Edits and reactions, received on the event streams.
+    let mut changes = Vec::new();
+    for op in ["edit", "react"] {
+        let direct = ["direct", "--users", "10", "--messages", "10", "--op", op];
+        changes.push(run_bench(&[&direct[..], &target[..]].concat()).await);
+    }
     let over_grpc = [
         "group",
         "--transport",
@@ -150,6 +156,9 @@ async fn every_bench_scenario_runs_against_herald() {
     assert!(idle.contains("streams=20 "), "{idle}");
     assert!(group.contains("delivered=50 "), "{group}");
     assert!(direct.contains("rate=200 delivered=20 "), "{direct}");
+    for change in &changes {
+        assert!(change.contains("delivered=20 "), "{change}");
+    }
     assert!(
         over_grpc.contains("transport=Grpc") && over_grpc.contains("delivered=50 "),
         "{over_grpc}"

@@ -85,7 +85,8 @@ pub struct Fanout {
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
     /// What each operation is (direct, herald only): a new message, an edit
-    /// of the pair's message, or a reaction given and taken back in turn;
+    /// of the pair's message, or a reaction (twenty emoji given in turn,
+    /// then taken back);
     /// edits and reactions are received on /api/events.
     #[arg(long, value_enum, default_value = "send")]
     op: Op,
@@ -446,8 +447,14 @@ async fn publisher(
                 }
                 (Some(message), Some(round)) => {
                     let (conversation_id, message_id) = (conversation, message.to_owned());
-                    let emoji = "👍".to_owned();
-                    match round % 2 {
+                    // Twenty emoji given in turn, then taken back in turn:
+                    // each operation changes something whatever order
+                    // concurrent ones commit in (a pair's rounds are a whole
+                    // cycle of pairs apart).
+                    let emoji = char::from_u32(0x1F600 + (round % 20) as u32)
+                        .unwrap_or('👍')
+                        .to_string();
+                    match (round / 20) % 2 {
                         0 => {
                             let body = pb::ReactRequest {
                                 conversation_id,
