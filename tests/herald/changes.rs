@@ -601,6 +601,14 @@ async fn the_rest_door_and_the_event_stream_carry_changes(db: TestDb) {
             .unwrap();
         assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
+    // A segment that is not UTF-8 gets the JSON error of every other 400.
+    let garbled = call(reqwest::Method::PUT, reaction("%FF"), &bob, None)
+        .await
+        .unwrap();
+    assert_eq!(garbled.status(), StatusCode::BAD_REQUEST);
+    let error: serde_json::Value = garbled.json().await.unwrap();
+    let why = error["error"].as_str().unwrap_or_default();
+    assert!(why.starts_with("invalid path"), "{error}");
     let gone = call(
         reqwest::Method::DELETE,
         reaction("%F0%9F%91%8D"),

@@ -5,8 +5,10 @@ use super::{AppState, Caller, error_response};
 use crate::{error::Error, pb};
 use axum::{
     Json, Router,
-    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
-    http::{HeaderMap, StatusCode},
+    extract::{
+        FromRequest, FromRequestParts, Path, Query, Request, State, rejection::JsonRejection,
+    },
+    http::{HeaderMap, StatusCode, request::Parts},
     response::{IntoResponse, Response},
     routing::{delete, get, patch, post, put},
 };
@@ -99,7 +101,7 @@ async fn list_conversations(
 async fn create_message(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     headers: HeaderMap,
     Body(body): Body<pb::CreateMessageRequest>,
 ) -> Result<(StatusCode, Json<pb::Message>), Error> {
@@ -129,7 +131,7 @@ async fn create_message(
 async fn edit_message(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path((id, message_id)): Path<(String, String)>,
+    Segments((id, message_id)): Segments<(String, String)>,
     Body(body): Body<pb::EditMessageRequest>,
 ) -> Result<Json<pb::Message>, Error> {
     let message = state
@@ -142,7 +144,7 @@ async fn edit_message(
 async fn delete_message(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path((id, message_id)): Path<(String, String)>,
+    Segments((id, message_id)): Segments<(String, String)>,
 ) -> Result<Json<pb::Message>, Error> {
     let message = state
         .herald
@@ -155,7 +157,7 @@ async fn delete_message(
 async fn react(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(path): Path<(String, String, String)>,
+    Segments(path): Segments<(String, String, String)>,
 ) -> Result<Json<pb::Message>, Error> {
     reaction(state, caller.user, path, true).await
 }
@@ -163,7 +165,7 @@ async fn react(
 async fn unreact(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(path): Path<(String, String, String)>,
+    Segments(path): Segments<(String, String, String)>,
 ) -> Result<Json<pb::Message>, Error> {
     reaction(state, caller.user, path, false).await
 }
@@ -194,7 +196,7 @@ struct PageQuery {
 async fn list_messages(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<pb::ListMessagesResponse>, Error> {
     let Query(query) = query.map_err(|rejection| Error::invalid(rejection.body_text()))?;
@@ -216,7 +218,7 @@ async fn list_messages(
 async fn mark_read(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     Body(body): Body<pb::MarkReadRequest>,
 ) -> Result<Json<pb::Conversation>, Error> {
     let conversation = state
@@ -260,7 +262,7 @@ async fn get_presence(
 async fn block_user(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(user_id): Path<String>,
+    Segments(user_id): Segments<String>,
 ) -> Result<StatusCode, Error> {
     state.herald.block_user(&caller.user, &user_id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -270,7 +272,7 @@ async fn block_user(
 async fn unblock_user(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(user_id): Path<String>,
+    Segments(user_id): Segments<String>,
 ) -> Result<StatusCode, Error> {
     state.herald.unblock_user(&caller.user, &user_id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -290,7 +292,7 @@ async fn list_blocked(
 async fn set_typing(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
 ) -> Result<StatusCode, Error> {
     state.herald.set_typing(&caller.user, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -301,7 +303,7 @@ async fn set_typing(
 async fn add_participants(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path(id): Path<String>,
+    Segments(id): Segments<String>,
     Body(body): Body<pb::AddParticipantsRequest>,
 ) -> Result<Json<pb::Conversation>, Error> {
     let conversation = state
@@ -314,7 +316,7 @@ async fn add_participants(
 async fn remove_participant(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path((id, user_id)): Path<(String, String)>,
+    Segments((id, user_id)): Segments<(String, String)>,
 ) -> Result<Json<pb::Conversation>, Error> {
     let conversation = state
         .herald
@@ -346,6 +348,25 @@ async fn stream_ticket(
 /// A JSON body whose rejections use herald's error shape: 413 when too
 /// large, 400 for everything else (bad JSON, wrong types, no content type).
 struct Body<T>(T);
+
+/// Path parameters, percent-decoded by axum; a path that does not decode
+/// (not UTF-8) is answered with the JSON error of every other 400, not
+/// axum's plain text.
+struct Segments<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Segments<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => {
+                let why = format!("invalid path: {}", rejection.body_text());
+                Err(Error::invalid(why).into_response())
+            }
+        }
+    }
+}
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = Response;
