@@ -469,7 +469,7 @@ impl Herald {
         let content = Content::parse(content, self.inner.limits.max_content_bytes)?;
         let change = |message| MessageChange::Edit {
             message,
-            content: content.as_str().to_owned(),
+            content: content.clone(),
         };
         self.change_message(caller, conversation_id, message_id, change)
             .await

@@ -13,7 +13,8 @@
 use super::{IS_PARTICIPANT, MessageRow, NEXT_POSITION, Store};
 use crate::{
     domain::{
-        Body, ConversationId, Emoji, Event, Message, Position, Reaction, UserId, rules::Target,
+        Body, Content, ConversationId, Emoji, Event, Message, Position, Reaction, UserId,
+        rules::Target,
     },
     error::Error,
 };
@@ -24,7 +25,7 @@ use std::collections::HashMap;
 pub enum MessageChange {
     Edit {
         message: Position,
-        content: String,
+        content: Content,
     },
     Delete {
         message: Position,
