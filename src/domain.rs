@@ -4,6 +4,7 @@
 //! [`UserId`], [`ConversationId`] or [`Content`] that exists is valid, so the
 //! rest of the crate never re-checks.
 
+pub mod moderation;
 pub mod rules;
 
 use crate::error::Error;
@@ -235,6 +236,8 @@ pub struct Message {
     pub deleted: bool,
     /// The message this one answers.
     pub reply_to: Option<Position>,
+    /// Published by the application (`Admin.Publish`), not by a user.
+    pub system: bool,
     /// By emoji, as one reader sees them; read for history, empty on the
     /// streams (reactions travel as events of their own).
     pub reactions: Vec<Reaction>,
@@ -329,6 +332,7 @@ pub enum Body {
         reply_to: Option<Position>,
         edited_at_micros: Option<i64>,
         deleted: bool,
+        system: bool,
     },
     /// A message was edited: the message as it now is.
     Edited(Box<Message>),
@@ -373,6 +377,7 @@ impl Event {
                 reply_to,
                 edited_at_micros,
                 deleted,
+                system,
             } => Some(Message {
                 position: self.position,
                 conversation_id: self.conversation_id.clone(),
@@ -382,6 +387,7 @@ impl Event {
                 edited_at_micros: *edited_at_micros,
                 deleted: *deleted,
                 reply_to: *reply_to,
+                system: *system,
                 reactions: Vec::new(),
             }),
             _ => None,
@@ -528,6 +534,7 @@ impl Body {
                 reply_to,
                 edited_at_micros: None,
                 deleted: false,
+                system: false,
             },
         }
     }
@@ -544,6 +551,8 @@ struct StoredMessage {
     edited_at: Option<i64>,
     deleted: bool,
     reply_to: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    system: bool,
 }
 
 impl From<&Message> for StoredMessage {
@@ -557,6 +566,7 @@ impl From<&Message> for StoredMessage {
             edited_at: message.edited_at_micros,
             deleted: message.deleted,
             reply_to: message.reply_to.map(|position| position.0),
+            system: message.system,
         }
     }
 }
@@ -572,6 +582,7 @@ impl From<StoredMessage> for Message {
             edited_at_micros: stored.edited_at,
             deleted: stored.deleted,
             reply_to: stored.reply_to.map(Position),
+            system: stored.system,
             reactions: Vec::new(),
         }
     }
@@ -633,6 +644,7 @@ impl From<Message> for Event {
                 reply_to: message.reply_to,
                 edited_at_micros: message.edited_at_micros,
                 deleted: message.deleted,
+                system: message.system,
             },
         }
     }

@@ -23,6 +23,9 @@ pub enum Error {
     /// says who.
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The caller is banned (`Admin.BanUser`); the message says why.
+    #[error("you are banned{}", reason_suffix(.0))]
+    Banned(String),
     /// A well-formed id that names nothing; the field says which kind.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -46,6 +49,13 @@ pub enum Error {
     /// one failed commit can be every writer's answer.
     #[error("database unavailable")]
     Database(Arc<sqlx::Error>),
+}
+
+fn reason_suffix(reason: &str) -> String {
+    match reason.is_empty() {
+        true => String::new(),
+        false => format!(": {reason}"),
+    }
 }
 
 impl From<sqlx::Error> for Error {
@@ -72,7 +82,9 @@ impl From<Error> for Status {
         error.log_cause();
         let code = match &error {
             Error::Unauthenticated => Code::Unauthenticated,
-            Error::PermissionDenied | Error::Forbidden(_) => Code::PermissionDenied,
+            Error::PermissionDenied | Error::Forbidden(_) | Error::Banned(_) => {
+                Code::PermissionDenied
+            }
             Error::NotFound(_) => Code::NotFound,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,

@@ -37,6 +37,13 @@ struct Inner {
     open: Family<Door, Gauge>,
     delivery_latency: Histogram,
     commit_seconds: Histogram,
+    admin_actions: Family<AdminAction, Counter>,
+}
+
+/// An Admin rpc, by name (`publish`, `ban`, ...): never the key or the user.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminAction {
+    action: &'static str,
 }
 
 /// Which door a stream came through.
@@ -78,6 +85,7 @@ impl Default for Metrics {
                 open: Family::default(),
                 delivery_latency: Histogram::new(BOUNDS),
                 commit_seconds: Histogram::new(BOUNDS),
+                admin_actions: Family::default(),
             }),
         }
     }
@@ -96,6 +104,14 @@ impl Metrics {
     /// A live message reached a transport `seconds` after its commit.
     pub fn written(&self, seconds: f64) {
         self.inner.delivery_latency.observe(seconds.max(0.0));
+    }
+
+    /// Counts an Admin action done.
+    pub fn admin_action(&self, action: &'static str) {
+        self.inner
+            .admin_actions
+            .get_or_create(&AdminAction { action })
+            .inc();
     }
 
     /// Counts a stream that resumed after an id.
@@ -148,6 +164,11 @@ impl Metrics {
             "resets",
             "Resumes that could not be replayed",
             inner.resets.clone(),
+        );
+        registry.register(
+            "admin_actions",
+            "Admin service actions done, by action",
+            inner.admin_actions.clone(),
         );
         // Both doors are always written, at 0 before their first stream.
         for transport in [Transport::Sse, Transport::Grpc] {

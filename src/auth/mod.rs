@@ -4,7 +4,14 @@
 //! Every rejection gives the client the same [`Error::Unauthenticated`];
 //! the reason goes to the debug log, never the token itself.
 
-use crate::{domain::UserId, error::Error, startup::start::StartError};
+use crate::{
+    domain::{
+        UserId,
+        moderation::{self, Standing},
+    },
+    error::Error,
+    startup::start::StartError,
+};
 use jsonwebtoken::{Algorithm, Header};
 use keys::Keys;
 use prometheus_client::{
@@ -15,7 +22,7 @@ use prometheus_client::{
 use serde::{Deserialize, Serialize};
 use std::{
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -41,6 +48,9 @@ pub struct Claims {
     pub user: UserId,
     /// When the token stops being valid, in seconds since the Unix epoch.
     pub expires_at: u64,
+    /// When it was issued (`iat`), if it says: a revocation refuses tokens
+    /// issued before it, and those that do not say.
+    pub issued_at: Option<u64>,
     /// Set when the token is a stream ticket, which opens one stream only.
     pub ticket: Option<Ticket>,
     /// The request's place among its user's requests in flight (see
@@ -91,6 +101,10 @@ struct Wire {
     /// On a stream ticket: its id, so it opens one stream only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     jti: Option<String>,
+    /// When it was issued; on a stream ticket, when the token it was issued
+    /// for was, so revoking that token revokes the ticket and its stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
 }
 
 impl Wire {
@@ -113,15 +127,44 @@ pub enum Use {
 }
 
 mod keys;
+pub mod service;
 
 pub use keys::IdentityConfig;
+use service::{KeyRing, Service};
 
 /// Verifies and mints tokens; cheap to clone.
 #[derive(Clone)]
 pub struct Auth {
     keys: Arc<Keys>,
+    guard: Arc<Guard>,
     refused: Arc<[AtomicU64; Refusal::ALL.len()]>,
     in_flight: crate::engine::limits::InFlight,
+}
+
+/// What a node checks on every call besides signatures, in memory: the
+/// bans and revocations in force and the active service keys, kept up to
+/// date from the store by `engine::moderation` (so a check never costs a
+/// database read).
+#[derive(Debug, Default)]
+pub struct Guard {
+    pub standing: RwLock<Standing>,
+    pub keys: RwLock<KeyRing>,
+}
+
+impl Guard {
+    /// Whether a call by `user` with a token issued at `issued_at` is
+    /// refused now.
+    pub fn refuses(&self, user: &UserId, issued_at: Option<u64>) -> Option<moderation::Refusal> {
+        let standing = self
+            .standing
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if standing.is_empty() {
+            return None;
+        }
+        let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+        standing.refuses(user, issued_at, now)
+    }
 }
 
 /// Why a token was refused, as counted for `/metrics` (never told to the
@@ -134,16 +177,22 @@ pub enum Refusal {
     Expired,
     Algorithm,
     Claims,
+    /// Issued before a revocation of the user's tokens.
+    Revoked,
+    /// A service key that is not (or no longer) active.
+    UnknownKey,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::Missing,
         Refusal::Malformed,
         Refusal::Signature,
         Refusal::Expired,
         Refusal::Algorithm,
         Refusal::Claims,
+        Refusal::Revoked,
+        Refusal::UnknownKey,
     ];
 
     /// The metrics label.
@@ -155,6 +204,8 @@ impl Refusal {
             Refusal::Expired => "expired",
             Refusal::Algorithm => "algorithm",
             Refusal::Claims => "claims",
+            Refusal::Revoked => "revoked",
+            Refusal::UnknownKey => "unknown_key",
         }
     }
 }
@@ -170,6 +221,7 @@ impl Auth {
     pub fn new(secret: &[u8], identity: &IdentityConfig) -> Result<Self, StartError> {
         Ok(Self {
             keys: Arc::new(Keys::load(secret, identity)?),
+            guard: Arc::default(),
             refused: Arc::default(),
             in_flight: Default::default(),
         })
@@ -205,6 +257,15 @@ impl Auth {
             self.refuse(Refusal::Claims)
         })?;
         let claims = data.claims;
+        match self.guard.refuses(&user, claims.iat) {
+            None => {}
+            Some(moderation::Refusal::Banned(reason)) => return Err(Error::Banned(reason)),
+            Some(moderation::Refusal::Revoked) => {
+                tracing::debug!("token refused: revoked");
+                return Err(self.refuse(Refusal::Revoked));
+            }
+        }
+        let issued_at = claims.iat;
         let (expires_at, ticket) = match (claims.is_ticket(), usage) {
             (false, _) => (claims.exp, None),
             (true, Use::Stream) => {
@@ -227,6 +288,7 @@ impl Auth {
         Ok(Claims {
             user,
             expires_at,
+            issued_at,
             ticket,
             _request: Some(Arc::new(slot)),
         })
@@ -244,8 +306,34 @@ impl Auth {
             aud: Some(serde_json::Value::String(STREAM_AUDIENCE.into())),
             session_exp: Some(claims.expires_at),
             jti: Some(crate::domain::random_hex()),
+            iat: claims.issued_at,
         };
         (self.sign(&wire), exp)
+    }
+
+    /// Verifies a service key (`Bearer hk_...`) for the Admin service. An
+    /// unknown or revoked key is the same [`Error::Unauthenticated`] as a
+    /// bad token.
+    pub fn verify_key(&self, key: &str) -> Result<Service, Error> {
+        if !key.starts_with(service::KEY_PREFIX) {
+            tracing::debug!("service key refused: not a service key");
+            return Err(self.refuse(Refusal::Malformed));
+        }
+        let keys = self
+            .guard
+            .keys
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner());
+        keys.find(key).ok_or_else(|| {
+            tracing::debug!("service key refused: unknown or revoked");
+            self.refuse(Refusal::UnknownKey)
+        })
+    }
+
+    /// What this node checks in memory, for `engine::moderation` to keep
+    /// up to date.
+    pub fn guard(&self) -> Arc<Guard> {
+        self.guard.clone()
     }
 
     /// Counts a request that came with no token at all.
@@ -280,6 +368,7 @@ impl Auth {
             aud: None,
             session_exp: None,
             jti: None,
+            iat: Some(unix_now()),
         };
         self.sign(&wire)
     }

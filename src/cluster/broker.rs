@@ -237,6 +237,9 @@ struct Wire {
     /// The message a message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reply_to: Option<i64>,
+    /// A message the application published.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    system: bool,
 }
 
 impl Wire {
@@ -253,6 +256,7 @@ impl Wire {
                 Body::Message { reply_to, .. } => reply_to.map(|position| position.0),
                 _ => None,
             },
+            system: matches!(event.body, Body::Message { system: true, .. }),
         }
     }
 
@@ -267,6 +271,7 @@ impl Wire {
             kind: kind.to_owned(),
             origin: origin.to_owned(),
             reply_to: None,
+            system: false,
         }
     }
 
@@ -306,6 +311,7 @@ impl Wire {
                     interval,
                 })
             }
+            "moderation" => Some(Signal::Moderation(self.content.parse().ok()?)),
             _ => None,
         }
     }
@@ -322,6 +328,8 @@ enum Signal {
         offline: Vec<UserId>,
         interval: Option<Duration>,
     },
+    /// The moderation log grew up to this entry: read it now.
+    Moderation(i64),
 }
 
 /// The content of a presence announcement.
@@ -382,6 +390,7 @@ impl Sinks {
                 offline,
                 interval,
             } => self.heard.presence(origin, online, offline, interval),
+            Signal::Moderation(seq) => self.heard.moderation(seq),
         }
     }
 }
@@ -456,6 +465,15 @@ impl Publisher {
             self.send_signal(|origin| Wire::signal_of("typings", &content, origin))
                 .await;
         }
+    }
+
+    /// Tells the other nodes that the moderation log grew up to `seq`, so
+    /// they read it now instead of at their next refresh. Only a hint: the
+    /// log in the database is what they apply.
+    pub async fn moderation(&self, seq: i64) {
+        let content = seq.to_string();
+        self.send_signal(|origin| Wire::signal_of("moderation", &content, origin))
+            .await;
     }
 
     /// Sends the wire `wire` makes for this node's origin on the signal
@@ -537,6 +555,8 @@ pub trait Heard: Send + Sync + 'static {
         offline: Vec<UserId>,
         interval: Option<Duration>,
     );
+    /// Another node added to the moderation log, up to `seq`.
+    fn moderation(&self, seq: i64);
 }
 
 /// What a broker's receiving half hands on, and its own node's name to
@@ -910,12 +930,16 @@ fn lost_link(heard: &dyn Heard, counts: &BrokerCounts, what: &str) {
 
 impl From<Wire> for Event {
     fn from(wire: Wire) -> Self {
+        let mut body = Body::decode(&wire.kind, wire.content, wire.reply_to.map(Position));
+        if let Body::Message { system, .. } = &mut body {
+            *system = wire.system;
+        }
         Event {
             position: Position(wire.position),
             conversation_id: ConversationId::from_stored(wire.conversation_id),
             user_id: UserId::from_stored(wire.user_id),
             created_at_micros: wire.created_at_micros,
-            body: Body::decode(&wire.kind, wire.content, wire.reply_to.map(Position)),
+            body,
         }
     }
 }

@@ -7,6 +7,16 @@
 use super::UserId;
 use crate::error::Error;
 
+/// Who asks for a change: a user, under every rule here, or the
+/// application behind herald (a service key with the scope), above the
+/// participant, creator and author rules but not the others (a pair stays
+/// a pair, the cap holds, a deleted message stays deleted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority {
+    Member,
+    Service,
+}
+
 /// A conversation as its membership rules see it.
 #[derive(Clone, Copy, Debug)]
 pub struct Group<'a> {
@@ -88,8 +98,10 @@ impl Target<'_> {
 
     /// Whether `actor` may delete it, and whether that changes anything (a
     /// deleted message stays as it is).
-    pub fn delete(&self, actor: &UserId) -> Result<bool, Refusal> {
-        self.by_author(actor)?;
+    pub fn delete(&self, actor: &UserId, by: Authority) -> Result<bool, Refusal> {
+        if by == Authority::Member {
+            self.by_author(actor)?;
+        }
         Ok(!self.deleted)
     }
 
@@ -134,8 +146,9 @@ impl Group<'_> {
         actor: &UserId,
         users: &[UserId],
         max: usize,
+        by: Authority,
     ) -> Result<Vec<UserId>, Refusal> {
-        if !self.member(actor) {
+        if by == Authority::Member && !self.member(actor) {
             return Err(Refusal::NotAParticipant);
         }
         if self.pair {
@@ -155,15 +168,15 @@ impl Group<'_> {
     }
 
     /// Whether `actor` may remove `user`: themselves (leaving), or anyone
-    /// when they created the group.
-    pub fn remove(&self, actor: &UserId, user: &UserId) -> Result<(), Refusal> {
-        if !self.member(actor) {
+    /// when they created the group (or speak for the application).
+    pub fn remove(&self, actor: &UserId, user: &UserId, by: Authority) -> Result<(), Refusal> {
+        if by == Authority::Member && !self.member(actor) {
             return Err(Refusal::NotAParticipant);
         }
         if self.pair {
             return Err(Refusal::NotAGroup);
         }
-        if user != actor && self.creator != Some(actor) {
+        if by == Authority::Member && user != actor && self.creator != Some(actor) {
             return Err(Refusal::NotTheCreator);
         }
         match self.member(user) {
@@ -199,14 +212,20 @@ mod tests {
             members: &members,
         };
         let asked = ids(&["carol", "bob", "carol"]);
-        assert_eq!(group.add(&user("bob"), &asked, 3), Ok(ids(&["carol"])));
-        assert_eq!(group.add(&user("bob"), &ids(&["alice"]), 2), Ok(vec![]));
         assert_eq!(
-            group.add(&user("bob"), &ids(&["carol", "dave"]), 3),
+            group.add(&user("bob"), &asked, 3, Authority::Member),
+            Ok(ids(&["carol"]))
+        );
+        assert_eq!(
+            group.add(&user("bob"), &ids(&["alice"]), 2, Authority::Member),
+            Ok(vec![])
+        );
+        assert_eq!(
+            group.add(&user("bob"), &ids(&["carol", "dave"]), 3, Authority::Member),
             Err(Refusal::TooMany { max: 3 })
         );
         assert_eq!(
-            group.add(&user("mallory"), &ids(&["carol"]), 9),
+            group.add(&user("mallory"), &ids(&["carol"]), 9, Authority::Member),
             Err(Refusal::NotAParticipant)
         );
     }
@@ -220,14 +239,20 @@ mod tests {
             creator: Some(&alice),
             members: &members,
         };
-        assert_eq!(group.remove(&alice, &user("bob")), Ok(()));
-        assert_eq!(group.remove(&user("bob"), &user("bob")), Ok(()));
         assert_eq!(
-            group.remove(&user("bob"), &user("carol")),
+            group.remove(&alice, &user("bob"), Authority::Member),
+            Ok(())
+        );
+        assert_eq!(
+            group.remove(&user("bob"), &user("bob"), Authority::Member),
+            Ok(())
+        );
+        assert_eq!(
+            group.remove(&user("bob"), &user("carol"), Authority::Member),
             Err(Refusal::NotTheCreator)
         );
         assert_eq!(
-            group.remove(&alice, &user("zed")),
+            group.remove(&alice, &user("zed"), Authority::Member),
             Err(Refusal::NoSuchParticipant)
         );
         let unknown_creator = Group {
@@ -235,9 +260,35 @@ mod tests {
             ..group
         };
         assert_eq!(
-            unknown_creator.remove(&alice, &user("bob")),
+            unknown_creator.remove(&alice, &user("bob"), Authority::Member),
             Err(Refusal::NotTheCreator),
             "a group from before creators were kept: nobody removes others"
+        );
+    }
+
+    #[test]
+    fn the_application_adds_and_removes_without_being_a_member_or_the_creator() {
+        let members = ids(&["alice", "bob", "carol"]);
+        let alice = user("alice");
+        let group = Group {
+            pair: false,
+            creator: Some(&alice),
+            members: &members,
+        };
+        let system = user("system");
+        assert_eq!(
+            group.add(&system, &ids(&["dave"]), 9, Authority::Service),
+            Ok(ids(&["dave"]))
+        );
+        assert_eq!(
+            group.add(&system, &ids(&["dave"]), 3, Authority::Service),
+            Err(Refusal::TooMany { max: 3 }),
+            "the cap holds"
+        );
+        assert_eq!(group.remove(&system, &alice, Authority::Service), Ok(()));
+        assert_eq!(
+            group.remove(&system, &user("zed"), Authority::Service),
+            Err(Refusal::NoSuchParticipant)
         );
     }
 
@@ -250,11 +301,11 @@ mod tests {
             members: &members,
         };
         assert_eq!(
-            pair.add(&user("alice"), &ids(&["carol"]), 9),
+            pair.add(&user("alice"), &ids(&["carol"]), 9, Authority::Service),
             Err(Refusal::NotAGroup)
         );
         assert_eq!(
-            pair.remove(&user("alice"), &user("alice")),
+            pair.remove(&user("alice"), &user("alice"), Authority::Service),
             Err(Refusal::NotAGroup)
         );
     }
@@ -267,16 +318,34 @@ mod tests {
             deleted: false,
         };
         assert_eq!(message.edit(&alice), Ok(()));
-        assert_eq!(message.delete(&alice), Ok(true));
+        assert_eq!(message.delete(&alice, Authority::Member), Ok(true));
         assert_eq!(message.edit(&user("bob")), Err(Refusal::NotTheAuthor));
-        assert_eq!(message.delete(&user("bob")), Err(Refusal::NotTheAuthor));
+        assert_eq!(
+            message.delete(&user("bob"), Authority::Member),
+            Err(Refusal::NotTheAuthor)
+        );
         let tombstone = Target {
             deleted: true,
             ..message
         };
         assert_eq!(tombstone.edit(&alice), Err(Refusal::Deleted));
-        assert_eq!(tombstone.delete(&alice), Ok(false), "nothing to change");
-        assert_eq!(tombstone.delete(&user("bob")), Err(Refusal::NotTheAuthor));
+        assert_eq!(
+            tombstone.delete(&alice, Authority::Member),
+            Ok(false),
+            "nothing to change"
+        );
+        assert_eq!(
+            tombstone.delete(&user("bob"), Authority::Member),
+            Err(Refusal::NotTheAuthor)
+        );
+        assert_eq!(
+            message.delete(&user("system"), Authority::Service),
+            Ok(true)
+        );
+        assert_eq!(
+            tombstone.delete(&user("system"), Authority::Service),
+            Ok(false)
+        );
     }
 
     #[test]

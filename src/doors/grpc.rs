@@ -1,9 +1,10 @@
 //! The gRPC door: `herald.v1.Messenger` as a thin adapter over the core,
-//! plus the interceptor that turns a bearer token into verified [`Claims`].
+//! plus the interceptor that turns a bearer token into verified [`Claims`];
+//! `herald.v1.Admin`, for service keys, is `admin`.
 
 use crate::{
     auth::{Auth, Claims, bearer},
-    domain::Event,
+    domain::{Event, moderation::Ending},
     engine::hub::Wants,
     engine::service::Herald,
     engine::stream::{EventStream, StreamEnd},
@@ -15,6 +16,8 @@ use futures_util::{Stream, stream};
 use std::pin::Pin;
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 use tower_layer::Layer;
+
+pub mod admin;
 
 /// The Messenger service with authentication in front.
 pub type Service = TooLargeIsInvalid<InterceptedService<MessengerServer<Messenger>, Authenticate>>;
@@ -477,5 +480,8 @@ fn end_status(end: StreamEnd) -> Status {
         StreamEnd::ShuttingDown => {
             Status::unavailable("server is shutting down; reconnect with after_id")
         }
+        StreamEnd::Ended(Ending::Banned(reason)) => Error::Banned(reason).into(),
+        StreamEnd::Ended(Ending::Revoked) => Status::unauthenticated(crate::error::UNAUTHENTICATED),
+        StreamEnd::Ended(ending @ Ending::Disconnected(_)) => Status::unavailable(ending.reason()),
     }
 }

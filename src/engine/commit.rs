@@ -35,7 +35,7 @@
 
 use crate::{
     cluster::broker::Publisher,
-    domain::{ConversationId, Event, Message, UserId, now_micros},
+    domain::{ConversationId, Event, Message, UserId, now_micros, rules::Authority},
     engine::feed::Feed,
     error::Error,
     metrics::Metrics,
@@ -69,6 +69,7 @@ struct Job {
 struct ChangeJob {
     conversation: ConversationId,
     actor: UserId,
+    by: Authority,
     request: Changing,
     max_members: usize,
     reply: oneshot::Sender<Result<Option<Event>, Error>>,
@@ -140,6 +141,7 @@ impl Committer {
         &self,
         conversation: ConversationId,
         actor: UserId,
+        by: Authority,
         request: Changing,
         max_members: usize,
     ) -> Result<Option<Event>, Error> {
@@ -147,6 +149,7 @@ impl Committer {
         let job = ChangeJob {
             conversation,
             actor,
+            by,
             request,
             max_members,
             reply,
@@ -224,12 +227,12 @@ impl Sink {
         let committed = match &job.request {
             Changing::Message(change) => {
                 self.store
-                    .commit_message_change(id, actor, change, now)
+                    .commit_message_change(id, actor, job.by, change, now)
                     .await
             }
             Changing::Conversation(request) => {
                 self.store
-                    .commit_change(id, actor, request, job.max_members, now)
+                    .commit_change(id, actor, job.by, request, job.max_members, now)
                     .await
             }
         };

@@ -18,7 +18,10 @@
 //! (`SubscribeMessages`, `/api/messages`) or every event (`SubscribeEvents`,
 //! `/api/events`).
 
-use crate::domain::{Event, UserId};
+use crate::domain::{
+    Event, UserId,
+    moderation::{EndStreams, Ending},
+};
 use crate::metrics::counted;
 use std::{
     collections::HashMap,
@@ -73,6 +76,8 @@ impl Wants {
 pub enum Closed {
     /// Its queue filled up: the subscriber fell behind.
     Lagged,
+    /// Moderation ended it ([`Hub::end_user`]).
+    Ended(Ending),
 }
 
 /// The fan-out registry; cheap to clone.
@@ -99,6 +104,11 @@ struct Slot {
     id: u64,
     wants: Wants,
     queue: Pusher<Arc<Delivery>>,
+    /// When the token the stream was opened with was issued, for
+    /// revocations.
+    issued_at: Option<u64>,
+    /// Set, before the queue closes, when moderation ends the stream.
+    ending: Arc<OnceLock<Ending>>,
 }
 
 /// Refusal to open a subscription past the per-user limit.
@@ -125,8 +135,10 @@ impl Hub {
         user: &UserId,
         wants: Wants,
         limit: usize,
+        issued_at: Option<u64>,
     ) -> Result<Subscription, TooManySubscriptions> {
         let (pusher, taker) = queue::queue(self.inner.queue_capacity, self.inner.queue_bytes);
+        let ending = Arc::new(OnceLock::new());
         let mut registry = self.lock();
         if registry.by_user.get(user).map_or(0, Vec::len) >= limit {
             return Err(TooManySubscriptions);
@@ -142,9 +154,12 @@ impl Hub {
                 id,
                 wants,
                 queue: pusher,
+                issued_at,
+                ending: ending.clone(),
             });
         Ok(Subscription {
             queue: taker,
+            ending,
             registration: Registration {
                 hub: self.clone(),
                 user: user.clone(),
@@ -196,6 +211,39 @@ impl Hub {
         queued
     }
 
+    /// Ends `user`'s subscriptions that `end` names (those opened with a
+    /// token issued before its cut-off, or all): each is removed now, and
+    /// its receiver reports [`Closed::Ended`] next, before anything still
+    /// queued. Returns how many ended.
+    pub fn end_user(&self, user: &UserId, end: &EndStreams) -> usize {
+        let ended: Vec<Slot> = {
+            let mut registry = self.lock();
+            let Some(slots) = registry.by_user.get_mut(user) else {
+                return 0;
+            };
+            let issued_before = |slot: &Slot| match end.issued_before {
+                None => true,
+                Some(before) => slot
+                    .issued_at
+                    .is_none_or(|at| i64::try_from(at).unwrap_or(i64::MAX) < before),
+            };
+            let (ended, kept): (Vec<Slot>, Vec<Slot>) =
+                std::mem::take(slots).into_iter().partition(issued_before);
+            *slots = kept;
+            if slots.is_empty() {
+                registry.by_user.remove(user);
+            }
+            registry.count -= ended.len();
+            ended
+        };
+        for slot in &ended {
+            let _ = slot.ending.set(end.ending.clone());
+        }
+        // Dropping the pushers closes the queues and wakes their receivers,
+        // outside the lock.
+        ended.len()
+    }
+
     /// Open subscriptions, across all users.
     pub fn subscription_count(&self) -> usize {
         self.lock().count
@@ -243,21 +291,36 @@ impl Hub {
 /// A live subscription: messages for its user, in stream order.
 pub struct Subscription {
     queue: Taker<Arc<Delivery>>,
+    ending: Arc<OnceLock<Ending>>,
     registration: Registration,
 }
 
 impl Subscription {
     /// The next message, or why there will be none.
     pub async fn recv(&mut self) -> Result<Arc<Delivery>, Closed> {
-        self.queue.take().await.ok_or(Closed::Lagged)
+        let taken = self.queue.take().await;
+        self.ended()?;
+        taken.ok_or(Closed::Lagged)
     }
 
     /// The next message if one is queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Result<Arc<Delivery>, Closed>> {
+        if let Err(ended) = self.ended() {
+            return Some(Err(ended));
+        }
         match self.queue.try_take() {
             Taken::Item(delivery) => Some(Ok(delivery)),
             Taken::Empty => None,
             Taken::Closed => Some(Err(Closed::Lagged)),
+        }
+    }
+
+    /// Whether moderation ended the subscription: that comes before
+    /// anything still queued.
+    fn ended(&self) -> Result<(), Closed> {
+        match self.ending.get() {
+            Some(ending) => Err(Closed::Ended(ending.clone())),
+            None => Ok(()),
         }
     }
 
@@ -300,6 +363,7 @@ mod tests {
                 reply_to: None,
                 edited_at_micros: None,
                 deleted: false,
+                system: false,
             },
         };
         Delivery::new(event, recipients.iter().map(|name| user(name)).collect())
@@ -308,8 +372,12 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_ends_only_that_subscription_and_frees_its_backlog() {
         let hub = Hub::new(2, usize::MAX);
-        let mut slow = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
-        let mut fast = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
+        let mut slow = hub
+            .subscribe(&user("bob"), Wants::Messages, 10, None)
+            .unwrap();
+        let mut fast = hub
+            .subscribe(&user("bob"), Wants::Messages, 10, None)
+            .unwrap();
         for position in 1..=3 {
             hub.deliver(delivery(position, &["bob"]));
             if position < 3 {
@@ -328,8 +396,12 @@ mod tests {
     #[tokio::test]
     async fn only_recipients_receive_and_dropping_unregisters() {
         let hub = Hub::new(8, usize::MAX);
-        let mut bob = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
-        let mut carol = hub.subscribe(&user("carol"), Wants::Messages, 10).unwrap();
+        let mut bob = hub
+            .subscribe(&user("bob"), Wants::Messages, 10, None)
+            .unwrap();
+        let mut carol = hub
+            .subscribe(&user("carol"), Wants::Messages, 10, None)
+            .unwrap();
         assert_eq!(hub.deliver(delivery(1, &["alice", "bob"])), 1);
         assert_eq!(bob.recv().await.unwrap().event.position, Position(1));
         assert!(carol.try_recv().is_none(), "carol is not a recipient");
@@ -342,8 +414,12 @@ mod tests {
     #[tokio::test]
     async fn a_message_stream_skips_other_events_and_an_event_stream_takes_them() {
         let hub = Hub::new(8, usize::MAX);
-        let mut messages = hub.subscribe(&user("bob"), Wants::Messages, 10).unwrap();
-        let mut events = hub.subscribe(&user("bob"), Wants::Everything, 10).unwrap();
+        let mut messages = hub
+            .subscribe(&user("bob"), Wants::Messages, 10, None)
+            .unwrap();
+        let mut events = hub
+            .subscribe(&user("bob"), Wants::Everything, 10, None)
+            .unwrap();
         let mut read = delivery(1, &["bob"]);
         Arc::get_mut(&mut read).unwrap().event.body = Body::Read(Position(1));
         assert_eq!(hub.deliver(read), 1);
@@ -353,10 +429,55 @@ mod tests {
         assert_eq!(events.recv().await.unwrap().event.position, Position(2));
     }
 
+    #[tokio::test]
+    async fn ending_a_user_ends_their_streams_before_what_is_queued_and_no_one_elses() {
+        let hub = Hub::new(8, usize::MAX);
+        let mut old = hub
+            .subscribe(&user("bob"), Wants::Messages, 10, Some(10))
+            .unwrap();
+        let mut new = hub
+            .subscribe(&user("bob"), Wants::Messages, 10, Some(20))
+            .unwrap();
+        let mut carol = hub
+            .subscribe(&user("carol"), Wants::Messages, 10, None)
+            .unwrap();
+        hub.deliver(delivery(1, &["bob", "carol"]));
+        let revoked = EndStreams {
+            ending: Ending::Revoked,
+            issued_before: Some(20),
+        };
+        assert_eq!(
+            hub.end_user(&user("bob"), &revoked),
+            1,
+            "only the older token's"
+        );
+        assert_eq!(
+            old.recv().await.unwrap_err(),
+            Closed::Ended(Ending::Revoked)
+        );
+        assert_eq!(new.recv().await.unwrap().event.position, Position(1));
+        let banned = EndStreams {
+            ending: Ending::Banned("spam".into()),
+            issued_before: None,
+        };
+        assert_eq!(hub.end_user(&user("bob"), &banned), 1);
+        assert_eq!(
+            new.try_recv().unwrap().unwrap_err(),
+            Closed::Ended(Ending::Banned("spam".into()))
+        );
+        assert_eq!(carol.recv().await.unwrap().event.position, Position(1));
+        assert_eq!(hub.subscription_count(), 1);
+    }
+
     #[test]
     fn a_user_cannot_open_more_than_the_limit() {
         let hub = Hub::new(8, usize::MAX);
-        let _first = hub.subscribe(&user("bob"), Wants::Messages, 1).unwrap();
-        assert!(hub.subscribe(&user("bob"), Wants::Messages, 1).is_err());
+        let _first = hub
+            .subscribe(&user("bob"), Wants::Messages, 1, None)
+            .unwrap();
+        assert!(
+            hub.subscribe(&user("bob"), Wants::Messages, 1, None)
+                .is_err()
+        );
     }
 }

@@ -3,16 +3,18 @@
 //! gRPC or HTTP; both fronts call these same functions, so they cannot drift.
 
 use crate::{
-    auth::Claims,
+    auth::{Claims, Guard},
     cluster::broker::{self, Broker, BrokerCounts},
     domain::{
         Body, Content, Conversation, ConversationId, Emoji, Event, IdempotencyKey, Message,
-        Position, UserId, now_micros, rules,
+        Position, UserId, now_micros,
+        rules::{self, Authority},
     },
     engine::commit::{Changing, Committed, Committer},
     engine::feed::Feed,
     engine::hub::{Hub, Wants},
     engine::limits::{Limits, RateLimiter, Tarpit, UserPermits},
+    engine::moderation::Moderator,
     engine::presence::{Presence, Seen, Timing},
     engine::signals::Signals,
     engine::stream::{EventStream, REPLAY_PAGE_BYTES, ReplaySource},
@@ -74,7 +76,13 @@ struct Inner {
     closing: CancellationToken,
     /// Every task the core started, awaited at [`Herald::close`].
     tasks: TaskTracker,
+    /// Bans, revocations and service keys on this node.
+    moderator: Moderator,
+    /// Admin calls per service key.
+    admin_calls: RateLimiter,
 }
+
+mod admin;
 
 /// Where the broker hands what other nodes tell: their commits to the
 /// feed, their typing to the relay, their users to presence.
@@ -82,6 +90,7 @@ struct Heard {
     feed: Feed,
     signals: Signals,
     presence: Presence,
+    moderator: Moderator,
 }
 
 impl broker::Heard for Heard {
@@ -112,6 +121,10 @@ impl broker::Heard for Heard {
     ) {
         self.presence.remote(origin, online, offline, interval);
     }
+
+    fn moderation(&self, _seq: i64) {
+        self.moderator.nudge();
+    }
 }
 
 impl Herald {
@@ -120,6 +133,7 @@ impl Herald {
     /// [`close`](Self::close) then stops the rest.
     pub async fn start(
         config: &ServeConfig,
+        guard: Arc<Guard>,
         shutdown: CancellationToken,
     ) -> Result<Self, StartError> {
         let database_url = config.database_url();
@@ -169,15 +183,26 @@ impl Herald {
         let committer = Committer::start(
             store.clone(),
             feed.clone(),
-            publisher,
+            publisher.clone(),
             metrics.clone(),
             closing.clone(),
             &tasks,
         );
+        let moderator = Moderator::start(
+            store.clone(),
+            guard,
+            hub.clone(),
+            publisher.clone(),
+            shutdown.clone(),
+            &tasks,
+        )
+        .await
+        .map_err(StartError::Database)?;
         let heard = Heard {
             feed: feed.clone(),
             signals: signals.clone(),
             presence: presence.clone(),
+            moderator: moderator.clone(),
         };
         broker.start(Arc::new(heard), shutdown.clone(), &tasks);
         tasks.spawn(store.clone().erase_freed(closing.clone()));
@@ -194,6 +219,10 @@ impl Herald {
             replay_permits: Arc::new(Semaphore::new(limits.replay_concurrency.max(1))),
             replay_page: (REPLAY_PAGE_BYTES / limits.max_content_bytes.max(1)).clamp(1, 256),
             calls: RateLimiter::new(limits.calls_per_second, limits.call_burst),
+            // A backend speaks for many users: it may call as often as one
+            // user may send.
+            admin_calls: RateLimiter::new(limits.messages_per_second, limits.message_burst),
+            moderator,
             permits: UserPermits::new(limits.user_concurrency),
             tarpit: Tarpit::default(),
             limits,
@@ -443,6 +472,7 @@ impl Herald {
             content: content.clone(),
             key,
             reply_to,
+            system: false,
             created_at_micros: now_micros(),
         };
         match self.inner.committer.commit(new).await? {
@@ -524,7 +554,9 @@ impl Herald {
         let position = self
             .message_in(caller, &conversation_id, "message_id", message_id)
             .await?;
-        let event = self.change(caller, &conversation_id, to(position)).await?;
+        let event = self
+            .change(caller, Authority::Member, &conversation_id, to(position))
+            .await?;
         // Every member who saw the message receives the change: the
         // caller's call rate pays for that fan-out by the group's size, as
         // for a membership change (an edit storm in a large group is slowed,
@@ -618,8 +650,13 @@ impl Herald {
         let position = self
             .message_in(caller, &conversation_id, "message_id", message_id)
             .await?;
-        self.change(caller, &conversation_id, ChangeRequest::Read(position))
-            .await?;
+        self.change(
+            caller,
+            Authority::Member,
+            &conversation_id,
+            ChangeRequest::Read(position),
+        )
+        .await?;
         self.conversation(caller, &conversation_id).await
     }
 
@@ -661,8 +698,13 @@ impl Herald {
         // Costs by its size, like creating a group.
         let _metered = self.meter(caller, 1.0 + users.len() as f64 / 50.0).await?;
         self.may_add(caller, &users).await?;
-        self.change(caller, &conversation_id, ChangeRequest::Add(users))
-            .await?;
+        self.change(
+            caller,
+            Authority::Member,
+            &conversation_id,
+            ChangeRequest::Add(users),
+        )
+        .await?;
         self.conversation(caller, &conversation_id).await
     }
 
@@ -681,6 +723,7 @@ impl Herald {
         let event = self
             .change(
                 caller,
+                Authority::Member,
                 &conversation_id,
                 ChangeRequest::Remove(user.clone()),
             )
@@ -755,6 +798,7 @@ impl Herald {
     async fn change(
         &self,
         caller: &UserId,
+        by: Authority,
         id: &ConversationId,
         request: impl Into<Changing>,
     ) -> Result<Option<Event>, Error> {
@@ -765,7 +809,7 @@ impl Herald {
         let event = self
             .inner
             .committer
-            .change(id.clone(), caller.clone(), request.into(), max)
+            .change(id.clone(), caller.clone(), by, request.into(), max)
             .await?;
         // A change goes to every member with the whole member list: the
         // caller's call rate pays for that fan-out by the group's size, so
@@ -805,10 +849,14 @@ impl Herald {
                 &claims.user,
                 wants,
                 self.inner.limits.max_subscriptions_per_user,
+                claims.issued_at,
             )
             .map_err(|_| {
                 Error::ResourceExhausted("too many open subscriptions for this user".into())
             })?;
+        // A ban or revocation applied between the token's check and the
+        // registration found no stream to end: this one is refused now.
+        self.inner.moderator.check(claims)?;
         let deadline = Instant::now() + claims.remaining();
         let mut stream = EventStream::new(
             live,

@@ -13,7 +13,7 @@
 //! storm queues instead of taking the whole database pool.
 
 use crate::{
-    domain::{Event, Position, UserId, now_micros},
+    domain::{Event, Position, UserId, moderation::Ending, now_micros},
     engine::hub::{Closed, Delivery, Subscription, Wants},
     engine::presence::{Here, Presence},
     error::Error,
@@ -41,6 +41,8 @@ pub enum StreamEnd {
     ShuttingDown,
     /// The replay could not be read from the database; resume later.
     Unavailable,
+    /// Moderation ended it: a ban, a revocation or a disconnection.
+    Ended(Ending),
 }
 
 /// Where a resuming stream reads what it missed, a page at a time.
@@ -273,6 +275,7 @@ impl EventStream {
         match received {
             Ok(delivery) => self.fresh(delivery).map(Ok),
             Err(Closed::Lagged) => Some(Err(StreamEnd::Lagged)),
+            Err(Closed::Ended(ending)) => Some(Err(StreamEnd::Ended(ending))),
         }
     }
 
@@ -376,6 +379,7 @@ mod tests {
                 reply_to: None,
                 edited_at_micros: None,
                 deleted: false,
+                system: false,
             },
         }
     }

@@ -45,6 +45,7 @@ impl From<&domain::Message> for Message {
                 })
                 .collect(),
             reply_to_id: message.reply_to.map(|id| id.id()).unwrap_or_default(),
+            system: message.system,
         }
     }
 }

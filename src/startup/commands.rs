@@ -4,7 +4,7 @@
 use crate::{
     auth::Auth,
     domain::{UserId, hex},
-    startup::config::{Command, ServeConfig, TokenArgs},
+    startup::config::{Command, KeyAction, KeyArgs, ServeConfig, TokenArgs},
     startup::server::{Server, shutdown_signal},
     startup::start::StartError,
     startup::telemetry::LogFormat,
@@ -20,12 +20,13 @@ pub async fn run() -> ExitCode {
     };
     let log_format = match &cli.command {
         Command::Serve(config) => config.log_format,
-        Command::Token(_) => LogFormat::Text,
+        Command::Token(_) | Command::Key(_) => LogFormat::Text,
     };
     crate::startup::telemetry::init(log_format);
     let result = match cli.command {
         Command::Serve(config) => serve(*config).await,
         Command::Token(args) => token(&args),
+        Command::Key(args) => key(&args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,6 +103,79 @@ fn token(args: &TokenArgs) -> Result<(), StartError> {
     let token = Auth::hs256(secret.expose().as_bytes()).mint(&user, Duration::from_secs(args.ttl));
     println!("{token}");
     Ok(())
+}
+
+/// `herald key create|list|revoke`, against the configured database.
+async fn key(args: &KeyArgs) -> Result<(), StartError> {
+    use crate::{auth::service, domain::moderation::Scopes};
+    let store = crate::store::Store::connect(&args.database_url())
+        .await
+        .map_err(StartError::Database)?;
+    let now = crate::domain::now_micros() / 1_000_000;
+    let result = match &args.action {
+        KeyAction::Create { name, scope } => {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !valid {
+                return Err(StartError::config(
+                    "a key name is 1 to 64 letters, digits, '_', '-' or '.'",
+                ));
+            }
+            let scopes = Scopes::parse(scope).map_err(StartError::config)?;
+            let key = service::generate();
+            match store
+                .create_key(name, &service::hash_hex(&key), &scopes.to_list(), now)
+                .await
+            {
+                Ok(true) => {
+                    println!("{key}");
+                    eprintln!(
+                        "herald: key {name} ({}) created; it is shown only now and works on every node within 2 s",
+                        scopes.to_list()
+                    );
+                    Ok(())
+                }
+                Ok(false) => Err(StartError::config(format!(
+                    "a key named {name} exists (names are never reused, even revoked)"
+                ))),
+                Err(error) => Err(StartError::Database(error)),
+            }
+        }
+        KeyAction::List => match store.list_keys().await {
+            Ok(keys) => {
+                println!("NAME\tSCOPES\tCREATED\tREVOKED");
+                for key in keys {
+                    let date = |at: i64| {
+                        let time = std::time::UNIX_EPOCH
+                            + Duration::from_secs(u64::try_from(at).unwrap_or(0));
+                        httpdate::fmt_http_date(time)
+                    };
+                    let revoked = key.revoked_at.map_or_else(|| "-".into(), date);
+                    println!(
+                        "{}\t{}\t{}\t{revoked}",
+                        key.name,
+                        key.scopes,
+                        date(key.created_at)
+                    );
+                }
+                Ok(())
+            }
+            Err(error) => Err(StartError::Database(error)),
+        },
+        KeyAction::Revoke { name } => match store.revoke_key(name, now).await {
+            Ok(true) => {
+                eprintln!("herald: key {name} revoked; every node refuses it within 2 s");
+                Ok(())
+            }
+            Ok(false) => Err(StartError::config(format!("no active key named {name}"))),
+            Err(error) => Err(StartError::Database(error)),
+        },
+    };
+    store.close().await;
+    result
 }
 
 fn ephemeral_secret() -> String {

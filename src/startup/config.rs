@@ -40,6 +40,9 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Print a signed token for a user on stdout.
     Token(TokenArgs),
+    /// Manage the service keys of the application's backend (the Admin
+    /// service), in the configured database.
+    Key(KeyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -517,6 +520,52 @@ pub struct TokenArgs {
 
     #[command(flatten)]
     pub secret: SecretArg,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub action: KeyAction,
+
+    /// Database URL, as `herald serve` takes it. Also read from DATABASE_URL.
+    /// [default: sqlite://herald.db]
+    #[arg(long, env = "HERALD_DATABASE_URL", value_name = "URL", global = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// Create a key and print it once on stdout (only its hash is kept).
+    Create {
+        /// The key's name, shown in logs and metrics: letters, digits, `_`,
+        /// `-` and `.`, at most 64.
+        name: String,
+        /// What it may do, comma-separated: publish, manage, moderate, read,
+        /// admin (everything).
+        #[arg(long, value_name = "SCOPES", required = true)]
+        scope: String,
+    },
+    /// List every key: name, scopes, created, revoked.
+    List,
+    /// Revoke a key: it stops working on every node within 2 s.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
+}
+
+impl KeyArgs {
+    /// The database URL: the flag, else `DATABASE_URL`, else the default.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .or_else(|| {
+                std::env::var("DATABASE_URL")
+                    .ok()
+                    .filter(|url| !url.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into())
+    }
 }
 
 /// Parses the command line (`std::env::args`), layering `serve --config

@@ -81,7 +81,7 @@ impl Server {
             None => None,
         };
         let shutdown = CancellationToken::new();
-        let herald = Herald::start(config, shutdown.clone()).await?;
+        let herald = Herald::start(config, auth.guard(), shutdown.clone()).await?;
         let connections = Connections::new(config.connection_limits());
         let state = AppState {
             herald: herald.clone(),
@@ -239,6 +239,7 @@ impl Apps {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(grpc::service(herald.clone(), auth.clone()))
+            .add_service(grpc::admin::service(herald.clone(), auth.clone()))
             .into_axum_router()
             // The request log: method and outcome, never metadata (tokens).
             // One line per call at info, when its stream ends (with the

@@ -14,7 +14,7 @@ use super::{IS_PARTICIPANT, MessageRow, NEXT_POSITION, Store};
 use crate::{
     domain::{
         Body, Content, ConversationId, Emoji, Event, Message, Position, Reaction, UserId,
-        rules::Target,
+        rules::{Authority, Target},
     },
     error::Error,
 };
@@ -58,12 +58,13 @@ impl Store {
         &self,
         id: &ConversationId,
         actor: &UserId,
+        by: Authority,
         change: &MessageChange,
         now_micros: i64,
     ) -> Result<Option<Event>, Error> {
         let target = change.message();
         let committed = self
-            .commit_message_change_in(id, actor, change, target, now_micros)
+            .commit_message_change_in(id, actor, by, change, target, now_micros)
             .await;
         // The old page images of an edited or deleted message's row stay in
         // SQLite's write-ahead log until it is emptied (within a second or
@@ -80,6 +81,7 @@ impl Store {
         &self,
         id: &ConversationId,
         actor: &UserId,
+        by: Authority,
         change: &MessageChange,
         target: Position,
         now_micros: i64,
@@ -89,13 +91,16 @@ impl Store {
             let position: i64 = sqlx::query_scalar(NEXT_POSITION)
             .fetch_one(&mut *tx)
             .await?;
-            let member: bool = sqlx::query_scalar(IS_PARTICIPANT)
-            .bind(id.as_str())
-            .bind(actor.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            if !member {
-                return Err(Error::PermissionDenied);
+            // The application (a service key) needs no membership.
+            if by == Authority::Member {
+                let member: bool = sqlx::query_scalar(IS_PARTICIPANT)
+                .bind(id.as_str())
+                .bind(actor.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                if !member {
+                    return Err(Error::PermissionDenied);
+                }
             }
             let found: Option<(String, i32)> = sqlx::query_as(
                 "SELECT user_id, deleted FROM messages
@@ -130,7 +135,7 @@ impl Store {
                     String::new()
                 }
                 MessageChange::Delete { .. } => {
-                    if !rules.delete(actor)? {
+                    if !rules.delete(actor, by)? {
                         return Ok(None);
                     }
                     sqlx::query(

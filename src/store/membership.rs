@@ -3,7 +3,10 @@
 
 use super::{IS_PARTICIPANT, NEXT_POSITION, Store, sorted};
 use crate::{
-    domain::{Body, Change, ConversationId, Event, Position, UserId, rules::Group},
+    domain::{
+        Body, Change, ConversationId, Event, Position, UserId,
+        rules::{Authority, Group},
+    },
     error::Error,
 };
 use std::collections::HashMap;
@@ -184,6 +187,7 @@ impl Store {
         &self,
         id: &ConversationId,
         actor: &UserId,
+        by: Authority,
         request: &ChangeRequest,
         max_members: usize,
         now_micros: i64,
@@ -252,7 +256,7 @@ impl Store {
                     Body::Read(*read)
                 }
                 ChangeRequest::Add(users) => {
-                    let added = group.add(actor, users, max_members)?;
+                    let added = group.add(actor, users, max_members, by)?;
                     if added.is_empty() {
                         return Ok(None);
                     }
@@ -292,7 +296,7 @@ impl Store {
                     })
                 }
                 ChangeRequest::Remove(user) => {
-                    group.remove(actor, user)?;
+                    group.remove(actor, user, by)?;
                     members.retain(|member| member != user);
                     sqlx::query("DELETE FROM participants WHERE conversation_id = $1 AND user_id = $2")
                         .bind(id.as_str())

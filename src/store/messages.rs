@@ -17,6 +17,8 @@ pub struct NewMessage {
     pub key: Option<IdempotencyKey>,
     /// The message it answers, checked visible to the sender.
     pub reply_to: Option<Position>,
+    /// Published by the application: its sender need not be a participant.
+    pub system: bool,
     pub created_at_micros: i64,
 }
 
@@ -117,6 +119,7 @@ impl Store {
                 content: row.content.as_str().to_owned(),
                 created_at_micros: row.created_at_micros,
                 reply_to: row.reply_to,
+                system: row.system,
                 ..Message::default()
             })
             .collect())
@@ -137,7 +140,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO messages (position, conversation_id, user_id, content, created_at, client_message_id, reply_to) ",
+                "INSERT INTO messages (position, conversation_id, user_id, content, created_at, client_message_id, reply_to, system) ",
             );
             insert.push_values(rows.iter().enumerate(), |mut values, (index, row)| {
                 values
@@ -147,7 +150,8 @@ impl Store {
                     .push_bind(row.content.as_str())
                     .push_bind(row.created_at_micros)
                     .push_bind(row.key.as_ref().map(IdempotencyKey::as_str))
-                    .push_bind(row.reply_to.map(|position| position.0));
+                    .push_bind(row.reply_to.map(|position| position.0))
+                    .push_bind(i32::from(row.system));
             });
             insert.build().execute(&mut *tx).await?;
             tx.commit().await?;

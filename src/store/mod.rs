@@ -75,7 +75,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// only static SQL).
 macro_rules! message_columns {
     () => {
-        "position, conversation_id, user_id, content, created_at, edited_at, deleted, reply_to"
+        "position, conversation_id, user_id, content, created_at, edited_at, deleted, reply_to, system"
     };
 }
 
@@ -104,6 +104,7 @@ struct MessageRow {
     edited_at: Option<i64>,
     deleted: i32,
     reply_to: Option<i64>,
+    system: i32,
 }
 
 impl From<MessageRow> for Message {
@@ -117,6 +118,7 @@ impl From<MessageRow> for Message {
             edited_at_micros: row.edited_at,
             deleted: row.deleted != 0,
             reply_to: row.reply_to.map(Position),
+            system: row.system != 0,
             reactions: Vec::new(),
         }
     }
@@ -134,10 +136,10 @@ struct ConversationRow {
 macro_rules! event_columns {
     () => {
         "m.position, m.conversation_id, m.user_id, m.content, m.created_at, m.kind,
-         m.edited_at, m.deleted, m.reply_to, m.target, m.changed_at,
+         m.edited_at, m.deleted, m.reply_to, m.target, m.changed_at, m.system,
          t.user_id AS t_user_id, t.content AS t_content, t.created_at AS t_created_at,
          t.edited_at AS t_edited_at, t.deleted AS t_deleted, t.reply_to AS t_reply_to,
-         t.changed_at AS t_changed_at"
+         t.changed_at AS t_changed_at, t.system AS t_system"
     };
 }
 
@@ -211,6 +213,8 @@ struct EventRow {
     t_reply_to: Option<i64>,
     changed_at: Option<i64>,
     t_changed_at: Option<i64>,
+    system: i32,
+    t_system: Option<i32>,
     /// The end of the reader's membership interval holding the event, when
     /// a replay reads it (`ms.left_at`): what changed after it is withheld.
     #[sqlx(default)]
@@ -229,6 +233,7 @@ impl EventRow {
             edited_at: self.edited_at,
             deleted: self.deleted,
             reply_to: self.reply_to,
+            system: self.system,
         })
     }
 }
@@ -259,6 +264,7 @@ impl From<EventRow> for Event {
                 edited_at: row.t_edited_at.filter(|_| !hidden),
                 deleted: row.t_deleted.unwrap_or_default() | i32::from(hidden),
                 reply_to: row.t_reply_to,
+                system: row.t_system.unwrap_or_default(),
             }))
         };
         let body = match row.kind.as_str() {
@@ -274,6 +280,7 @@ impl From<EventRow> for Event {
                     reply_to: row.reply_to.map(Position),
                     edited_at_micros: row.edited_at.filter(|_| !hidden),
                     deleted: row.deleted != 0 || hidden,
+                    system: row.system != 0,
                 }
             }
             kind => Body::decode(kind, row.content, None),
@@ -289,6 +296,7 @@ impl From<EventRow> for Event {
 }
 
 // After the macros above, which they use.
+mod admin;
 mod blocks;
 mod cache;
 mod changes;

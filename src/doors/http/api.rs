@@ -187,10 +187,10 @@ async fn reaction(
 /// `ListMessages` parameters, named as in the JSON mapping.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PageQuery {
-    page_size: Option<i32>,
-    before_id: Option<String>,
-    after_id: Option<String>,
+pub(super) struct PageQuery {
+    pub page_size: Option<i32>,
+    pub before_id: Option<String>,
+    pub after_id: Option<String>,
 }
 
 async fn list_messages(
@@ -231,8 +231,21 @@ async fn mark_read(
 /// `GetPresence` parameters: `userIds` comma-separated.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PresenceQuery {
+pub(super) struct PresenceQuery {
     user_ids: Option<String>,
+}
+
+impl PresenceQuery {
+    /// The ids asked about.
+    pub fn users(&self) -> Vec<String> {
+        self.user_ids
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 async fn get_presence(
@@ -241,15 +254,10 @@ async fn get_presence(
     query: Result<Query<PresenceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<pb::GetPresenceResponse>, Error> {
     let Query(query) = query.map_err(|rejection| Error::invalid(rejection.body_text()))?;
-    let users: Vec<String> = query
-        .user_ids
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .filter(|id| !id.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let found = state.herald.get_presence(&caller.user, &users).await?;
+    let found = state
+        .herald
+        .get_presence(&caller.user, &query.users())
+        .await?;
     Ok(Json(pb::GetPresenceResponse {
         presences: found
             .iter()
@@ -347,12 +355,38 @@ async fn stream_ticket(
 
 /// A JSON body whose rejections use herald's error shape: 413 when too
 /// large, 400 for everything else (bad JSON, wrong types, no content type).
-struct Body<T>(T);
+pub(super) struct Body<T>(pub T);
+
+/// A JSON body that may be left out: an empty body is `T::default()`.
+pub(super) struct OptionalBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let bytes = match axum::body::Bytes::from_request(request, state).await {
+            Ok(bytes) => bytes,
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
+                ));
+            }
+            Err(rejection) => return Err(Error::invalid(rejection.body_text()).into_response()),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Self)
+            .map_err(|error| Error::invalid(format!("invalid JSON body: {error}")).into_response())
+    }
+}
 
 /// Path parameters, percent-decoded by axum; a path that does not decode
 /// (not UTF-8) is answered with the JSON error of every other 400, not
 /// axum's plain text.
-struct Segments<T>(T);
+pub(super) struct Segments<T>(pub T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Segments<T> {
     type Rejection = Response;

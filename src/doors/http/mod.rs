@@ -5,10 +5,12 @@
 //! | --- | --- |
 //! | `caller.rs` | the token extractor (header, then `?token=`) |
 //! | `api.rs` | REST routes and their JSON bodies |
+//! | `admin.rs` | `/api/admin/`: the Admin service, for service keys |
 //! | `sse.rs` | `GET /api/messages`, the Server-Sent Events stream |
 //! | `page.rs` | the chat page at `/` |
 //! | `log.rs` | the request log, which never shows a token |
 
+mod admin;
 mod api;
 mod caller;
 mod log;
@@ -70,6 +72,7 @@ const HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 pub fn router(state: AppState, options: &HttpOptions, grpc_web: Router) -> Router {
     let app = Router::new()
         .merge(api::router())
+        .merge(admin::router())
         .merge(sse::router())
         .merge(page::router())
         .route("/healthz", get(healthz))
@@ -219,7 +222,9 @@ impl IntoResponse for Error {
         self.log_cause();
         let status = match &self {
             Error::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Error::PermissionDenied | Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::PermissionDenied | Error::Forbidden(_) | Error::Banned(_) => {
+                StatusCode::FORBIDDEN
+            }
             Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::InvalidArgument(_) | Error::ResumeImpossible(_) => StatusCode::BAD_REQUEST,

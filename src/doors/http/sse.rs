@@ -35,7 +35,7 @@ use super::{AppState, StreamCaller, error_response};
 use crate::{
     domain,
     engine::hub::{Delivery, Wants},
-    engine::stream::EventStream,
+    engine::stream::{EventStream, StreamEnd},
     error::Error,
     metrics::Transport,
     pb,
@@ -161,9 +161,19 @@ fn events(
         let data = serde_json::json!({ "reason": reason });
         head.push_str(&format!("event: reset\ndata: {data}\n\n"));
     }
-    let batches = stream::unfold(stream, move |mut stream| async move {
+    // `None` once moderation ended it: its last event is written, nothing after.
+    let batches = stream::unfold(Some(stream), move |stream| async move {
+        let mut stream = stream?;
         let first = match tokio::time::timeout(heartbeat, stream.next()).await {
-            Err(_) => return Some((Bytes::from_static(b": keep-alive\n\n"), stream)),
+            Err(_) => return Some((Bytes::from_static(b": keep-alive\n\n"), Some(stream))),
+            Ok(Err(StreamEnd::Ended(ending))) => {
+                tracing::debug!(?ending, "SSE stream ended by moderation");
+                let data = serde_json::json!({ "reason": ending.reason() });
+                return Some((
+                    Bytes::from(format!("event: disconnect\ndata: {data}\n\n")),
+                    None,
+                ));
+            }
             Ok(Err(end)) => {
                 tracing::debug!(?end, "SSE stream ended");
                 return None;
@@ -181,7 +191,7 @@ fn events(
             };
             write_event(&mut out, &delivery);
         }
-        Some((Bytes::from(out), stream))
+        Some((Bytes::from(out), Some(stream)))
     });
     stream::once(async move { Bytes::from(head) })
         .chain(batches)
