@@ -32,6 +32,7 @@ macro_rules! on_every_backend {
     };
 }
 
+mod admin;
 mod auth;
 mod bench;
 mod browser;

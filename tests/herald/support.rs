@@ -855,3 +855,36 @@ pub async fn stuck_sse(http: &str, path: &str, headers: &str) -> tokio::net::Tcp
     );
     stream
 }
+
+// ---- the application behind herald ----------------------------------------
+
+/// Runs `herald key ARGS --database-url DATABASE`; returns its stdout, or
+/// its stderr as the error.
+pub async fn key_command(database: &str, args: &[&str]) -> Result<String, String> {
+    let output = herald_command()
+        .arg("key")
+        .args(args)
+        .args(["--database-url", database])
+        .output()
+        .await
+        .expect("herald key runs");
+    match output.status.success() {
+        true => Ok(String::from_utf8(output.stdout).unwrap()),
+        false => Err(String::from_utf8(output.stderr).unwrap()),
+    }
+}
+
+/// A new service key `name` with `scopes`, made as an operator makes one.
+pub async fn service_key(database: &str, name: &str, scopes: &str) -> String {
+    let out = key_command(database, &["create", name, "--scope", scopes])
+        .await
+        .expect("the key is created");
+    out.trim().to_owned()
+}
+
+impl TestApp {
+    /// An Admin client of this server.
+    pub async fn admin(&self) -> pb::admin_client::AdminClient<Channel> {
+        pb::admin_client::AdminClient::new(self.channel().await)
+    }
+}
