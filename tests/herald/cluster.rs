@@ -12,6 +12,7 @@
 use crate::support::{
     Nats, PATIENCE, Process, authorized, free_port, metric, mint, next_event, open_sse,
 };
+use futures_util::FutureExt;
 use herald::pb;
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -838,4 +839,245 @@ async fn a_node_stopped_with_sigterm_takes_its_users_offline_at_once() {
         presence(crate::support::next_event_or_presence(&mut alices).await),
         ("carol".into(), false)
     );
+}
+
+/// A token for `user` issued a minute ago: what a revocation made now refuses.
+fn older_token(user: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({ "sub": user, "exp": now + 600, "iat": now - 60 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// How one of bob's streams ended, and how long after `since`.
+struct Ended {
+    what: String,
+    after: Duration,
+}
+
+/// Opens bob's SSE event stream and gRPC message stream on `node` with
+/// `token`, and returns a task for each that reports how it ended.
+async fn watch_streams(
+    node: &Process,
+    token: &str,
+    since: std::sync::Arc<std::sync::OnceLock<tokio::time::Instant>>,
+) -> Vec<tokio::task::JoinHandle<Ended>> {
+    let request = reqwest::Client::new()
+        .get(format!("http://{}/api/events", node.http))
+        .header("accept", "text/event-stream")
+        .bearer_auth(token);
+    let mut sse = open_sse(request).await;
+    let mut grpc = node
+        .client()
+        .await
+        .subscribe_messages(authorized(
+            pb::SubscribeMessagesRequest::default(),
+            &format!("Bearer {token}"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let elapsed = |since: &std::sync::OnceLock<tokio::time::Instant>| {
+        since.get().expect("the action was taken").elapsed()
+    };
+    let sse_since = since.clone();
+    let sse_task = tokio::spawn(async move {
+        loop {
+            match sse.next_event().await {
+                Some(event) if event.event == "disconnect" => {
+                    return Ended {
+                        what: format!("sse {}", event.data),
+                        after: elapsed(&sse_since),
+                    };
+                }
+                Some(_) => continue,
+                None => {
+                    return Ended {
+                        what: "sse ended without a disconnect event".into(),
+                        after: elapsed(&sse_since),
+                    };
+                }
+            }
+        }
+    });
+    let grpc_task = tokio::spawn(async move {
+        let status = loop {
+            match grpc.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break tonic::Status::ok("ended"),
+                Err(status) => break status,
+            }
+        };
+        Ended {
+            what: format!("grpc {:?}", status.code()),
+            after: elapsed(&since),
+        }
+    });
+    vec![sse_task, grpc_task]
+}
+
+/// Waits for bob's streams on every node to end; returns what they said
+/// and the slowest.
+async fn ends(tasks: Vec<tokio::task::JoinHandle<Ended>>) -> (Vec<String>, Duration) {
+    let mut said = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for task in tasks {
+        let ended = tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("the stream ends")
+            .unwrap();
+        said.push(ended.what);
+        slowest = slowest.max(ended.after);
+    }
+    (said, slowest)
+}
+
+/// A call of `token`'s user on `node`.
+async fn call_on(node: &Process, token: String) -> Result<(), tonic::Status> {
+    let body = pb::ListConversationsRequest::default();
+    node.client()
+        .await
+        .list_conversations(authorized(body, &format!("Bearer {token}")))
+        .await
+        .map(drop)
+}
+
+/// A ban, a disconnection and a revocation made on node A end bob's SSE
+/// and gRPC streams on B and C within 2 s, and his next call on C is
+/// refused; a node started after the ban refuses him too.
+async fn moderation_reaches_every_node(database: &str, args: &[String]) {
+    let key = crate::support::service_key(database, "mods", "moderate").await;
+    let nodes = nodes(database, 3, args).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let bob = token("bob");
+    let mut admin = a.admin().await;
+    let bearer = format!("Bearer {key}");
+    let mut figures = Vec::new();
+
+    // A ban.
+    let since = std::sync::Arc::new(std::sync::OnceLock::new());
+    let mut watching = watch_streams(b, &bob, since.clone()).await;
+    watching.extend(watch_streams(c, &bob, since.clone()).await);
+    since.set(tokio::time::Instant::now()).unwrap();
+    let ban = pb::BanUserRequest {
+        user_id: "bob".into(),
+        until: None,
+        reason: "spam".into(),
+    };
+    admin.ban_user(authorized(ban, &bearer)).await.unwrap();
+    let (said, slowest) = ends(watching).await;
+    assert_eq!(
+        said,
+        [
+            r#"sse {"reason":"banned: spam"}"#,
+            "grpc PermissionDenied",
+            r#"sse {"reason":"banned: spam"}"#,
+            "grpc PermissionDenied"
+        ]
+    );
+    assert!(slowest < Duration::from_secs(2), "the ban took {slowest:?}");
+    figures.push(("ban", slowest));
+    let refused = call_on(c, bob.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let late = Process::serve_on(database, |command| {
+        command.args(["--jwt-secret", SECRET]).args(args);
+    })
+    .await;
+    let refused = call_on(&late, bob.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    late.terminate().await;
+
+    // Lifted on every node, then a disconnection.
+    admin
+        .unban_user(authorized(
+            pb::UnbanUserRequest {
+                user_id: "bob".into(),
+            },
+            &bearer,
+        ))
+        .await
+        .unwrap();
+    for node in [b, c] {
+        assert!(crate::support::eventually(|| call_on(node, bob.clone()).map(|r| r.is_ok())).await);
+    }
+    let since = std::sync::Arc::new(std::sync::OnceLock::new());
+    let mut watching = watch_streams(b, &bob, since.clone()).await;
+    watching.extend(watch_streams(c, &bob, since.clone()).await);
+    since.set(tokio::time::Instant::now()).unwrap();
+    let disconnect = pb::DisconnectUserRequest {
+        user_id: "bob".into(),
+        reason: String::new(),
+    };
+    admin
+        .disconnect_user(authorized(disconnect, &bearer))
+        .await
+        .unwrap();
+    let (said, slowest) = ends(watching).await;
+    let expected = [r#"sse {"reason":"disconnected"}"#, "grpc Unavailable"];
+    assert_eq!(said, [expected, expected].concat());
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the disconnection took {slowest:?}"
+    );
+    figures.push(("disconnect", slowest));
+    call_on(c, bob.clone())
+        .await
+        .expect("a disconnection bans nobody");
+
+    // A revocation: the older token's streams end, and it is refused.
+    let older = older_token("bob");
+    let since = std::sync::Arc::new(std::sync::OnceLock::new());
+    let mut watching = watch_streams(b, &older, since.clone()).await;
+    watching.extend(watch_streams(c, &older, since.clone()).await);
+    since.set(tokio::time::Instant::now()).unwrap();
+    let revoke = pb::RevokeTokensRequest {
+        user_id: "bob".into(),
+        issued_before: None,
+    };
+    admin
+        .revoke_tokens(authorized(revoke, &bearer))
+        .await
+        .unwrap();
+    let (said, slowest) = ends(watching).await;
+    let expected = [r#"sse {"reason":"token revoked"}"#, "grpc Unauthenticated"];
+    assert_eq!(said, [expected, expected].concat());
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the revocation took {slowest:?}"
+    );
+    figures.push(("revoke", slowest));
+    let refused = call_on(c, older).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    eprintln!("moderation reached every node within: {figures:?}");
+    for node in nodes {
+        node.terminate().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderation_across_three_nodes_over_listen_notify() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    moderation_reaches_every_node(&db.url, &["--broker".into(), "postgres".into()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moderation_across_three_nodes_over_nats() {
+    let Some(db) = crate::support::TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    if !Nats::available() {
+        return;
+    }
+    let nats = Nats::start(free_port(), &[]).await;
+    let args = ["--broker", "nats", "--nats-url", &nats.url()].map(String::from);
+    moderation_reaches_every_node(&db.url, &args).await;
 }

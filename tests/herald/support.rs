@@ -888,3 +888,15 @@ impl TestApp {
         pb::admin_client::AdminClient::new(self.channel().await)
     }
 }
+
+impl Process {
+    /// An Admin client of this process.
+    pub async fn admin(&self) -> pb::admin_client::AdminClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("a valid endpoint")
+            .connect()
+            .await
+            .expect("the gRPC port accepts");
+        pb::admin_client::AdminClient::new(channel)
+    }
+}
