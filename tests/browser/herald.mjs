@@ -53,6 +53,12 @@ export function stopHerald(server) {
 
 export const token = (user) => execFileSync(BIN, ["token", user, "--jwt-secret", SECRET]).toString().trim();
 
+/** A service key made with `herald key create` on the tests' database (before the server starts). */
+export const serviceKey = (name, scopes) =>
+  execFileSync(BIN, ["key", "create", name, "--scope", scopes, "--database-url", database], { stdio: ["ignore", "pipe", "ignore"] })
+    .toString()
+    .trim();
+
 export async function rest(server, bearer, method, path, body) {
   const response = await fetch(`http://${server.http}${path}`, {
     method,

@@ -61,6 +61,11 @@ async fn two_pages_see_edits_deletions_reactions_and_replies_live_and_after_a_re
 }
 
 #[tokio::test]
+async fn a_page_shows_system_messages_apart_and_stops_reconnecting_when_banned() {
+    run_script("moderation.mjs").await;
+}
+
+#[tokio::test]
 async fn three_pages_see_a_group_change_and_read_receipts_through_the_event_stream() {
     run_script("members.mjs").await;
 }

@@ -200,3 +200,107 @@ async fn the_node_events_client_prints_changes_messages_and_receipts_in_order() 
     );
     herald.terminate().await;
 }
+
+/// The Python backend example, with a service key made by `herald key`:
+/// posts a system message bob hears, deletes bob's message, and bans bob,
+/// whose stream then ends with `event: disconnect` and whose calls are
+/// refused.
+#[tokio::test]
+async fn the_python_backend_publishes_deletes_and_bans() {
+    let backend = examples().join("python/backend.py");
+    let ready = examples()
+        .join("python/gen/herald/v1/herald_pb2_grpc.py")
+        .exists();
+    if !tools_ready("the Python venv of examples/", ready) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}/herald.db", dir.path().display());
+    let key = crate::support::service_key(&database, "shop", "publish,moderate").await;
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", SECRET]);
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", herald.http);
+    let chat: serde_json::Value = http
+        .post(url("/api/conversations"))
+        .bearer_auth(mint(SECRET, "alice"))
+        .json(&serde_json::json!({ "participantIds": ["bob"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chat = chat["id"].as_str().unwrap();
+    let messages = format!("/api/conversations/{chat}/messages");
+    let spam: serde_json::Value = http
+        .post(url(&messages))
+        .bearer_auth(mint(SECRET, "bob"))
+        .json(&serde_json::json!({ "content": "buy cheap stuff" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let request = http
+        .get(url("/api/events"))
+        .header("accept", "text/event-stream")
+        .bearer_auth(mint(SECRET, "bob"));
+    let mut bobs = crate::support::open_sse(request).await;
+    let run = |args: &[&str]| {
+        let mut command = Command::new(examples().join("python/.venv/bin/python"));
+        command
+            .arg(&backend)
+            .args(args)
+            .env("HERALD_GRPC", &herald.grpc)
+            .env("HERALD_KEY", &key);
+        async move {
+            let output = command.output().await.unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        }
+    };
+
+    let published = run(&["publish", chat, "Your order shipped"]).await;
+    let heard = bobs.next_message().await;
+    assert_eq!(
+        (heard.id.as_str(), heard.system),
+        (published.as_str(), true)
+    );
+    assert_eq!(heard.content, "Your order shipped");
+    let spam_id = spam["id"].as_str().unwrap();
+    assert_eq!(
+        run(&["delete", chat, spam_id, "--reason", "spam"]).await,
+        spam_id
+    );
+    let deleted = bobs.next_event().await.unwrap();
+    assert_eq!(deleted.event, "delete");
+    assert_eq!(run(&["ban", "bob", "--reason", "spam"]).await, "banned bob");
+    let last = bobs.next_event().await.unwrap();
+    assert_eq!(
+        (last.event.as_str(), last.data.as_str()),
+        ("disconnect", r#"{"reason":"banned: spam"}"#)
+    );
+    let refused = http
+        .get(url(&messages))
+        .bearer_auth(mint(SECRET, "bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let history: serde_json::Value = http
+        .get(url(&messages))
+        .bearer_auth(mint(SECRET, "alice"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["messages"][0]["deleted"], true);
+    assert_eq!(history["messages"][1]["system"], true);
+    herald.terminate().await;
+}

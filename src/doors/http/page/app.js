@@ -65,7 +65,11 @@ async function api(method, path, body) {
   });
   const data = await response.json().catch(() => ({}));
   if (response.status === 401) signOut("Your token was refused (expired or invalid).");
-  if (!response.ok) throw new Error(data.error || `HTTP ${response.status}`);
+  if (!response.ok) {
+    const error = new Error(data.error || `HTTP ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
   return data;
 }
 
@@ -143,7 +147,9 @@ function appendMessage(message) {
 // another (quoted above it); with the actions the page user may take.
 function fillMessage(item, message) {
   const mine = message.userId === state.me;
-  item.className = "message" + (mine ? " mine" : "") + (message.deleted ? " deleted" : "");
+  // A system message (published by the application) is shown apart: it
+  // is nobody's, so it is never "mine" and has no author's actions.
+  item.className = "message" + (message.system ? " system" : mine ? " mine" : "") + (message.deleted ? " deleted" : "");
   const parts = [];
   if (message.replyToId) {
     const quoted = state.messages.get(message.replyToId);
@@ -159,7 +165,8 @@ function fillMessage(item, message) {
   parts.push(bubble);
   const meta = document.createElement("div");
   meta.className = "meta";
-  meta.textContent = `${mine ? "" : message.userId + " · "}${timeOf(message)}${message.editedAt && !message.deleted ? " (edited)" : ""}`;
+  const from = message.system ? `${message.userId === "system" ? "notice" : message.userId} · ` : mine ? "" : message.userId + " · ";
+  meta.textContent = `${from}${timeOf(message)}${message.editedAt && !message.deleted ? " (edited)" : ""}`;
   parts.push(meta);
   if (!message.deleted) {
     const reactions = document.createElement("div");
@@ -186,7 +193,7 @@ function fillMessage(item, message) {
     };
     action("reply", "Reply", () => compose({ replyTo: message }));
     for (const emoji of PALETTE) action("react", emoji, () => react(message, emoji, true));
-    if (mine) {
+    if (mine && !message.system) {
       action("edit", "Edit", () => compose({ editing: message }));
       action("delete", "Delete", () => deleteMessage(message));
     }
@@ -450,7 +457,9 @@ async function connect() {
   let ticket;
   try {
     ({ ticket } = await api("POST", "/api/stream-tickets"));
-  } catch {
+  } catch (error) {
+    // Banned: no reconnecting until the page is reloaded.
+    if (error.status === 403) return stopped(error.message);
     status.dataset.state = "connecting";
     status.textContent = "reconnecting…";
     setTimeout(connect, 2000);
@@ -498,6 +507,20 @@ async function connect() {
   events.addEventListener("membership", (event) => {
     state.lastEventId = event.lastEventId;
     receiveMembership(JSON.parse(event.data));
+  });
+  // The application ended this stream (a ban, a revocation, a
+  // disconnection). Banned: stop and say why; revoked: sign out; otherwise
+  // reconnect, resuming after the last id.
+  events.addEventListener("disconnect", (event) => {
+    const { reason } = JSON.parse(event.data);
+    events.close();
+    if (state.events !== events) return;
+    state.events = null;
+    if (reason.startsWith("banned")) return stopped(reason);
+    if (reason === "token revoked") return signOut("Your session was revoked; sign in again.");
+    status.dataset.state = "connecting";
+    status.textContent = "reconnecting…";
+    setTimeout(connect, 1000);
   });
   // The server could not replay what we missed: start over from the API.
   events.addEventListener("reset", () => {
@@ -621,6 +644,15 @@ function typed() {
 }
 
 // ---- start -----------------------------------------------------------------
+
+// The stream ended for good (a ban): say why, and do not reconnect.
+function stopped(reason) {
+  const status = $("status");
+  status.dataset.state = "banned";
+  status.textContent = "disconnected";
+  $("notice").textContent = `You were disconnected: ${reason}. Reload the page once the ban is lifted.`;
+  $("notice").hidden = false;
+}
 
 function signOut(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
