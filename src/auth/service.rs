@@ -138,4 +138,17 @@ mod tests {
         assert!(ring.find(&altered).is_none());
         assert!(ring.find("hk_short").is_none());
     }
+
+    #[test]
+    fn a_hash_that_differs_only_in_its_last_byte_is_no_match() {
+        let key = generate();
+        let mut hash = hash(&key);
+        hash[31] ^= 1;
+        let ring = KeyRing::new(vec![StoredKey {
+            name: "backend".into(),
+            hash,
+            scopes: Scopes::parse("admin").unwrap(),
+        }]);
+        assert!(ring.find(&key).is_none());
+    }
 }

@@ -47,6 +47,9 @@ pub enum Refusal {
     Deleted,
     /// A message holds at most [`MAX_EMOJI`] distinct emoji.
     TooManyEmoji,
+    /// A system message changes only through the Admin service, whoever
+    /// it names as its sender.
+    SystemMessage,
 }
 
 impl From<Refusal> for Error {
@@ -70,6 +73,9 @@ impl From<Refusal> for Error {
             Refusal::TooManyEmoji => Error::FailedPrecondition(format!(
                 "a message holds at most {MAX_EMOJI} distinct emoji"
             )),
+            Refusal::SystemMessage => {
+                Error::Forbidden("a system message changes only through the Admin service")
+            }
         }
     }
 }
@@ -84,12 +90,17 @@ pub const MAX_EMOJI: usize = 20;
 pub struct Target<'a> {
     pub author: &'a UserId,
     pub deleted: bool,
+    /// Published by the application: its named sender is no author.
+    pub system: bool,
 }
 
 impl Target<'_> {
     /// Whether `actor` may edit it.
     pub fn edit(&self, actor: &UserId) -> Result<(), Refusal> {
         self.by_author(actor)?;
+        if self.system {
+            return Err(Refusal::SystemMessage);
+        }
         match self.deleted {
             true => Err(Refusal::Deleted),
             false => Ok(()),
@@ -101,6 +112,9 @@ impl Target<'_> {
     pub fn delete(&self, actor: &UserId, by: Authority) -> Result<bool, Refusal> {
         if by == Authority::Member {
             self.by_author(actor)?;
+            if self.system {
+                return Err(Refusal::SystemMessage);
+            }
         }
         Ok(!self.deleted)
     }
@@ -316,6 +330,7 @@ mod tests {
         let message = Target {
             author: &alice,
             deleted: false,
+            system: false,
         };
         assert_eq!(message.edit(&alice), Ok(()));
         assert_eq!(message.delete(&alice, Authority::Member), Ok(true));
@@ -346,6 +361,20 @@ mod tests {
             tombstone.delete(&user("system"), Authority::Service),
             Ok(false)
         );
+        let notice = Target {
+            system: true,
+            ..message
+        };
+        assert_eq!(
+            notice.edit(&alice),
+            Err(Refusal::SystemMessage),
+            "its sender is no author"
+        );
+        assert_eq!(
+            notice.delete(&alice, Authority::Member),
+            Err(Refusal::SystemMessage)
+        );
+        assert_eq!(notice.delete(&user("system"), Authority::Service), Ok(true));
     }
 
     #[test]
@@ -354,6 +383,7 @@ mod tests {
         let message = Target {
             author: &alice,
             deleted: false,
+            system: false,
         };
         assert_eq!(message.react(true, MAX_EMOJI - 1), Ok(()));
         assert_eq!(message.react(true, MAX_EMOJI), Err(Refusal::TooManyEmoji));

@@ -438,6 +438,9 @@ mod tests {
         let mut new = hub
             .subscribe(&user("bob"), Wants::Messages, 10, Some(20))
             .unwrap();
+        let mut unsaid = hub
+            .subscribe(&user("bob"), Wants::Messages, 10, None)
+            .unwrap();
         let mut carol = hub
             .subscribe(&user("carol"), Wants::Messages, 10, None)
             .unwrap();
@@ -448,11 +451,15 @@ mod tests {
         };
         assert_eq!(
             hub.end_user(&user("bob"), &revoked),
-            1,
-            "only the older token's"
+            2,
+            "the older token's, and the one that does not say"
         );
         assert_eq!(
             old.recv().await.unwrap_err(),
+            Closed::Ended(Ending::Revoked)
+        );
+        assert_eq!(
+            unsaid.recv().await.unwrap_err(),
             Closed::Ended(Ending::Revoked)
         );
         assert_eq!(new.recv().await.unwrap().event.position, Position(1));

@@ -102,15 +102,15 @@ impl Store {
                     return Err(Error::PermissionDenied);
                 }
             }
-            let found: Option<(String, i32)> = sqlx::query_as(
-                "SELECT user_id, deleted FROM messages
+            let found: Option<(String, i32, i32)> = sqlx::query_as(
+                "SELECT user_id, deleted, system FROM messages
                  WHERE position = $1 AND conversation_id = $2 AND kind = 'message'",
             )
             .bind(target.0)
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((author, deleted)) = found else {
+            let Some((author, deleted, system)) = found else {
                 return Err(Error::NotFound("message"));
             };
             let author = UserId::from_stored(author);
@@ -118,6 +118,7 @@ impl Store {
             let rules = Target {
                 author: &author,
                 deleted: deleted != 0,
+                system: system != 0,
             };
             let content = match change {
                 MessageChange::Edit { content, .. } => {

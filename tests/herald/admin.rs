@@ -187,6 +187,13 @@ async fn service_keys_open_the_admin_service_only_with_their_scope(db: TestDb) {
     let (status, _) = call(&app, &publisher, Method::GET, "/api/conversations", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "a key opens no user API");
 
+    // Two publishes done; the refused ones are not actions.
+    let done = metric(
+        &app.http.to_string(),
+        "herald_admin_actions_total{action=\"publish\"}",
+    )
+    .await;
+    assert_eq!(done, 2.0);
     // Revoked from the command line, with no broker: refused within 2 s.
     key_command(&db.url, &["revoke", "backend"]).await.unwrap();
     let revoked = tokio::time::Instant::now();
@@ -203,18 +210,18 @@ async fn service_keys_open_the_admin_service_only_with_their_scope(db: TestDb) {
         revoked.elapsed()
     );
     let listed = key_command(&db.url, &["list"]).await.unwrap();
+    let line = listed
+        .lines()
+        .find(|line| line.starts_with("backend\t"))
+        .unwrap();
     assert!(
-        !listed
-            .lines()
-            .any(|line| line.starts_with("backend") && line.ends_with('-'))
+        line.ends_with(" GMT"),
+        "listed with the time it was revoked: {line}"
     );
     assert!(
-        metric(
-            &app.http.to_string(),
-            "herald_admin_actions_total{action=\"publish\"}"
-        )
-        .await
-            >= 2.0
+        listed
+            .lines()
+            .any(|line| line.starts_with("reports\t") && line.ends_with("\t-"))
     );
     app.stop().await;
 }
@@ -244,12 +251,14 @@ async fn stored_hashes(db: &TestDb) -> Vec<String> {
 /// (who need not be a participant), delivered and stored like any other;
 /// what a user sends is never `system`, whatever the body says.
 async fn published_messages_are_system_messages_no_user_can_fake(db: TestDb) {
-    let key = service_key(&db.url, "backend", "publish,read").await;
+    let key = service_key(&db.url, "backend", "publish,moderate").await;
     let app = spawn_app(&db).await;
     let alice = app.user("alice").await;
     let bob = app.user("bob").await;
     let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let before = alice.send(&chat, "before the notice").await.unwrap();
     let mut stream = bob.subscribe("").await.unwrap();
+    let mut events = bob.events("").await.unwrap();
 
     let shipped = publish(&app, &key, &chat, "your order shipped")
         .await
@@ -296,10 +305,63 @@ async fn published_messages_are_system_messages_no_user_can_fake(db: TestDb) {
     assert_eq!(
         flags,
         [
+            ("before the notice".to_owned(), false),
             ("your order shipped".to_owned(), true),
             ("from the shop".to_owned(), true),
             ("I am the system".to_owned(), false)
         ]
+    );
+    // Replayed from the database, still a system message.
+    let mut resumed = bob.subscribe(&before.id).await.unwrap();
+    let replayed = next_message(&mut resumed).await;
+    assert_eq!(
+        (replayed.id.as_str(), replayed.system),
+        (shipped.id.as_str(), true)
+    );
+    // Named as its sender, alice is not its author: she cannot change it.
+    let as_alice = pb::PublishRequest {
+        conversation_id: chat.clone(),
+        content: "signed alice, by the shop".into(),
+        sender_id: "alice".into(),
+        client_message_id: String::new(),
+    };
+    let signed = admin
+        .publish(keyed(as_alice, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    let edit = pb::EditMessageRequest {
+        conversation_id: chat.clone(),
+        message_id: signed.id.clone(),
+        content: "my words now".into(),
+    };
+    let refused = alice
+        .client()
+        .edit_message(alice.request(edit))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let delete = pb::DeleteMessageRequest {
+        conversation_id: chat.clone(),
+        message_id: signed.id.clone(),
+    };
+    let refused = alice.client().delete_message(alice.request(delete)).await;
+    assert_eq!(code(refused), Code::PermissionDenied);
+    // A moderator's deletion of a system message keeps it one.
+    let delete = pb::AdminDeleteMessageRequest {
+        conversation_id: chat.clone(),
+        message_id: shipped.id.clone(),
+        reason: String::new(),
+    };
+    admin.delete_message(keyed(delete, &key)).await.unwrap();
+    let deleted = loop {
+        if let Some(Kind::Deleted(message)) = next_event(&mut events).await.kind {
+            break message;
+        }
+    };
+    assert_eq!(
+        (deleted.id.as_str(), deleted.system, deleted.deleted),
+        (shipped.id.as_str(), true, true)
     );
     // Not into a conversation that does not exist, and content rules hold.
     let missing = publish(
@@ -427,6 +489,18 @@ async fn moderators_delete_any_message_and_its_content_leaves_the_database(db: T
         (status, again["id"].clone()),
         (StatusCode::OK, tombstone["id"].clone())
     );
+    let after = alice.send(&chat, "after").await.unwrap();
+    match next_event(&mut events).await.kind {
+        Some(Kind::Message(message)) => assert_eq!(message.id, after.id, "no second delete event"),
+        other => panic!("expected the next message, got {other:?}"),
+    }
+    // A message of another conversation is none of this one's.
+    let other = alice.create_conversation(&["carol"]).await.unwrap().id;
+    let elsewhere = format!("/api/admin/conversations/{other}/messages/{}", after.id);
+    assert_eq!(
+        call(&app, &key, Method::DELETE, &elsewhere, None).await.0,
+        StatusCode::NOT_FOUND
+    );
     let unknown = format!("/api/admin/conversations/{chat}/messages/999999999");
     assert_eq!(
         call(&app, &key, Method::DELETE, &unknown, None).await.0,
@@ -480,6 +554,7 @@ async fn a_ban_ends_streams_and_refuses_every_call_until_lifted(db: TestDb) {
     let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
     let mut sse = open_sse(app.events_request(&app.token("bob"))).await;
     let mut grpc = bob.subscribe("").await.unwrap();
+    let carol_chat = alice.create_conversation(&["carol"]).await.unwrap().id;
     let mut carols = app.user("carol").await.subscribe("").await.unwrap();
     app.wait_for_subscriptions(3).await;
 
@@ -512,8 +587,11 @@ async fn a_ban_ends_streams_and_refuses_every_call_until_lifted(db: TestDb) {
     );
     assert_eq!(code(bob.subscribe("").await), Code::PermissionDenied);
     // carol's stream goes on.
-    alice.send(&chat, "carol is not here").await.unwrap();
-    let _ = &mut carols;
+    let to_carol = alice
+        .send(&carol_chat, "carol is still here")
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut carols).await.id, to_carol.id);
     app.wait_for_subscriptions(1).await;
 
     // A ban that ends in the past is no ban; lifting it lets bob back.
@@ -523,6 +601,28 @@ async fn a_ban_ends_streams_and_refuses_every_call_until_lifted(db: TestDb) {
         call(&app, &key, Method::PUT, path, Some(past)).await.0,
         StatusCode::BAD_REQUEST
     );
+    for reason in ["line\nbreak".to_owned(), "x".repeat(1025)] {
+        let body = serde_json::json!({ "reason": reason });
+        let (status, _) = call(
+            &app,
+            &key,
+            Method::PUT,
+            "/api/admin/users/dave/ban",
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    let longest = serde_json::json!({ "reason": "x".repeat(1024) });
+    let (status, _) = call(
+        &app,
+        &key,
+        Method::PUT,
+        "/api/admin/users/dave/ban",
+        Some(longest),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(
         call(&app, &key, Method::DELETE, path, None).await.0,
         StatusCode::NO_CONTENT
@@ -536,13 +636,15 @@ async fn a_ban_ends_streams_and_refuses_every_call_until_lifted(db: TestDb) {
     );
     assert_eq!(code(bob.send(&chat, "now?").await), Code::PermissionDenied);
     assert!(eventually(|| async { bob.send(&chat, "later").await.is_ok() }).await);
-    assert!(
-        metric(
-            &app.http.to_string(),
-            "herald_admin_actions_total{action=\"ban\"}"
-        )
-        .await
-            >= 2.0
+    // Counted by action, refusals not: bob twice, dave once; one unban.
+    let http = app.http.to_string();
+    assert_eq!(
+        metric(&http, "herald_admin_actions_total{action=\"ban\"}").await,
+        3.0
+    );
+    assert_eq!(
+        metric(&http, "herald_admin_actions_total{action=\"unban\"}").await,
+        1.0
     );
     app.stop().await;
 }
@@ -568,7 +670,20 @@ async fn revocation_and_disconnection_end_streams_and_newer_tokens_work(db: Test
     let mut old_sse = open_sse(app.sse_request(&old)).await;
     let old_user = User::with_token(&app, old.clone()).await;
     let mut old_grpc = old_user.subscribe("").await.unwrap();
-    app.wait_for_subscriptions(2).await;
+    let fresh = User::with_token(&app, token_issued_at("bob", Some(now_seconds() + 1))).await;
+    let mut fresh_grpc = fresh.subscribe("").await.unwrap();
+    app.wait_for_subscriptions(3).await;
+    // A stream ticket carries the time its session was issued.
+    let ticket = |token: String| {
+        let app = &app;
+        async move {
+            let (status, issued) =
+                call(app, &token, Method::POST, "/api/stream-tickets", None).await;
+            assert_eq!(status, StatusCode::CREATED);
+            issued["ticket"].as_str().unwrap().to_owned()
+        }
+    };
+    let old_ticket = ticket(old.clone()).await;
 
     moderate(&app, &key, "bob", "revoke", "").await;
     let last = old_sse.next_event().await.expect("a last event");
@@ -589,9 +704,28 @@ async fn revocation_and_disconnection_end_streams_and_newer_tokens_work(db: Test
         code(User::with_token(&app, no_iat).await.send(&chat, "x").await),
         Code::Unauthenticated
     );
-    let fresh = User::with_token(&app, token_issued_at("bob", Some(now_seconds() + 1))).await;
-    fresh.send(&chat, "new token, new session").await.unwrap();
+    let sent = fresh.send(&chat, "new token, new session").await.unwrap();
+    assert_eq!(
+        next_message(&mut fresh_grpc).await.id,
+        sent.id,
+        "a newer token's stream goes on"
+    );
+    let opened = |ticket: String| {
+        let url = app.url(&format!("/api/messages?token={ticket}"));
+        reqwest::Client::new()
+            .get(url)
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    assert_eq!(
+        opened(old_ticket).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let fresh_ticket = ticket(token_issued_at("bob", Some(now_seconds() + 1))).await;
+    assert_eq!(opened(fresh_ticket).await.unwrap().status(), StatusCode::OK);
 
+    drop(fresh_grpc);
+    app.wait_for_subscriptions(0).await;
     let mut sse = open_sse(app.events_request(&app.token("alice"))).await;
     let mut grpc = alice.subscribe("").await.unwrap();
     app.wait_for_subscriptions(2).await;
@@ -610,7 +744,10 @@ async fn revocation_and_disconnection_end_streams_and_newer_tokens_work(db: Test
         ("disconnect", r#"{"reason":"disconnected: maintenance"}"#)
     );
     let status = end_of(&mut grpc, Duration::from_secs(5)).await;
-    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unavailable, "disconnected: maintenance")
+    );
     // She may come back at once.
     alice.send(&chat, "still welcome").await.unwrap();
     let mut again = alice.subscribe("").await.unwrap();
