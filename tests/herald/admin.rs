@@ -843,3 +843,70 @@ on_every_backend!(
     revocation_and_disconnection_end_streams_and_newer_tokens_work,
     readers_see_any_history_and_anyones_presence,
 );
+
+/// Each key is metered on its own: one key over its rate is refused
+/// (RESOURCE_EXHAUSTED) while another key goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_key_is_metered_on_its_own() {
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let busy = service_key(&db.url, "busy", "publish").await;
+    let calm = service_key(&db.url, "calm", "publish").await;
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.rate_limit = 0.01;
+        config.rate_burst = 2.0;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    for n in 0..2 {
+        publish(&app, &busy, &chat, &format!("notice {n}"))
+            .await
+            .unwrap();
+    }
+    let over = publish(&app, &busy, &chat, "one too many").await;
+    assert_eq!(code(over), Code::ResourceExhausted);
+    publish(&app, &calm, &chat, "another key's").await.unwrap();
+    app.stop().await;
+}
+
+/// A ban of a user with thousands of open streams on a node ends them all
+/// within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_ends_thousands_of_streams_at_once() {
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let key = service_key(&db.url, "mods", "moderate").await;
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.max_subscriptions_per_user = 3_000;
+    })
+    .await;
+    let bearer = format!("Bearer {}", app.token("bob"));
+    let mut streams = Vec::new();
+    // Nine connections: each takes at most its HTTP/2 stream limit (256).
+    for _ in 0..9 {
+        let mut client = pb::messenger_client::MessengerClient::new(app.channel().await);
+        for _ in 0..240 {
+            let request = authorized(pb::SubscribeMessagesRequest::default(), &bearer);
+            streams.push(
+                client
+                    .subscribe_messages(request)
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            );
+        }
+    }
+    app.wait_for_subscriptions(2_160).await;
+    let started = tokio::time::Instant::now();
+    moderate(&app, &key, "bob", "ban", "flood").await;
+    for stream in &mut streams {
+        assert_eq!(
+            end_of(stream, Duration::from_secs(5)).await.code(),
+            Code::PermissionDenied
+        );
+    }
+    let took = started.elapsed();
+    eprintln!("a ban ended 2,160 streams in {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    app.wait_for_subscriptions(0).await;
+    app.stop().await;
+}

@@ -953,13 +953,46 @@ async fn call_on(node: &Process, token: String) -> Result<(), tonic::Status> {
 /// and gRPC streams on B and C within 2 s, and his next call on C is
 /// refused; a node started after the ban refuses him too.
 async fn moderation_reaches_every_node(database: &str, args: &[String]) {
-    let key = crate::support::service_key(database, "mods", "moderate").await;
+    let key = crate::support::service_key(database, "mods", "moderate,publish").await;
     let nodes = nodes(database, 3, args).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let bob = token("bob");
     let mut admin = a.admin().await;
     let bearer = format!("Bearer {key}");
     let mut figures = Vec::new();
+
+    // A system message published on A reaches bob on B as one.
+    let chat = a
+        .client()
+        .await
+        .create_conversation(authorized(
+            pb::CreateConversationRequest {
+                participant_ids: vec!["bob".into()],
+            },
+            &format!("Bearer {}", token("alice")),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let request = reqwest::Client::new()
+        .get(format!("http://{}/api/messages", b.http))
+        .header("accept", "text/event-stream")
+        .bearer_auth(&bob);
+    let mut on_b = open_sse(request).await;
+    let notice = pb::PublishRequest {
+        conversation_id: chat,
+        content: "maintenance tonight".into(),
+        ..Default::default()
+    };
+    let published = admin
+        .publish(authorized(notice, &bearer))
+        .await
+        .unwrap()
+        .into_inner();
+    let heard = on_b.next_message().await;
+    assert_eq!((heard.id, heard.system), (published.id, true));
+    drop(on_b);
 
     // A ban.
     let since = std::sync::Arc::new(std::sync::OnceLock::new());
@@ -986,6 +1019,16 @@ async fn moderation_reaches_every_node(database: &str, args: &[String]) {
     figures.push(("ban", slowest));
     let refused = call_on(c, bob.clone()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // The log is read in order by a node that starts later: an entry
+    // after the ban does not hide it.
+    let alice_out = pb::DisconnectUserRequest {
+        user_id: "alice".into(),
+        reason: String::new(),
+    };
+    admin
+        .disconnect_user(authorized(alice_out, &bearer))
+        .await
+        .unwrap();
     let late = Process::serve_on(database, |command| {
         command.args(["--jwt-secret", SECRET]).args(args);
     })
