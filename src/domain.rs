@@ -124,6 +124,16 @@ id_type!(
     IdempotencyKey
 );
 
+impl IdempotencyKey {
+    /// The key of a message the application published, apart from every
+    /// user's keys (it starts with a control character, which no parsed key
+    /// holds): a user whose id is the sender's cannot take the key first,
+    /// nor be answered with the application's message.
+    pub fn published(self) -> Self {
+        Self(format!("\u{1}{}", self.0).into())
+    }
+}
+
 impl ConversationId {
     /// No conversation: what a presence event concerns (a user, in every
     /// conversation they share).

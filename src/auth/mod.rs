@@ -257,6 +257,15 @@ impl Auth {
             self.refuse(Refusal::Claims)
         })?;
         let claims = data.claims;
+        // Issued in the future (past the leeway) is no token herald or a
+        // sane provider makes, and would outlive any revocation.
+        if claims
+            .iat
+            .is_some_and(|iat| iat > unix_now().saturating_add(LEEWAY.as_secs()))
+        {
+            tracing::debug!("token refused: issued in the future");
+            return Err(self.refuse(Refusal::Claims));
+        }
         match self.guard.refuses(&user, claims.iat) {
             None => {}
             Some(moderation::Refusal::Banned(reason)) => return Err(Error::Banned(reason)),

@@ -121,6 +121,18 @@ pub enum Action {
 }
 
 impl Action {
+    /// A revocation of the tokens issued before `issued_before` (seconds
+    /// since the epoch), or, when it is not given, of every token issued
+    /// up to now: `iat` counts whole seconds, so "now" is the next whole
+    /// second, and a token issued earlier in this second is revoked too.
+    pub fn revoke(issued_before: Option<i64>) -> Self {
+        let now = super::now_micros();
+        let next_second = now / 1_000_000 + i64::from(now % 1_000_000 != 0);
+        Action::Revoke {
+            issued_before: issued_before.unwrap_or(next_second),
+        }
+    }
+
     /// Its name in the log and in `/metrics`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -281,7 +281,35 @@ async fn published_messages_are_system_messages_no_user_can_fake(db: TestDb) {
     assert_eq!((bot.user_id.as_str(), bot.system), ("shop-bot", true));
     let again = admin.publish(keyed(body, &key)).await.unwrap().into_inner();
     assert_eq!(again.id, bot.id, "the idempotency key holds");
+    // A user's keys are theirs: the same key and content from alice, then
+    // published as from alice, are two messages.
+    let mine = pb::CreateMessageRequest {
+        conversation_id: chat.clone(),
+        content: "same words".into(),
+        client_message_id: "shared-key".into(),
+        ..Default::default()
+    };
+    let hers = alice
+        .client()
+        .create_message(alice.request(mine))
+        .await
+        .unwrap()
+        .into_inner();
+    let published = pb::PublishRequest {
+        conversation_id: chat.clone(),
+        content: "same words".into(),
+        sender_id: "alice".into(),
+        client_message_id: "shared-key".into(),
+    };
+    let notice = admin
+        .publish(keyed(published, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(notice.system && notice.id != hers.id, "{notice:?}");
     assert_eq!(next_message(&mut stream).await.id, bot.id);
+    assert_eq!(next_message(&mut stream).await.id, hers.id);
+    assert_eq!(next_message(&mut stream).await.id, notice.id);
 
     let (status, sent) = call(
         &app,
@@ -308,6 +336,8 @@ async fn published_messages_are_system_messages_no_user_can_fake(db: TestDb) {
             ("before the notice".to_owned(), false),
             ("your order shipped".to_owned(), true),
             ("from the shop".to_owned(), true),
+            ("same words".to_owned(), false),
+            ("same words".to_owned(), true),
             ("I am the system".to_owned(), false)
         ]
     );
@@ -501,6 +531,11 @@ async fn moderators_delete_any_message_and_its_content_leaves_the_database(db: T
         call(&app, &key, Method::DELETE, &elsewhere, None).await.0,
         StatusCode::NOT_FOUND
     );
+    let long = format!("{path}&reason={}", "x".repeat(1025));
+    assert_eq!(
+        call(&app, &key, Method::DELETE, &long, None).await.0,
+        StatusCode::BAD_REQUEST
+    );
     let unknown = format!("/api/admin/conversations/{chat}/messages/999999999");
     assert_eq!(
         call(&app, &key, Method::DELETE, &unknown, None).await.0,
@@ -670,7 +705,11 @@ async fn revocation_and_disconnection_end_streams_and_newer_tokens_work(db: Test
     let mut old_sse = open_sse(app.sse_request(&old)).await;
     let old_user = User::with_token(&app, old.clone()).await;
     let mut old_grpc = old_user.subscribe("").await.unwrap();
-    let fresh = User::with_token(&app, token_issued_at("bob", Some(now_seconds() + 1))).await;
+    // Issued "later" than the revocation to come (within the leeway for
+    // a clock ahead): its stream must survive it.
+    let fresh = User::with_token(&app, token_issued_at("bob", Some(now_seconds() + 4))).await;
+    // Issued by herald just before the revocation, in the same second.
+    let same_second = User::with_token(&app, app.token("bob")).await;
     let mut fresh_grpc = fresh.subscribe("").await.unwrap();
     app.wait_for_subscriptions(3).await;
     // A stream ticket carries the time its session was issued.
@@ -686,6 +725,18 @@ async fn revocation_and_disconnection_end_streams_and_newer_tokens_work(db: Test
     let old_ticket = ticket(old.clone()).await;
 
     moderate(&app, &key, "bob", "revoke", "").await;
+    assert_eq!(
+        code(same_second.send(&chat, "x").await),
+        Code::Unauthenticated,
+        "revoked though issued this second"
+    );
+    let far_future =
+        User::with_token(&app, token_issued_at("bob", Some(now_seconds() + 100))).await;
+    assert_eq!(
+        code(far_future.send(&chat, "x").await),
+        Code::Unauthenticated,
+        "issued in the future"
+    );
     let last = old_sse.next_event().await.expect("a last event");
     assert_eq!(
         (last.event.as_str(), last.data.as_str()),

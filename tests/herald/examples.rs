@@ -302,5 +302,24 @@ async fn the_python_backend_publishes_deletes_and_bans() {
         .unwrap();
     assert_eq!(history["messages"][0]["deleted"], true);
     assert_eq!(history["messages"][1]["system"], true);
-    herald.terminate().await;
+    // Every action is in the log with the key's name and its target, and
+    // the key itself is nowhere in it.
+    let (_, log) = herald.terminate().await;
+    for action in ["publish", "delete_message", "ban"] {
+        let line = log
+            .lines()
+            .find(|line| {
+                line.contains("admin action") && line.contains(&format!("action=\"{action}\""))
+            })
+            .unwrap_or_else(|| panic!("no log line for {action}: {log}"));
+        assert!(line.contains("key=shop"), "{line}");
+    }
+    let ban = log
+        .lines()
+        .find(|line| line.contains("admin action") && line.contains("action=\"ban\""));
+    assert!(
+        ban.unwrap().contains("target=\"bob\""),
+        "the ban names its target"
+    );
+    assert!(!log.contains(&key), "the key is never logged");
 }

@@ -5,7 +5,7 @@
 use super::Herald;
 use crate::{
     auth::{Auth, bearer, service::Service},
-    domain::{moderation::Action, now_micros},
+    domain::moderation::Action,
     error::Error,
     pb::{self, admin_server::AdminServer},
 };
@@ -178,9 +178,7 @@ impl pb::admin_server::Admin for Admin {
     ) -> Result<Response<pb::RevokeTokensResponse>, Status> {
         let key = key(&request)?;
         let body = request.into_inner();
-        let revoke = Action::Revoke {
-            issued_before: seconds(body.issued_before).unwrap_or(now_micros() / 1_000_000),
-        };
+        let revoke = Action::revoke(seconds(body.issued_before));
         self.herald.moderate(&key, &body.user_id, revoke).await?;
         Ok(Response::new(pb::RevokeTokensResponse {}))
     }

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::{
     auth::{bearer, service::Service},
-    domain::{moderation::Action, now_micros},
+    domain::moderation::Action,
     error::Error,
     pb,
 };
@@ -197,11 +197,7 @@ async fn revoke(
     Segments(user_id): Segments<String>,
     OptionalBody(body): OptionalBody<pb::RevokeTokensRequest>,
 ) -> Result<StatusCode, Error> {
-    let revoke = Action::Revoke {
-        issued_before: body
-            .issued_before
-            .map_or(now_micros() / 1_000_000, |before| before.seconds),
-    };
+    let revoke = Action::revoke(body.issued_before.map(|before| before.seconds));
     state.herald.moderate(&key, &user_id, revoke).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -71,10 +71,9 @@ impl Herald {
         let content = Content::parse(content, self.inner.limits.max_content_bytes)?;
         let key_id = match client_message_id.is_empty() {
             true => None,
-            false => Some(IdempotencyKey::parse(
-                "client_message_id",
-                client_message_id,
-            )?),
+            false => {
+                Some(IdempotencyKey::parse("client_message_id", client_message_id)?.published())
+            }
         };
         let _metered = self
             .admit(key, Scope::Publish, "publish", conversation_id.as_str())
@@ -204,6 +203,7 @@ impl Herald {
         let _metered = self
             .admit(key, Scope::Moderate, "delete_message", &position.id())
             .await?;
+        check_reason(reason)?;
         if !reason.is_empty() {
             tracing::info!(key = %key.name, reason, "admin deletion's reason");
         }
@@ -243,11 +243,7 @@ impl Herald {
             Action::Ban { reason, .. } | Action::Disconnect { reason } => reason.as_str(),
             _ => "",
         };
-        if reason.len() > 1024 || reason.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "reason must be at most 1024 bytes, without control characters",
-            ));
-        }
+        check_reason(reason)?;
         let _metered = self
             .admit(key, Scope::Moderate, action.kind(), user.as_str())
             .await?;
@@ -340,6 +336,16 @@ impl Herald {
         let mut conversation = self.conversation(member, id).await?;
         conversation.unread_count = 0;
         Ok(conversation)
+    }
+}
+
+/// A moderator's reason: logged, and told to the user's streams.
+fn check_reason(reason: &str) -> Result<(), Error> {
+    match reason.len() > 1024 || reason.chars().any(char::is_control) {
+        true => Err(Error::invalid(
+            "reason must be at most 1024 bytes, without control characters",
+        )),
+        false => Ok(()),
     }
 }
 
