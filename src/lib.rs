@@ -15,11 +15,11 @@
 //!
 //! | folder | part | holds |
 //! | --- | --- | --- |
-//! | `doors/` | the doors | `grpc`, `http` (REST, SSE, gRPC-Web, the page): adapt, never decide |
-//! | `auth/` | the gate | JWT verification and minting |
-//! | `engine/` | the core | `service` (what the doors call), `commit`, `feed`, `hub`, `stream`, `signals`, `presence`, `limits` |
-//! | `domain` | the vocabulary | ids, content, messages, conversations, and `rules` (who may change what) |
-//! | `store/` | persistence | SQLite / PostgreSQL, by concern: messages, conversations, membership, blocks |
+//! | `doors/` | the doors | `grpc` (Messenger, and `admin` for service keys), `http` (REST, `/api/admin/`, SSE, gRPC-Web, the page): adapt, never decide |
+//! | `auth/` | the gate | JWT verification and minting, service keys, the in-memory `Guard` of bans and revocations |
+//! | `engine/` | the core | `service` (what the doors call; `service::admin` for the application), `commit`, `feed`, `hub`, `stream`, `signals`, `presence`, `limits`, `moderation` |
+//! | `domain` | the vocabulary | ids, content, messages, conversations, `rules` (who may change what) and `moderation` (scopes, bans, revocations) |
+//! | `store/` | persistence | SQLite / PostgreSQL, by concern: messages, conversations, membership, blocks, keys and the moderation log |
 //! | `cluster/` | many nodes | the broker (LISTEN/NOTIFY or NATS) and its seal |
 //! | `net/` | the network | the listener with its limits, TLS |
 //! | `startup/` | the program | configuration, commands, start-up and shutdown |

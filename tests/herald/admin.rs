@@ -394,13 +394,7 @@ async fn published_messages_are_system_messages_no_user_can_fake(db: TestDb) {
         (shipped.id.as_str(), true, true)
     );
     // Not into a conversation that does not exist, and content rules hold.
-    let missing = publish(
-        &app,
-        &key,
-        &herald::ConversationId::generate().as_str().to_owned(),
-        "x",
-    )
-    .await;
+    let missing = publish(&app, &key, herald::ConversationId::generate().as_str(), "x").await;
     assert_eq!(code(missing), Code::NotFound);
     assert_eq!(
         code(publish(&app, &key, &chat, "").await),
@@ -893,6 +887,7 @@ on_every_backend!(
     a_ban_ends_streams_and_refuses_every_call_until_lifted,
     revocation_and_disconnection_end_streams_and_newer_tokens_work,
     readers_see_any_history_and_anyones_presence,
+    every_operation_needs_its_scope,
 );
 
 /// Each key is metered on its own: one key over its rate is refused
@@ -959,5 +954,122 @@ async fn a_ban_ends_thousands_of_streams_at_once() {
     eprintln!("a ban ended 2,160 streams in {took:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
     app.wait_for_subscriptions(0).await;
+    app.stop().await;
+}
+
+/// Every Admin operation needs its one scope: a key with only that scope
+/// may, a key with every other scope (but `admin`) may not, and is told
+/// which scope it lacks.
+async fn every_operation_needs_its_scope(db: TestDb) {
+    let scopes = ["publish", "manage", "moderate", "read"];
+    let mut only = Vec::new();
+    let mut all_but = Vec::new();
+    for scope in scopes {
+        only.push(service_key(&db.url, &format!("only-{scope}"), scope).await);
+        let others: Vec<&str> = scopes.iter().copied().filter(|s| *s != scope).collect();
+        all_but.push(service_key(&db.url, &format!("not-{scope}"), &others.join(",")).await);
+    }
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let group = alice
+        .create_conversation(&["bob", "carol"])
+        .await
+        .unwrap()
+        .id;
+    let sent = alice.send(&chat, "to delete").await.unwrap();
+    // (scope, method, path, body, the status it answers when allowed)
+    let operations = [
+        (
+            "publish",
+            Method::POST,
+            format!("/api/admin/conversations/{chat}/messages"),
+            Some(serde_json::json!({ "content": "x" })),
+            StatusCode::CREATED,
+        ),
+        (
+            "manage",
+            Method::POST,
+            "/api/admin/conversations".to_owned(),
+            Some(serde_json::json!({ "creatorId": "alice", "participantIds": ["bob", "erin"] })),
+            StatusCode::CREATED,
+        ),
+        (
+            "manage",
+            Method::POST,
+            format!("/api/admin/conversations/{group}/participants"),
+            Some(serde_json::json!({ "userIds": ["dave"] })),
+            StatusCode::OK,
+        ),
+        (
+            "manage",
+            Method::DELETE,
+            format!("/api/admin/conversations/{group}/participants/dave"),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "moderate",
+            Method::DELETE,
+            format!("/api/admin/conversations/{chat}/messages/{}", sent.id),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "moderate",
+            Method::PUT,
+            "/api/admin/users/zed/ban".to_owned(),
+            None,
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            "moderate",
+            Method::DELETE,
+            "/api/admin/users/zed/ban".to_owned(),
+            None,
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            "moderate",
+            Method::POST,
+            "/api/admin/users/zed/disconnect".to_owned(),
+            None,
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            "moderate",
+            Method::POST,
+            "/api/admin/users/zed/revoke".to_owned(),
+            None,
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            "read",
+            Method::GET,
+            format!("/api/admin/conversations/{chat}/messages"),
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "read",
+            Method::GET,
+            "/api/admin/presence?userIds=alice".to_owned(),
+            None,
+            StatusCode::OK,
+        ),
+    ];
+    for (scope, method, path, body, allowed) in operations {
+        let at = scopes.iter().position(|s| *s == scope).unwrap();
+        let (status, answer) = call(&app, &all_but[at], method.clone(), &path, body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{method} {path} without {scope}"
+        );
+        let error = answer["error"].as_str().unwrap();
+        assert_eq!(error, format!("this service key lacks the {scope} scope"));
+        let (status, answer) = call(&app, &only[at], method.clone(), &path, body).await;
+        assert_eq!(status, allowed, "{method} {path} with {scope}: {answer}");
+    }
     app.stop().await;
 }
