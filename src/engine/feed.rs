@@ -44,7 +44,10 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long a gap may stay open before the feed reads it from the database.
@@ -104,6 +107,8 @@ enum Report {
 pub struct Feed {
     tx: mpsc::UnboundedSender<Report>,
     fills: Arc<FillCounts>,
+    /// The last position this node's hub was handed (see [`Feed::delivered`]).
+    delivered: watch::Receiver<i64>,
 }
 
 impl Feed {
@@ -118,6 +123,7 @@ impl Feed {
     ) -> Result<Self, sqlx::Error> {
         let next = store.head().await?.0 + 1;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (delivered_tx, delivered) = watch::channel(next - 1);
         let fills = Arc::new(FillCounts::default());
         let sequencer = Sequencer {
             next,
@@ -131,9 +137,21 @@ impl Feed {
             metrics,
             store,
             hub,
+            delivered: delivered_tx,
         };
         tasks.spawn(sequencer.run(rx, shutdown));
-        Ok(Self { tx, fills })
+        Ok(Self {
+            tx,
+            fills,
+            delivered,
+        })
+    }
+
+    /// The last position handed to this node's hub, which moves in
+    /// position order: whatever is committed at or below it is in the
+    /// database, so a reader of the database (the firehose) waits on it.
+    pub fn delivered(&self) -> watch::Receiver<i64> {
+        self.delivered.clone()
     }
 
     /// This node committed `event`; `on_delivered` runs once the hub has
@@ -205,6 +223,8 @@ struct Sequencer {
     metrics: Metrics,
     store: Store,
     hub: Hub,
+    /// Told `next - 1` after each flush that moved it.
+    delivered: watch::Sender<i64>,
 }
 
 impl Sequencer {
@@ -315,6 +335,12 @@ impl Sequencer {
             true => None,
             false => self.gap_since.or_else(|| Some(Instant::now())),
         };
+        let delivered = self.next - 1;
+        self.delivered.send_if_modified(|up_to| {
+            let moved = *up_to != delivered;
+            *up_to = delivered;
+            moved
+        });
     }
 
     /// Reads, in one query, the members of every conversation among the

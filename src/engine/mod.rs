@@ -8,6 +8,7 @@
 
 pub mod commit;
 pub mod feed;
+pub mod firehose;
 pub mod hub;
 pub mod limits;
 pub mod moderation;

@@ -17,7 +17,7 @@ use crate::{
     engine::moderation::Moderator,
     engine::presence::{Presence, Seen, Timing},
     engine::signals::Signals,
-    engine::stream::{EventStream, REPLAY_PAGE_BYTES, ReplaySource},
+    engine::stream::{EventStream, ReplaySource},
     error::Error,
     metrics::Metrics,
     startup::{config::ServeConfig, start::StartError},
@@ -68,7 +68,7 @@ struct Inner {
     tarpit: Tarpit,
     /// Database reads of resuming streams at once, across the node.
     replay_permits: Arc<Semaphore>,
-    /// Messages per replay page: about [`REPLAY_PAGE_BYTES`] of content.
+    /// Messages per replay page: about `stream::REPLAY_PAGE_BYTES` of content.
     replay_page: usize,
     /// Streams end, the feed, presence and the broker stop.
     shutdown: CancellationToken,
@@ -217,7 +217,7 @@ impl Herald {
             feed,
             broker: broker_counts,
             replay_permits: Arc::new(Semaphore::new(limits.replay_concurrency.max(1))),
-            replay_page: (REPLAY_PAGE_BYTES / limits.max_content_bytes.max(1)).clamp(1, 256),
+            replay_page: crate::engine::stream::page_size(limits.max_content_bytes),
             calls: RateLimiter::new(limits.calls_per_second, limits.call_burst),
             // A backend speaks for many users: it may call as often as one
             // user may send.

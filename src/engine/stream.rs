@@ -30,6 +30,12 @@ use tokio_util::sync::CancellationToken;
 /// About how many bytes of replayed messages a stream holds at once.
 pub const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 
+/// How many events a page of replay (or of the firehose) holds: about
+/// [`REPLAY_PAGE_BYTES`] of content at the largest.
+pub fn page_size(max_content_bytes: usize) -> usize {
+    (REPLAY_PAGE_BYTES / max_content_bytes.max(1)).clamp(1, 256)
+}
+
 /// Why a message stream ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -348,7 +354,7 @@ impl EventStream {
 /// least one), so a page of large events (a membership change carries the
 /// whole member list) is held no longer than a page of messages; says
 /// whether it cut. The rest is read again with the next page.
-fn keep_within_bytes(page: &mut Vec<Event>) -> bool {
+pub(crate) fn keep_within_bytes(page: &mut Vec<Event>) -> bool {
     let mut bytes = 0;
     let fits = page
         .iter()

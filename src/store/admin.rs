@@ -4,7 +4,7 @@
 use super::{EventRow, Store};
 use crate::{
     domain::{
-        ConversationId, Message, Position, UserId,
+        ConversationId, Event, Message, Position, UserId,
         moderation::{Action, Entry},
     },
     store::Page,
@@ -211,6 +211,36 @@ impl Store {
             messages.reverse();
         }
         Ok(messages)
+    }
+
+    /// Up to `limit` stored events of every conversation after `after`, in
+    /// position order, of the kinds `kinds` names (message, edit, delete,
+    /// reaction, read, membership, in that order): the firehose's page.
+    /// Messages and the messages changes concern read as they now are.
+    pub async fn events_after(
+        &self,
+        after: Position,
+        limit: i64,
+        kinds: [bool; 6],
+    ) -> Result<Vec<Event>, sqlx::Error> {
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            events!(),
+            " WHERE m.position > $1 AND (
+                 (m.kind = 'message' AND $3 = 1) OR (m.kind = 'edit' AND $4 = 1)
+              OR (m.kind = 'delete' AND $5 = 1) OR (m.kind = 'reaction' AND $6 = 1)
+              OR (m.kind = 'read' AND $7 = 1) OR (m.kind = 'membership' AND $8 = 1))
+             ORDER BY m.position LIMIT $2"
+        );
+        let rows: Vec<EventRow> = with_pool!(self, pool => {
+            let mut query = sqlx::query_as(sql).bind(after.0).bind(limit);
+            for wanted in kinds {
+                query = query.bind(i32::from(wanted));
+            }
+            query.fetch_all(pool).await
+        })?;
+        Ok(rows.into_iter().map(Event::from).collect())
     }
 
     /// Whether message `position` is a message of conversation `id`.

@@ -42,6 +42,7 @@ mod consent;
 mod conversations;
 mod delivery;
 mod examples;
+mod firehose;
 mod guarantees;
 mod hostile;
 mod identity;

@@ -717,6 +717,24 @@ async fn admin_operations(spec: &mut Spec, key: &str, group: &str, alice: &str) 
             .await;
         assert_eq!(status, StatusCode::NO_CONTENT, "{action}");
     }
+    let template = "/api/admin/events";
+    let accept = [("accept", "text/event-stream")];
+    let (status, _) = spec
+        .check(
+            template,
+            get.clone(),
+            "/api/admin/events?kinds=message,edit",
+            key,
+            None,
+            &accept,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = spec
+        .check(template, get.clone(), template, key, None, none)
+        .await;
+    assert_eq!(status, StatusCode::NOT_ACCEPTABLE);
+
     let template = "/api/admin/users/{userId}/ban";
     let body = json!({ "reason": "testing" });
     let (status, _) = spec

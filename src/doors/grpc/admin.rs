@@ -204,6 +204,28 @@ impl pb::admin_server::Admin for Admin {
         }))
     }
 
+    type SubscribeAllStream = super::StreamResponse<pb::Event>;
+
+    async fn subscribe_all(
+        &self,
+        request: Request<pb::SubscribeAllRequest>,
+    ) -> Result<Response<Self::SubscribeAllStream>, Status> {
+        let key = key(&request)?;
+        let body = request.into_inner();
+        let firehose = self
+            .herald
+            .subscribe_all(&key, &body.after_id, &body.kinds)
+            .await?;
+        let events = futures_util::stream::unfold(Some(firehose), |state| async move {
+            let mut firehose = state?;
+            match firehose.next().await {
+                Ok(event) => Some((Ok(pb::Event::from(&event)), Some(firehose))),
+                Err(end) => Some((Err(super::end_status(end)), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
     async fn get_presence(
         &self,
         request: Request<pb::GetPresenceRequest>,

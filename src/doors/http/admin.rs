@@ -45,6 +45,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/users/{user_id}/disconnect", post(disconnect))
         .route("/api/admin/users/{user_id}/revoke", post(revoke))
         .route("/api/admin/presence", get(presence))
+        .route("/api/admin/events", get(super::sse::firehose))
 }
 
 /// The verified service key of an Admin request.

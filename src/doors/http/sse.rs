@@ -114,7 +114,82 @@ async fn subscribe(
     state.herald.redeem(&caller).await?;
     let mut stream = state.herald.subscribe(&caller, &resume, wants).await?;
     stream.serve_as(Transport::Sse);
-    let headers = [
+    let headers = stream_headers();
+    let ends = crate::net::listener::StreamEnds(stream.ends_at());
+    let body = Body::from_stream(events(stream, state.heartbeat));
+    let mut response = (headers, body).into_response();
+    response.extensions_mut().insert(ends);
+    Ok(response)
+}
+
+/// `GET /api/admin/events`: the firehose as Server-Sent Events, framed as
+/// `/api/events` frames events; `?kinds=a,b` filters, `Last-Event-ID` (or
+/// `?lastEventId=`) resumes.
+pub(super) async fn firehose(
+    State(state): State<AppState>,
+    super::admin::Key(key): super::admin::Key,
+    headers: HeaderMap,
+    query: Result<Query<FirehoseQuery>, QueryRejection>,
+) -> Result<Response, Error> {
+    if !accepts_event_stream(&headers) {
+        return Ok(error_response(StatusCode::NOT_ACCEPTABLE, NOT_EVENT_STREAM));
+    }
+    let Query(query) = query.map_err(|rejection| Error::invalid(rejection.body_text()))?;
+    let resume = match headers.get("last-event-id") {
+        Some(header) => header
+            .to_str()
+            .map_err(|_| Error::invalid("Last-Event-ID must be printable"))?
+            .to_owned(),
+        None => query.last_event_id.unwrap_or_default(),
+    };
+    let kinds: Vec<String> = query
+        .kinds
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|kind| !kind.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let firehose = state.herald.subscribe_all(&key, &resume, &kinds).await?;
+    let heartbeat = state.heartbeat;
+    let batches = stream::unfold(firehose, move |mut firehose| async move {
+        let first = match tokio::time::timeout(heartbeat, firehose.next()).await {
+            Err(_) => return Some((Bytes::from_static(b": keep-alive\n\n"), firehose)),
+            Ok(Err(end)) => {
+                tracing::debug!(?end, "firehose ended");
+                return None;
+            }
+            Ok(Ok(event)) => event,
+        };
+        let mut out = String::with_capacity(512);
+        let no_one: std::sync::Arc<[crate::domain::UserId]> = std::sync::Arc::from([]);
+        write_event(&mut out, &Delivery::new(first, no_one.clone()));
+        while out.len() < MAX_BATCH_BYTES {
+            let Some(event) = firehose.try_next() else {
+                break;
+            };
+            write_event(&mut out, &Delivery::new(event, no_one.clone()));
+        }
+        Some((Bytes::from(out), firehose))
+    });
+    let head = format!("retry: {}\n\n", RETRY.as_millis());
+    let body = stream::once(async move { Bytes::from(head) })
+        .chain(batches)
+        .map(Ok::<_, Infallible>);
+    Ok((stream_headers(), Body::from_stream(body)).into_response())
+}
+
+/// The firehose's query: a resume point and the kinds wanted.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct FirehoseQuery {
+    last_event_id: Option<String>,
+    kinds: Option<String>,
+}
+
+/// The headers of every event stream.
+fn stream_headers() -> [(header::HeaderName, HeaderValue); 3] {
+    [
         (
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
@@ -125,12 +200,7 @@ async fn subscribe(
             header::HeaderName::from_static("x-accel-buffering"),
             HeaderValue::from_static("no"),
         ),
-    ];
-    let ends = crate::net::listener::StreamEnds(stream.ends_at());
-    let body = Body::from_stream(events(stream, state.heartbeat));
-    let mut response = (headers, body).into_response();
-    response.extensions_mut().insert(ends);
-    Ok(response)
+    ]
 }
 
 fn accepts_event_stream(headers: &HeaderMap) -> bool {

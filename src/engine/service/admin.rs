@@ -16,6 +16,7 @@ use crate::{
         rules::Authority,
     },
     engine::commit::Committed,
+    engine::firehose::{Firehose, Kinds},
     engine::presence::Seen,
     error::Error,
     store::{ChangeRequest, MessageChange, NewMessage, Page},
@@ -307,6 +308,35 @@ impl Herald {
             .collect::<Result<Vec<_>, _>>()?;
         let _metered = self.admit(key, Scope::Read, "get_presence", "").await?;
         Ok(self.inner.presence.of(&users))
+    }
+
+    /// The firehose after `after_id` (from the start when empty), of the
+    /// `kinds` asked for (every kind when none).
+    pub async fn subscribe_all(
+        &self,
+        key: &Service,
+        after_id: &str,
+        kinds: &[String],
+    ) -> Result<Firehose, Error> {
+        let kinds = Kinds::parse(kinds)?;
+        let after = match after_id.is_empty() {
+            true => Position(0),
+            false => Position::parse_id("after_id", after_id)?
+                .ok_or_else(|| Error::invalid("after_id is not an event id herald issued"))?,
+        };
+        let _metered = self.admit(key, Scope::Read, "subscribe_all", "").await?;
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(Firehose::new(
+            self.inner.store.clone(),
+            after,
+            kinds,
+            self.inner.replay_page,
+            self.inner.replay_permits.clone(),
+            self.inner.feed.delivered(),
+            self.inner.shutdown.clone(),
+        ))
     }
 
     /// A group as the application sees it (no reader: nothing unread),
