@@ -16,3 +16,4 @@ pub mod presence;
 pub mod service;
 pub mod signals;
 pub mod stream;
+pub mod webhooks;

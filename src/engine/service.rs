@@ -18,6 +18,7 @@ use crate::{
     engine::presence::{Presence, Seen, Timing},
     engine::signals::Signals,
     engine::stream::{EventStream, ReplaySource},
+    engine::webhooks::Webhooks,
     error::Error,
     metrics::Metrics,
     startup::{config::ServeConfig, start::StartError},
@@ -80,6 +81,8 @@ struct Inner {
     moderator: Moderator,
     /// Admin calls per service key.
     admin_calls: RateLimiter,
+    /// Webhook delivery on this node.
+    webhooks: Webhooks,
 }
 
 mod admin;
@@ -198,6 +201,13 @@ impl Herald {
         )
         .await
         .map_err(StartError::Database)?;
+        let webhooks = Webhooks::start(
+            store.clone(),
+            feed.delivered(),
+            config.webhook_allow_private,
+            shutdown.clone(),
+            &tasks,
+        );
         let heard = Heard {
             feed: feed.clone(),
             signals: signals.clone(),
@@ -223,6 +233,7 @@ impl Herald {
             // user may send.
             admin_calls: RateLimiter::new(limits.messages_per_second, limits.message_burst),
             moderator,
+            webhooks,
             permits: UserPermits::new(limits.user_concurrency),
             tarpit: Tarpit::default(),
             limits,
@@ -277,6 +288,28 @@ impl Herald {
         self.inner.hub.register_metrics(registry);
         self.inner.feed.register_metrics(registry);
         self.inner.broker.register_metrics(registry);
+        let webhooks = self.inner.webhooks.counts();
+        let count = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        crate::metrics::counted(
+            registry,
+            "webhook_events_delivered",
+            "Events delivered to webhooks (a 2xx answered)",
+            count(&webhooks.delivered_events),
+        );
+        crate::metrics::counted(
+            registry,
+            "webhook_batches_delivered",
+            "Batches delivered to webhooks",
+            count(&webhooks.batches),
+        );
+        crate::metrics::counted(
+            registry,
+            "webhook_failures",
+            "Webhook deliveries that failed (retried later)",
+            count(&webhooks.failures),
+        );
     }
 
     /// Whether each of `user_ids` is online, for those who share a

@@ -171,6 +171,11 @@ pub struct ServeConfig {
     )]
     pub http2_max_streams: u32,
 
+    /// Let webhooks post to loopback and private addresses (refused by
+    /// default: a webhook must not reach what only this host can).
+    #[arg(long, env = "HERALD_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+
     /// How long shutdown waits for in-flight requests (e.g. 5s, 500ms).
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -305,6 +305,7 @@ mod membership;
 mod messages;
 mod sqlite;
 mod tickets;
+pub mod webhooks;
 
 pub use cache::{MemberLists, Participants};
 pub use changes::MessageChange;

@@ -323,3 +323,106 @@ async fn the_python_backend_publishes_deletes_and_bans() {
     );
     assert!(!log.contains(&key), "the key is never logged");
 }
+
+/// The Python receiver example verifies herald's webhook batches with the
+/// Standard Webhooks library (an implementation independent of herald's)
+/// and prints every event, in order.
+#[tokio::test]
+async fn a_python_receiver_verifies_webhooks_with_the_standard_library() {
+    let ready = examples()
+        .join("python/.venv/lib")
+        .read_dir()
+        .ok()
+        .and_then(|mut dirs| dirs.next())
+        .and_then(|dir| dir.ok())
+        .is_some_and(|dir| dir.path().join("site-packages/standardwebhooks").exists());
+    if !tools_ready(
+        "the Python venv (with standardwebhooks) of examples/",
+        ready,
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}/herald.db", dir.path().display());
+    let key = crate::support::service_key(&database, "hooks", "admin").await;
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", SECRET, "--webhook-allow-private"]);
+    })
+    .await;
+    let mut receiver = Command::new(examples().join("python/.venv/bin/python"))
+        .arg(examples().join("python/receiver.py"))
+        .args(["--count", "3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let next_line = async |lines: &mut Lines<BufReader<ChildStdout>>| {
+        tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("the receiver says something")
+            .unwrap()
+            .expect("a line")
+    };
+    let listening = next_line(&mut lines).await;
+    let port = listening.strip_prefix("listening ").unwrap();
+    let http = reqwest::Client::new();
+    let webhook: serde_json::Value = http
+        .post(format!("http://{}/api/admin/webhooks", herald.http))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({ "url": format!("http://127.0.0.1:{port}/hook") }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = webhook["secret"].as_str().unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = receiver.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{secret}\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let chat: serde_json::Value = http
+        .post(format!("http://{}/api/conversations", herald.http))
+        .bearer_auth(mint(SECRET, "alice"))
+        .json(&serde_json::json!({ "participantIds": ["bob"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chat = chat["id"].as_str().unwrap();
+    let mut sent = Vec::new();
+    for content in ["one", "two", "three"] {
+        let message: serde_json::Value = http
+            .post(format!(
+                "http://{}/api/conversations/{chat}/messages",
+                herald.http
+            ))
+            .bearer_auth(mint(SECRET, "alice"))
+            .json(&serde_json::json!({ "content": content }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        sent.push(format!("{} message", message["id"].as_str().unwrap()));
+    }
+    let mut printed = Vec::new();
+    for _ in 0..3 {
+        printed.push(next_line(&mut lines).await);
+    }
+    assert_eq!(printed, sent);
+    let exit = tokio::time::timeout(PATIENCE, receiver.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+    herald.terminate().await;
+}

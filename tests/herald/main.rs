@@ -60,3 +60,4 @@ mod sse;
 mod support;
 mod tls;
 mod typing;
+mod webhooks;

@@ -717,6 +717,32 @@ async fn admin_operations(spec: &mut Spec, key: &str, group: &str, alice: &str) 
             .await;
         assert_eq!(status, StatusCode::NO_CONTENT, "{action}");
     }
+    let template = "/api/admin/webhooks";
+    let body = json!({ "url": "http://127.0.0.1:9/hook", "kinds": ["message"] });
+    let (status, _) = spec
+        .check(template, post.clone(), template, key, Some(body), none)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a private address");
+    let (status, listed) = spec
+        .check(template, get.clone(), template, key, None, none)
+        .await;
+    assert_eq!(
+        (status, listed["webhooks"].clone()),
+        (StatusCode::OK, serde_json::Value::Null)
+    );
+    let template = "/api/admin/webhooks/{id}";
+    let (status, _) = spec
+        .check(
+            template,
+            delete.clone(),
+            "/api/admin/webhooks/nothing",
+            key,
+            None,
+            none,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
     let template = "/api/admin/events";
     let accept = [("accept", "text/event-stream")];
     let (status, _) = spec

@@ -226,6 +226,38 @@ impl pb::admin_server::Admin for Admin {
         Ok(Response::new(Box::pin(events)))
     }
 
+    async fn create_webhook(
+        &self,
+        request: Request<pb::CreateWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        let key = key(&request)?;
+        let body = request.into_inner();
+        let webhook = self
+            .herald
+            .create_webhook(&key, &body.url, &body.kinds)
+            .await?;
+        Ok(Response::new(webhook))
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        let key = key(&request)?;
+        let webhooks = self.herald.list_webhooks(&key).await?;
+        Ok(Response::new(pb::ListWebhooksResponse { webhooks }))
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<pb::DeleteWebhookRequest>,
+    ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
+        let key = key(&request)?;
+        let id = request.into_inner().id;
+        self.herald.delete_webhook(&key, &id).await?;
+        Ok(Response::new(pb::DeleteWebhookResponse {}))
+    }
+
     async fn get_presence(
         &self,
         request: Request<pb::GetPresenceRequest>,

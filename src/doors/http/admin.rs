@@ -46,6 +46,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/users/{user_id}/revoke", post(revoke))
         .route("/api/admin/presence", get(presence))
         .route("/api/admin/events", get(super::sse::firehose))
+        .route(
+            "/api/admin/webhooks",
+            post(create_webhook).get(list_webhooks),
+        )
+        .route("/api/admin/webhooks/{id}", delete(delete_webhook))
 }
 
 /// The verified service key of an Admin request.
@@ -223,6 +228,37 @@ async fn list_messages(
     Ok(Json(pb::ListMessagesResponse {
         messages: messages.iter().map(Into::into).collect(),
     }))
+}
+
+/// 201 with the webhook, its secret shown this once.
+async fn create_webhook(
+    State(state): State<AppState>,
+    Key(key): Key,
+    Body(body): Body<pb::CreateWebhookRequest>,
+) -> Result<(StatusCode, Json<pb::Webhook>), Error> {
+    let webhook = state
+        .herald
+        .create_webhook(&key, &body.url, &body.kinds)
+        .await?;
+    Ok((StatusCode::CREATED, Json(webhook)))
+}
+
+async fn list_webhooks(
+    State(state): State<AppState>,
+    Key(key): Key,
+) -> Result<Json<pb::ListWebhooksResponse>, Error> {
+    let webhooks = state.herald.list_webhooks(&key).await?;
+    Ok(Json(pb::ListWebhooksResponse { webhooks }))
+}
+
+/// 204: removed.
+async fn delete_webhook(
+    State(state): State<AppState>,
+    Key(key): Key,
+    Segments(id): Segments<String>,
+) -> Result<StatusCode, Error> {
+    state.herald.delete_webhook(&key, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn presence(

@@ -18,7 +18,10 @@ use crate::{
     engine::commit::Committed,
     engine::firehose::{Firehose, Kinds},
     engine::presence::Seen,
+    engine::webhooks::{self, webhook_kinds},
     error::Error,
+    pb,
+    store::webhooks::WebhookRow,
     store::{ChangeRequest, MessageChange, NewMessage, Page},
 };
 
@@ -339,6 +342,68 @@ impl Herald {
         ))
     }
 
+    /// Registers a webhook for `url`, delivering what is committed from
+    /// now on; its answer holds the secret, once.
+    pub async fn create_webhook(
+        &self,
+        key: &Service,
+        url: &str,
+        kinds: &[String],
+    ) -> Result<pb::Webhook, Error> {
+        Kinds::parse(kinds)?;
+        if url.len() > 2048 {
+            return Err(Error::invalid("url must be at most 2048 bytes"));
+        }
+        let _metered = self.admit(key, Scope::Admin, "create_webhook", url).await?;
+        self.inner
+            .webhooks
+            .check_url(url)
+            .await
+            .map_err(Error::invalid)?;
+        let store = &self.inner.store;
+        let row = WebhookRow {
+            id: crate::domain::random_hex(),
+            url: url.to_owned(),
+            secret: webhooks::new_secret(),
+            kinds: kinds.join(","),
+            delivered_to: store.head().await?.0,
+            batch_until: None,
+            failures: 0,
+            last_error: String::new(),
+            deliveries: 0,
+            disabled: 0,
+        };
+        store.create_webhook(&row, now_micros()).await?;
+        let head = row.delivered_to;
+        Ok(webhook(row, head))
+    }
+
+    /// Every webhook, with its progress (never its secret).
+    pub async fn list_webhooks(&self, key: &Service) -> Result<Vec<pb::Webhook>, Error> {
+        let _metered = self.admit(key, Scope::Admin, "list_webhooks", "").await?;
+        let store = &self.inner.store;
+        let head = store.head().await?.0;
+        Ok(store
+            .webhooks()
+            .await?
+            .into_iter()
+            .map(|row| {
+                let mut shown = webhook(row, head);
+                shown.secret = String::new();
+                shown
+            })
+            .collect())
+    }
+
+    /// Removes webhook `id`.
+    pub async fn delete_webhook(&self, key: &Service, id: &str) -> Result<(), Error> {
+        let _metered = self.admit(key, Scope::Admin, "delete_webhook", id).await?;
+        match self.inner.store.delete_webhook(id).await? {
+            true => Ok(()),
+            false => Err(Error::NotFound("webhook")),
+        }
+    }
+
     /// A group as the application sees it (no reader: nothing unread),
     /// after a change that made `body` (or none).
     async fn as_service(
@@ -376,6 +441,26 @@ fn check_reason(reason: &str) -> Result<(), Error> {
             "reason must be at most 1024 bytes, without control characters",
         )),
         false => Ok(()),
+    }
+}
+
+/// A webhook's row as the Admin service shows it, secret included (the
+/// caller clears it except on create), its lag counted up to `head`.
+fn webhook(row: WebhookRow, head: i64) -> pb::Webhook {
+    pb::Webhook {
+        id: row.id,
+        url: row.url,
+        kinds: webhook_kinds(&row.kinds),
+        secret: row.secret,
+        delivered_to_id: match row.delivered_to {
+            0 => String::new(),
+            position => Position(position).id(),
+        },
+        lag: (head - row.delivered_to).max(0),
+        deliveries: row.deliveries,
+        failures: row.failures,
+        last_error: row.last_error,
+        disabled: row.disabled != 0,
     }
 }
 

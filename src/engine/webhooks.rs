@@ -1,0 +1,396 @@
+//! Webhooks: stored events POSTed to the application in position order,
+//! batched, signed as Standard Webhooks sign them, at least once.
+//!
+//! **Exactly where it stopped.** Each webhook's row holds how far it was
+//! delivered (`delivered_to`, moved only by a 2xx) and the batch in flight
+//! (`batch_until`, written before the first attempt), so a retry, a
+//! restart or another node sends the same batch under the same
+//! `webhook-id`, and the next batch starts where the last one ended.
+//! **One node at a time**: a node delivers a webhook only while it holds
+//! its lease, taken in one statement; a node that dies loses it within
+//! [`LEASE`]. **Never in the way of sends**: delivery is its own task,
+//! reading the database like the firehose, with a timeout per request and
+//! the response's body never read.
+
+use crate::{
+    domain::{Position, now_micros},
+    engine::firehose::{KINDS, Kinds},
+    pb,
+    store::{Store, webhooks::WebhookRow},
+};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// How long a node's lease of a webhook lasts without renewal.
+pub const LEASE: Duration = Duration::from_secs(15);
+/// How long one delivery may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most events in one batch.
+const BATCH: i64 = 100;
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often each node looks for work, whatever the feed says.
+const TICK: Duration = Duration::from_secs(1);
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Counts for `/metrics`.
+#[derive(Default)]
+pub struct WebhookCounts {
+    pub delivered_events: AtomicU64,
+    pub batches: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// The delivering half on this node; cheap to clone.
+#[derive(Clone)]
+pub struct Webhooks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    client: Client<Https, Full<Bytes>>,
+    /// This node's name on leases.
+    owner: String,
+    allow_private: bool,
+    counts: WebhookCounts,
+}
+
+impl Webhooks {
+    /// Starts delivering on `tasks` until `shutdown`: each tick, and each
+    /// time this node's feed moves.
+    pub fn start(
+        store: Store,
+        delivered: watch::Receiver<i64>,
+        allow_private: bool,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Self {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new();
+        let connector = match connector.with_native_roots() {
+            Ok(roots) => roots,
+            Err(error) => {
+                tracing::warn!(%error, "no system certificates: webhooks over HTTPS will fail");
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(rustls_empty_roots())
+            }
+        }
+        .https_or_http()
+        .enable_http1()
+        .build();
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let webhooks = Self {
+            inner: Arc::new(Inner {
+                store,
+                client,
+                owner: crate::domain::random_hex(),
+                allow_private,
+                counts: WebhookCounts::default(),
+            }),
+        };
+        tasks.spawn(webhooks.clone().run(delivered, shutdown));
+        webhooks
+    }
+
+    /// Whether `url` may be a webhook: http or https, a host that does not
+    /// resolve to loopback, private, link-local or unspecified addresses
+    /// (unless `--webhook-allow-private`).
+    pub async fn check_url(&self, url: &str) -> Result<(), String> {
+        check_url(url, self.inner.allow_private).await
+    }
+
+    pub fn counts(&self) -> &WebhookCounts {
+        &self.inner.counts
+    }
+
+    async fn run(self, mut delivered: watch::Receiver<i64>, shutdown: CancellationToken) {
+        self.work(&mut delivered, &shutdown).await;
+        // Stopping: another node may carry on at once, not after the lease.
+        if let Err(error) = self.inner.store.release_webhooks(&self.inner.owner).await {
+            tracing::warn!(%error, "webhook leases could not be given up");
+        }
+    }
+
+    async fn work(&self, delivered: &mut watch::Receiver<i64>, shutdown: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+                changed = delivered.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            let webhooks = match self.inner.store.webhooks().await {
+                Ok(webhooks) => webhooks,
+                Err(error) => {
+                    tracing::warn!(%error, "webhooks could not be read");
+                    continue;
+                }
+            };
+            for webhook in webhooks.iter().filter(|webhook| webhook.disabled == 0) {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                if let Err(error) = self.deliver(&webhook.id).await {
+                    tracing::warn!(%error, webhook = %webhook.id, "webhook delivery failed to run");
+                }
+            }
+        }
+    }
+
+    /// Delivers webhook `id`'s batches while it holds the lease and there
+    /// is something to send.
+    async fn deliver(&self, id: &str) -> Result<(), sqlx::Error> {
+        let store = &self.inner.store;
+        loop {
+            let now = now_micros();
+            let until = now + LEASE.as_micros() as i64;
+            let Some(webhook) = store
+                .lease_webhook(id, &self.inner.owner, now, until)
+                .await?
+            else {
+                return Ok(());
+            };
+            let kinds = Kinds::parse(&webhook_kinds(&webhook.kinds)).unwrap_or(Kinds([true; 6]));
+            let after = Position(webhook.delivered_to);
+            let mut events = store.events_after(after, BATCH, kinds.0).await?;
+            if let Some(until) = webhook.batch_until {
+                events.retain(|event| event.position.0 <= until);
+            }
+            let Some(last) = events.last().map(|event| event.position.0) else {
+                return Ok(());
+            };
+            let batch_until = webhook.batch_until.unwrap_or(last);
+            if webhook.batch_until.is_none() {
+                store.webhook_batch(id, batch_until).await?;
+            }
+            let message_id = format!("msg_{id}_{batch_until}");
+            let body = batch_body(&events);
+            match self.post(&webhook, &message_id, body).await {
+                Ok(()) => {
+                    let count = events.len() as i64;
+                    store.webhook_delivered(id, batch_until, count).await?;
+                    let counts = &self.inner.counts;
+                    counts.batches.fetch_add(1, Ordering::Relaxed);
+                    counts
+                        .delivered_events
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                }
+                Err(failure) => {
+                    self.inner.counts.failures.fetch_add(1, Ordering::Relaxed);
+                    let next = now_micros() + backoff(webhook.failures).as_micros() as i64;
+                    let gone = failure.gone;
+                    if gone {
+                        tracing::warn!(webhook = %id, "the endpoint answered 410: webhook disabled");
+                    }
+                    store.webhook_failed(id, &failure.error, next, gone).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// POSTs one signed batch; a 2xx is success.
+    async fn post(&self, webhook: &WebhookRow, id: &str, body: String) -> Result<(), Failure> {
+        check_url(&webhook.url, self.inner.allow_private)
+            .await
+            .map_err(Failure::error)?;
+        let timestamp = now_micros() / 1_000_000;
+        let signature = sign(&webhook.secret, id, timestamp, &body).map_err(Failure::error)?;
+        let request = hyper::Request::post(&webhook.url)
+            .header("content-type", "application/json")
+            .header("user-agent", "herald-webhooks")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|error| Failure::error(error.to_string()))?;
+        let answer =
+            tokio::time::timeout(REQUEST_TIMEOUT, self.inner.client.request(request)).await;
+        // The body is never read: a huge or endless answer costs nothing.
+        let status = match answer {
+            Err(_) => return Err(Failure::error("timed out".into())),
+            Ok(Err(error)) => return Err(Failure::error(error.to_string())),
+            Ok(Ok(response)) => response.status(),
+        };
+        match status.as_u16() {
+            200..=299 => Ok(()),
+            410 => Err(Failure {
+                error: "410 Gone".into(),
+                gone: true,
+            }),
+            code => Err(Failure::error(format!("answered {code}"))),
+        }
+    }
+}
+
+/// Why a delivery failed, and whether the endpoint said it is gone.
+struct Failure {
+    error: String,
+    gone: bool,
+}
+
+impl Failure {
+    fn error(error: String) -> Self {
+        Self { error, gone: false }
+    }
+}
+
+fn rustls_empty_roots() -> tokio_rustls::rustls::ClientConfig {
+    tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+    .with_no_client_auth()
+}
+
+/// A webhook's kinds as stored (comma-separated; empty: all).
+pub fn webhook_kinds(stored: &str) -> Vec<String> {
+    stored
+        .split(',')
+        .filter(|kind| KINDS.contains(kind))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `{"events": [...]}`, each event as on the firehose.
+fn batch_body(events: &[crate::domain::Event]) -> String {
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .map(|event| serde_json::to_value(pb::Event::from(event)).unwrap_or_default())
+        .collect();
+    serde_json::json!({ "events": events }).to_string()
+}
+
+/// How long to wait after the `failures`-th failure in a row: doubling
+/// from a second up to [`MAX_BACKOFF`], with up to half of it as jitter, so
+/// many webhooks failing together do not retry together.
+fn backoff(failures: i32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.clamp(0, 9)).min(MAX_BACKOFF);
+    let mut random = [0u8; 2];
+    let _ = getrandom::fill(&mut random);
+    let jitter = f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX) / 2.0;
+    base.mul_f64(1.0 - jitter)
+}
+
+/// A new webhook secret: `whsec_` and 24 random bytes in base64.
+pub fn new_secret() -> String {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// The Standard Webhooks signature: `v1,` and the base64 HMAC-SHA256 of
+/// `{id}.{timestamp}.{body}` under the secret's bytes.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Result<String, String> {
+    let key = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .map_err(|_| "the webhook secret is not base64".to_owned())?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key)
+        .map_err(|_| "the webhook secret is unusable".to_owned())?;
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    Ok(format!("v1,{signature}"))
+}
+
+/// See [`Webhooks::check_url`].
+pub async fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|_| "url is not a URL".to_owned())?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("url must be http or https".into());
+    }
+    let host = uri.host().ok_or("url has no host")?;
+    if allow_private {
+        return Ok(());
+    }
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<IpAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|_| "url's host does not resolve".to_owned())?
+        .map(|address| address.ip())
+        .collect();
+    if addresses.is_empty() || addresses.iter().any(|ip| is_private(*ip)) {
+        return Err(
+            "url resolves to a loopback or private address (--webhook-allow-private allows it)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_the_standard_webhooks_one() {
+        // The example of the Standard Webhooks specification.
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+        let body = r#"{"test": 2432232314}"#;
+        assert_eq!(
+            sign(secret, id, 1614265330, body).unwrap(),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[tokio::test]
+    async fn private_and_loopback_urls_are_refused_unless_allowed() {
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://10.1.2.3/hook",
+            "http://[::1]/hook",
+            "http://169.254.169.254/latest",
+            "http://localhost/hook",
+        ] {
+            assert!(check_url(url, false).await.is_err(), "{url}");
+        }
+        assert!(check_url("http://127.0.0.1:9/hook", true).await.is_ok());
+        assert!(check_url("ftp://example.com/", true).await.is_err());
+    }
+}
