@@ -14,8 +14,9 @@
 
 use crate::{
     domain::{Event, Position},
-    engine::stream::{StreamEnd, keep_within_bytes},
+    engine::stream::{StreamEnd, keep_within},
     error::Error,
+    pb,
     store::Store,
 };
 use std::{collections::VecDeque, sync::Arc};
@@ -56,13 +57,29 @@ impl Kinds {
     }
 }
 
+/// An event as the firehose and webhooks give it: a message also says who
+/// had no open stream on any node as it was sent.
+pub struct Stored {
+    pub event: Event,
+    pub offline: Vec<String>,
+}
+
+impl Stored {
+    /// The wire form, `offline_recipients` set on a message.
+    pub fn to_pb(&self) -> pb::Event {
+        let mut event = pb::Event::from(&self.event);
+        event.offline_recipients = self.offline.clone();
+        event
+    }
+}
+
 /// One reader's firehose.
 pub struct Firehose {
     store: Store,
     /// The last position read (or skipped as not wanted).
     after: Position,
     kinds: Kinds,
-    page: VecDeque<Event>,
+    page: VecDeque<Stored>,
     page_size: i64,
     /// Shared with resuming streams: page reads at once, across the node.
     permits: Arc<Semaphore>,
@@ -94,15 +111,15 @@ impl Firehose {
 
     /// The next event if one is read already, without waiting: so a door
     /// can write several at once.
-    pub fn try_next(&mut self) -> Option<Event> {
-        let event = self.page.pop_front()?;
-        self.after = event.position;
-        Some(event)
+    pub fn try_next(&mut self) -> Option<Stored> {
+        let stored = self.page.pop_front()?;
+        self.after = stored.event.position;
+        Some(stored)
     }
 
     /// The next event, read from the database when the page is used up and
     /// waited for when there is none yet; or why the firehose ends.
-    pub async fn next(&mut self) -> Result<Event, StreamEnd> {
+    pub async fn next(&mut self) -> Result<Stored, StreamEnd> {
         loop {
             if let Some(event) = self.try_next() {
                 return Ok(event);
@@ -126,8 +143,11 @@ impl Firehose {
                 })?,
             };
             if !page.is_empty() {
-                keep_within_bytes(&mut page);
-                self.page = page.into();
+                keep_within(&mut page, |(event, _)| event.approximate_bytes());
+                self.page = page
+                    .into_iter()
+                    .map(|(event, offline)| Stored { event, offline })
+                    .collect();
                 continue;
             }
             // Nothing wanted up to what was readable: never scan it again.

@@ -506,6 +506,7 @@ impl Herald {
             key,
             reply_to,
             system: false,
+            offline: self.offline_in(&conversation_id).await?,
             created_at_micros: now_micros(),
         };
         match self.inner.committer.commit(new).await? {
@@ -940,6 +941,21 @@ impl Herald {
             Some(false) => Err(Error::PermissionDenied),
             Some(true) => Ok(()),
         }
+    }
+
+    /// The participants of `id` with no open stream on any node now (as
+    /// presence says, within its grace): whom the application may push a
+    /// message to. From the cache and presence: no database read.
+    async fn offline_in(&self, id: &ConversationId) -> Result<Vec<UserId>, Error> {
+        let members = self.inner.participants.of(id).await?;
+        Ok(self
+            .inner
+            .presence
+            .of(&members)
+            .into_iter()
+            .filter(|(_, seen)| !seen.is_some_and(|seen| seen.online))
+            .map(|(user, _)| user)
+            .collect())
     }
 
     /// Whether `caller` may post in `id`, from the cache on the hot path: a

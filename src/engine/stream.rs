@@ -354,12 +354,18 @@ impl EventStream {
 /// least one), so a page of large events (a membership change carries the
 /// whole member list) is held no longer than a page of messages; says
 /// whether it cut. The rest is read again with the next page.
-pub(crate) fn keep_within_bytes(page: &mut Vec<Event>) -> bool {
+fn keep_within_bytes(page: &mut Vec<Event>) -> bool {
+    keep_within(page, Event::approximate_bytes)
+}
+
+/// [`keep_within_bytes`] for pages of anything holding events, `bytes`
+/// saying how large each is.
+pub(crate) fn keep_within<T>(page: &mut Vec<T>, size: impl Fn(&T) -> usize) -> bool {
     let mut bytes = 0;
     let fits = page
         .iter()
-        .take_while(|event| {
-            bytes += event.approximate_bytes();
+        .take_while(|item| {
+            bytes += size(item);
             bytes <= REPLAY_PAGE_BYTES
         })
         .count()

@@ -14,8 +14,7 @@
 
 use crate::{
     domain::{Position, now_micros},
-    engine::firehose::{KINDS, Kinds},
-    pb,
+    engine::firehose::{KINDS, Kinds, Stored},
     store::{Store, webhooks::WebhookRow},
 };
 use base64::Engine as _;
@@ -170,9 +169,9 @@ impl Webhooks {
             let after = Position(webhook.delivered_to);
             let mut events = store.events_after(after, BATCH, kinds.0).await?;
             if let Some(until) = webhook.batch_until {
-                events.retain(|event| event.position.0 <= until);
+                events.retain(|(event, _)| event.position.0 <= until);
             }
-            let Some(last) = events.last().map(|event| event.position.0) else {
+            let Some(last) = events.last().map(|(event, _)| event.position.0) else {
                 return Ok(());
             };
             let batch_until = webhook.batch_until.unwrap_or(last);
@@ -180,10 +179,10 @@ impl Webhooks {
                 store.webhook_batch(id, batch_until).await?;
             }
             let message_id = format!("msg_{id}_{batch_until}");
-            let body = batch_body(&events);
+            let count = events.len() as i64;
+            let body = batch_body(events);
             match self.post(&webhook, &message_id, body).await {
                 Ok(()) => {
-                    let count = events.len() as i64;
                     store.webhook_delivered(id, batch_until, count).await?;
                     let counts = &self.inner.counts;
                     counts.batches.fetch_add(1, Ordering::Relaxed);
@@ -271,10 +270,13 @@ pub fn webhook_kinds(stored: &str) -> Vec<String> {
 }
 
 /// `{"events": [...]}`, each event as on the firehose.
-fn batch_body(events: &[crate::domain::Event]) -> String {
+fn batch_body(events: Vec<(crate::domain::Event, Vec<String>)>) -> String {
     let events: Vec<serde_json::Value> = events
-        .iter()
-        .map(|event| serde_json::to_value(pb::Event::from(event)).unwrap_or_default())
+        .into_iter()
+        .map(|(event, offline)| {
+            let stored = Stored { event, offline };
+            serde_json::to_value(stored.to_pb()).unwrap_or_default()
+        })
         .collect();
     serde_json::json!({ "events": events }).to_string()
 }

@@ -135,6 +135,8 @@ impl From<&domain::Event> for Event {
                 false => String::new(),
             },
             kind: Some(event.into()),
+            // Only the firehose and webhooks say (`firehose::Stored`).
+            offline_recipients: Vec::new(),
         }
     }
 }

@@ -216,16 +216,18 @@ impl Store {
     /// Up to `limit` stored events of every conversation after `after`, in
     /// position order, of the kinds `kinds` names (message, edit, delete,
     /// reaction, read, membership, in that order): the firehose's page.
-    /// Messages and the messages changes concern read as they now are.
+    /// Messages and the messages changes concern read as they now are; a
+    /// message comes with who had no open stream as it was sent.
     pub async fn events_after(
         &self,
         after: Position,
         limit: i64,
         kinds: [bool; 6],
-    ) -> Result<Vec<Event>, sqlx::Error> {
+    ) -> Result<Vec<(Event, Vec<String>)>, sqlx::Error> {
         let sql = concat!(
             "SELECT ",
             event_columns!(),
+            ", m.offline",
             events!(),
             " WHERE m.position > $1 AND (
                  (m.kind = 'message' AND $3 = 1) OR (m.kind = 'edit' AND $4 = 1)
@@ -240,7 +242,14 @@ impl Store {
             }
             query.fetch_all(pool).await
         })?;
-        Ok(rows.into_iter().map(Event::from).collect())
+        Ok(rows
+            .into_iter()
+            .map(|mut row| {
+                let offline = row.offline.take().unwrap_or_default();
+                let offline = serde_json::from_str(&offline).unwrap_or_default();
+                (Event::from(row), offline)
+            })
+            .collect())
     }
 
     /// Whether message `position` is a message of conversation `id`.

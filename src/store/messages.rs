@@ -19,6 +19,8 @@ pub struct NewMessage {
     pub reply_to: Option<Position>,
     /// Published by the application: its sender need not be a participant.
     pub system: bool,
+    /// Participants with no open stream on any node as it was sent.
+    pub offline: Vec<UserId>,
     pub created_at_micros: i64,
 }
 
@@ -97,6 +99,16 @@ pub enum Page {
     After(Position),
 }
 
+impl NewMessage {
+    /// [`offline`](Self::offline) as stored: a JSON array, or nothing.
+    pub(super) fn offline_json(&self) -> Option<String> {
+        (!self.offline.is_empty()).then(|| {
+            let ids: Vec<&str> = self.offline.iter().map(UserId::as_str).collect();
+            serde_json::to_string(&ids).unwrap_or_default()
+        })
+    }
+}
+
 impl Store {
     /// Commits `rows` in one transaction at the next stream positions, in
     /// order: one commit (and one wait for the disk) for the whole batch.
@@ -140,7 +152,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO messages (position, conversation_id, user_id, content, created_at, client_message_id, reply_to, system) ",
+                "INSERT INTO messages (position, conversation_id, user_id, content, created_at, client_message_id, reply_to, system, offline) ",
             );
             insert.push_values(rows.iter().enumerate(), |mut values, (index, row)| {
                 values
@@ -151,7 +163,8 @@ impl Store {
                     .push_bind(row.created_at_micros)
                     .push_bind(row.key.as_ref().map(IdempotencyKey::as_str))
                     .push_bind(row.reply_to.map(|position| position.0))
-                    .push_bind(i32::from(row.system));
+                                        .push_bind(i32::from(row.system))
+                    .push_bind(row.offline_json());
             });
             insert.build().execute(&mut *tx).await?;
             tx.commit().await?;

@@ -215,6 +215,10 @@ struct EventRow {
     t_changed_at: Option<i64>,
     system: i32,
     t_system: Option<i32>,
+    /// Who had no open stream when a message was sent, as stored (only the
+    /// firehose's read selects it).
+    #[sqlx(default)]
+    offline: Option<String>,
     /// The end of the reader's membership interval holding the event, when
     /// a replay reads it (`ms.left_at`): what changed after it is withheld.
     #[sqlx(default)]

@@ -62,7 +62,7 @@ impl Sqlite {
         );
         sql.push_bind(count).push(
             " WHERE id = 1 RETURNING position; INSERT INTO messages \
-             (position, conversation_id, user_id, content, created_at, client_message_id, reply_to, system) VALUES ",
+             (position, conversation_id, user_id, content, created_at, client_message_id, reply_to, system, offline) VALUES ",
         );
         for (index, row) in rows.iter().enumerate() {
             if index > 0 {
@@ -86,6 +86,8 @@ impl Sqlite {
                 .push_bind(row.reply_to.map(|position| position.0))
                 .push(", ")
                 .push_bind(i32::from(row.system))
+                .push(", ")
+                .push_bind(row.offline_json())
                 .push(")");
         }
         sql.push("; COMMIT");

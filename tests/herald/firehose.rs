@@ -231,7 +231,45 @@ async fn the_firehose_over_sse(db: TestDb) {
     app.stop().await;
 }
 
+/// A message on the firehose lists the participants with no open stream
+/// when it was sent (on gRPC, and in the SSE data): whom to push to.
+async fn a_message_names_its_offline_recipients(db: TestDb) {
+    let key = service_key(&db.url, "push", "read").await;
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let group = alice
+        .create_conversation(&["bob", "carol"])
+        .await
+        .unwrap()
+        .id;
+    let _online = app.user("bob").await.subscribe("").await.unwrap();
+    app.wait_for_subscriptions(1).await;
+    let sent = alice.send(&group, "who is here?").await.unwrap();
+    let mut hose = firehose(&app, &key, "", &["message"]).await.unwrap();
+    let event = crate::support::next_event(&mut hose).await;
+    assert_eq!(event.id, sent.id);
+    assert_eq!(
+        event.offline_recipients,
+        ["alice", "carol"],
+        "bob has a stream open"
+    );
+    let request = reqwest::Client::new()
+        .get(app.url("/api/admin/events?kinds=message"))
+        .header("accept", "text/event-stream")
+        .bearer_auth(&key);
+    let mut events = open_sse(request).await;
+    let first = events.next_event().await.unwrap();
+    let data: serde_json::Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(data["id"], sent.id.as_str());
+    assert_eq!(
+        data["offlineRecipients"],
+        serde_json::json!(["alice", "carol"])
+    );
+    app.stop().await;
+}
+
 on_every_backend!(
+    a_message_names_its_offline_recipients,
     the_firehose_is_every_event_once_in_order_and_resumes_exactly,
     a_slow_firehose_reader_is_never_dropped,
     the_firehose_over_sse,

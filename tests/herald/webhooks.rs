@@ -7,6 +7,7 @@
 use crate::support::{TestDb, call, service_key, spawn_app, spawn_app_with};
 use axum::{Router, extract::State, http::HeaderMap, routing::post};
 use base64::Engine as _;
+use herald::pb;
 use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
 use std::sync::{
@@ -204,7 +205,179 @@ async fn webhooks_are_refused_for_private_addresses_and_other_scopes(db: TestDb)
     app.stop().await;
 }
 
+/// A receiver on a fixed port that can be killed and started again.
+struct Endpoint {
+    receiver: Arc<Receiver>,
+    listener_addr: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Endpoint {
+    async fn start(receiver: Arc<Receiver>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener_addr = listener.local_addr().unwrap();
+        let mut endpoint = Self {
+            receiver,
+            listener_addr,
+            task: None,
+        };
+        endpoint.serve(listener);
+        endpoint
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.listener_addr)
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(self.receiver.clone());
+        self.task = Some(tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }));
+    }
+
+    /// Kills the receiver: connections are refused until it is back.
+    async fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.listener_addr)
+            .await
+            .unwrap();
+        self.serve(listener);
+    }
+}
+
+/// Four writers send messages with edits and membership changes while the
+/// receiver is killed and started again twice and herald is restarted
+/// once: every stored event after the webhook's creation arrives, in
+/// position order, and a duplicate is only ever a retry of a whole batch
+/// under its own `webhook-id`.
+async fn webhooks_lose_nothing_when_the_receiver_and_herald_go_away(db: TestDb) {
+    let key = service_key(&db.url, "hooks", "admin,read").await;
+    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
+    let mut app = spawn_app_with(&db, allow).await;
+    let receiver = Arc::new(Receiver::default());
+    let mut endpoint = Endpoint::start(receiver.clone()).await;
+    let (status, created) = call(
+        &app,
+        &key,
+        Method::POST,
+        "/api/admin/webhooks",
+        Some(serde_json::json!({ "url": endpoint.url() })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    *receiver.secret.lock().unwrap() = created["secret"].as_str().unwrap().to_owned();
+    let alice = app.user("alice").await;
+    let group = alice
+        .create_conversation(&["bob", "carol", "dave"])
+        .await
+        .unwrap()
+        .id;
+    for phase in 0..3 {
+        let mut writers = Vec::new();
+        for name in ["alice", "bob", "carol", "dave"] {
+            let user = app.user(name).await;
+            let group = group.clone();
+            writers.push(tokio::spawn(async move {
+                for n in 0..50 {
+                    let sent = user
+                        .send(&group, &format!("{name} {phase}.{n}"))
+                        .await
+                        .unwrap();
+                    if n % 10 == 0 {
+                        let edit = pb::EditMessageRequest {
+                            conversation_id: group.clone(),
+                            message_id: sent.id,
+                            content: format!("{name} {phase}.{n} (edited)"),
+                        };
+                        user.client()
+                            .edit_message(user.request(edit))
+                            .await
+                            .unwrap();
+                    }
+                }
+            }));
+        }
+        let guest = format!("guest-{phase}");
+        let alice = app.user("alice").await;
+        alice.add(&group, &[guest.as_str()]).await.unwrap();
+        match phase {
+            0 | 1 => endpoint.kill().await,
+            _ => {}
+        }
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        alice.remove(&group, &guest).await.unwrap();
+        if phase < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            endpoint.restart().await;
+        }
+        if phase == 1 {
+            app.stop().await;
+            app = spawn_app_with(&db, allow).await;
+        }
+    }
+    // What was stored after the webhook's creation, from the firehose.
+    let alice = app.user("alice").await;
+    let last = alice.send(&group, "the end").await.unwrap().id;
+    let after = created["deliveredToId"].as_str().unwrap_or("");
+    let body = pb::SubscribeAllRequest {
+        after_id: after.into(),
+        kinds: Vec::new(),
+    };
+    let mut all = app
+        .admin()
+        .await
+        .subscribe_all(crate::support::authorized(body, &format!("Bearer {key}")))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stored = Vec::new();
+    loop {
+        let event = crate::support::next_event(&mut all).await;
+        stored.push(event.id.clone());
+        if event.id == last {
+            break;
+        }
+    }
+    let arrived = crate::support::eventually(|| async {
+        receiver
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, ids)| ids.contains(&last))
+    })
+    .await;
+    assert!(arrived, "the last event arrives");
+    let batches = receiver.batches.lock().unwrap().clone();
+    assert_eq!(*receiver.bad_signatures.lock().unwrap(), 0);
+    let mut delivered: Vec<String> = Vec::new();
+    let mut by_id: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (id, ids) in &batches {
+        match by_id.get(id) {
+            Some(before) => assert_eq!(before, ids, "a retry is the same batch"),
+            None => {
+                by_id.insert(id.clone(), ids.clone());
+                delivered.extend(ids.iter().cloned());
+            }
+        }
+    }
+    assert_eq!(delivered, stored, "every event, once, in order");
+    app.stop().await;
+}
+
 on_every_backend!(
     webhooks_deliver_every_event_in_order_through_failures_and_a_restart,
     webhooks_are_refused_for_private_addresses_and_other_scopes,
+    webhooks_lose_nothing_when_the_receiver_and_herald_go_away,
 );

@@ -219,7 +219,7 @@ impl pb::admin_server::Admin for Admin {
         let events = futures_util::stream::unfold(Some(firehose), |state| async move {
             let mut firehose = state?;
             match firehose.next().await {
-                Ok(event) => Some((Ok(pb::Event::from(&event)), Some(firehose))),
+                Ok(stored) => Some((Ok(stored.to_pb()), Some(firehose))),
                 Err(end) => Some((Err(super::end_status(end)), None)),
             }
         });

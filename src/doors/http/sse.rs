@@ -162,13 +162,12 @@ pub(super) async fn firehose(
             Ok(Ok(event)) => event,
         };
         let mut out = String::with_capacity(512);
-        let no_one: std::sync::Arc<[crate::domain::UserId]> = std::sync::Arc::from([]);
-        write_event(&mut out, &Delivery::new(first, no_one.clone()));
+        write_event(&mut out, &stored_delivery(first));
         while out.len() < MAX_BATCH_BYTES {
-            let Some(event) = firehose.try_next() else {
+            let Some(stored) = firehose.try_next() else {
                 break;
             };
-            write_event(&mut out, &Delivery::new(event, no_one.clone()));
+            write_event(&mut out, &stored_delivery(stored));
         }
         Some((Bytes::from(out), firehose))
     });
@@ -177,6 +176,20 @@ pub(super) async fn firehose(
         .chain(batches)
         .map(Ok::<_, Infallible>);
     Ok((stream_headers(), Body::from_stream(body)).into_response())
+}
+
+/// A firehose event as `write_event` writes it: a message's JSON also
+/// carries `offlineRecipients`.
+fn stored_delivery(stored: crate::engine::firehose::Stored) -> std::sync::Arc<Delivery> {
+    let delivery = Delivery::new(stored.event, std::sync::Arc::from([]));
+    if !stored.offline.is_empty()
+        && let pb::event::Kind::Message(message) = pb::event::Kind::from(&delivery.event)
+        && let Ok(mut json) = serde_json::to_value(&message)
+    {
+        json["offlineRecipients"] = stored.offline.into();
+        let _ = delivery.encoded.set(json.to_string());
+    }
+    delivery
 }
 
 /// The firehose's query: a resume point and the kinds wanted.

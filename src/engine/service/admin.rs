@@ -105,6 +105,7 @@ impl Herald {
             key: key_id,
             reply_to: None,
             system: true,
+            offline: self.offline_in(&conversation_id).await?,
             created_at_micros: now_micros(),
         };
         match self.inner.committer.commit(new).await? {
