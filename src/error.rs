@@ -26,6 +26,12 @@ pub enum Error {
     /// The caller is banned (`Admin.BanUser`); the message says why.
     #[error("you are banned{}", reason_suffix(.0))]
     Banned(String),
+    /// The application's publish hook refused the message; its reason.
+    #[error("{0}")]
+    Denied(String),
+    /// The publish hook failed and its policy is `closed`.
+    #[error("the publish hook failed; try again")]
+    HookFailed,
     /// A well-formed id that names nothing; the field says which kind.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -82,7 +88,7 @@ impl From<Error> for Status {
         error.log_cause();
         let code = match &error {
             Error::Unauthenticated => Code::Unauthenticated,
-            Error::PermissionDenied | Error::Forbidden(_) | Error::Banned(_) => {
+            Error::PermissionDenied | Error::Forbidden(_) | Error::Banned(_) | Error::Denied(_) => {
                 Code::PermissionDenied
             }
             Error::NotFound(_) => Code::NotFound,
@@ -90,7 +96,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::ResumeImpossible(_) => Code::OutOfRange,
-            Error::ShuttingDown | Error::Database(_) => Code::Unavailable,
+            Error::ShuttingDown | Error::Database(_) | Error::HookFailed => Code::Unavailable,
         };
         Status::new(code, error.to_string())
     }

@@ -48,7 +48,7 @@ pub use engine::service::Herald;
 pub use error::{Error, UNAUTHENTICATED};
 pub use net::listener::Connections;
 pub use startup::commands;
-pub use startup::config::ServeConfig;
+pub use startup::config::{HookFailure, ServeConfig};
 pub use startup::server::{Server, shutdown_signal};
 pub use startup::start::StartError;
 

@@ -9,6 +9,7 @@
 pub mod commit;
 pub mod feed;
 pub mod firehose;
+pub mod hook;
 pub mod hub;
 pub mod limits;
 pub mod moderation;

@@ -12,6 +12,7 @@ use crate::{
     },
     engine::commit::{Changing, Committed, Committer},
     engine::feed::Feed,
+    engine::hook::{PublishHook, Verdict},
     engine::hub::{Hub, Wants},
     engine::limits::{Limits, RateLimiter, Tarpit, UserPermits},
     engine::moderation::Moderator,
@@ -83,6 +84,8 @@ struct Inner {
     admin_calls: RateLimiter,
     /// Webhook delivery on this node.
     webhooks: Webhooks,
+    /// The hook before commit, if configured.
+    hook: Option<PublishHook>,
 }
 
 mod admin;
@@ -234,6 +237,7 @@ impl Herald {
             admin_calls: RateLimiter::new(limits.messages_per_second, limits.message_burst),
             moderator,
             webhooks,
+            hook: config.publish_hook()?,
             permits: UserPermits::new(limits.user_concurrency),
             tarpit: Tarpit::default(),
             limits,
@@ -494,11 +498,16 @@ impl Herald {
                     .await?,
             ),
         };
+        // With a hook, what was stored may be its replacement: a retry is
+        // the same message whatever its content.
+        let sent = self.inner.hook.is_none().then_some(&content);
         if let Some(key) = &key
             && let Some(original) = self.inner.store.message_by_key(caller, key).await?
         {
-            return same_message(original, &conversation_id, &content);
+            return same_message(original, &conversation_id, sent);
         }
+        let content = self.hooked(&conversation_id, caller, content).await?;
+        let sent = self.inner.hook.is_none().then_some(&content);
         let new = NewMessage {
             conversation_id: conversation_id.clone(),
             user_id: caller.clone(),
@@ -511,8 +520,25 @@ impl Herald {
         };
         match self.inner.committer.commit(new).await? {
             Committed::New(message) => Ok(message),
-            Committed::Existing(original) => same_message(original, &conversation_id, &content),
+            Committed::Existing(original) => same_message(original, &conversation_id, sent),
         }
+    }
+
+    /// `content` as the publish hook decides, if one is configured.
+    async fn hooked(
+        &self,
+        conversation: &ConversationId,
+        user: &UserId,
+        content: Content,
+    ) -> Result<Content, Error> {
+        let Some(hook) = &self.inner.hook else {
+            return Ok(content);
+        };
+        let max = self.inner.limits.max_content_bytes;
+        Ok(match hook.ask(conversation, user, &content, max).await? {
+            Verdict::Allow => content,
+            Verdict::Replace(replaced) => replaced,
+        })
     }
 
     /// Replaces the content of the caller's message `message_id` (under
@@ -531,6 +557,8 @@ impl Herald {
                 .await);
         }
         let content = Content::parse(content, self.inner.limits.max_content_bytes)?;
+        let conversation = ConversationId::parse("conversation_id", conversation_id)?;
+        let content = self.hooked(&conversation, caller, content).await?;
         let change = |message| MessageChange::Edit {
             message,
             content: content.clone(),
@@ -998,11 +1026,11 @@ impl Herald {
 fn same_message(
     original: Message,
     conversation_id: &ConversationId,
-    content: &Content,
+    content: Option<&Content>,
 ) -> Result<Message, Error> {
     // Edited or deleted since, it is still the message that key sent.
     let changed = original.edited_at_micros.is_some() || original.deleted;
-    let same = changed || original.content == content.as_str();
+    let same = changed || content.is_none_or(|content| original.content == content.as_str());
     match original.conversation_id == *conversation_id && same {
         true => Ok(original),
         false => Err(Error::invalid(

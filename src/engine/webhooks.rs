@@ -45,6 +45,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const TICK: Duration = Duration::from_secs(1);
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+/// herald's outgoing HTTP client (webhooks, the publish hook).
+pub type HttpsClient = Client<Https, Full<Bytes>>;
+
+/// An HTTP and HTTPS client with the system's certificates (rustls, ring).
+pub fn https_client() -> HttpsClient {
+    let connector = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+        Ok(roots) => roots,
+        Err(error) => {
+            tracing::warn!(%error, "no system certificates: HTTPS calls out will fail");
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(rustls_empty_roots())
+        }
+    }
+    .https_or_http()
+    .enable_http1()
+    .build();
+    Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+}
 
 /// Counts for `/metrics`.
 #[derive(Default)]
@@ -62,7 +79,7 @@ pub struct Webhooks {
 
 struct Inner {
     store: Store,
-    client: Client<Https, Full<Bytes>>,
+    client: HttpsClient,
     /// This node's name on leases.
     owner: String,
     allow_private: bool,
@@ -79,18 +96,7 @@ impl Webhooks {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Self {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new();
-        let connector = match connector.with_native_roots() {
-            Ok(roots) => roots,
-            Err(error) => {
-                tracing::warn!(%error, "no system certificates: webhooks over HTTPS will fail");
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(rustls_empty_roots())
-            }
-        }
-        .https_or_http()
-        .enable_http1()
-        .build();
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let client = https_client();
         let webhooks = Self {
             inner: Arc::new(Inner {
                 store,

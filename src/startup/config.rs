@@ -171,6 +171,32 @@ pub struct ServeConfig {
     )]
     pub http2_max_streams: u32,
 
+    /// A hook before commit: each message sent (and each edit) is first
+    /// POSTed here as {"conversationId", "userId", "content"}, signed like a
+    /// webhook, and the answer allows, denies or replaces it.
+    #[arg(long, env = "HERALD_PUBLISH_HOOK", value_name = "URL")]
+    pub publish_hook: Option<String>,
+
+    /// The publish hook's signing secret (`whsec_` and base64), which the
+    /// hook verifies as a webhook receiver does.
+    #[arg(long, env = "HERALD_PUBLISH_HOOK_SECRET", value_name = "SECRET")]
+    pub publish_hook_secret: Option<String>,
+
+    /// How long a send waits for the publish hook.
+    #[arg(long, env = "HERALD_PUBLISH_HOOK_TIMEOUT", value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub publish_hook_timeout: Duration,
+
+    /// What a slow or failing publish hook means: `closed` refuses the send
+    /// (UNAVAILABLE / 503), `open` lets it through.
+    #[arg(
+        long,
+        env = "HERALD_PUBLISH_HOOK_FAILURE",
+        value_name = "POLICY",
+        value_enum,
+        default_value = "closed"
+    )]
+    pub publish_hook_failure: HookFailure,
+
     /// Let webhooks post to loopback and private addresses (refused by
     /// default: a webhook must not reach what only this host can).
     #[arg(long, env = "HERALD_WEBHOOK_ALLOW_PRIVATE")]
@@ -435,6 +461,35 @@ impl ServeConfig {
         })
     }
 
+    /// The hook before commit, if `--publish-hook` names one; it needs its
+    /// secret.
+    pub fn publish_hook(&self) -> Result<Option<crate::engine::hook::PublishHook>, StartError> {
+        let Some(url) = &self.publish_hook else {
+            return Ok(None);
+        };
+        let secret = self.publish_hook_secret.clone().ok_or_else(|| {
+            StartError::config("--publish-hook needs --publish-hook-secret (whsec_ and base64)")
+        })?;
+        if crate::engine::webhooks::sign(&secret, "", 0, "").is_err() {
+            return Err(StartError::config(
+                "--publish-hook-secret must be whsec_ followed by base64",
+            ));
+        }
+        if url.parse::<hyper::Uri>().map_or(true, |uri| {
+            !matches!(uri.scheme_str(), Some("http" | "https"))
+        }) {
+            return Err(StartError::config(
+                "--publish-hook must be an http or https URL",
+            ));
+        }
+        Ok(Some(crate::engine::hook::PublishHook::new(
+            url.clone(),
+            secret,
+            self.publish_hook_timeout,
+            self.publish_hook_failure,
+        )))
+    }
+
     pub fn connection_limits(&self) -> ConnectionLimits {
         let max_connections = self.max_connections.unwrap_or_else(default_max_connections);
         ConnectionLimits {
@@ -571,6 +626,16 @@ impl KeyArgs {
             })
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.into())
     }
+}
+
+/// What a publish hook that times out or fails means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookFailure {
+    /// The send is refused (UNAVAILABLE / 503).
+    #[default]
+    Closed,
+    /// The send goes through as it was.
+    Open,
 }
 
 /// Parses the command line (`std::env::args`), layering `serve --config

@@ -44,6 +44,7 @@ mod delivery;
 mod examples;
 mod firehose;
 mod guarantees;
+mod hook;
 mod hostile;
 mod identity;
 mod lifecycle;

@@ -222,14 +222,16 @@ impl IntoResponse for Error {
         self.log_cause();
         let status = match &self {
             Error::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Error::PermissionDenied | Error::Forbidden(_) | Error::Banned(_) => {
+            Error::PermissionDenied | Error::Forbidden(_) | Error::Banned(_) | Error::Denied(_) => {
                 StatusCode::FORBIDDEN
             }
             Error::FailedPrecondition(_) => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::InvalidArgument(_) | Error::ResumeImpossible(_) => StatusCode::BAD_REQUEST,
             Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::ShuttingDown | Error::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::ShuttingDown | Error::Database(_) | Error::HookFailed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         let mut response = error_response(status, &self.to_string());
         if status == StatusCode::UNAUTHORIZED {

@@ -96,7 +96,7 @@ impl Herald {
         if let Some(idempotency) = &key_id
             && let Some(original) = store.message_by_key(&sender, idempotency).await?
         {
-            return same_message(original, &conversation_id, &content);
+            return same_message(original, &conversation_id, Some(&content));
         }
         let new = NewMessage {
             conversation_id: conversation_id.clone(),
@@ -110,7 +110,9 @@ impl Herald {
         };
         match self.inner.committer.commit(new).await? {
             Committed::New(message) => Ok(message),
-            Committed::Existing(original) => same_message(original, &conversation_id, &content),
+            Committed::Existing(original) => {
+                same_message(original, &conversation_id, Some(&content))
+            }
         }
     }
 
