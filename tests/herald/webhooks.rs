@@ -254,7 +254,7 @@ impl Endpoint {
     }
 }
 
-/// Four writers send messages with edits and membership changes while the
+/// Four writers send 2,000 messages with edits and membership changes while the
 /// receiver is killed and started again twice and herald is restarted
 /// once: every stored event after the webhook's creation arrives, in
 /// position order, and a duplicate is only ever a retry of a whole batch
@@ -287,7 +287,7 @@ async fn webhooks_lose_nothing_when_the_receiver_and_herald_go_away(db: TestDb) 
             let user = app.user(name).await;
             let group = group.clone();
             writers.push(tokio::spawn(async move {
-                for n in 0..50 {
+                for n in 0..167 {
                     let sent = user
                         .send(&group, &format!("{name} {phase}.{n}"))
                         .await
@@ -381,3 +381,107 @@ on_every_backend!(
     webhooks_are_refused_for_private_addresses_and_other_scopes,
     webhooks_lose_nothing_when_the_receiver_and_herald_go_away,
 );
+
+/// Two nodes on PostgreSQL share a webhook: when a node dies without a
+/// goodbye (SIGKILL, its lease left held), the other takes over once the
+/// lease lapses, and nothing is lost or out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_over_a_dead_nodes_webhook() {
+    use crate::support::{Process, mint};
+    const JWT: &str = "webhook-cluster-secret-0123456789abcdef0123456789";
+    let Some(db) = TestDb::new(crate::support::Backend::Postgres).await else {
+        return;
+    };
+    let key = service_key(&db.url, "hooks", "admin").await;
+    let node = || {
+        Process::serve_on(&db.url, |command| {
+            command.args(["--jwt-secret", JWT, "--webhook-allow-private"]);
+        })
+    };
+    let mut first = node().await;
+    let mut second = node().await;
+    let receiver = Arc::new(Receiver::default());
+    let url = start_receiver(receiver.clone()).await;
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("http://{}/api/admin/webhooks", first.http))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({ "url": url, "kinds": ["message"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    *receiver.secret.lock().unwrap() = created["secret"].as_str().unwrap().to_owned();
+    let chat: serde_json::Value = http
+        .post(format!("http://{}/api/conversations", first.http))
+        .bearer_auth(mint(JWT, "alice"))
+        .json(&serde_json::json!({ "participantIds": ["bob"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chat = chat["id"].as_str().unwrap().to_owned();
+    let mut sent = Vec::new();
+    let send = |node: &Process, content: String| {
+        let request = http
+            .post(format!(
+                "http://{}/api/conversations/{chat}/messages",
+                node.http
+            ))
+            .bearer_auth(mint(JWT, "alice"))
+            .json(&serde_json::json!({ "content": content }));
+        async move {
+            let message: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            message["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let arrived = |last: String| {
+        let receiver = receiver.clone();
+        async move {
+            crate::support::eventually(|| async {
+                let batches = receiver.batches.lock().unwrap();
+                batches.iter().any(|(_, ids)| ids.contains(&last))
+            })
+            .await
+        }
+    };
+    // Each node in turn dies while the other lives: whichever delivered,
+    // one of the two deaths is the deliverer's.
+    for round in 0..2 {
+        for n in 0..10 {
+            sent.push(send(&first, format!("{round}.{n}")).await);
+        }
+        assert!(arrived(sent.last().unwrap().clone()).await, "round {round}");
+        first.child.start_kill().unwrap();
+        let _ = first.child.wait().await;
+        for n in 10..20 {
+            sent.push(send(&second, format!("{round}.{n}")).await);
+        }
+        assert!(
+            arrived(sent.last().unwrap().clone()).await,
+            "round {round}, taken over"
+        );
+        first = node().await;
+        std::mem::swap(&mut first, &mut second);
+    }
+    let batches = receiver.batches.lock().unwrap().clone();
+    let mut delivered = Vec::new();
+    let mut by_id: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for (id, ids) in batches {
+        match by_id.get(&id) {
+            Some(before) => assert_eq!(*before, ids, "a retry is the same batch"),
+            None => {
+                delivered.extend(ids.iter().cloned());
+                by_id.insert(id, ids);
+            }
+        }
+    }
+    assert_eq!(delivered, sent);
+    for node in [first, second] {
+        node.terminate().await;
+    }
+}
