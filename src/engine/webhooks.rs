@@ -50,6 +50,11 @@ pub type HttpsClient = Client<Https, Full<Bytes>>;
 
 /// An HTTP and HTTPS client with the system's certificates (rustls, ring).
 pub fn https_client() -> HttpsClient {
+    // Small requests, answered at once: Nagle's delay would cost each one
+    // a round of delayed acknowledgement.
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
     let connector = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
         Ok(roots) => roots,
         Err(error) => {
@@ -57,9 +62,9 @@ pub fn https_client() -> HttpsClient {
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(rustls_empty_roots())
         }
     }
-    .https_or_http()
+        .https_or_http()
     .enable_http1()
-    .build();
+    .wrap_connector(http);
     Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
 }
 
