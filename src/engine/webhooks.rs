@@ -62,7 +62,7 @@ pub fn https_client() -> HttpsClient {
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(rustls_empty_roots())
         }
     }
-        .https_or_http()
+    .https_or_http()
     .enable_http1()
     .wrap_connector(http);
     Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
