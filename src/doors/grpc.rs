@@ -20,7 +20,8 @@ use tower_layer::Layer;
 pub mod admin;
 
 /// The Messenger service with authentication in front.
-pub type Service = TooLargeIsInvalid<InterceptedService<MessengerServer<Messenger>, Authenticate>>;
+pub type Service =
+    TooLargeIsInvalid<InterceptedService<MessengerServer<Messenger>, Authenticate<Claims>>>;
 
 /// Builds the authenticated Messenger service. Its request messages are
 /// bounded by what a call can carry ([`Limits::largest_request`]), which
@@ -30,7 +31,11 @@ pub type Service = TooLargeIsInvalid<InterceptedService<MessengerServer<Messenge
 pub fn service(herald: Herald, auth: Auth) -> Service {
     let largest = herald.limits().largest_request();
     let server = MessengerServer::new(Messenger { herald }).max_decoding_message_size(largest);
-    TooLargeIsInvalid(InterceptedService::new(server, Authenticate { auth }))
+    let verify = |auth: &Auth, token: &str| auth.verify(token);
+    TooLargeIsInvalid(InterceptedService::new(
+        server,
+        Authenticate { auth, verify },
+    ))
 }
 
 /// tonic answers a request message over the decoding limit with
@@ -119,36 +124,43 @@ pub fn log_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
     tracing::info_span!("grpc", method = %request.uri().path())
 }
 
-/// Verifies `authorization: Bearer <token>` and puts the [`Claims`] into the
-/// request's extensions.
+/// Verifies `authorization: Bearer <credential>` with `verify` and puts
+/// what it verified into the request's extensions: a token's [`Claims`]
+/// for Messenger, a service key's `Service` for Admin.
 #[derive(Clone)]
-pub struct Authenticate {
+pub struct Authenticate<T> {
     auth: Auth,
+    verify: fn(&Auth, &str) -> Result<T, Error>,
 }
 
-impl tonic::service::Interceptor for Authenticate {
+impl<T: Clone + Send + Sync + 'static> tonic::service::Interceptor for Authenticate<T> {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let header = request.metadata().get("authorization");
-        let token = header
+        let credential = header
             .and_then(|value| value.to_str().ok())
             .and_then(bearer);
-        let claims = match token {
-            Some(token) => self.auth.verify(token)?,
+        let verified = match credential {
+            Some(credential) => (self.verify)(&self.auth, credential)?,
             None => return Err(self.auth.refuse_missing().into()),
         };
-        request.extensions_mut().insert(claims);
+        request.extensions_mut().insert(verified);
         Ok(request)
     }
 }
 
-/// The claims the interceptor verified.
-fn claims<T>(request: &Request<T>) -> Result<Claims, Status> {
-    // Only reachable without the interceptor, which `service` always adds.
+/// What the interceptor verified.
+fn verified<T: Clone + Send + Sync + 'static, R>(request: &Request<R>) -> Result<T, Status> {
+    // Only reachable without the interceptor, which the services always add.
     request
         .extensions()
-        .get::<Claims>()
+        .get::<T>()
         .cloned()
         .ok_or_else(|| Error::Unauthenticated.into())
+}
+
+/// The claims the interceptor verified.
+fn claims<R>(request: &Request<R>) -> Result<Claims, Status> {
+    verified(request)
 }
 
 pub struct Messenger {

@@ -323,14 +323,7 @@ impl Herald {
         caller: &UserId,
         user_ids: &[String],
     ) -> Result<Vec<(UserId, Option<Seen>)>, Error> {
-        let max = self.inner.limits.max_participants;
-        if user_ids.len() > max {
-            return Err(Error::invalid(format!("at most {max} user_ids")));
-        }
-        let users = user_ids
-            .iter()
-            .map(|id| UserId::parse("user_ids", id))
-            .collect::<Result<Vec<_>, _>>()?;
+        let users = self.asked_about(user_ids)?;
         let _metered = self.meter(caller, 1.0 + users.len() as f64 / 50.0).await?;
         let shared = self.inner.store.shared_with(caller, &users, true).await?;
         let asked: Vec<UserId> = users
@@ -748,15 +741,7 @@ impl Herald {
         user_ids: &[String],
     ) -> Result<Conversation, Error> {
         let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
-        if user_ids.is_empty() {
-            return Err(Error::invalid("user_ids must not be empty"));
-        }
-        // Before parsing them: more than a group holds is refused unread.
-        rules::within_cap(user_ids.len(), self.inner.limits.max_participants)?;
-        let users = user_ids
-            .iter()
-            .map(|id| UserId::parse("user_ids", id))
-            .collect::<Result<Vec<_>, _>>()?;
+        let users = self.to_add(user_ids)?;
         // Costs by its size, like creating a group.
         let _metered = self.meter(caller, 1.0 + users.len() as f64 / 50.0).await?;
         self.may_add(caller, &users).await?;
@@ -801,6 +786,31 @@ impl Herald {
             }),
             _ => self.conversation(caller, &conversation_id).await,
         }
+    }
+
+    /// The users a presence question names: at most a group's worth.
+    fn asked_about(&self, user_ids: &[String]) -> Result<Vec<UserId>, Error> {
+        let max = self.inner.limits.max_participants;
+        if user_ids.len() > max {
+            return Err(Error::invalid(format!("at most {max} user_ids")));
+        }
+        user_ids
+            .iter()
+            .map(|id| UserId::parse("user_ids", id))
+            .collect()
+    }
+
+    /// The users an addition names: some, and (counted before parsing, so
+    /// more than a group holds is refused unread) at most a group's worth.
+    fn to_add(&self, user_ids: &[String]) -> Result<Vec<UserId>, Error> {
+        if user_ids.is_empty() {
+            return Err(Error::invalid("user_ids must not be empty"));
+        }
+        rules::within_cap(user_ids.len(), self.inner.limits.max_participants)?;
+        user_ids
+            .iter()
+            .map(|id| UserId::parse("user_ids", id))
+            .collect()
     }
 
     /// Whether `caller` may put `users` in a conversation: none of them

@@ -2,53 +2,32 @@
 //! (`engine::service::admin`), behind an interceptor that takes service
 //! keys only: a user token is refused here as a key is by Messenger.
 
-use super::Herald;
+use super::{Authenticate, Herald};
 use crate::{
-    auth::{Auth, bearer, service::Service},
+    auth::{Auth, service::Service},
     domain::moderation::Action,
-    error::Error,
     pb::{self, admin_server::AdminServer},
 };
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
 /// The Admin service with key authentication in front.
-pub type AdminService = super::TooLargeIsInvalid<InterceptedService<AdminServer<Admin>, KeyCheck>>;
+pub type AdminService =
+    super::TooLargeIsInvalid<InterceptedService<AdminServer<Admin>, Authenticate<Service>>>;
 
 /// Builds the Admin service, its requests bounded as Messenger's are.
 pub fn service(herald: Herald, auth: Auth) -> AdminService {
     let largest = herald.limits().largest_request();
     let server = AdminServer::new(Admin { herald }).max_decoding_message_size(largest);
-    super::TooLargeIsInvalid(InterceptedService::new(server, KeyCheck { auth }))
+    let verify = |auth: &Auth, key: &str| auth.verify_key(key);
+    super::TooLargeIsInvalid(InterceptedService::new(
+        server,
+        Authenticate { auth, verify },
+    ))
 }
 
-/// Verifies `authorization: Bearer hk_...` and puts the [`Service`] into the
-/// request's extensions.
-#[derive(Clone)]
-pub struct KeyCheck {
-    auth: Auth,
-}
-
-impl tonic::service::Interceptor for KeyCheck {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request.metadata().get("authorization");
-        let key = header
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer);
-        let service = match key {
-            Some(key) => self.auth.verify_key(key)?,
-            None => return Err(self.auth.refuse_missing().into()),
-        };
-        request.extensions_mut().insert(service);
-        Ok(request)
-    }
-}
-
-fn key<T>(request: &Request<T>) -> Result<Service, Status> {
-    request
-        .extensions()
-        .get::<Service>()
-        .cloned()
-        .ok_or_else(|| Error::Unauthenticated.into())
+/// The service key the interceptor verified.
+fn key<R>(request: &Request<R>) -> Result<Service, Status> {
+    super::verified(request)
 }
 
 /// Seconds since the epoch of a timestamp a client sent.

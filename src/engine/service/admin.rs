@@ -139,14 +139,7 @@ impl Herald {
         user_ids: &[String],
     ) -> Result<Conversation, Error> {
         let conversation_id = ConversationId::parse("conversation_id", conversation_id)?;
-        if user_ids.is_empty() {
-            return Err(Error::invalid("user_ids must not be empty"));
-        }
-        crate::domain::rules::within_cap(user_ids.len(), self.inner.limits.max_participants)?;
-        let users = user_ids
-            .iter()
-            .map(|id| UserId::parse("user_ids", id))
-            .collect::<Result<Vec<_>, _>>()?;
+        let users = self.to_add(user_ids)?;
         let _metered = self
             .admit(
                 key,
@@ -304,14 +297,7 @@ impl Herald {
         key: &Service,
         user_ids: &[String],
     ) -> Result<Vec<(UserId, Option<Seen>)>, Error> {
-        let max = self.inner.limits.max_participants;
-        if user_ids.len() > max {
-            return Err(Error::invalid(format!("at most {max} user_ids")));
-        }
-        let users = user_ids
-            .iter()
-            .map(|id| UserId::parse("user_ids", id))
-            .collect::<Result<Vec<_>, _>>()?;
+        let users = self.asked_about(user_ids)?;
         let _metered = self.admit(key, Scope::Read, "get_presence", "").await?;
         Ok(self.inner.presence.of(&users))
     }
