@@ -106,37 +106,48 @@ impl Store {
     }
 
     /// Records the batch in flight (up to `until`) of webhook `id`, so
-    /// every retry sends the same one.
-    pub async fn webhook_batch(&self, id: &str, until: i64) -> Result<(), sqlx::Error> {
+    /// every retry sends the same one; false if `owner` no longer holds
+    /// the lease.
+    pub async fn webhook_batch(
+        &self,
+        id: &str,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, sqlx::Error> {
         with_writer!(self, pool => {
-            sqlx::query("UPDATE webhooks SET batch_until = $2 WHERE id = $1")
+            sqlx::query("UPDATE webhooks SET batch_until = $3 WHERE id = $1 AND lease_owner = $2")
                 .bind(id)
+                .bind(owner)
                 .bind(until)
                 .execute(pool)
                 .await
-                .map(drop)
+                .map(|done| done.rows_affected() == 1)
         })
     }
 
-    /// Webhook `id` took its batch: delivered up to `until`.
+    /// Webhook `id` took its batch: delivered up to `until`; false if
+    /// `owner` no longer holds the lease (the cursor is then left to the
+    /// node that does: at least once, never backwards).
     pub async fn webhook_delivered(
         &self,
         id: &str,
+        owner: &str,
         until: i64,
         events: i64,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         with_writer!(self, pool => {
             sqlx::query(
-                "UPDATE webhooks SET delivered_to = $2, batch_until = NULL, failures = 0,
-                    next_attempt = 0, last_error = '', deliveries = deliveries + $3
-                 WHERE id = $1",
+                "UPDATE webhooks SET delivered_to = $3, batch_until = NULL, failures = 0,
+                    next_attempt = 0, last_error = '', deliveries = deliveries + $4
+                 WHERE id = $1 AND lease_owner = $2",
             )
             .bind(id)
+            .bind(owner)
             .bind(until)
             .bind(events)
             .execute(pool)
             .await
-            .map(drop)
+            .map(|done| done.rows_affected() == 1)
         })
     }
 
