@@ -69,7 +69,9 @@ impl PublishHook {
                 secret,
                 timeout,
                 failure,
-                client: webhooks::https_client(),
+                // The hook is the operator's own service, often on the same
+                // host or network: private addresses are expected.
+                client: webhooks::https_client(true),
                 places: Semaphore::new(CONCURRENT),
             }),
         }

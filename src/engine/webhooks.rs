@@ -24,13 +24,19 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::legacy::{
+    Client,
+    connect::{HttpConnector, dns::Name},
+};
 use std::{
-    net::IpAddr,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 use tokio::sync::watch;
@@ -50,15 +56,17 @@ const TICK: Duration = Duration::from_secs(1);
 /// 2,000 events/s, a full batch.
 pub const FILL: Duration = Duration::from_millis(200);
 
-type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+type Https = hyper_rustls::HttpsConnector<HttpConnector<Resolver>>;
 /// herald's outgoing HTTP client (webhooks, the publish hook).
 pub type HttpsClient = Client<Https, Full<Bytes>>;
 
-/// An HTTP and HTTPS client with the system's certificates (rustls, ring).
-pub fn https_client() -> HttpsClient {
+/// An HTTP and HTTPS client with the system's certificates (rustls, ring);
+/// unless `allow_private`, it connects to no name that resolves to a
+/// loopback or private address (see [`Resolver`]).
+pub fn https_client(allow_private: bool) -> HttpsClient {
     // Small requests, answered at once: Nagle's delay would cost each one
     // a round of delayed acknowledgement.
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(Resolver { allow_private });
     http.set_nodelay(true);
     http.enforce_http(false);
     let connector = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
@@ -72,6 +80,42 @@ pub fn https_client() -> HttpsClient {
     .enable_http1()
     .wrap_connector(http);
     Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+}
+
+/// Resolves a host name when the client connects, and refuses it if any
+/// address is loopback, private or link-local (unless allowed): checking
+/// the URL when a webhook is made is not enough, since a name may answer
+/// with a public address then and with 127.0.0.1 at delivery (DNS
+/// rebinding). Literal addresses never reach a resolver;
+/// [`check_url`] refuses those before each delivery.
+#[derive(Clone)]
+pub struct Resolver {
+    allow_private: bool,
+}
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if !allow_private && addresses.iter().any(|address| is_private(address.ip())) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "the host resolves to a loopback or private address",
+                ));
+            }
+            Ok(addresses.into_iter())
+        })
+    }
 }
 
 /// Counts for `/metrics`.
@@ -107,7 +151,7 @@ impl Webhooks {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Self {
-        let client = https_client();
+        let client = https_client(allow_private);
         let webhooks = Self {
             inner: Arc::new(Inner {
                 store,
@@ -432,6 +476,44 @@ mod tests {
         }
         assert!(check_url("http://127.0.0.1:9/hook", true).await.is_ok());
         assert!(check_url("ftp://example.com/", true).await.is_err());
+    }
+
+    /// A name that resolves to loopback is refused when the client
+    /// connects, not only when the URL is checked: a server on
+    /// 127.0.0.1, reached as `localhost`, is never sent the request.
+    #[tokio::test]
+    async fn the_client_connects_to_no_private_address_by_name() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                // The whole request (head, empty body) before the answer.
+                let mut request = Vec::new();
+                while !request.ends_with(b"\r\n\r\n") {
+                    let mut buffer = [0u8; 1024];
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let call = |allow_private: bool| async move {
+            let request = hyper::Request::post(format!("http://localhost:{port}/hook"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            https_client(allow_private).request(request).await
+        };
+        let refused = call(false).await.expect_err("localhost is loopback");
+        assert!(
+            format!("{refused:?}").contains("private address"),
+            "{refused:?}"
+        );
+        assert_eq!(call(true).await.unwrap().status(), 204, "unless allowed");
     }
 
     /// A node whose lease lapsed and was taken (it paused longer than
