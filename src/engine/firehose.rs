@@ -20,7 +20,7 @@ use crate::{
     store::Store,
 };
 use std::{collections::VecDeque, sync::Arc};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 /// The kinds of stored event, as `kinds` names them.
@@ -85,9 +85,17 @@ pub struct Firehose {
     permits: Arc<Semaphore>,
     delivered: watch::Receiver<i64>,
     shutdown: CancellationToken,
+    /// Its place among its key's firehoses, given back when it ends.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Firehose {
+    /// This firehose holds `slot` until it is dropped.
+    pub(crate) fn holding(mut self, slot: OwnedSemaphorePermit) -> Self {
+        self._slot = Some(slot);
+        self
+    }
+
     pub(crate) fn new(
         store: Store,
         after: Position,
@@ -106,6 +114,7 @@ impl Firehose {
             permits,
             delivered,
             shutdown,
+            _slot: None,
         }
     }
 

@@ -84,6 +84,9 @@ struct Inner {
     admin_calls: RateLimiter,
     /// Webhook delivery on this node.
     webhooks: Webhooks,
+    /// Firehose streams open on this node, per service key (see
+    /// [`admin::FIREHOSES_PER_KEY`]); one entry per key that ever opened one.
+    firehoses: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Semaphore>>>,
     /// The hook before commit, if configured.
     hook: Option<PublishHook>,
 }
@@ -237,6 +240,8 @@ impl Herald {
             admin_calls: RateLimiter::new(limits.messages_per_second, limits.message_burst),
             moderator,
             webhooks,
+            firehoses: Default::default(),
+
             hook: config.publish_hook()?,
             permits: UserPermits::new(limits.user_concurrency),
             tarpit: Tarpit::default(),

@@ -268,7 +268,51 @@ async fn a_message_names_its_offline_recipients(db: TestDb) {
     app.stop().await;
 }
 
+/// One key holds at most 16 firehose streams on a node, on both doors
+/// together (each is a task and a reader of the database); another key is
+/// not affected, and a stream that ends gives its place back.
+async fn a_key_holds_at_most_sixteen_firehoses(db: TestDb) {
+    let key = service_key(&db.url, "greedy", "read").await;
+    let other = service_key(&db.url, "other", "read").await;
+    let app = spawn_app(&db).await;
+    let mut open = Vec::new();
+    for _ in 0..15 {
+        open.push(firehose(&app, &key, "", &[]).await.unwrap());
+    }
+    let sse = || {
+        reqwest::Client::new()
+            .get(app.url("/api/admin/events"))
+            .header("accept", "text/event-stream")
+            .bearer_auth(&key)
+            .send()
+    };
+    let sixteenth = sse().await.unwrap();
+    assert_eq!(sixteenth.status(), StatusCode::OK);
+    let refused = firehose(&app, &key, "", &[]).await;
+    assert_eq!(crate::support::code(refused), Code::ResourceExhausted);
+    assert_eq!(sse().await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(firehose(&app, &other, "", &[]).await.is_ok(), "per key");
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match firehose(&app, &key, "", &[]).await {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the place never came back"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("{status}"),
+        }
+    }
+    drop(sixteenth);
+    app.stop().await;
+}
+
 on_every_backend!(
+    a_key_holds_at_most_sixteen_firehoses,
     a_message_names_its_offline_recipients,
     the_firehose_is_every_event_once_in_order_and_resumes_exactly,
     a_slow_firehose_reader_is_never_dropped,

@@ -376,7 +376,36 @@ async fn webhooks_lose_nothing_when_the_receiver_and_herald_go_away(db: TestDb) 
     app.stop().await;
 }
 
+/// A deployment holds at most 100 webhooks (each is a delivery loop):
+/// the 101st is refused with 429 until one is deleted.
+async fn a_deployment_holds_at_most_a_hundred_webhooks(db: TestDb) {
+    let admin = service_key(&db.url, "hooks", "admin").await;
+    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
+    let app = spawn_app_with(&db, allow).await;
+    let body = || Some(serde_json::json!({ "url": "http://127.0.0.1:9/hook" }));
+    let path = "/api/admin/webhooks";
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let (status, webhook) = call(&app, &admin, Method::POST, path, body()).await;
+        assert_eq!(status, StatusCode::CREATED, "{webhook}");
+        ids.push(webhook["id"].as_str().unwrap().to_owned());
+    }
+    let (status, refused) = call(&app, &admin, Method::POST, path, body()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        refused["error"].as_str().unwrap().contains("100 webhooks"),
+        "{refused}"
+    );
+    let one = format!("{path}/{}", ids[0]);
+    let (status, _) = call(&app, &admin, Method::DELETE, &one, None).await;
+    assert!(status.is_success(), "{status}");
+    let (status, _) = call(&app, &admin, Method::POST, path, body()).await;
+    assert_eq!(status, StatusCode::CREATED, "a place again");
+    app.stop().await;
+}
+
 on_every_backend!(
+    a_deployment_holds_at_most_a_hundred_webhooks,
     webhooks_deliver_every_event_in_order_through_failures_and_a_restart,
     webhooks_are_refused_for_private_addresses_and_other_scopes,
     webhooks_lose_nothing_when_the_receiver_and_herald_go_away,

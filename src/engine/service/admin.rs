@@ -24,6 +24,14 @@ use crate::{
     store::webhooks::WebhookRow,
     store::{ChangeRequest, MessageChange, NewMessage, Page},
 };
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Firehose streams one service key may hold open on one node: a backend
+/// needs one or a few; each is a task and a reader of the database.
+pub const FIREHOSES_PER_KEY: usize = 16;
+/// Webhooks in a deployment: each is a delivery loop on one node.
+pub const MAX_WEBHOOKS: usize = 100;
 
 /// The sender of a published message when the backend names none, and
 /// the actor of the Admin service's membership changes and deletions.
@@ -320,6 +328,21 @@ impl Herald {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
+        let slots = {
+            let mut open = self
+                .inner
+                .firehoses
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            open.entry(key.name.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(FIREHOSES_PER_KEY)))
+                .clone()
+        };
+        let slot = slots.try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(format!(
+                "at most {FIREHOSES_PER_KEY} firehose streams per service key on a node"
+            ))
+        })?;
         Ok(Firehose::new(
             self.inner.store.clone(),
             after,
@@ -328,7 +351,8 @@ impl Herald {
             self.inner.replay_permits.clone(),
             self.inner.feed.delivered(),
             self.inner.shutdown.clone(),
-        ))
+        )
+        .holding(slot))
     }
 
     /// Registers a webhook for `url`, delivering what is committed from
@@ -350,6 +374,11 @@ impl Herald {
             .await
             .map_err(Error::invalid)?;
         let store = &self.inner.store;
+        if store.webhooks().await?.len() >= MAX_WEBHOOKS {
+            return Err(Error::ResourceExhausted(format!(
+                "at most {MAX_WEBHOOKS} webhooks; delete one first"
+            )));
+        }
         let row = WebhookRow {
             id: crate::domain::random_hex(),
             url: url.to_owned(),
