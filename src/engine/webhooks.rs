@@ -107,15 +107,22 @@ impl tower_service::Service<Name> for Resolver {
         Box::pin(async move {
             let addresses: Vec<SocketAddr> =
                 tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            if !allow_private && addresses.iter().any(|address| is_private(address.ip())) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    "the host resolves to a loopback or private address",
-                ));
-            }
+            refuse_private(&addresses, allow_private)?;
             Ok(addresses.into_iter())
         })
     }
+}
+
+/// The resolver's decision: a name with any private answer is refused,
+/// since the connector would try the others in turn.
+fn refuse_private(addresses: &[SocketAddr], allow_private: bool) -> std::io::Result<()> {
+    if !allow_private && addresses.iter().any(|address| is_private(address.ip())) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the host resolves to a loopback or private address",
+        ));
+    }
+    Ok(())
 }
 
 /// Counts for `/metrics`.
@@ -279,7 +286,9 @@ impl Webhooks {
                     if gone {
                         tracing::warn!(webhook = %id, "the endpoint answered 410: webhook disabled");
                     }
-                    store.webhook_failed(id, &failure.error, next, gone).await?;
+                    store
+                        .webhook_failed(id, owner, &failure.error, next, gone)
+                        .await?;
                     return Ok(());
                 }
             }
@@ -471,9 +480,22 @@ mod tests {
             "http://[::1]/hook",
             "http://169.254.169.254/latest",
             "http://localhost/hook",
+            "http://[::ffff:127.0.0.1]:9/hook",
+            "http://[::ffff:10.0.0.1]/hook",
+            "http://[fd00::1]/hook",
+            "http://[fe80::1]/hook",
+            "http://100.64.0.1/hook",
+            "http://0.0.0.0/hook",
+            "http://255.255.255.255/hook",
         ] {
             assert!(check_url(url, false).await.is_err(), "{url}");
         }
+        assert!(check_url("http://93.184.216.34/hook", false).await.is_ok());
+        assert!(
+            check_url("http://[2606:2800:220:1::1]/hook", false)
+                .await
+                .is_ok()
+        );
         assert!(check_url("http://127.0.0.1:9/hook", true).await.is_ok());
         assert!(check_url("ftp://example.com/", true).await.is_err());
     }
@@ -516,6 +538,45 @@ mod tests {
         assert_eq!(call(true).await.unwrap().status(), 204, "unless allowed");
     }
 
+    /// Any private answer refuses the name (the connector would fall back
+    /// to it); public answers alone pass.
+    #[test]
+    fn a_name_with_any_private_answer_is_refused() {
+        let address = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let public = [
+            address("93.184.216.34:0"),
+            address("[2606:2800:220:1::1]:0"),
+        ];
+        assert!(refuse_private(&public, false).is_ok());
+        let mixed = [address("93.184.216.34:0"), address("127.0.0.1:0")];
+        assert!(refuse_private(&mixed, false).is_err());
+        assert!(refuse_private(&mixed, true).is_ok());
+        let mapped = [address("[::ffff:192.168.1.1]:0")];
+        assert!(refuse_private(&mapped, false).is_err());
+    }
+
+    /// The delivering half's own client is the guarded one unless the
+    /// server allows private addresses.
+    #[tokio::test]
+    async fn the_delivery_client_follows_the_servers_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let (_feed, delivered) = watch::channel(0);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let webhooks = Webhooks::start(store, delivered, false, shutdown.clone(), &tasks);
+        let request = hyper::Request::post("http://localhost:9/hook")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let refused = webhooks.inner.client.request(request).await.unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("private address"),
+            "{refused:?}"
+        );
+        shutdown.cancel();
+    }
+
     /// A node whose lease lapsed and was taken (it paused longer than
     /// [`LEASE`]) can neither fix a batch nor move the cursor: the node
     /// that holds the lease decides both.
@@ -551,7 +612,11 @@ mod tests {
         assert!(lease("b", 17).await.is_some(), "a's lease lapsed");
         assert!(!store.webhook_batch("wh_1", "a", 20).await.unwrap());
         assert!(!store.webhook_delivered("wh_1", "a", 20, 5).await.unwrap());
-        let kept = lease("b", 18).await.unwrap();
+        store
+            .webhook_failed("wh_1", "a", "gone", 0, true)
+            .await
+            .unwrap();
+        let kept = lease("b", 18).await.expect("not disabled by a");
         assert_eq!((kept.delivered_to, kept.batch_until), (10, None));
         assert!(store.webhook_batch("wh_1", "b", 12).await.unwrap());
         assert!(store.webhook_delivered("wh_1", "b", 12, 2).await.unwrap());

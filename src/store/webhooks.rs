@@ -151,10 +151,12 @@ impl Store {
         })
     }
 
-    /// Webhook `id` failed: tried again at `next_attempt`, or disabled.
+    /// Webhook `id` failed: tried again at `next_attempt`, or disabled;
+    /// nothing if `owner` no longer holds the lease.
     pub async fn webhook_failed(
         &self,
         id: &str,
+        owner: &str,
         error: &str,
         next_attempt: i64,
         disable: bool,
@@ -162,13 +164,14 @@ impl Store {
         with_writer!(self, pool => {
             sqlx::query(
                 "UPDATE webhooks SET failures = failures + 1, last_error = $2,
-                    next_attempt = $3, disabled = $4
-                 WHERE id = $1",
+                                        next_attempt = $3, disabled = $4
+                 WHERE id = $1 AND lease_owner = $5",
             )
             .bind(id)
             .bind(error)
             .bind(next_attempt)
-            .bind(i32::from(disable))
+                        .bind(i32::from(disable))
+            .bind(owner)
             .execute(pool)
             .await
             .map(drop)

@@ -373,6 +373,18 @@ async fn webhooks_lose_nothing_when_the_receiver_and_herald_go_away(db: TestDb) 
         }
     }
     assert_eq!(delivered, stored, "every event, once, in order");
+    // The cursor moved once per batch taken: its count is every event once
+    // (a batch sent again after it was taken would count twice).
+    let counted = crate::support::eventually(|| async {
+        let (_, list) = call(&app, &key, Method::GET, "/api/admin/webhooks", None).await;
+        // An int64, a string in JSON.
+        list["webhooks"][0]["deliveries"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            == Some(stored.len())
+    })
+    .await;
+    assert!(counted, "deliveries counts each event once");
     app.stop().await;
 }
 
