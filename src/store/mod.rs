@@ -339,7 +339,11 @@ impl Store {
                 // not only unlinked from the table (see `changes`).
                 .pragma("secure_delete", "on")
                 .foreign_keys(true);
+            // No ping before each acquire (sqlx's default): an in-process
+            // connection cannot have hung up, and the ping is a round trip
+            // to the connection's thread and back, per commit and per read.
             let write = SqlitePoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(1)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options.clone())
@@ -348,10 +352,12 @@ impl Store {
             // The log's truncation after a deletion waits for readers only
             // briefly, and tries again later, on a connection of its own.
             let eraser = SqlitePoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(1)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_lazy_with(options.clone().busy_timeout(Duration::from_millis(100)));
             let read = SqlitePoolOptions::new()
+                .test_before_acquire(false)
                 .max_connections(8)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options)
