@@ -36,7 +36,7 @@
 use crate::{
     cluster::broker::Publisher,
     domain::{ConversationId, Event, Message, UserId, now_micros, rules::Authority},
-    engine::feed::Feed,
+    engine::feed::{Feed, OnDelivered},
     error::Error,
     metrics::Metrics,
     store::{ChangeRequest, MessageChange, NewMessage, Refused, Store},
@@ -308,14 +308,17 @@ impl Sink {
     /// their writers, then tells the other nodes.
     async fn publish(&self, committed: Vec<(Job, Message)>) {
         let mut events = Vec::with_capacity(committed.len());
+        let mut reports = Vec::with_capacity(committed.len());
         for (job, message) in committed {
             let event = Event::from(message.clone());
             let reply = job.reply;
-            self.feed.committed(event.clone(), move || {
+            let on_delivered: OnDelivered = Box::new(move || {
                 let _ = reply.send(Ok(Committed::New(message)));
             });
+            reports.push((event.clone(), on_delivered));
             events.push(event);
         }
+        self.feed.committed_here(reports).await;
         for event in &events {
             self.publisher.publish(event).await;
         }

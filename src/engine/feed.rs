@@ -45,7 +45,7 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{Mutex, mpsc, watch},
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -62,7 +62,7 @@ const MAX_BATCH_EVENTS: usize = 256;
 pub const ACK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// What runs once a local commit is in the hub: its writer's answer.
-type OnDelivered = Box<dyn FnOnce() + Send>;
+pub type OnDelivered = Box<dyn FnOnce() + Send>;
 
 /// What a batch of reports requires the feed to read, least to most.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -93,6 +93,9 @@ pub struct FillCounts {
     /// Of those, the ones no report named: found by the gap timer, the
     /// head poll or a catch-up. With a working broker this stays near 0.
     pub unreported: AtomicU64,
+    /// Local commits delivered on the committer's task rather than the
+    /// feed's (see [`Feed::committed_here`]).
+    pub inline: AtomicU64,
 }
 
 enum Report {
@@ -102,10 +105,13 @@ enum Report {
     CatchUp,
 }
 
-/// Where commits are reported; cheap to clone. Never waits.
+/// Where commits are reported; cheap to clone.
 #[derive(Clone)]
 pub struct Feed {
     tx: mpsc::UnboundedSender<Report>,
+    /// The feed's state: its task's, lent to this node's committer for a
+    /// batch it can deliver at once (see [`Feed::committed_here`]).
+    sequencer: Arc<Mutex<Sequencer>>,
     fills: Arc<FillCounts>,
     /// The last position this node's hub was handed (see [`Feed::delivered`]).
     delivered: watch::Receiver<i64>,
@@ -139,9 +145,11 @@ impl Feed {
             hub,
             delivered: delivered_tx,
         };
-        tasks.spawn(sequencer.run(rx, shutdown));
+        let sequencer = Arc::new(Mutex::new(sequencer));
+        tasks.spawn(Sequencer::run(sequencer.clone(), rx, shutdown));
         Ok(Self {
             tx,
+            sequencer,
             fills,
             delivered,
         })
@@ -162,6 +170,31 @@ impl Feed {
     /// its writer must not wait on the feed's trouble.
     pub fn committed(&self, event: Event, on_delivered: impl FnOnce() + Send + 'static) {
         self.report(Report::Committed(event, Box::new(on_delivered)));
+    }
+
+    /// This node's committer committed `events` (in position order), each
+    /// with its writer's answer as in [`committed`](Self::committed). When
+    /// the feed is idle and caught up to the first of them, and delivering
+    /// them needs nothing from the database (their conversations' members
+    /// are known, none changes a message), they are delivered here and now
+    /// on the committer's task: one hand-off less per commit than through
+    /// the feed's task. Otherwise they are reported like any commit. Order
+    /// and exactly-once hold either way: the sequencer decides both, and
+    /// only one holder of its lock delivers at a time.
+    pub async fn committed_here(&self, events: Vec<(Event, OnDelivered)>) {
+        if let Ok(mut sequencer) = self.sequencer.try_lock()
+            && sequencer.delivers_at_once(events.iter().map(|(event, _)| event))
+        {
+            let count = events.len() as u64;
+            for (event, on_delivered) in events {
+                sequencer.take(Report::Committed(event, on_delivered));
+            }
+            self.fills.inline.fetch_add(count, Ordering::Relaxed);
+            return sequencer.flush().await;
+        }
+        for (event, on_delivered) in events {
+            self.report(Report::Committed(event, on_delivered));
+        }
     }
 
     /// Another node committed `event`.
@@ -193,6 +226,12 @@ impl Feed {
             "feed_unreported_messages",
             "Of those, messages no report named (gap timer, head poll, catch-up): the broker did not deliver them",
             self.fills.unreported.load(Ordering::Relaxed),
+        );
+        counted(
+            registry,
+            "feed_inline_messages",
+            "Messages committed here and delivered at once by the committer (the feed idle and caught up)",
+            self.fills.inline.load(Ordering::Relaxed),
         );
     }
 
@@ -228,31 +267,55 @@ struct Sequencer {
 }
 
 impl Sequencer {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Report>, shutdown: CancellationToken) {
+    async fn run(
+        sequencer: Arc<Mutex<Self>>,
+        mut rx: mpsc::UnboundedReceiver<Report>,
+        shutdown: CancellationToken,
+    ) {
         let mut poll = tokio::time::interval(POLL);
-        let mut seen_at_last_poll = self.next;
+        let mut seen_at_last_poll = sequencer.lock().await.next;
         loop {
-            let gap_deadline = self.gap_since.map(|since| since + GAP_WAIT);
+            let gap_since = sequencer.lock().await.gap_since;
+            let gap_deadline = gap_since.map(|since| since + GAP_WAIT);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 report = rx.recv() => match report {
-                    Some(report) => self.take_all(report, &mut rx).await,
+                    Some(report) => sequencer.lock().await.take_all(report, &mut rx).await,
                     None => break,
                 },
-                _ = sleep_until(gap_deadline), if gap_deadline.is_some() => self.fill(Fill::Gap).await,
+                _ = sleep_until(gap_deadline), if gap_deadline.is_some() => {
+                    sequencer.lock().await.fill(Fill::Gap).await;
+                }
                 _ = poll.tick() => {
-                    if self.next == seen_at_last_poll {
-                        self.fill(Fill::Unreported).await;
+                    let mut sequencer = sequencer.lock().await;
+                    if sequencer.next == seen_at_last_poll {
+                        sequencer.fill(Fill::Unreported).await;
                     }
-                    seen_at_last_poll = self.next;
-                    self.acknowledge_overdue();
+                    seen_at_last_poll = sequencer.next;
+                    sequencer.acknowledge_overdue();
                 }
             }
         }
         // Stopping: every commit waiting here is committed; say so.
-        for (_, (_, on_delivered)) in std::mem::take(&mut self.waiting) {
+        let waiting = std::mem::take(&mut sequencer.lock().await.waiting);
+        for (_, (_, on_delivered)) in waiting {
             on_delivered();
         }
+    }
+
+    /// Whether `events`, committed here in position order, can be
+    /// delivered now without reading the database: nothing pending, the
+    /// first is next, and each one's recipients are known.
+    fn delivers_at_once<'a>(&self, mut events: impl Iterator<Item = &'a Event>) -> bool {
+        let mut expected = self.next;
+        self.pending.is_empty()
+            && events.all(|event| {
+                let next_in_line = event.position.0 == expected;
+                expected += 1;
+                next_in_line
+                    && event.target().is_none()
+                    && self.members.get(&event.conversation_id).is_some()
+            })
     }
 
     /// Takes `first` and every report already queued behind it, delivers

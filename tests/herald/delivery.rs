@@ -215,7 +215,27 @@ async fn a_stream_ends_when_its_token_expires(db: TestDb) {
     );
 }
 
+/// A local commit is delivered by the committer itself when the feed is
+/// idle and knows the recipients (here: sends one at a time, after the
+/// conversation's creation told the feed its members), and the stream sees
+/// every message once, in order.
+async fn local_commits_take_the_short_path_when_the_feed_is_idle(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let alice = app.user("alice").await;
+    let mut bobs = app.user("bob").await.subscribe("").await.unwrap();
+    let chat = alice.create_conversation(&["bob"]).await.unwrap();
+    let contents = numbered("m", 1..=20);
+    for content in &contents {
+        alice.send(&chat.id, content).await.unwrap();
+    }
+    assert_eq!(next_contents(&mut bobs, 20).await, contents);
+    let inline =
+        crate::support::metric(&app.http.to_string(), "herald_feed_inline_messages_total").await;
+    assert!(inline >= 1.0, "no commit took the short path");
+}
+
 on_every_backend!(
+    local_commits_take_the_short_path_when_the_feed_is_idle,
     an_acknowledged_message_is_already_queued_for_every_live_subscription,
     every_participant_receives_on_every_subscription_including_the_senders_other_one,
     a_group_message_reaches_every_member,
