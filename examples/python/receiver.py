@@ -16,6 +16,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+# An event has its id, the one of these that it is, and maybe more fields
+# (offlineRecipients), in no promised order.
+KINDS = {"message", "edited", "deleted", "reaction", "read", "membership"}
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,7 +47,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         for event in batch["events"]:
-            kind = next(key for key in event if key != "id")
+            kind = next(key for key in event if key in KINDS)
             print(f"{event['id']} {kind}", flush=True)
             self.server.seen += 1
         self.send_response(204)

@@ -29,6 +29,7 @@ use hyper_util::client::legacy::{
     connect::{HttpConnector, dns::Name},
 };
 use std::{
+    collections::HashSet,
     future::Future,
     net::{IpAddr, SocketAddr},
     pin::Pin,
@@ -48,6 +49,9 @@ pub const LEASE: Duration = Duration::from_secs(15);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most events in one batch.
 const BATCH: i64 = 500;
+/// The most bytes of events in one batch (one event always goes): under
+/// the 1 MiB request limit proxies commonly set (nginx's default).
+const BATCH_BYTES: usize = 1_000_000;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How often each node looks for work, whatever the feed says.
@@ -146,6 +150,10 @@ struct Inner {
     owner: String,
     allow_private: bool,
     counts: WebhookCounts,
+    /// Webhooks being delivered on this node now, one task each.
+    in_flight: std::sync::Mutex<HashSet<String>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
 }
 
 impl Webhooks {
@@ -166,9 +174,12 @@ impl Webhooks {
                 owner: crate::domain::random_hex(),
                 allow_private,
                 counts: WebhookCounts::default(),
+                in_flight: Default::default(),
+                tasks: tasks.clone(),
+                shutdown,
             }),
         };
-        tasks.spawn(webhooks.clone().run(delivered, shutdown));
+        tasks.spawn(webhooks.clone().run(delivered));
         webhooks
     }
 
@@ -183,15 +194,18 @@ impl Webhooks {
         &self.inner.counts
     }
 
-    async fn run(self, mut delivered: watch::Receiver<i64>, shutdown: CancellationToken) {
-        self.work(&mut delivered, &shutdown).await;
+    async fn run(self, mut delivered: watch::Receiver<i64>) {
+        self.work(&mut delivered).await;
         // Stopping: another node may carry on at once, not after the lease.
+        // A delivery still running writes nothing after this (it no longer
+        // holds the lease).
         if let Err(error) = self.inner.store.release_webhooks(&self.inner.owner).await {
             tracing::warn!(%error, "webhook leases could not be given up");
         }
     }
 
-    async fn work(&self, delivered: &mut watch::Receiver<i64>, shutdown: &CancellationToken) {
+    async fn work(&self, delivered: &mut watch::Receiver<i64>) {
+        let shutdown = &self.inner.shutdown;
         // With no webhook enabled, only the tick looks (a new one starts
         // within it); the feed's moves are not worth a read each.
         let mut listening = false;
@@ -217,23 +231,43 @@ impl Webhooks {
                 }
             };
             listening = webhooks.iter().any(|webhook| webhook.disabled == 0);
-            // What the feed said while not listening is not news.
-            delivered.borrow_and_update();
-            for webhook in webhooks.iter().filter(|webhook| webhook.disabled == 0) {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                if let Err(error) = self.deliver(&webhook.id).await {
-                    tracing::warn!(%error, webhook = %webhook.id, "webhook delivery failed to run");
-                }
+            // Committed and readable up to here, before any delivery reads.
+            let readable = *delivered.borrow_and_update();
+            for webhook in webhooks.into_iter().filter(|webhook| webhook.disabled == 0) {
+                self.deliver_apart(webhook.id, readable);
             }
         }
     }
 
+    /// Delivers webhook `id` on a task of its own unless one already is:
+    /// a slow or dead endpoint delays only its own webhook.
+    fn deliver_apart(&self, id: String, readable: i64) {
+        let inner = &self.inner;
+        let fresh = inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(id.clone());
+        if !fresh {
+            return;
+        }
+        let this = self.clone();
+        inner.tasks.spawn(async move {
+            if let Err(error) = this.deliver(&id, readable).await {
+                tracing::warn!(%error, webhook = %id, "webhook delivery failed to run");
+            }
+            this.inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&id);
+        });
+    }
+
     /// Delivers webhook `id`'s batches under one lease: full batches one
     /// after another while the lease has half its time left, then back to
-    /// waiting for the feed.
-    async fn deliver(&self, id: &str) -> Result<(), sqlx::Error> {
+    /// waiting for the feed. `readable`: every event up to it is committed.
+    async fn deliver(&self, id: &str, readable: i64) -> Result<(), sqlx::Error> {
         let store = &self.inner.store;
         let owner = &self.inner.owner;
         let now = now_micros();
@@ -242,25 +276,43 @@ impl Webhooks {
             return Ok(());
         };
         loop {
+            if self.inner.shutdown.is_cancelled() {
+                return Ok(());
+            }
             let kinds = Kinds::parse(&webhook_kinds(&webhook.kinds)).unwrap_or(Kinds([true; 6]));
             let after = Position(webhook.delivered_to);
             let mut events = store.events_after(after, BATCH, kinds.0).await?;
-            if let Some(until) = webhook.batch_until {
-                events.retain(|(event, _)| event.position.0 <= until);
+            let retry = webhook.batch_until.is_some();
+            match webhook.batch_until {
+                Some(until) => events.retain(|(event, _)| event.position.0 <= until),
+                None if events.is_empty() => {
+                    // Nothing wanted up to what was readable: never scan
+                    // it again.
+                    return store.webhook_skipped(id, owner, readable).await;
+                }
+                None => {}
             }
-            let Some(last) = events.last().map(|(event, _)| event.position.0) else {
+            let mut bodies = events_json(events);
+            if !retry {
+                keep_within(&mut bodies, BATCH_BYTES);
+            }
+            let Some(&(last, _)) = bodies.last() else {
                 return Ok(());
             };
-            let retry = webhook.batch_until.is_some();
             let batch_until = webhook.batch_until.unwrap_or(last);
-            if webhook.batch_until.is_none() && !store.webhook_batch(id, owner, batch_until).await?
-            {
+            if !retry && !store.webhook_batch(id, owner, batch_until).await? {
                 return Ok(()); // the lease was lost
             }
             let message_id = format!("msg_{id}_{batch_until}");
-            let count = events.len() as i64;
-            let body = batch_body(events);
-            match self.post(&webhook, &message_id, body).await {
+            let count = bodies.len() as i64;
+            let positions: Vec<i64> = bodies.iter().map(|(position, _)| *position).collect();
+            let body = batch_body(bodies);
+            let posted = tokio::select! {
+                // Stopping: the batch stays fixed and goes again, same id.
+                _ = self.inner.shutdown.cancelled() => return Ok(()),
+                posted = self.post(&webhook, &message_id, body) => posted,
+            };
+            match posted {
                 Ok(()) => {
                     let kept = store
                         .webhook_delivered(id, owner, batch_until, count)
@@ -289,6 +341,19 @@ impl Webhooks {
                     store
                         .webhook_failed(id, owner, &failure.error, next, gone)
                         .await?;
+                    // Too large or too slow for the endpoint: the first half
+                    // goes at once, under its own id (this batch was never
+                    // taken), down to one event.
+                    if failure.shrink && positions.len() > 1 {
+                        let half = positions[positions.len() / 2 - 1];
+                        let half_lease = lease_until - LEASE.as_micros() as i64 / 2;
+                        if store.webhook_batch(id, owner, half).await? && now_micros() < half_lease
+                        {
+                            webhook.batch_until = Some(half);
+                            webhook.failures += 1;
+                            continue;
+                        }
+                    }
                     return Ok(());
                 }
             }
@@ -314,15 +379,24 @@ impl Webhooks {
             tokio::time::timeout(REQUEST_TIMEOUT, self.inner.client.request(request)).await;
         // The body is never read: a huge or endless answer costs nothing.
         let status = match answer {
-            Err(_) => return Err(Failure::error("timed out".into())),
+            Err(_) => {
+                return Err(Failure {
+                    shrink: true,
+                    ..Failure::error("timed out".into())
+                });
+            }
             Ok(Err(error)) => return Err(Failure::error(error.to_string())),
             Ok(Ok(response)) => response.status(),
         };
         match status.as_u16() {
             200..=299 => Ok(()),
             410 => Err(Failure {
-                error: "410 Gone".into(),
                 gone: true,
+                ..Failure::error("410 Gone".into())
+            }),
+            413 => Err(Failure {
+                shrink: true,
+                ..Failure::error("answered 413".into())
             }),
             code => Err(Failure::error(format!("answered {code}"))),
         }
@@ -333,11 +407,18 @@ impl Webhooks {
 struct Failure {
     error: String,
     gone: bool,
+    /// The endpoint could not take the batch as it is (413, or no answer
+    /// within the timeout): try a smaller one.
+    shrink: bool,
 }
 
 impl Failure {
     fn error(error: String) -> Self {
-        Self { error, gone: false }
+        Self {
+            error,
+            gone: false,
+            shrink: false,
+        }
     }
 }
 
@@ -361,15 +442,44 @@ pub fn webhook_kinds(stored: &str) -> Vec<String> {
 }
 
 /// `{"events": [...]}`, each event as on the firehose.
-fn batch_body(events: Vec<(crate::domain::Event, Vec<String>)>) -> String {
-    let events: Vec<serde_json::Value> = events
+/// Each event's position and JSON, as the firehose gives it.
+fn events_json(events: Vec<(crate::domain::Event, Vec<String>)>) -> Vec<(i64, String)> {
+    events
         .into_iter()
         .map(|(event, offline)| {
+            let position = event.position.0;
             let stored = Stored { event, offline };
-            serde_json::to_value(stored.to_pb()).unwrap_or_default()
+            let json = serde_json::to_string(&stored.to_pb()).unwrap_or_default();
+            (position, json)
         })
-        .collect();
-    serde_json::json!({ "events": events }).to_string()
+        .collect()
+}
+
+/// Keeps the first events of `events` whose JSON fits in `bytes`, and at
+/// least one.
+fn keep_within(events: &mut Vec<(i64, String)>, bytes: usize) {
+    let mut total = 0;
+    let fits = events
+        .iter()
+        .take_while(|(_, json)| {
+            total += json.len() + 1;
+            total <= bytes
+        })
+        .count();
+    events.truncate(fits.max(1));
+}
+
+/// The request's body: `{"events": [...]}`.
+fn batch_body(events: Vec<(i64, String)>) -> String {
+    let mut body = String::from("{\"events\":[");
+    for (index, (_, json)) in events.iter().enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        body.push_str(json);
+    }
+    body.push_str("]}");
+    body
 }
 
 /// How long to wait after the `failures`-th failure in a row: doubling
@@ -436,22 +546,46 @@ pub async fn check_url(url: &str, allow_private: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `ip` is anything but a public unicast address: loopback,
+/// private, shared, link-local, "this network", documentation and
+/// benchmarking ranges, reserved, multicast; in IPv6 also unique and
+/// site-local, and an IPv4 address carried inside (mapped, compatible,
+/// NAT64, 6to4) is judged as IPv4.
 fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
-                || v4.is_unspecified()
                 || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10
+                || v4.is_multicast()
+                || a == 0 // this network, 0.0.0.0/8
+                || a == 100 && (b & 0xc0) == 64 // shared, 100.64/10
+                || a == 192 && b == 0 && (c == 0 || c == 2) // 192.0.0/24, 192.0.2/24
+                || a == 198 && (b & 0xfe) == 18 // benchmarking, 198.18/15
+                || a == 198 && b == 51 && c == 100 // documentation
+                || a == 203 && b == 0 && c == 113 // documentation
+                || a >= 240 // reserved
         }
         IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded = |high: usize| {
+                let [x, y] = [segments[high], segments[high + 1]];
+                std::net::Ipv4Addr::new((x >> 8) as u8, x as u8, (y >> 8) as u8, y as u8)
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
+                || v6.is_multicast()
+                || (segments[0] & 0xfe00) == 0xfc00 // unique local
+                || (segments[0] & 0xffc0) == 0xfe80 // link local
+                || (segments[0] & 0xffc0) == 0xfec0 // site local
+                || segments[0] == 0x2001 && segments[1] == 0x0db8 // documentation
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                // IPv4-compatible ::a.b.c.d and NAT64 64:ff9b::a.b.c.d
+                || (segments[..6] == [0; 6] || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
+                    && is_private(IpAddr::V4(embedded(6)))
+                || segments[0] == 0x2002 && is_private(IpAddr::V4(embedded(1))) // 6to4
         }
     }
 }
@@ -487,6 +621,16 @@ mod tests {
             "http://100.64.0.1/hook",
             "http://0.0.0.0/hook",
             "http://255.255.255.255/hook",
+            "http://0.0.0.1/hook",
+            "http://192.0.2.2/hook",
+            "http://198.18.0.1/hook",
+            "http://240.0.0.1/hook",
+            "http://224.0.0.1/hook",
+            "http://[::127.0.0.1]/hook",
+            "http://[64:ff9b::a9fe:a9fe]/hook",
+            "http://[2002:a9fe:a9fe::]/hook",
+            "http://[fec0::1]/hook",
+            "http://[ff02::1]/hook",
         ] {
             assert!(check_url(url, false).await.is_err(), "{url}");
         }
@@ -536,6 +680,25 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(call(true).await.unwrap().status(), 204, "unless allowed");
+    }
+
+    /// A batch keeps to its byte budget, and always carries one event.
+    #[test]
+    fn a_batch_keeps_within_its_bytes() {
+        let events = |sizes: &[usize]| -> Vec<(i64, String)> {
+            sizes
+                .iter()
+                .zip(1..)
+                .map(|(size, position)| (position, "x".repeat(*size)))
+                .collect()
+        };
+        let mut batch = events(&[400, 400, 400]);
+        keep_within(&mut batch, 1_000);
+        assert_eq!(batch.len(), 2);
+        let mut huge = events(&[5_000, 10]);
+        keep_within(&mut huge, 1_000);
+        assert_eq!(huge.len(), 1, "one event always goes");
+        assert_eq!(batch_body(events(&[1, 1])), r#"{"events":[x,x]}"#);
     }
 
     /// Any private answer refuses the name (the connector would fall back
@@ -597,7 +760,7 @@ mod tests {
             deliveries: 0,
             disabled: 0,
         };
-        store.create_webhook(&row, 0).await.unwrap();
+        assert!(store.create_webhook(&row, 0, 100).await.unwrap());
         let lease = |owner: &'static str, now: i64| {
             let store = store.clone();
             async move {

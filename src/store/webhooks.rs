@@ -22,16 +22,27 @@ const COLUMNS: &str = "id, url, secret, kinds, delivered_to, batch_until, failur
     last_error, deliveries, disabled";
 
 impl Store {
-    /// Stores a new webhook, delivering what is committed after `from`.
+    /// Stores a new webhook, delivering what is committed after
+    /// `row.delivered_to`, unless `max` webhooks exist already: false then.
+    /// The count and the insert are one step (SQLite's one writer; a table
+    /// lock on PostgreSQL), so creations at once cannot pass the cap.
     pub async fn create_webhook(
         &self,
         row: &WebhookRow,
         now_micros: i64,
-    ) -> Result<(), sqlx::Error> {
+        max: usize,
+    ) -> Result<bool, sqlx::Error> {
         with_writer!(self, pool => {
-            sqlx::query(
+            let mut tx = pool.begin().await?;
+            if matches!(self, Store::Postgres(_)) {
+                sqlx::query("LOCK TABLE webhooks IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let done = sqlx::query(
                 "INSERT INTO webhooks (id, url, secret, kinds, delivered_to, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 SELECT $1, $2, $3, $4, $5, $6
+                 WHERE (SELECT COUNT(*) FROM webhooks) < $7",
             )
             .bind(&row.id)
             .bind(&row.url)
@@ -39,9 +50,11 @@ impl Store {
             .bind(&row.kinds)
             .bind(row.delivered_to)
             .bind(now_micros)
-            .execute(pool)
-            .await
-            .map(drop)
+            .bind(max as i64)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected() == 1)
         })
     }
 
@@ -148,6 +161,25 @@ impl Store {
             .execute(pool)
             .await
             .map(|done| done.rows_affected() == 1)
+        })
+    }
+
+    /// Webhook `id` wants nothing up to `to` (its kinds matched no event):
+    /// its cursor moves there without a delivery, so it never scans those
+    /// events again and its lag says 0. Only with no batch in flight, and
+    /// only forward.
+    pub async fn webhook_skipped(&self, id: &str, owner: &str, to: i64) -> Result<(), sqlx::Error> {
+        with_writer!(self, pool => {
+            sqlx::query(
+                "UPDATE webhooks SET delivered_to = $3
+                 WHERE id = $1 AND lease_owner = $2 AND batch_until IS NULL AND delivered_to < $3",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(to)
+            .execute(pool)
+            .await
+            .map(drop)
         })
     }
 

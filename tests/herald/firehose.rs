@@ -228,6 +228,19 @@ async fn the_firehose_over_sse(db: TestDb) {
     assert_eq!(crate::support::code(typing), Code::InvalidArgument);
     let bad = firehose(&app, &key, "not-an-id", &[]).await;
     assert_eq!(crate::support::code(bad), Code::InvalidArgument);
+    // An id past the newest event would skip whatever comes up to it.
+    let ahead = (third.id.parse::<i64>().unwrap() + 1000).to_string();
+    let future = firehose(&app, &key, &ahead, &[]).await;
+    assert_eq!(crate::support::code(future), Code::OutOfRange);
+    let request = reqwest::Client::new()
+        .get(app.url(path))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", &ahead)
+        .bearer_auth(&key);
+    assert_eq!(
+        request.send().await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
     app.stop().await;
 }
 

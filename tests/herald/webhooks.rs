@@ -12,7 +12,7 @@ use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
 use std::sync::{
     Arc, Mutex,
-    atomic::{AtomicU16, Ordering},
+    atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering},
 };
 
 /// What the receiver saw and how it answers.
@@ -23,6 +23,10 @@ struct Receiver {
     batches: Mutex<Vec<(String, Vec<String>)>>,
     /// The status to answer; 0 means 200.
     answer: AtomicU16,
+    /// Batches of more events than this are answered 413; 0: no limit.
+    max_events: AtomicUsize,
+    /// How long to wait before answering, in milliseconds.
+    delay_ms: AtomicU64,
     bad_signatures: Mutex<usize>,
 }
 
@@ -47,7 +51,14 @@ async fn receive(
         *receiver.bad_signatures.lock().unwrap() += 1;
         return axum::http::StatusCode::UNAUTHORIZED;
     }
+    let delay = receiver.delay_ms.load(Ordering::Relaxed);
+    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     let batch: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let max = receiver.max_events.load(Ordering::Relaxed);
+    if max > 0 && batch["events"].as_array().unwrap().len() > max {
+        receiver.batches.lock().unwrap().push((id, Vec::new()));
+        return axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+    }
     let ids = batch["events"]
         .as_array()
         .unwrap()
@@ -70,6 +81,165 @@ async fn start_receiver(receiver: Arc<Receiver>) -> String {
         .with_state(receiver);
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
+}
+
+/// Registers a webhook at `receiver` (started here) for `kinds` (every
+/// kind when empty); returns the webhook's id.
+async fn register(
+    app: &crate::support::TestApp,
+    key: &str,
+    receiver: &Arc<Receiver>,
+    kinds: &[&str],
+) -> String {
+    let url = start_receiver(receiver.clone()).await;
+    let body = serde_json::json!({ "url": url, "kinds": kinds });
+    let (status, created) = call(app, key, Method::POST, "/api/admin/webhooks", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    *receiver.secret.lock().unwrap() = created["secret"].as_str().unwrap().to_owned();
+    created["id"].as_str().unwrap().to_owned()
+}
+
+/// The ids of the events `receiver` took (answered 2xx), in order, each
+/// once (a retry's repeat left out).
+fn taken(receiver: &Receiver) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    for (id, batch) in receiver.batches.lock().unwrap().iter() {
+        if !batch.is_empty() && seen.insert(id.clone()) {
+            ids.extend(batch.iter().cloned());
+        }
+    }
+    ids
+}
+
+/// A batch the endpoint refuses as too large (413) is halved, under a new
+/// `webhook-id`, until the endpoint takes it; then delivery goes on, and
+/// every event arrives once, in order.
+async fn a_batch_too_large_for_the_endpoint_is_halved(db: TestDb) {
+    let key = service_key(&db.url, "hooks", "admin").await;
+    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
+    let app = spawn_app_with(&db, allow).await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let receiver = Arc::new(Receiver::default());
+    register(&app, &key, &receiver, &["message"]).await;
+    // The endpoint takes one event at a time; eight are sent at once, so
+    // batches of several come (and are refused) first.
+    receiver.max_events.store(1, Ordering::Relaxed);
+    let contents: Vec<String> = (0..8).map(|n| format!("m{n}")).collect();
+    let sends = contents.iter().map(|content| alice.send(&chat, content));
+    let mut sent: Vec<String> = futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|sent| sent.unwrap().id)
+        .collect();
+    sent.sort_by_key(|id| id.parse::<i64>().unwrap());
+    let all = crate::support::eventually(|| async { taken(&receiver) == sent }).await;
+    assert!(all, "every event once, in order: {:?}", taken(&receiver));
+    let batches = receiver.batches.lock().unwrap().clone();
+    let refused: Vec<&String> = batches
+        .iter()
+        .filter(|(_, ids)| ids.is_empty())
+        .map(|(id, _)| id)
+        .collect();
+    assert!(!refused.is_empty(), "batches of several were refused first");
+    for (_, ids) in &batches {
+        assert!(ids.len() <= 1, "only single events taken: {ids:?}");
+    }
+    app.stop().await;
+}
+
+/// An endpoint that answers slowly delays only its own webhook: another
+/// webhook's receiver gets each event at once, and herald stops without
+/// waiting for the slow answer.
+async fn a_slow_endpoint_delays_only_its_own_webhook(db: TestDb) {
+    let key = service_key(&db.url, "hooks", "admin").await;
+    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
+    let app = spawn_app_with(&db, allow).await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let slow = Arc::new(Receiver::default());
+    slow.delay_ms.store(60_000, Ordering::Relaxed);
+    register(&app, &key, &slow, &[]).await;
+    let healthy = Arc::new(Receiver::default());
+    register(&app, &key, &healthy, &[]).await;
+    for n in 0..3 {
+        let id = alice.send(&chat, &format!("m{n}")).await.unwrap().id;
+        let started = std::time::Instant::now();
+        let arrived = crate::support::eventually(|| async { taken(&healthy).contains(&id) }).await;
+        assert!(arrived);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "the healthy endpoint waited for the slow one ({:?})",
+            started.elapsed()
+        );
+    }
+    let stopping = std::time::Instant::now();
+    app.stop().await;
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(8),
+        "a hanging delivery held the shutdown ({:?})",
+        stopping.elapsed()
+    );
+}
+
+/// A webhook whose kinds match nothing for a while moves its cursor over
+/// what it does not want: its lag is 0, not the history since its last
+/// match (which it would read again and again).
+async fn a_webhook_skips_what_its_kinds_do_not_want(db: TestDb) {
+    let key = service_key(&db.url, "hooks", "admin").await;
+    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
+    let app = spawn_app_with(&db, allow).await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let receiver = Arc::new(Receiver::default());
+    register(&app, &key, &receiver, &["membership"]).await;
+    let mut last = String::new();
+    for n in 0..5 {
+        last = alice.send(&chat, &format!("m{n}")).await.unwrap().id;
+    }
+    let skipped = crate::support::eventually(|| async {
+        let (_, list) = call(&app, &key, Method::GET, "/api/admin/webhooks", None).await;
+        let webhook = &list["webhooks"][0];
+        webhook["deliveredToId"] == last.as_str() && webhook["lag"].as_str().unwrap_or("0") == "0"
+    })
+    .await;
+    assert!(skipped, "the cursor passed the unwanted events");
+    assert!(taken(&receiver).is_empty(), "none of them was sent");
+    app.stop().await;
+}
+
+/// Creations at once cannot pass the cap of 100 webhooks.
+async fn webhooks_created_at_once_keep_to_the_cap(db: TestDb) {
+    let admin = service_key(&db.url, "hooks", "admin").await;
+    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
+    let app = Arc::new(spawn_app_with(&db, allow).await);
+    let mut creations = Vec::new();
+    for _ in 0..120 {
+        let (app, admin) = (app.clone(), admin.clone());
+        creations.push(tokio::spawn(async move {
+            let body = serde_json::json!({ "url": "http://127.0.0.1:9/hook" });
+            call(
+                &app,
+                &admin,
+                Method::POST,
+                "/api/admin/webhooks",
+                Some(body),
+            )
+            .await
+            .0
+        }));
+    }
+    let mut created = 0;
+    for creation in creations {
+        match creation.await.unwrap() {
+            StatusCode::CREATED => created += 1,
+            status => assert_eq!(status, StatusCode::TOO_MANY_REQUESTS),
+        }
+    }
+    assert_eq!(created, 100);
+    let (_, list) = call(&app, &admin, Method::GET, "/api/admin/webhooks", None).await;
+    assert_eq!(list["webhooks"].as_array().unwrap().len(), 100);
 }
 
 /// Every event after the webhook's creation reaches the receiver in
@@ -417,6 +587,10 @@ async fn a_deployment_holds_at_most_a_hundred_webhooks(db: TestDb) {
 }
 
 on_every_backend!(
+    a_batch_too_large_for_the_endpoint_is_halved,
+    a_slow_endpoint_delays_only_its_own_webhook,
+    a_webhook_skips_what_its_kinds_do_not_want,
+    webhooks_created_at_once_keep_to_the_cap,
     a_deployment_holds_at_most_a_hundred_webhooks,
     webhooks_deliver_every_event_in_order_through_failures_and_a_restart,
     webhooks_are_refused_for_private_addresses_and_other_scopes,

@@ -328,6 +328,14 @@ impl Herald {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
+        // An id past the newest event is none herald issued here (a
+        // database restored from an older backup, another deployment's
+        // id): following it would skip events silently.
+        if after > self.inner.store.head().await? {
+            return Err(Error::ResumeImpossible(
+                "after_id is past the newest event".into(),
+            ));
+        }
         let slots = {
             let mut open = self
                 .inner
@@ -374,11 +382,6 @@ impl Herald {
             .await
             .map_err(Error::invalid)?;
         let store = &self.inner.store;
-        if store.webhooks().await?.len() >= MAX_WEBHOOKS {
-            return Err(Error::ResourceExhausted(format!(
-                "at most {MAX_WEBHOOKS} webhooks; delete one first"
-            )));
-        }
         let row = WebhookRow {
             id: crate::domain::random_hex(),
             url: url.to_owned(),
@@ -391,7 +394,14 @@ impl Herald {
             deliveries: 0,
             disabled: 0,
         };
-        store.create_webhook(&row, now_micros()).await?;
+        if !store
+            .create_webhook(&row, now_micros(), MAX_WEBHOOKS)
+            .await?
+        {
+            return Err(Error::ResourceExhausted(format!(
+                "at most {MAX_WEBHOOKS} webhooks; delete one first"
+            )));
+        }
         let head = row.delivered_to;
         Ok(webhook(row, head))
     }
