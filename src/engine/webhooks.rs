@@ -49,6 +49,8 @@ pub const LEASE: Duration = Duration::from_secs(15);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most events in one batch.
 const BATCH: i64 = 500;
+/// Deliveries' database steps at once on a node.
+const DATABASE_STEPS: usize = 4;
 /// The most bytes of events in one batch (one event always goes): under
 /// the 1 MiB request limit proxies commonly set (nginx's default).
 const BATCH_BYTES: usize = 1_000_000;
@@ -152,8 +154,25 @@ struct Inner {
     counts: WebhookCounts,
     /// Webhooks being delivered on this node now, one task each.
     in_flight: std::sync::Mutex<HashSet<String>>,
-    tasks: TaskTracker,
+    /// Those tasks, waited for before the leases are given up.
+    deliveries: TaskTracker,
+    /// Database steps of deliveries at once: many webhooks waking together
+    /// take a few places on the pools sends use, not one each.
+    database: tokio::sync::Semaphore,
     shutdown: CancellationToken,
+}
+
+/// A webhook's place in [`Inner::in_flight`], given back when dropped.
+struct InFlight<'a>(&'a Inner, &'a str);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(self.1);
+    }
 }
 
 impl Webhooks {
@@ -175,7 +194,8 @@ impl Webhooks {
                 allow_private,
                 counts: WebhookCounts::default(),
                 in_flight: Default::default(),
-                tasks: tasks.clone(),
+                deliveries: TaskTracker::new(),
+                database: tokio::sync::Semaphore::new(DATABASE_STEPS),
                 shutdown,
             }),
         };
@@ -196,9 +216,11 @@ impl Webhooks {
 
     async fn run(self, mut delivered: watch::Receiver<i64>) {
         self.work(&mut delivered).await;
-        // Stopping: another node may carry on at once, not after the lease.
-        // A delivery still running writes nothing after this (it no longer
-        // holds the lease).
+        // Stopping: every delivery ends (each sees the shutdown), then the
+        // leases go, so another node may carry on at once, not after them.
+        let deliveries = &self.inner.deliveries;
+        deliveries.close();
+        deliveries.wait().await;
         if let Err(error) = self.inner.store.release_webhooks(&self.inner.owner).await {
             tracing::warn!(%error, "webhook leases could not be given up");
         }
@@ -252,15 +274,12 @@ impl Webhooks {
             return;
         }
         let this = self.clone();
-        inner.tasks.spawn(async move {
+        inner.deliveries.spawn(async move {
+            // Taken off the set however the delivery ends.
+            let _in_flight = InFlight(&this.inner, &id);
             if let Err(error) = this.deliver(&id, readable).await {
                 tracing::warn!(%error, webhook = %id, "webhook delivery failed to run");
             }
-            this.inner
-                .in_flight
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .remove(&id);
         });
     }
 
@@ -270,13 +289,19 @@ impl Webhooks {
     async fn deliver(&self, id: &str, readable: i64) -> Result<(), sqlx::Error> {
         let store = &self.inner.store;
         let owner = &self.inner.owner;
+        let shutdown = &self.inner.shutdown;
+        // Held for the database steps, given back while the request is out.
+        let mut permit = self.database_place().await;
         let now = now_micros();
         let lease_until = now + LEASE.as_micros() as i64;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
         let Some(mut webhook) = store.lease_webhook(id, owner, now, lease_until).await? else {
             return Ok(());
         };
         loop {
-            if self.inner.shutdown.is_cancelled() {
+            if shutdown.is_cancelled() {
                 return Ok(());
             }
             let kinds = Kinds::parse(&webhook_kinds(&webhook.kinds)).unwrap_or(Kinds([true; 6]));
@@ -293,12 +318,15 @@ impl Webhooks {
                 None => {}
             }
             let mut bodies = events_json(events);
+            let read = bodies.len();
             if !retry {
                 keep_within(&mut bodies, BATCH_BYTES);
             }
             let Some(&(last, _)) = bodies.last() else {
                 return Ok(());
             };
+            // Cut by bytes, or a full page: more is waiting.
+            let more = bodies.len() < read || read as i64 == BATCH;
             let batch_until = webhook.batch_until.unwrap_or(last);
             if !retry && !store.webhook_batch(id, owner, batch_until).await? {
                 return Ok(()); // the lease was lost
@@ -307,11 +335,14 @@ impl Webhooks {
             let count = bodies.len() as i64;
             let positions: Vec<i64> = bodies.iter().map(|(position, _)| *position).collect();
             let body = batch_body(bodies);
+            drop(permit);
             let posted = tokio::select! {
                 // Stopping: the batch stays fixed and goes again, same id.
-                _ = self.inner.shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(()),
                 posted = self.post(&webhook, &message_id, body) => posted,
             };
+            permit = self.database_place().await;
+            let half_lease = lease_until - LEASE.as_micros() as i64 / 2;
             match posted {
                 Ok(()) => {
                     let kept = store
@@ -322,9 +353,9 @@ impl Webhooks {
                     counts
                         .delivered_events
                         .fetch_add(count as u64, Ordering::Relaxed);
-                    let half = lease_until - LEASE.as_micros() as i64 / 2;
-                    // A short batch was all there was, unless it was a retry.
-                    if !kept || (count < BATCH && !retry) || now_micros() > half {
+                    // Back to waiting when this was all there was (a retry
+                    // may have been overtaken by more).
+                    if !kept || !(more || retry) || now_micros() > half_lease {
                         return Ok(());
                     }
                     webhook.delivered_to = batch_until;
@@ -341,14 +372,12 @@ impl Webhooks {
                     store
                         .webhook_failed(id, owner, &failure.error, next, gone)
                         .await?;
-                    // Too large or too slow for the endpoint: the first half
-                    // goes at once, under its own id (this batch was never
-                    // taken), down to one event.
-                    if failure.shrink && positions.len() > 1 {
+                    // Too large for the endpoint (413: it took none of it):
+                    // the first half goes at once, under its own id, down
+                    // to one event.
+                    if failure.too_large && positions.len() > 1 && now_micros() < half_lease {
                         let half = positions[positions.len() / 2 - 1];
-                        let half_lease = lease_until - LEASE.as_micros() as i64 / 2;
-                        if store.webhook_batch(id, owner, half).await? && now_micros() < half_lease
-                        {
+                        if store.webhook_batch(id, owner, half).await? {
                             webhook.batch_until = Some(half);
                             webhook.failures += 1;
                             continue;
@@ -358,6 +387,11 @@ impl Webhooks {
                 }
             }
         }
+    }
+
+    /// A place for a delivery's database steps (see [`DATABASE_STEPS`]).
+    async fn database_place(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.inner.database.acquire().await.ok()
     }
 
     /// POSTs one signed batch; a 2xx is success.
@@ -379,12 +413,7 @@ impl Webhooks {
             tokio::time::timeout(REQUEST_TIMEOUT, self.inner.client.request(request)).await;
         // The body is never read: a huge or endless answer costs nothing.
         let status = match answer {
-            Err(_) => {
-                return Err(Failure {
-                    shrink: true,
-                    ..Failure::error("timed out".into())
-                });
-            }
+            Err(_) => return Err(Failure::error("timed out".into())),
             Ok(Err(error)) => return Err(Failure::error(error.to_string())),
             Ok(Ok(response)) => response.status(),
         };
@@ -395,7 +424,7 @@ impl Webhooks {
                 ..Failure::error("410 Gone".into())
             }),
             413 => Err(Failure {
-                shrink: true,
+                too_large: true,
                 ..Failure::error("answered 413".into())
             }),
             code => Err(Failure::error(format!("answered {code}"))),
@@ -407,9 +436,10 @@ impl Webhooks {
 struct Failure {
     error: String,
     gone: bool,
-    /// The endpoint could not take the batch as it is (413, or no answer
-    /// within the timeout): try a smaller one.
-    shrink: bool,
+    /// The endpoint refused the batch as too large (413): try a smaller
+    /// one. A timeout is not that: the endpoint may have taken the batch,
+    /// which then goes again whole under its id.
+    too_large: bool,
 }
 
 impl Failure {
@@ -417,7 +447,7 @@ impl Failure {
         Self {
             error,
             gone: false,
-            shrink: false,
+            too_large: false,
         }
     }
 }
@@ -582,8 +612,13 @@ fn is_private(ip: IpAddr) -> bool {
                 || (segments[0] & 0xffc0) == 0xfec0 // site local
                 || segments[0] == 0x2001 && segments[1] == 0x0db8 // documentation
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
-                // IPv4-compatible ::a.b.c.d and NAT64 64:ff9b::a.b.c.d
-                || (segments[..6] == [0; 6] || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
+                                || segments[0] == 0x2001 && segments[1] == 0 // Teredo
+                // IPv4-compatible ::a.b.c.d, SIIT ::ffff:0:a.b.c.d, NAT64
+                // 64:ff9b::a.b.c.d and the local-use 64:ff9b:1::/48
+                || (segments[..6] == [0; 6]
+                    || segments[..6] == [0, 0, 0, 0, 0xffff, 0]
+                    || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                    || segments[..3] == [0x64, 0xff9b, 1])
                     && is_private(IpAddr::V4(embedded(6)))
                 || segments[0] == 0x2002 && is_private(IpAddr::V4(embedded(1))) // 6to4
         }
@@ -631,6 +666,9 @@ mod tests {
             "http://[2002:a9fe:a9fe::]/hook",
             "http://[fec0::1]/hook",
             "http://[ff02::1]/hook",
+            "http://[64:ff9b:1::a00:1]/hook",
+            "http://[::ffff:0:a00:1]/hook",
+            "http://[2001::1]/hook",
         ] {
             assert!(check_url(url, false).await.is_err(), "{url}");
         }

@@ -240,6 +240,9 @@ async fn webhooks_created_at_once_keep_to_the_cap(db: TestDb) {
     assert_eq!(created, 100);
     let (_, list) = call(&app, &admin, Method::GET, "/api/admin/webhooks", None).await;
     assert_eq!(list["webhooks"].as_array().unwrap().len(), 100);
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.stop().await;
+    }
 }
 
 /// Every event after the webhook's creation reaches the receiver in
