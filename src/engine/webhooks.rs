@@ -8,9 +8,10 @@
 //! `webhook-id`, and the next batch starts where the last one ended.
 //! **One node at a time**: a node delivers a webhook only while it holds
 //! its lease, taken in one statement; a node that dies loses it within
-//! [`LEASE`]. **Never in the way of sends**: delivery is its own task,
-//! reading the database like the firehose, with a timeout per request and
-//! the response's body never read. It wakes with the feed only while a
+//! [`LEASE`]. **Never in the way of sends, nor of each other**: each
+//! webhook is delivered by a task of its own, reading the database like
+//! the firehose (a few such reads at once per node), with a timeout per
+//! request and the response's body never read. It wakes with the feed only while a
 //! webhook exists, then lets [`FILL`] pass before reading, so at chat rates
 //! a batch carries tens of events and costs three small writes (lease,
 //! batch, delivered) rather than three per handful of events.
