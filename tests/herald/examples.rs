@@ -2,7 +2,9 @@
 //! a Python (grpcio) subscriber hears a Node (@grpc/grpc-js) sender, and the
 //! other way round.
 
-use crate::support::{PATIENCE, Process, mint, tools_ready};
+use crate::support::{PATIENCE, Process, call_at, mint, tools_ready};
+use reqwest::Method;
+use serde_json::json;
 use std::{path::Path, process::Stdio};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -223,32 +225,24 @@ async fn the_python_backend_publishes_deletes_and_bans() {
     .await;
     let http = reqwest::Client::new();
     let url = |path: &str| format!("http://{}{path}", herald.http);
-    let chat: serde_json::Value = http
-        .post(url("/api/conversations"))
-        .bearer_auth(mint(SECRET, "alice"))
-        .json(&serde_json::json!({ "participantIds": ["bob"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (alice, bob) = (mint(SECRET, "alice"), mint(SECRET, "bob"));
+    let pair = json!({ "participantIds": ["bob"] });
+    let (_, chat) = call_at(
+        &herald.http,
+        &alice,
+        Method::POST,
+        "/api/conversations",
+        Some(pair),
+    )
+    .await;
     let chat = chat["id"].as_str().unwrap();
     let messages = format!("/api/conversations/{chat}/messages");
-    let spam: serde_json::Value = http
-        .post(url(&messages))
-        .bearer_auth(mint(SECRET, "bob"))
-        .json(&serde_json::json!({ "content": "buy cheap stuff" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spam = json!({ "content": "buy cheap stuff" });
+    let (_, spam) = call_at(&herald.http, &bob, Method::POST, &messages, Some(spam)).await;
     let request = http
         .get(url("/api/events"))
         .header("accept", "text/event-stream")
-        .bearer_auth(mint(SECRET, "bob"));
+        .bearer_auth(&bob);
     let mut bobs = crate::support::open_sse(request).await;
     let run = |args: &[&str]| {
         let mut command = Command::new(examples().join("python/.venv/bin/python"));
@@ -286,14 +280,14 @@ async fn the_python_backend_publishes_deletes_and_bans() {
     );
     let refused = http
         .get(url(&messages))
-        .bearer_auth(mint(SECRET, "bob"))
+        .bearer_auth(&bob)
         .send()
         .await
         .unwrap();
     assert_eq!(refused.status(), 403);
     let history: serde_json::Value = http
         .get(url(&messages))
-        .bearer_auth(mint(SECRET, "alice"))
+        .bearer_auth(&alice)
         .send()
         .await
         .unwrap()
@@ -367,17 +361,15 @@ async fn a_python_receiver_verifies_webhooks_with_the_standard_library() {
     };
     let listening = next_line(&mut lines).await;
     let port = listening.strip_prefix("listening ").unwrap();
-    let http = reqwest::Client::new();
-    let webhook: serde_json::Value = http
-        .post(format!("http://{}/api/admin/webhooks", herald.http))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({ "url": format!("http://127.0.0.1:{port}/hook") }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hook = json!({ "url": format!("http://127.0.0.1:{port}/hook") });
+    let (_, webhook) = call_at(
+        &herald.http,
+        &key,
+        Method::POST,
+        "/api/admin/webhooks",
+        Some(hook),
+    )
+    .await;
     let secret = webhook["secret"].as_str().unwrap();
     use tokio::io::AsyncWriteExt;
     let mut stdin = receiver.stdin.take().unwrap();
@@ -386,32 +378,22 @@ async fn a_python_receiver_verifies_webhooks_with_the_standard_library() {
         .await
         .unwrap();
     stdin.flush().await.unwrap();
-    let chat: serde_json::Value = http
-        .post(format!("http://{}/api/conversations", herald.http))
-        .bearer_auth(mint(SECRET, "alice"))
-        .json(&serde_json::json!({ "participantIds": ["bob"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alice = mint(SECRET, "alice");
+    let pair = json!({ "participantIds": ["bob"] });
+    let (_, chat) = call_at(
+        &herald.http,
+        &alice,
+        Method::POST,
+        "/api/conversations",
+        Some(pair),
+    )
+    .await;
     let chat = chat["id"].as_str().unwrap();
+    let messages = format!("/api/conversations/{chat}/messages");
     let mut sent = Vec::new();
     for content in ["one", "two", "three"] {
-        let message: serde_json::Value = http
-            .post(format!(
-                "http://{}/api/conversations/{chat}/messages",
-                herald.http
-            ))
-            .bearer_auth(mint(SECRET, "alice"))
-            .json(&serde_json::json!({ "content": content }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = json!({ "content": content });
+        let (_, message) = call_at(&herald.http, &alice, Method::POST, &messages, Some(body)).await;
         sent.push(format!("{} message", message["id"].as_str().unwrap()));
     }
     let mut printed = Vec::new();

@@ -750,8 +750,19 @@ pub async fn call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (reqwest::StatusCode, serde_json::Value) {
+    call_at(&app.http.to_string(), token, method, path, body).await
+}
+
+/// [`call`] to the HTTP address `http` (a [`Process`]'s, say).
+pub async fn call_at(
+    http: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (reqwest::StatusCode, serde_json::Value) {
     let mut request = reqwest::Client::new()
-        .request(method, app.url(path))
+        .request(method, format!("http://{http}{path}"))
         .bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);

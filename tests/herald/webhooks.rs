@@ -4,7 +4,9 @@
 //! position order, at least once, retrying a failed batch as the same batch
 //! under the same `webhook-id`, across a restart of herald itself.
 
-use crate::support::{TestDb, call, service_key, spawn_app, spawn_app_with};
+use crate::support::{
+    TestApp, TestDb, User, call, call_at, service_key, spawn_app, spawn_app_with,
+};
 use axum::{Router, extract::State, http::HeaderMap, routing::post};
 use base64::Engine as _;
 use herald::pb;
@@ -85,12 +87,7 @@ async fn start_receiver(receiver: Arc<Receiver>) -> String {
 
 /// Registers a webhook at `receiver` (started here) for `kinds` (every
 /// kind when empty); returns the webhook's id.
-async fn register(
-    app: &crate::support::TestApp,
-    key: &str,
-    receiver: &Arc<Receiver>,
-    kinds: &[&str],
-) -> String {
+async fn register(app: &TestApp, key: &str, receiver: &Arc<Receiver>, kinds: &[&str]) -> String {
     let url = start_receiver(receiver.clone()).await;
     let body = serde_json::json!({ "url": url, "kinds": kinds });
     let (status, created) = call(app, key, Method::POST, "/api/admin/webhooks", Some(body)).await;
@@ -112,15 +109,22 @@ fn taken(receiver: &Receiver) -> Vec<String> {
     ids
 }
 
+/// A server that may deliver to loopback, an `admin` key, and alice's
+/// chat with bob: what most webhook tests start from.
+async fn with_a_chat(db: &TestDb) -> (String, TestApp, User, String) {
+    let key = service_key(&db.url, "hooks", "admin").await;
+    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
+    let app = spawn_app_with(db, allow).await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    (key, app, alice, chat)
+}
+
 /// A batch the endpoint refuses as too large (413) is halved, under a new
 /// `webhook-id`, until the endpoint takes it; then delivery goes on, and
 /// every event arrives once, in order.
 async fn a_batch_too_large_for_the_endpoint_is_halved(db: TestDb) {
-    let key = service_key(&db.url, "hooks", "admin").await;
-    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
-    let app = spawn_app_with(&db, allow).await;
-    let alice = app.user("alice").await;
-    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let (key, app, alice, chat) = with_a_chat(&db).await;
     let receiver = Arc::new(Receiver::default());
     register(&app, &key, &receiver, &["message"]).await;
     // The endpoint takes one event at a time; eight are sent at once, so
@@ -153,11 +157,7 @@ async fn a_batch_too_large_for_the_endpoint_is_halved(db: TestDb) {
 /// webhook's receiver gets each event at once, and herald stops without
 /// waiting for the slow answer.
 async fn a_slow_endpoint_delays_only_its_own_webhook(db: TestDb) {
-    let key = service_key(&db.url, "hooks", "admin").await;
-    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
-    let app = spawn_app_with(&db, allow).await;
-    let alice = app.user("alice").await;
-    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let (key, app, alice, chat) = with_a_chat(&db).await;
     let slow = Arc::new(Receiver::default());
     slow.delay_ms.store(60_000, Ordering::Relaxed);
     register(&app, &key, &slow, &[]).await;
@@ -187,11 +187,7 @@ async fn a_slow_endpoint_delays_only_its_own_webhook(db: TestDb) {
 /// what it does not want: its lag is 0, not the history since its last
 /// match (which it would read again and again).
 async fn a_webhook_skips_what_its_kinds_do_not_want(db: TestDb) {
-    let key = service_key(&db.url, "hooks", "admin").await;
-    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
-    let app = spawn_app_with(&db, allow).await;
-    let alice = app.user("alice").await;
-    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let (key, app, alice, chat) = with_a_chat(&db).await;
     let receiver = Arc::new(Receiver::default());
     register(&app, &key, &receiver, &["membership"]).await;
     let mut last = String::new();
@@ -250,11 +246,7 @@ async fn webhooks_created_at_once_keep_to_the_cap(db: TestDb) {
 /// `webhook-id`; herald restarted carries on where it stopped; a 410
 /// disables the webhook.
 async fn webhooks_deliver_every_event_in_order_through_failures_and_a_restart(db: TestDb) {
-    let key = service_key(&db.url, "hooks", "admin").await;
-    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
-    let app = spawn_app_with(&db, allow).await;
-    let alice = app.user("alice").await;
-    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let (key, app, alice, chat) = with_a_chat(&db).await;
     alice.send(&chat, "before the webhook").await.unwrap();
     let receiver = Arc::new(Receiver::default());
     let url = start_receiver(receiver.clone()).await;
@@ -303,6 +295,7 @@ async fn webhooks_deliver_every_event_in_order_through_failures_and_a_restart(db
     app.stop().await;
 
     // herald restarted: it carries on where it stopped.
+    let allow = |config: &mut herald::ServeConfig| config.webhook_allow_private = true;
     let app = spawn_app_with(&db, allow).await;
     let alice = app.user("alice").await;
     for n in 10..15 {
@@ -620,40 +613,34 @@ async fn a_node_takes_over_a_dead_nodes_webhook() {
     let mut second = node().await;
     let receiver = Arc::new(Receiver::default());
     let url = start_receiver(receiver.clone()).await;
-    let http = reqwest::Client::new();
-    let created: serde_json::Value = http
-        .post(format!("http://{}/api/admin/webhooks", first.http))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({ "url": url, "kinds": ["message"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let hook = serde_json::json!({ "url": url, "kinds": ["message"] });
+    let (_, created) = call_at(
+        &first.http,
+        &key,
+        Method::POST,
+        "/api/admin/webhooks",
+        Some(hook),
+    )
+    .await;
     *receiver.secret.lock().unwrap() = created["secret"].as_str().unwrap().to_owned();
-    let chat: serde_json::Value = http
-        .post(format!("http://{}/api/conversations", first.http))
-        .bearer_auth(mint(JWT, "alice"))
-        .json(&serde_json::json!({ "participantIds": ["bob"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pair = serde_json::json!({ "participantIds": ["bob"] });
+    let alice = mint(JWT, "alice");
+    let (_, chat) = call_at(
+        &first.http,
+        &alice,
+        Method::POST,
+        "/api/conversations",
+        Some(pair),
+    )
+    .await;
     let chat = chat["id"].as_str().unwrap().to_owned();
     let mut sent = Vec::new();
+    let messages = format!("/api/conversations/{chat}/messages");
     let send = |node: &Process, content: String| {
-        let request = http
-            .post(format!(
-                "http://{}/api/conversations/{chat}/messages",
-                node.http
-            ))
-            .bearer_auth(mint(JWT, "alice"))
-            .json(&serde_json::json!({ "content": content }));
+        let (http, body) = (node.http.clone(), serde_json::json!({ "content": content }));
+        let (alice, messages) = (&alice, &messages);
         async move {
-            let message: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            let (_, message) = call_at(&http, alice, Method::POST, messages, Some(body)).await;
             message["id"].as_str().unwrap().to_owned()
         }
     };
