@@ -318,6 +318,11 @@ pub use membership::ChangeRequest;
 pub use messages::{NewMessage, Page, Refused};
 use sqlite::Sqlite;
 
+/// The page cache of each SQLite reader and of the eraser, as SQLite's
+/// `cache_size` (negative: KiB): 64 pages of 4 KiB. The writer keeps
+/// SQLite's default (2 MiB): its own commits never make it stale.
+const SMALL_CACHE: &str = "-256";
+
 impl Store {
     /// Connects to `url` (`sqlite://...` or `postgres://...`) and migrates.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
@@ -355,12 +360,22 @@ impl Store {
                 .test_before_acquire(false)
                 .max_connections(1)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options.clone().busy_timeout(Duration::from_millis(100)));
+                .connect_lazy_with(
+                    options
+                        .clone()
+                        .busy_timeout(Duration::from_millis(100))
+                        .pragma("cache_size", SMALL_CACHE),
+                );
+            // A reader's page cache is small: in WAL mode a connection drops
+            // its whole cache when it begins reading after any commit, so
+            // under chat load a large one is never warm, and at rest eight
+            // of them would each keep their own copy of the same pages
+            // (2 MiB each by default; the kernel's page cache holds one).
             let read = SqlitePoolOptions::new()
                 .test_before_acquire(false)
                 .max_connections(8)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
+                .connect_with(options.pragma("cache_size", SMALL_CACHE))
                 .await?;
             Store::Sqlite(Sqlite {
                 read,
