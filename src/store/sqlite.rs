@@ -123,3 +123,31 @@ pub struct Sqlite {
     pub(super) eraser: SqlitePool,
     pub(super) erase: Arc<Notify>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Store;
+
+    /// Readers keep a small cache (WAL resets it after every commit), the
+    /// writer SQLite's default.
+    #[tokio::test]
+    async fn readers_keep_a_small_page_cache_and_the_writer_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+        let Store::Sqlite(sqlite) = Store::connect(&url).await.unwrap() else {
+            panic!("a sqlite: URL opens SQLite");
+        };
+        let cache = |pool: &sqlx::SqlitePool| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("PRAGMA cache_size")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(cache(&sqlite.read).await, -256);
+        assert_eq!(cache(&sqlite.eraser).await, -256);
+        assert_eq!(cache(&sqlite.write).await, -2000);
+    }
+}
