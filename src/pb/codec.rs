@@ -2,20 +2,26 @@
 //!
 //! tonic starts each call's encode buffer at 8 KiB, and a server stream
 //! keeps it for its whole life: most of what an idle `SubscribeMessages`
-//! stream cost (BENCHMARKS.md, "Where an idle stream's bytes live"). An
-//! event is a few hundred bytes; the buffer grows when one is larger, and a
-//! busy stream still hands h2 up to `YIELD_THRESHOLD` bytes at a time.
+//! stream cost (BENCHMARKS.md, "Where an idle stream's bytes live"). Ours
+//! starts empty: an idle stream holds no buffer at all, the first event
+//! allocates one of its own size, and once h2 has written what was handed
+//! to it the same allocation is reused. A busy stream still hands h2 up to
+//! `YIELD_THRESHOLD` bytes at a time. (No compression is compiled in, which
+//! would grow its buffers by `buffer_size` steps.)
 
 use std::marker::PhantomData;
 use tonic::codec::BufferSettings;
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
-/// Where each call's encode and decode buffers start.
-const BUFFER_SIZE: usize = 512;
+/// Where each call's encode buffer starts: empty (see the module's note).
+const ENCODE_BUFFER: usize = 0;
+/// Where each call's decode buffer starts: a request is read once, and is
+/// gone when the call is answered or its stream opened.
+const DECODE_BUFFER: usize = 512;
 /// tonic's default: a busy stream's events go to h2 in writes up to this.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// prost's encoding with [`BUFFER_SIZE`] buffers; named by `build.rs` as
+/// prost's encoding with [`ENCODE_BUFFER`] and [`DECODE_BUFFER`] buffers; named by `build.rs` as
 /// the codec of every generated service and client.
 pub struct Codec<T, U>(PhantomData<(T, U)>);
 
@@ -36,10 +42,10 @@ where
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+        ProstEncoder::new(BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD))
+        ProstDecoder::new(BufferSettings::new(DECODE_BUFFER, YIELD_THRESHOLD))
     }
 }
