@@ -83,7 +83,9 @@ struct Replay {
 /// One subscriber's messages or events: the replay, then live, in stream
 /// order.
 pub struct EventStream {
-    replay: Option<Replay>,
+    /// Boxed: most streams are live only, or done replaying, and an idle
+    /// stream keeps no room for it.
+    replay: Option<Box<Replay>>,
     /// The last position replayed (or the resume point): live messages at
     /// or below it came through the replay already.
     replayed_up_to: Position,
@@ -181,11 +183,11 @@ impl EventStream {
     fn replay(&mut self, source: ReplaySource, after: Position, mut first_page: Vec<Event>) {
         let cut = keep_within_bytes(&mut first_page);
         self.replayed_up_to = first_page.last().map_or(after, |last| last.position);
-        self.replay = Some(Replay {
+        self.replay = Some(Box::new(Replay {
             exhausted: !cut && first_page.len() < source.page_size,
             source,
             page: first_page.into(),
-        });
+        }));
     }
 
     /// Serves the stream on `transport`: counts it as open there, and its
