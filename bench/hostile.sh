@@ -7,10 +7,13 @@
 #   bench/hostile.sh                  # two runs of 10 s alone + 10 s attacked
 #   RUNS=1 SECONDS_EACH=5 bench/hostile.sh
 #   HERALD_BIN=/path/to/another/herald bench/hostile.sh   # e.g. an older build
+#   REPEAT=3 RUNS=1 bench/hostile.sh  # the mix three times against one server:
+#                                     # does a second attack leave more behind?
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS="${RUNS:-2}"
+REPEAT="${REPEAT:-1}"
 SECONDS_EACH="${SECONDS_EACH:-10}"
 NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 HERALD_BIN="${HERALD_BIN:-target/release/herald}"
@@ -40,10 +43,12 @@ for run in $(seq "$RUNS"); do
         2>"$work/herald.log" &
     pid=$!
     until curl -fs "http://$HTTP/healthz" >/dev/null; do sleep 0.1; done
-    echo "run $run:"
-    target/release/herald-bench hostile --http "$HTTP" --grpc "$GRPC" --pid "$pid" \
-        --jwt-secret "$SECRET" --seconds "$SECONDS_EACH" "${nats[@]}" 2>"$work/bench.log" |
-        sed 's/ attacks / | attacks /'
+    for round in $(seq "$REPEAT"); do
+        echo "run $run, round $round:"
+        target/release/herald-bench hostile --http "$HTTP" --grpc "$GRPC" --pid "$pid" \
+            --jwt-secret "$SECRET" --seconds "$SECONDS_EACH" "${nats[@]}" 2>"$work/bench.log" |
+            sed 's/ attacks / | attacks /'
+    done
     kill "$pid"
     wait "$pid" 2>/dev/null || true
 done

@@ -547,11 +547,22 @@ pub fn authorized<T>(body: T, token: &str) -> Request<T> {
 
 /// Resident memory of the processes `pids`, in KiB.
 pub fn rss_kib(pids: &[u32]) -> u64 {
+    status_kib(pids, "VmRSS:")
+}
+
+/// The anonymous part of [`rss_kib`]: what the processes allocated, without
+/// the pages of their program and libraries (read once, shared, clean).
+pub fn anon_kib(pids: &[u32]) -> u64 {
+    status_kib(pids, "RssAnon:")
+}
+
+/// The sum of one `/proc/PID/status` field, in KiB, over `pids`.
+fn status_kib(pids: &[u32], field: &str) -> u64 {
     let one = |pid: &u32| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field))
             .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0)
     };

@@ -12,7 +12,7 @@
 //! duplicated or forged, and the server's memory and open files.
 //! Loopback only, bounded in time.
 
-use crate::fanout::{Target, authorized, quantile_ms, rss_kib};
+use crate::fanout::{Target, anon_kib, authorized, quantile_ms, rss_kib};
 use crate::pb;
 use crate::sse::{Tally, now_micros, subscribe};
 use clap::Args;
@@ -178,6 +178,7 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
 
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let rss_before = rss_kib(&pid);
+    let anon_before = anon_kib(&pid);
     let stuck_before = metric(target.http, "herald_connections_stuck_total").await;
     let replayed_before = metric(target.http, "herald_broker_replayed_total").await;
     let attack_started = now_micros();
@@ -211,13 +212,14 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_secs(6)).await;
     sampling.cancel();
     let rss_after = rss_kib(&pid);
+    let anon_after = anon_kib(&pid);
 
     let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(|p| p.into_inner()));
     let report = Report::of(&sent, &[&alice, &bob], attack_started);
     println!(
         "hostile seconds={} ordinary_sent={} ordinary_ok={} success_rate={:.4} lost={} duplicated={} forged_delivered={} \
          latency_ms_alone p50={:.2} p99={:.2} latency_ms_attacked p50={:.2} p99={:.2} latency_ms_attacked_after_1s p50={:.2} p99={:.2} \
-         rss_kib before={rss_before} peak={} after={rss_after} open_files_peak={} \
+         rss_kib before={rss_before} peak={} after={rss_after} anon_kib before={anon_before} after={anon_after} open_files_peak={} \
          attacks nul_refused={} reconnects={} flood_ok={} flood_refused={} groups_created={} groups_refused={} resumes={} forged_published={} \
          anonymous_ended={} announced_refused={} stalled_cut={} stuck_closed={} \
          replays_published={} replays_refused={} probes={} presence_leaked={}",
