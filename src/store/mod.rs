@@ -351,7 +351,11 @@ impl Store {
                 .test_before_acquire(false)
                 .max_connections(1)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options.clone())
+                .connect_with(
+                    options
+                        .clone()
+                        .pragma("wal_autocheckpoint", sqlite::WRITER_CHECKPOINT_PAGES),
+                )
                 .await?;
             sqlx::migrate!("migrations/sqlite").run(&write).await?;
             // The log's truncation after a deletion waits for readers only
@@ -382,6 +386,7 @@ impl Store {
                 write,
                 eraser,
                 erase: Default::default(),
+                wrote: Default::default(),
             })
         } else {
             return Err(sqlx::Error::Configuration(
@@ -391,12 +396,13 @@ impl Store {
         Ok(store)
     }
 
-    /// Keeps what edits and deletions remove out of the database's files,
-    /// until `closing` (SQLite's write-ahead log; PostgreSQL has nothing to
-    /// do here: VACUUM reclaims dead rows).
-    pub async fn erase_freed(self, closing: tokio_util::sync::CancellationToken) {
+    /// Tends SQLite's write-ahead log until `closing`: copies it into the
+    /// file off the writer's path, and keeps what edits and deletions
+    /// remove out of the database's files. PostgreSQL has nothing to do
+    /// here (its checkpoints are its own; VACUUM reclaims dead rows).
+    pub async fn tend_log(self, closing: tokio_util::sync::CancellationToken) {
         if let Store::Sqlite(sqlite) = self {
-            sqlite.erase_freed(closing).await;
+            sqlite.tend_log(closing).await;
         }
     }
 

@@ -11,6 +11,17 @@ use tokio_util::sync::CancellationToken;
 /// one truncation of the log a second, not one each.
 const ERASE_EVERY: Duration = Duration::from_secs(1);
 
+/// How long the log grows after a commit before what it holds is copied
+/// into the database file, off the writer's path (see
+/// [`Sqlite::checkpoint_often`]).
+const CHECKPOINT_AFTER: Duration = Duration::from_millis(200);
+
+/// The writer's own checkpoint threshold, in pages (about 40 MB): SQLite's
+/// default is 1,000, which makes the commit that crosses it copy the whole
+/// log and sync both files while every send behind it waits. Here only a
+/// backstop, should the checkpointer fall behind.
+pub(super) const WRITER_CHECKPOINT_PAGES: &str = "10000";
+
 impl Sqlite {
     /// Asks for the log to be emptied soon: what a deletion or an edit
     /// removed from the file stays in SQLite's write-ahead log until then.
@@ -23,7 +34,7 @@ impl Sqlite {
     /// committer's path, on a connection of its own that waits at most
     /// 100 ms for readers; a reader holding an older snapshot makes it try
     /// again a second later, until it is done.
-    pub(super) async fn erase_freed(self, closing: CancellationToken) {
+    async fn erase_freed(&self, closing: CancellationToken) {
         loop {
             tokio::select! {
                 _ = self.erase.notified() => {}
@@ -43,6 +54,40 @@ impl Sqlite {
                 }
             }
         }
+    }
+
+    /// Copies the log into the database file [`CHECKPOINT_AFTER`] a
+    /// commit, on the eraser's connection, until `closing`: a passive
+    /// checkpoint, which neither waits for nor blocks the writer and
+    /// readers, so no send pays for one (SQLite's own would run inside the
+    /// commit that crossed its threshold). Once all of the log is in the
+    /// file the writer starts it again from the top, so it stays about as
+    /// large as what is written in that time. Idle, it waits for a commit.
+    async fn checkpoint_often(&self, closing: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.wrote.notified() => {}
+                _ = closing.cancelled() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(CHECKPOINT_AFTER) => {}
+                _ = closing.cancelled() => return,
+            }
+            let passive = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)");
+            if let Err(error) = passive.fetch_one(&self.eraser).await {
+                tracing::debug!(%error, "the log was not copied into the file; trying again");
+            }
+        }
+    }
+
+    /// Tends the write-ahead log until `closing`: copied into the file soon
+    /// after commits, emptied after deletions (both on the eraser's one
+    /// connection, so they take turns).
+    pub(super) async fn tend_log(self, closing: CancellationToken) {
+        tokio::join!(
+            self.checkpoint_often(closing.clone()),
+            self.erase_freed(closing)
+        );
     }
 
     /// The whole batch as one round trip to SQLite's worker thread: the
@@ -99,7 +144,10 @@ impl Sqlite {
             .fetch_all(&mut *connection)
             .await;
         match result {
-            Ok(heads) => heads.first().copied().ok_or(sqlx::Error::RowNotFound),
+            Ok(heads) => {
+                self.wrote.notify_one();
+                heads.first().copied().ok_or(sqlx::Error::RowNotFound)
+            }
             Err(error) => {
                 // Outside a transaction (BEGIN itself failed) this fails
                 // too, harmlessly.
@@ -119,9 +167,11 @@ impl Sqlite {
 pub struct Sqlite {
     pub(super) read: SqlitePool,
     pub(super) write: SqlitePool,
-    /// The log's truncation (see [`Sqlite::erase_freed`]).
+    /// The log's checkpoints and truncation (see [`Sqlite::tend_log`]).
     pub(super) eraser: SqlitePool,
     pub(super) erase: Arc<Notify>,
+    /// Told after each batch of messages is committed.
+    pub(super) wrote: Arc<Notify>,
 }
 
 #[cfg(test)]
@@ -129,9 +179,10 @@ mod tests {
     use super::super::Store;
 
     /// Readers keep a small cache (WAL resets it after every commit), the
-    /// writer SQLite's default.
+    /// writer SQLite's default; the writer leaves checkpoints to the
+    /// checkpointer.
     #[tokio::test]
-    async fn readers_keep_a_small_page_cache_and_the_writer_the_default() {
+    async fn how_each_sqlite_connection_is_set_up() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("herald.db").display());
         let Store::Sqlite(sqlite) = Store::connect(&url).await.unwrap() else {
@@ -149,5 +200,13 @@ mod tests {
         assert_eq!(cache(&sqlite.read).await, -256);
         assert_eq!(cache(&sqlite.eraser).await, -256);
         assert_eq!(cache(&sqlite.write).await, -2000);
+        let threshold = sqlx::query_scalar::<_, i64>("PRAGMA wal_autocheckpoint")
+            .fetch_one(&sqlite.write)
+            .await
+            .unwrap();
+        assert_eq!(
+            threshold, 10_000,
+            "the writer's own checkpoint is a backstop"
+        );
     }
 }

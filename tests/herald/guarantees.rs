@@ -724,3 +724,53 @@ on_every_backend!(
     database_connections_killed_mid_run_lose_nothing_acknowledged,
     a_database_outage_answers_unavailable_and_herald_recovers_by_itself,
 );
+
+/// SQLite's log is copied into the database file soon after commits, off
+/// the writer's path, and then starts again from the top: after several
+/// bursts of sends with pauses between them it is about as large as one
+/// burst made it, not the sum of them (SQLite's own checkpoint, here only
+/// a backstop at 10,000 pages, would never have run).
+#[tokio::test]
+async fn sqlites_log_is_copied_into_the_file_between_bursts_and_reused() {
+    let db = TestDb::new(crate::support::Backend::Sqlite).await.unwrap();
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.rate_limit = 10_000.0;
+        config.rate_burst = 10_000.0;
+    })
+    .await;
+    let alice = app.user("alice").await;
+    let chat = alice.create_conversation(&["bob"]).await.unwrap().id;
+    let dir = db._dir.as_ref().unwrap().path().to_owned();
+    let log_size = || std::fs::metadata(dir.join("herald.db-wal")).map_or(0, |m| m.len());
+    let burst = |round: usize| {
+        let (alice, chat) = (&alice, &chat);
+        async move {
+            // 100 sends, 25 at a time (a user has 64 requests in flight at
+            // most); about a page each: a burst writes a few hundred pages.
+            for part in 0..4 {
+                let sends = (0..25).map(|n| async move {
+                    let content = format!("{round}-{part}-{n} {}", "x".repeat(3_000));
+                    alice.send(chat, &content).await.unwrap();
+                });
+                futures_util::future::join_all(sends).await;
+            }
+        }
+    };
+    burst(0).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = log_size();
+    assert!(
+        first > 100 * 3_000,
+        "the log holds the first burst ({first} bytes)"
+    );
+    for round in 1..5 {
+        burst(round).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let last = log_size();
+    assert!(
+        last < 2 * first,
+        "the log grew from {first} to {last} bytes over five bursts: it was not reused"
+    );
+    app.stop().await;
+}
