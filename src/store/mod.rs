@@ -45,13 +45,16 @@ macro_rules! with_pool {
     };
 }
 
-/// [`with_pool!`] for a call that writes: SQLite's one writer.
+/// [`with_pool!`] for a call that writes: SQLite's one writer, whose
+/// checkpointer is told after the call (see `Sqlite::checkpoint_often`).
 macro_rules! with_writer {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
             Store::Sqlite(sqlite) => {
                 let $pool = &sqlite.write;
-                $body
+                let result = $body;
+                sqlite.wrote.notify_one();
+                result
             }
             Store::Postgres($pool) => $body,
         }

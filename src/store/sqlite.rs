@@ -21,8 +21,12 @@ const CHECKPOINT_AFTER: Duration = Duration::from_millis(50);
 
 /// The writer's own checkpoint threshold, in pages (about 40 MB): SQLite's
 /// default is 1,000, which makes the commit that crosses it copy the whole
-/// log and sync both files while every send behind it waits. Here only a
-/// backstop, should the checkpointer fall behind.
+/// log and sync both files while every send behind it waits. Here a
+/// backstop: under steady writes a passive checkpoint seldom ends with
+/// nothing left to copy, which is when the writer may start the log again,
+/// and the backstop's checkpoint (little left to copy by then) does. At
+/// 2,000 messages/s the log restarted every second or two; 2,000 pages
+/// instead of 10,000 doubled the p99 (4.2 / 4.6 ms against 2.3 / 1.7).
 pub(super) const WRITER_CHECKPOINT_PAGES: &str = "10000";
 
 impl Sqlite {
@@ -60,12 +64,12 @@ impl Sqlite {
     }
 
     /// Copies the log into the database file [`CHECKPOINT_AFTER`] a
-    /// commit, on the eraser's connection, until `closing`: a passive
+    /// write, on the eraser's connection, until `closing`: a passive
     /// checkpoint, which neither waits for nor blocks the writer and
-    /// readers, so no send pays for one (SQLite's own would run inside the
-    /// commit that crossed its threshold). Once all of the log is in the
-    /// file the writer starts it again from the top, so it stays about as
-    /// large as what is written in that time. Idle, it waits for a commit.
+    /// readers, so sends do not pay for it (SQLite's own, now only the
+    /// backstop, runs inside the commit that crossed its threshold). Once
+    /// all of the log is in the file the writer starts it again from the
+    /// top (see [`WRITER_CHECKPOINT_PAGES`]). Idle, it waits for a write.
     async fn checkpoint_often(&self, closing: CancellationToken) {
         loop {
             tokio::select! {
@@ -78,7 +82,7 @@ impl Sqlite {
             }
             let passive = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)");
             if let Err(error) = passive.fetch_one(&self.eraser).await {
-                tracing::debug!(%error, "the log was not copied into the file; trying again");
+                tracing::debug!(%error, "the log was not copied into the file; again after the next write");
             }
         }
     }
@@ -173,7 +177,7 @@ pub struct Sqlite {
     /// The log's checkpoints and truncation (see [`Sqlite::tend_log`]).
     pub(super) eraser: SqlitePool,
     pub(super) erase: Arc<Notify>,
-    /// Told after each batch of messages is committed.
+    /// Told after each batch of messages and each other write.
     pub(super) wrote: Arc<Notify>,
 }
 
