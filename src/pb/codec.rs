@@ -6,8 +6,9 @@
 //! starts empty: an idle stream holds no buffer at all, the first event
 //! allocates one of its own size, and once h2 has written what was handed
 //! to it the same allocation is reused. A busy stream still hands h2 up to
-//! `YIELD_THRESHOLD` bytes at a time. (No compression is compiled in, which
-//! would grow its buffers by `buffer_size` steps.)
+//! `YIELD_THRESHOLD` bytes at a time. No compression is compiled in: tonic
+//! grows a compressed message's buffer in `buffer_size` steps, so turning
+//! compression on needs a non-zero encode buffer here.
 
 use std::marker::PhantomData;
 use tonic::codec::BufferSettings;
