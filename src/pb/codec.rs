@@ -22,8 +22,8 @@ const DECODE_BUFFER: usize = 512;
 /// tonic's default: a busy stream's events go to h2 in writes up to this.
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// prost's encoding with [`ENCODE_BUFFER`] and [`DECODE_BUFFER`] buffers; named by `build.rs` as
-/// the codec of every generated service and client.
+/// prost's encoding with [`ENCODE_BUFFER`] and [`DECODE_BUFFER`] buffers;
+/// named by `build.rs` as the codec of every generated service and client.
 pub struct Codec<T, U>(PhantomData<(T, U)>);
 
 impl<T, U> Default for Codec<T, U> {
