@@ -571,6 +571,9 @@ function receiveReaction(change) {
   const reactions = (message.reactions || []).map((reaction) => ({ ...reaction }));
   let reaction = reactions.find((r) => r.emoji === change.emoji);
   const added = Boolean(change.added);
+  // My own change may already be shown: the answer to my PUT or DELETE
+  // (the message as it now is) can arrive before its event.
+  if (change.userId === state.me && Boolean(reaction?.mine) === added) return;
   if (!reaction && added) reactions.push((reaction = { emoji: change.emoji, count: 0, mine: false }));
   if (!reaction) return;
   reaction.count += added ? 1 : -1;
