@@ -56,6 +56,21 @@ async fn live_subscriber(mut command: Command) -> (Child, Lines<BufReader<ChildS
 }
 
 /// Sends one message with `command` and checks it exits cleanly.
+/// The id of a pair conversation between `token`'s user and bob, created
+/// over REST.
+async fn pair_with_bob(herald: &Process, token: &str) -> String {
+    let pair = json!({ "participantIds": ["bob"] });
+    let (_, chat) = call_at(
+        &herald.http,
+        token,
+        Method::POST,
+        "/api/conversations",
+        Some(pair),
+    )
+    .await;
+    chat["id"].as_str().unwrap().to_owned()
+}
+
 async fn send(mut command: Command, conversation: &str, content: &str) {
     let status = command
         .args(["send", conversation, content])
@@ -226,16 +241,7 @@ async fn the_python_backend_publishes_deletes_and_bans() {
     let http = reqwest::Client::new();
     let url = |path: &str| format!("http://{}{path}", herald.http);
     let (alice, bob) = (mint(SECRET, "alice"), mint(SECRET, "bob"));
-    let pair = json!({ "participantIds": ["bob"] });
-    let (_, chat) = call_at(
-        &herald.http,
-        &alice,
-        Method::POST,
-        "/api/conversations",
-        Some(pair),
-    )
-    .await;
-    let chat = chat["id"].as_str().unwrap();
+    let chat = &pair_with_bob(&herald, &alice).await;
     let messages = format!("/api/conversations/{chat}/messages");
     let spam = json!({ "content": "buy cheap stuff" });
     let (_, spam) = call_at(&herald.http, &bob, Method::POST, &messages, Some(spam)).await;
@@ -379,16 +385,7 @@ async fn a_python_receiver_verifies_webhooks_with_the_standard_library() {
         .unwrap();
     stdin.flush().await.unwrap();
     let alice = mint(SECRET, "alice");
-    let pair = json!({ "participantIds": ["bob"] });
-    let (_, chat) = call_at(
-        &herald.http,
-        &alice,
-        Method::POST,
-        "/api/conversations",
-        Some(pair),
-    )
-    .await;
-    let chat = chat["id"].as_str().unwrap();
+    let chat = &pair_with_bob(&herald, &alice).await;
     let messages = format!("/api/conversations/{chat}/messages");
     let mut sent = Vec::new();
     for content in ["one", "two", "three"] {
