@@ -221,7 +221,7 @@ impl Herald {
             moderator: moderator.clone(),
         };
         broker.start(Arc::new(heard), shutdown.clone(), &tasks);
-        tasks.spawn(store.clone().tend_log(closing.clone()));
+        tasks.spawn(store.clone().tend(closing.clone()));
         let inner = Inner {
             store,
             participants,

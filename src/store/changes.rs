@@ -68,7 +68,7 @@ impl Store {
             .await;
         // The old page images of an edited or deleted message's row stay in
         // SQLite's write-ahead log until it is emptied (within a second or
-        // so, off this path: `Sqlite::tend_log`).
+        // so, off this path: `Sqlite::tend`).
         if let (Store::Sqlite(sqlite), Ok(Some(_))) = (self, &committed)
             && !matches!(change, MessageChange::React { .. })
         {

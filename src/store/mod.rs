@@ -399,13 +399,15 @@ impl Store {
         Ok(store)
     }
 
-    /// Tends SQLite's write-ahead log until `closing`: copies it into the
-    /// file off the writer's path, and keeps what edits and deletions
-    /// remove out of the database's files. PostgreSQL has nothing to do
-    /// here (its checkpoints are its own; VACUUM reclaims dead rows).
-    pub async fn tend_log(self, closing: tokio_util::sync::CancellationToken) {
+    /// Tends SQLite until `closing`: copies its write-ahead log into the
+    /// file off the writer's path, keeps what edits and deletions remove
+    /// out of the database's files, and closes the readers a burst opened.
+    /// PostgreSQL has nothing to do here (its checkpoints are its own;
+    /// VACUUM reclaims dead rows; its pool's connections are few and
+    /// shared).
+    pub async fn tend(self, closing: tokio_util::sync::CancellationToken) {
         if let Store::Sqlite(sqlite) = self {
-            sqlite.tend_log(closing).await;
+            sqlite.tend(closing).await;
         }
     }
 
