@@ -149,7 +149,9 @@ impl Hub {
         registry
             .by_user
             .entry(user.clone())
-            .or_default()
+            // Room for one: most users hold one stream, and a `Vec` would
+            // start with room for four.
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(Slot {
                 id,
                 wants,
