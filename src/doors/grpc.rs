@@ -119,9 +119,83 @@ async fn grpc_only(
     }
 }
 
-/// The request log's span for one gRPC call: the method, nothing else.
+/// The calls whose stream a subscriber holds open for hours: the request
+/// log gives them no span (one is about 380 bytes, held for the stream's
+/// whole life: a tenth of an idle stream); [`StreamLog`] writes their line.
+const SUBSCRIPTIONS: [&str; 2] = [SUBSCRIBE_MESSAGES, SUBSCRIBE_EVENTS];
+const SUBSCRIBE_MESSAGES: &str = "/herald.v1.Messenger/SubscribeMessages";
+const SUBSCRIBE_EVENTS: &str = "/herald.v1.Messenger/SubscribeEvents";
+
+/// The request log's span for one gRPC call: the method, nothing else;
+/// none for a subscription (see [`SUBSCRIPTIONS`]).
 pub fn log_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
-    tracing::info_span!("grpc", method = %request.uri().path())
+    let method = request.uri().path();
+    if SUBSCRIPTIONS.contains(&method) {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("grpc", method = %method)
+}
+
+/// The request log's line when a call's response starts, at debug; for a
+/// subscription refused before it opened (its only line), at info.
+pub fn log_response<B>(
+    response: &axum::http::Response<B>,
+    latency: std::time::Duration,
+    span: &tracing::Span,
+) {
+    if !span.is_none() {
+        tracing::debug!(parent: span, ?latency, "response headers sent");
+        return;
+    }
+    // A refusal is a response of headers alone, its status among them.
+    if let Some(code) = response.headers().get("grpc-status") {
+        let code = tonic::Code::from_bytes(code.as_bytes());
+        tracing::info!(?code, ?latency, "grpc subscription refused");
+    }
+}
+
+/// The request log's line when a call's stream ends; a subscription's is
+/// its [`StreamLog`]'s.
+pub fn log_end(
+    trailers: Option<&axum::http::HeaderMap>,
+    duration: std::time::Duration,
+    span: &tracing::Span,
+) {
+    if !span.is_none() {
+        let code = trailers
+            .and_then(|trailers| trailers.get("grpc-status"))
+            .map(|code| tonic::Code::from_bytes(code.as_bytes()));
+        tracing::info!(parent: span, ?duration, ?code, "end of stream");
+    }
+}
+
+/// The request log's line when a call fails; a subscription's is its
+/// [`StreamLog`]'s.
+pub fn log_failure(
+    failure: tower_http::classify::GrpcFailureClass,
+    latency: std::time::Duration,
+    span: &tracing::Span,
+) {
+    if !span.is_none() {
+        tracing::info!(parent: span, classification = %failure, ?latency, "response failed");
+    }
+}
+
+/// An open subscription's line in the request log, written when it is
+/// dropped, however it ended: the method, how long it was open, and its
+/// status (`Cancelled` when the subscriber went away).
+struct StreamLog {
+    method: &'static str,
+    opened: std::time::Instant,
+    code: tonic::Code,
+}
+
+impl Drop for StreamLog {
+    fn drop(&mut self) {
+        let span = tracing::info_span!("grpc", method = %self.method);
+        let duration = self.opened.elapsed();
+        tracing::info!(parent: &span, ?duration, code = ?self.code, "end of stream");
+    }
 }
 
 /// Verifies `authorization: Bearer <credential>` with `verify` and puts
@@ -187,10 +261,10 @@ impl Messenger {
     }
 
     /// Opens the caller's stream of what `wants` asks for, each event
-    /// written as `convert` makes it.
+    /// written as `convert` makes it, logged as `method`.
     async fn open<T: Send + 'static>(
         &self,
-        claims: &Claims,
+        (claims, method): (&Claims, &'static str),
         after_id: &str,
         wants: Wants,
         convert: fn(&Event) -> Option<T>,
@@ -201,7 +275,8 @@ impl Messenger {
         }
         stream.serve_as(Transport::Grpc);
         let ends = crate::net::listener::StreamEnds(stream.ends_at());
-        let mut response = Response::new(Box::pin(relay(stream, convert)) as StreamResponse<T>);
+        let mut response =
+            Response::new(Box::pin(relay(stream, method, convert)) as StreamResponse<T>);
         response.extensions_mut().insert(ends);
         Ok(response)
     }
@@ -335,7 +410,7 @@ impl pb::messenger_server::Messenger for Messenger {
         let claims = claims(&request)?;
         let after_id = &request.get_ref().after_id;
         self.open(
-            &claims,
+            (&claims, SUBSCRIBE_MESSAGES),
             after_id,
             Wants::Messages,
             |event| match pb::event::Kind::from(event) {
@@ -354,9 +429,12 @@ impl pb::messenger_server::Messenger for Messenger {
     ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
         let claims = claims(&request)?;
         let after_id = &request.get_ref().after_id;
-        self.open(&claims, after_id, Wants::Everything, |event| {
-            Some(pb::Event::from(event))
-        })
+        self.open(
+            (&claims, SUBSCRIBE_EVENTS),
+            after_id,
+            Wants::Everything,
+            |event| Some(pb::Event::from(event)),
+        )
         .await
     }
 
@@ -459,22 +537,34 @@ impl pb::messenger_server::Messenger for Messenger {
 }
 
 /// The stream as gRPC messages made by `convert` (events it makes nothing
-/// of are skipped), ending with a status that says why it ended. Dropping it
-/// (the client went away) drops the subscription.
+/// of are skipped), ending with a status that says why it ended, logged as
+/// `method`. Dropping it (the client went away) drops the subscription.
 fn relay<T>(
     stream: EventStream,
+    method: &'static str,
     convert: fn(&Event) -> Option<T>,
 ) -> impl Stream<Item = Result<T, Status>> {
-    stream::unfold(Some(stream), move |state| async move {
-        let mut stream = state?;
+    let log = StreamLog {
+        method,
+        opened: std::time::Instant::now(),
+        code: tonic::Code::Cancelled,
+    };
+    // The stream is borrowed from the state, not moved out of it: a future
+    // holding both would keep room for two (an idle stream's largest part).
+    stream::unfold(Some((stream, log)), move |mut state| async move {
+        let (stream, log) = state.as_mut()?;
         loop {
             match stream.next().await {
                 Ok(delivery) => {
                     if let Some(item) = convert(&delivery.event) {
-                        return Some((Ok(item), Some(stream)));
+                        return Some((Ok(item), state));
                     }
                 }
-                Err(end) => return Some((Err(end_status(end)), None)),
+                Err(end) => {
+                    let status = end_status(end);
+                    log.code = status.code();
+                    return Some((Err(status), None));
+                }
             }
         }
     })

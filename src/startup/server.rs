@@ -28,8 +28,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tower_http::trace::{DefaultOnEos, DefaultOnFailure, DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 /// Pending connections the kernel queues per listener: a thousand clients
 /// connecting at once must not be dropped.
@@ -245,13 +244,14 @@ impl Apps {
             // One line per call at info, when its stream ends (with the
             // duration; a unary call's status comes then too); the response
             // headers' line is debug, which halves the log on the send path.
+            // Subscriptions write their own line (`grpc::log_span`).
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(grpc::log_span)
                     .on_request(())
-                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                    .on_failure(DefaultOnFailure::new().level(Level::INFO))
-                    .on_eos(DefaultOnEos::new().level(Level::INFO)),
+                    .on_response(grpc::log_response)
+                    .on_failure(grpc::log_failure)
+                    .on_eos(grpc::log_end),
             );
         let metrics = metrics_apart.then(|| http::metrics_router(state.clone()));
         let grpc_web = grpc::web_routes(herald, auth);

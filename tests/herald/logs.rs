@@ -1,4 +1,5 @@
-//! Tokens never reach the log, whatever door they came through.
+//! Tokens never reach the log, whatever door they came through; every
+//! call has its line, a subscription's when it ends however it ends.
 
 use crate::support::{Process, authorized};
 use herald::pb;
@@ -102,4 +103,52 @@ async fn json_logs_are_one_object_per_line() {
             "{line}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_grpc_subscription_is_one_line_when_it_ends_however_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "log-test-secret-0123456789abcdef0123456789abcdef";
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", secret]);
+    })
+    .await;
+    let token = format!("Bearer {}", crate::support::mint(secret, "alice"));
+    let mut client = herald.client().await;
+    let subscribe = |client: &mut pb::messenger_client::MessengerClient<_>| {
+        let request = authorized(pb::SubscribeMessagesRequest::default(), &token);
+        let mut client = client.clone();
+        async move { client.subscribe_messages(request).await }
+    };
+
+    // Refused before it opens: no token.
+    let refused = client
+        .subscribe_events(pb::SubscribeEventsRequest::default())
+        .await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+    herald
+        .wait_for_log("grpc subscription refused code=Unauthenticated")
+        .await;
+    // Opened, then the subscriber goes away.
+    let gone = subscribe(&mut client).await.unwrap();
+    drop(gone);
+    let log = herald.wait_for_log("code=Cancelled").await;
+    let line = log.lines().find(|line| line.contains("code=Cancelled"));
+    assert!(
+        line.is_some_and(
+            |line| line.contains("method=/herald.v1.Messenger/SubscribeMessages")
+                && line.contains("end of stream")
+                && line.contains("duration=")
+        ),
+        "{log}"
+    );
+    // Open when the server shuts down: the status says so.
+    let _open = subscribe(&mut client).await.unwrap();
+    let (_, log) = herald.terminate().await;
+    let ends: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("SubscribeMessages") && line.contains("end of stream"))
+        .collect();
+    assert_eq!(ends.len(), 2, "one line per subscription: {log}");
+    assert!(ends[1].contains("code=Unavailable"), "{log}");
 }

@@ -649,6 +649,22 @@ impl Process {
         }
     }
 
+    /// Waits until stderr holds `needle`; returns stderr so far.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let seen = async {
+            loop {
+                let log = self.stderr.lock().unwrap().clone();
+                if log.contains(needle) {
+                    return log;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, seen)
+            .await
+            .unwrap_or_else(|_| panic!("the log says {needle:?} in time"))
+    }
+
     /// Sends SIGTERM and waits for the exit; returns it and the whole stderr.
     pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().expect("still running").to_string();
