@@ -152,9 +152,12 @@ pub fn serve(
         loop {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => break,
+                // A finished connection's task is freed as it ends, not at
+                // the next accept: after a burst (an attack's hundreds of
+                // connections) its memory would wait for the next client.
+                Some(_) = tasks.join_next() => continue,
                 accepted = listener.accept() => accepted,
             };
-            while tasks.try_join_next().is_some() {}
             let (tcp, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
