@@ -1,6 +1,6 @@
 //! Blocks: who refuses whom.
 
-use super::{Store, sorted};
+use super::{Store, kept_prepared, sorted};
 use crate::{domain::UserId, error::Error};
 
 impl Store {
@@ -72,7 +72,10 @@ impl Store {
                     tuple.push_bind(user.as_str());
                 });
                 sql.push(" LIMIT 1");
-                sql.build_query_scalar().fetch_optional(pool).await?
+                sql.build_query_scalar()
+                    .persistent(kept_prepared(chunk.len() + 1))
+                    .fetch_optional(pool)
+                    .await?
             });
             if found.is_some() {
                 return Ok(true);
@@ -96,7 +99,10 @@ impl Store {
                 sql.push_tuples(chunk, |mut tuple, user| {
                     tuple.push_bind(user.as_str());
                 });
-                sql.build_query_scalar().fetch_all(pool).await?
+                sql.build_query_scalar()
+                    .persistent(kept_prepared(chunk.len() + 1))
+                    .fetch_all(pool)
+                    .await?
             });
             found.extend(ids);
         }

@@ -278,7 +278,10 @@ impl Store {
                 tuple.push_bind(position.0);
             });
             sql.push(" GROUP BY message_position, emoji ORDER BY message_position, MIN(created_at), emoji");
-            sql.build_query_as().fetch_all(pool).await?
+            sql.build_query_as()
+                .persistent(super::kept_prepared(messages.len() + 1))
+                .fetch_all(pool)
+                .await?
         });
         for (message, emoji, count, mine) in rows {
             found.entry(Position(message)).or_default().push(Reaction {

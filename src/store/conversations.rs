@@ -1,6 +1,6 @@
 //! Conversations: creating them, and pages of them as a user sees them.
 
-use super::{ConversationRow, MessageRow, Store};
+use super::{ConversationRow, MessageRow, Store, kept_prepared};
 use crate::domain::{Conversation, ConversationId, Message, UserId};
 use std::collections::HashMap;
 
@@ -61,14 +61,15 @@ impl Store {
                     let took_part = i32::from(user == caller);
                     values.push_bind(id.as_str()).push_bind(user.as_str()).push_bind(took_part);
                 });
-                insert.build().execute(&mut *tx).await?;
+                let kept = kept_prepared(3 * members.len());
+                insert.build().persistent(kept).execute(&mut *tx).await?;
                 let mut intervals = sqlx::QueryBuilder::new(
                     "INSERT INTO memberships (conversation_id, user_id, joined_at) ",
                 );
                 intervals.push_values(members, |mut values, user| {
                     values.push_bind(id.as_str()).push_bind(user.as_str()).push_bind(0_i64);
                 });
-                intervals.build().execute(&mut *tx).await?;
+                intervals.build().persistent(kept).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok((id, true))
@@ -178,10 +179,11 @@ impl Store {
                 tuple.push_bind(id);
             });
             unread.push(" GROUP BY m.conversation_id");
+            let kept = kept_prepared(rows.len() + 1);
             (
-                members.build_query_as().fetch_all(pool).await?,
-                last.build_query_as().fetch_all(pool).await?,
-                unread.build_query_as().fetch_all(pool).await?,
+                members.build_query_as().persistent(kept).fetch_all(pool).await?,
+                last.build_query_as().persistent(kept).fetch_all(pool).await?,
+                unread.build_query_as().persistent(kept).fetch_all(pool).await?,
             )
         });
         let mut conversations = assemble(rows, members, last, unread);

@@ -429,6 +429,22 @@ impl Store {
     }
 }
 
+/// How many bound values a statement built for a list may have and still
+/// stay prepared on its connection for the next use: a default page's (50
+/// ids and the viewer) with room to spare.
+const KEPT_PREPARED_VALUES: usize = 64;
+
+/// Whether a statement built for a list of `values` bound values stays
+/// prepared on its connection. sqlx keeps up to 100 prepared statements per
+/// connection, one per distinct text, and a statement for hundreds of
+/// values is tens to hundreds of KiB: a caller who chooses the count (a
+/// page size, a group's size) could otherwise fill each connection's cache
+/// with the largest ones, for good. Up to [`KEPT_PREPARED_VALUES`] they
+/// are kept; larger ones are prepared for each use.
+fn kept_prepared(values: usize) -> bool {
+    values <= KEPT_PREPARED_VALUES
+}
+
 /// Stored user ids, sorted here rather than in SQL, so both backends agree
 /// whatever their collation.
 fn sorted(ids: Vec<String>) -> Vec<UserId> {

@@ -270,6 +270,49 @@ mod tests {
         tending.await.unwrap();
     }
 
+    /// A statement for a long list (its length chosen by the caller) is
+    /// prepared for each use; one for a short list stays prepared.
+    #[tokio::test]
+    async fn statements_for_long_lists_are_not_kept_prepared() {
+        use sqlx::Connection;
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = open(&dir).await;
+        let store = Store::Sqlite(sqlite.clone());
+        let alice = crate::domain::UserId::parse("user", "alice").unwrap();
+        let users = |count: usize| {
+            (0..count)
+                .map(|n| crate::domain::UserId::parse("user", &format!("u{n}")).unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Every reader at once, so none is left out of the count, once each
+        // is back in the pool (sqlx returns them in a task of its own).
+        let prepared = || async {
+            while sqlite.read.num_idle() < sqlite.read.size() as usize {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut held = Vec::new();
+            for _ in 0..sqlite.read.size() {
+                held.push(sqlite.read.acquire().await.unwrap());
+            }
+            held.iter_mut()
+                .map(|reader| reader.cached_statements_size())
+                .sum::<usize>()
+        };
+        let before = prepared().await;
+        for count in 100..110 {
+            store.blocked_among(&alice, &users(count)).await.unwrap();
+        }
+        assert_eq!(prepared().await, before, "ten long lists kept nothing");
+        for count in [1, 2, crate::engine::service::DEFAULT_PAGE_SIZE as usize] {
+            store.blocked_among(&alice, &users(count)).await.unwrap();
+        }
+        assert_eq!(
+            prepared().await,
+            before + 3,
+            "short ones, up to a default page, are kept"
+        );
+    }
+
     /// Readers keep a small cache (WAL resets it after every commit), the
     /// writer SQLite's default; the writer leaves checkpoints to the
     /// checkpointer.
