@@ -1,7 +1,8 @@
 //! `hostile`: two ordinary users chat (alice on a gRPC stream, bob on SSE)
 //! first alone, then while one attacker does everything the hardening is
 //! for at once: content with U+0000, half-sent and silent connections,
-//! a flood of calls on one HTTP/2 connection, giant groups, resumes of a
+//! a flood of calls on one HTTP/2 connection, giant groups (of a new size
+//! each time), resumes of a
 //! large history that never read, (with `--nats-url`) forged broker
 //! publishes and genuine ones played back, and round two's: anonymous
 //! health `Watch` streams held on many connections, request messages
@@ -539,14 +540,17 @@ async fn flood(target: Target, width: usize, attacks: Arc<Attacks>, stop: Cancel
     }
 }
 
-/// Groups as large as allowed, of strangers, as fast as allowed.
+/// Groups of strangers, large and of a new size each time (each size is
+/// another SQL text for the server's statements built for lists), as fast
+/// as allowed.
 async fn giant_groups(target: Target, attacks: Arc<Attacks>, stop: CancellationToken) {
     let mut client = target.grpc().await;
     let token = target.token("mallory");
     let mut round = 0;
     while !stop.is_cancelled() {
         round += 1;
-        let participant_ids = (0..999).map(|n| format!("stranger-{round}-{n}")).collect();
+        let size = 999 - (round * 37) % 900;
+        let participant_ids = (0..size).map(|n| format!("stranger-{round}-{n}")).collect();
         let request = authorized(pb::CreateConversationRequest { participant_ids }, &token);
         match client.create_conversation(request).await {
             Ok(_) => attacks.groups_created.fetch_add(1, Ordering::Relaxed),
