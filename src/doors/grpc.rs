@@ -148,10 +148,15 @@ pub fn log_response<B>(
         return;
     }
     // A refusal is a response of headers alone, its status among them.
-    if let Some(code) = response.headers().get("grpc-status") {
-        let code = tonic::Code::from_bytes(code.as_bytes());
+    if let Some(code) = status_code(response.headers()) {
         tracing::info!(?code, ?latency, "grpc subscription refused");
     }
+}
+
+/// The gRPC status code `headers` (or trailers) carry, if any.
+fn status_code(headers: &axum::http::HeaderMap) -> Option<tonic::Code> {
+    let code = headers.get("grpc-status")?;
+    Some(tonic::Code::from_bytes(code.as_bytes()))
 }
 
 /// The request log's line when a call's stream ends; a subscription's is
@@ -162,9 +167,7 @@ pub fn log_end(
     span: &tracing::Span,
 ) {
     if !span.is_none() {
-        let code = trailers
-            .and_then(|trailers| trailers.get("grpc-status"))
-            .map(|code| tonic::Code::from_bytes(code.as_bytes()));
+        let code = trailers.and_then(status_code);
         tracing::info!(parent: span, ?duration, ?code, "end of stream");
     }
 }
