@@ -21,15 +21,18 @@ fi
 ulimit -n "$(ulimit -Hn)"
 [[ -n "${NO_BUILD:-}" ]] || cargo build --release --workspace --bins -q
 work=$(mktemp -d)
-trap 'pkill -KILL -x herald 2>/dev/null || true; rm -rf "$work"' EXIT
+pid=
+trap '[[ -n "$pid" ]] && kill -KILL "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 heaptrack -o "$work/heap" target/release/herald serve --http "$HTTP" --grpc "$GRPC" \
     --database-url "sqlite://$work/herald.db" --jwt-secret bench-secret-0123456789abcdef0123456789abcdef \
     --rate-limit 1000000 --rate-burst 1000000 --max-subscriptions-per-user 100000 --max-participants 100000 \
     --call-rate-limit 1000000 --call-rate-burst 1000000 --max-connections-per-ip 0 \
     >"$work/heaptrack.log" 2>"$work/herald.log" &
+heaptrack=$!
 until curl -fs "http://$HTTP/healthz" >/dev/null; do sleep 0.2; done
-pid=$(pgrep -n -x herald)
+# The server is the heaptrack script's child, not any herald on the machine.
+pid=$(pgrep -x herald -P "$heaptrack")
 target/release/herald-bench idle --server herald --http "$HTTP" --grpc "$GRPC" --pid "$pid" \
     --transport "$TRANSPORT" --subscribers "$STREAMS" &
 bench=$!
