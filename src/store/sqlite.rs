@@ -287,7 +287,10 @@ mod tests {
         // Every reader at once, so none is left out of the count, once each
         // is back in the pool (sqlx returns them in a task of its own).
         let prepared = || async {
-            while sqlite.read.num_idle() < sqlite.read.size() as usize {
+            for _ in 0..1_000 {
+                if sqlite.read.num_idle() >= sqlite.read.size() as usize {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             let mut held = Vec::new();
