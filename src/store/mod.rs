@@ -12,9 +12,10 @@
 //! `commit`) makes each one carry every message queued meanwhile.
 //!
 //! Both backends run the same SQL (`$n` placeholders work on both), with one
-//! measured exception: SQLite commits a batch as one multi-statement query
-//! (`Sqlite::insert_batch`), one round trip instead of four. Each backend
-//! keeps its own migrations folder for its column types.
+//! measured exception: SQLite commits a batch of messages on a connection
+//! and thread of its own, without sqlx (`sqlite::Inserter`), one hand-off
+//! per batch. Each backend keeps its own migrations folder for its column
+//! types.
 
 use crate::domain::{Body, ConversationId, Event, Message, Position, UserId};
 use sqlx::{
@@ -45,14 +46,17 @@ macro_rules! with_pool {
     };
 }
 
-/// [`with_pool!`] for a call that writes: SQLite's one writer, whose
-/// checkpointer is told after the call (see `Sqlite::checkpoint_often`).
+/// [`with_pool!`] for a call that writes: SQLite's writer, in its turn
+/// with the message inserter (see `Sqlite::turn`), whose checkpointer is
+/// told after the call (see `Sqlite::checkpoint_often`).
 macro_rules! with_writer {
     ($store:expr, $pool:ident => $body:expr) => {
         match $store {
             Store::Sqlite(sqlite) => {
                 let $pool = &sqlite.write;
+                let turn = sqlite.turn.lock().await;
                 let result = $body;
+                drop(turn);
                 sqlite.wrote.notify_one();
                 result
             }
@@ -69,6 +73,9 @@ const NEXT_POSITION: &str =
 /// Whether user `$2` is a participant of conversation `$1` now.
 const IS_PARTICIPANT: &str =
     "SELECT EXISTS (SELECT 1 FROM participants WHERE conversation_id = $1 AND user_id = $2)";
+
+/// How long a SQLite connection waits for another's write to end.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a call waits for a free connection before reporting the
 /// database unavailable.
@@ -342,7 +349,7 @@ impl Store {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(5))
+                .busy_timeout(BUSY_TIMEOUT)
                 // A deleted message's content is overwritten in the file,
                 // not only unlinked from the table (see `changes`).
                 .pragma("secure_delete", "on")
@@ -361,6 +368,7 @@ impl Store {
                 )
                 .await?;
             sqlx::migrate!("migrations/sqlite").run(&write).await?;
+            let inserter = sqlite::Inserter::open(options.get_filename(), BUSY_TIMEOUT)?;
             // The log's truncation after a deletion waits for readers only
             // briefly, and tries again later, on a connection of its own.
             let eraser = SqlitePoolOptions::new()
@@ -387,6 +395,8 @@ impl Store {
             Store::Sqlite(Sqlite {
                 read,
                 write,
+                inserter,
+                turn: Default::default(),
                 eraser,
                 erase: Default::default(),
                 wrote: Default::default(),
@@ -415,6 +425,7 @@ impl Store {
     pub async fn close(&self) {
         if let Store::Sqlite(sqlite) = self {
             sqlite.eraser.close().await;
+            sqlite.inserter.close().await;
         }
         with_writer!(self, pool => pool.close().await);
         with_pool!(self, pool => pool.close().await)

@@ -1,7 +1,9 @@
-//! SQLite's writer and readers, and its one-round-trip batch insert.
+//! SQLite's writers and readers, and the care of its files.
+
+mod inserter;
 
 use super::NewMessage;
-use crate::domain::IdempotencyKey;
+pub(super) use inserter::Inserter;
 use sqlx::SqlitePool;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::Notify;
@@ -133,83 +135,35 @@ impl Sqlite {
         );
     }
 
-    /// The whole batch as one round trip to SQLite's worker thread: the
-    /// transaction, the positions and the insert in one multi-statement
-    /// query (sqlx binds each statement's parameters in turn). Each row's
-    /// position is computed in SQL from the head just advanced, so nothing
-    /// waits between statements. On any error the transaction is rolled
-    /// back on the same connection before it goes back to the pool.
-    /// Measured in BENCHMARKS.md against the four round trips it replaces.
-    /// Its one caller, the committer task, never drops it half-way: a
-    /// caller that could (a timeout, a `select!`) would return the writer
-    /// to the pool inside the transaction sqlx does not know it began.
+    /// Commits the batch on the inserter's thread (see [`Inserter`]),
+    /// in turn with every other write; returns the last position. Its one
+    /// caller, the committer task, never drops it half-way: the batch would
+    /// commit all the same, unreported.
     pub(super) async fn insert_batch(&self, rows: &[&NewMessage]) -> Result<i64, sqlx::Error> {
-        let count = rows.len() as i64;
-        let mut sql = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "BEGIN IMMEDIATE; UPDATE stream_head SET position = position + ",
-        );
-        sql.push_bind(count).push(
-            " WHERE id = 1 RETURNING position; INSERT INTO messages \
-             (position, conversation_id, user_id, content, created_at, client_message_id, reply_to, system, offline) VALUES ",
-        );
-        for (index, row) in rows.iter().enumerate() {
-            if index > 0 {
-                sql.push(", ");
-            }
-            // Our own integers, never client input.
-            let below_head = count - 1 - index as i64;
-            sql.push(format!(
-                "((SELECT position FROM stream_head WHERE id = 1) - {below_head}, "
-            ));
-            sql.push_bind(row.conversation_id.as_str())
-                .push(", ")
-                .push_bind(row.user_id.as_str())
-                .push(", ")
-                .push_bind(row.content.as_str())
-                .push(", ")
-                .push_bind(row.created_at_micros)
-                .push(", ")
-                .push_bind(row.key.as_ref().map(IdempotencyKey::as_str))
-                .push(", ")
-                .push_bind(row.reply_to.map(|position| position.0))
-                .push(", ")
-                .push_bind(i32::from(row.system))
-                .push(", ")
-                .push_bind(row.offline_json())
-                .push(")");
-        }
-        sql.push("; COMMIT");
-        let mut connection = self.write.acquire().await?;
-        // Every statement must run: fetch_all, never a fetch that stops at
-        // the first row.
-        let result = sql
-            .build_query_scalar::<i64>()
-            .fetch_all(&mut *connection)
-            .await;
-        match result {
-            Ok(heads) => {
-                self.wrote.notify_one();
-                heads.first().copied().ok_or(sqlx::Error::RowNotFound)
-            }
-            Err(error) => {
-                // Outside a transaction (BEGIN itself failed) this fails
-                // too, harmlessly.
-                let _ = sqlx::query("ROLLBACK").execute(&mut *connection).await;
-                Err(error)
-            }
-        }
+        let rows = rows.iter().map(|&row| row.clone()).collect();
+        let _turn = self.turn.lock().await;
+        let last = self.inserter.insert(rows).await?;
+        self.wrote.notify_one();
+        Ok(last)
     }
 }
 
-/// SQLite as SQLite likes it: one connection writes, a few read. Writes
-/// queue in the process instead of meeting as SQLITE_BUSY, and the writer
-/// keeps its page cache warm (a pool hands out its connections in turn,
-/// and each one's cache is stale after the others wrote: measured in
-/// BENCHMARKS.md).
+/// SQLite as SQLite likes it: one writer at a time, a few readers. Writes
+/// take turns in the process instead of meeting as SQLITE_BUSY; messages
+/// are written by the inserter's connection, every other write by sqlx's
+/// writer, each keeping its page cache warm (a pool hands out its
+/// connections in turn, and each one's cache is stale after the others
+/// wrote: measured in BENCHMARKS.md).
 #[derive(Clone, Debug)]
 pub struct Sqlite {
     pub(super) read: SqlitePool,
     pub(super) write: SqlitePool,
+    /// Batches of messages, on a connection and thread of their own.
+    pub(super) inserter: Inserter,
+    /// Held for each write, by the inserter or on `write`: SQLite takes one
+    /// writer at a time, and a second that meets the first sleeps in its
+    /// busy handler (1 ms, then longer), where a lock queues in order.
+    pub(super) turn: Arc<tokio::sync::Mutex<()>>,
     /// The log's checkpoints and truncation (see [`Sqlite::tend`]).
     pub(super) eraser: SqlitePool,
     pub(super) erase: Arc<Notify>,
@@ -268,6 +222,89 @@ mod tests {
         assert_eq!(head, 0, "the kept readers still read");
         closing.cancel();
         tending.await.unwrap();
+    }
+
+    /// A batch of messages commits whole at the next positions, in order,
+    /// or nothing of it does; SQLite's refusals on the inserter's
+    /// connection read as they do on sqlx's (`Refused::of`).
+    #[tokio::test]
+    async fn a_batch_commits_whole_at_the_next_positions_or_not_at_all() {
+        use crate::domain::{Content, IdempotencyKey, UserId};
+        use crate::store::{NewMessage, Refused};
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = open(&dir).await;
+        let store = Store::Sqlite(sqlite.clone());
+        let user = |name: &str| UserId::parse("user", name).unwrap();
+        let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+        let (id, _) = store
+            .create_conversation(&[alice.clone(), bob.clone()], None, None, &alice, 1)
+            .await
+            .unwrap();
+        let message = |from: &UserId, key: Option<&str>| NewMessage {
+            conversation_id: id.clone(),
+            user_id: from.clone(),
+            content: Content::parse(format!("from {}", from.as_str()), 100).unwrap(),
+            key: key.map(|key| IdempotencyKey::parse("key", key).unwrap()),
+            reply_to: None,
+            system: false,
+            offline: Vec::new(),
+            created_at_micros: 2,
+        };
+        let stored = || async {
+            sqlx::query_as::<_, (i64, String)>(
+                "SELECT position, user_id FROM messages WHERE kind = 'message' ORDER BY position",
+            )
+            .fetch_all(&sqlite.read)
+            .await
+            .unwrap()
+        };
+        let head = || async {
+            sqlx::query_scalar::<_, i64>("SELECT position FROM stream_head")
+                .fetch_one(&sqlite.read)
+                .await
+                .unwrap()
+        };
+        let start = head().await;
+        let batch = [
+            message(&alice, Some("k1")),
+            message(&bob, None),
+            message(&alice, None),
+        ];
+        let committed = store
+            .insert_batch(&batch.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let positions: Vec<i64> = committed.iter().map(|message| message.position.0).collect();
+        assert_eq!(positions, [start + 1, start + 2, start + 3]);
+        let expected = |positions: &[i64]| {
+            positions
+                .iter()
+                .zip(["alice", "bob", "alice"])
+                .map(|(&position, user)| (position, user.to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(stored().await, expected(&positions), "stored in order");
+
+        let reused = [message(&bob, None), message(&alice, Some("k1"))];
+        let refused = store.insert_batch(&reused.iter().collect::<Vec<_>>()).await;
+        assert!(matches!(refused, Err(Refused::KeyUsed)), "{refused:?}");
+        let stranger = [message(&bob, None), message(&carol, None)];
+        let refused = store
+            .insert_batch(&stranger.iter().collect::<Vec<_>>())
+            .await;
+        assert!(
+            matches!(refused, Err(Refused::NotParticipant)),
+            "{refused:?}"
+        );
+        assert_eq!(head().await, start + 3, "no position was taken");
+        assert_eq!(
+            stored().await,
+            expected(&positions),
+            "nothing of either stayed"
+        );
+
+        let next = store.insert_batch(&[&message(&bob, None)]).await.unwrap();
+        assert_eq!(next[0].position.0, start + 4, "the inserter goes on");
     }
 
     /// A statement for a long list (its length chosen by the caller) is

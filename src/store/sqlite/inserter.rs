@@ -1,0 +1,214 @@
+//! SQLite's message inserter: a connection of its own, driven on a thread
+//! of its own, that commits each batch of messages in one hand-off.
+//!
+//! Why not sqlx here, as everywhere else: sqlx drives each SQLite
+//! connection from a worker thread and hands every result of every
+//! statement back through a channel, each a wake-up of the caller's task,
+//! and returns a pooled connection in a task of its own. For the one
+//! statement herald runs most (a batch of messages, at every send) that
+//! was the largest cost left per message (BENCHMARKS.md, "hand-offs per
+//! message"). Here the committer sends the whole batch and is woken once,
+//! with its answer; the thread steps the statements itself, prepared once.
+//!
+//! Every other write keeps sqlx's writer: SQLite takes one writer at a
+//! time, so the two wait for each other (`busy_timeout`), and the
+//! committer, the only caller here, never overlaps itself.
+
+use super::super::NewMessage;
+use crate::domain::IdempotencyKey;
+use rusqlite::{Connection, OpenFlags, params};
+use sqlx::error::{DatabaseError, ErrorKind};
+use std::{borrow::Cow, path::Path, sync::mpsc, time::Duration};
+use tokio::sync::oneshot;
+
+/// What the thread is asked to do.
+enum Command {
+    /// Commit these rows at the next positions; answer the last one.
+    Insert {
+        rows: Vec<NewMessage>,
+        reply: oneshot::Sender<Result<i64, sqlx::Error>>,
+    },
+    /// Close the connection and end the thread.
+    Close(oneshot::Sender<()>),
+}
+
+/// The inserter's queue; cheap to clone. The thread ends when it is
+/// closed or when every handle is gone.
+#[derive(Clone, Debug)]
+pub(in crate::store) struct Inserter {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Inserter {
+    /// Opens `path` (migrated already) with the writer's settings and
+    /// starts the thread that owns the connection.
+    pub(in crate::store) fn open(path: &Path, busy: Duration) -> Result<Self, sqlx::Error> {
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(database)?;
+        connection.busy_timeout(busy).map_err(database)?;
+        // As sqlx's writer (see `Store::connect`): WAL is the file's, the
+        // rest is each connection's own.
+        connection
+            .execute_batch(&format!(
+                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                 PRAGMA secure_delete = ON; PRAGMA wal_autocheckpoint = {};",
+                super::WRITER_CHECKPOINT_PAGES
+            ))
+            .map_err(database)?;
+        let (commands, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("herald-inserter".into())
+            .spawn(move || serve(connection, queue))
+            .map_err(sqlx::Error::Io)?;
+        Ok(Self { commands })
+    }
+
+    /// Commits `rows` in one transaction at the next stream positions and
+    /// returns the last; nothing of it stays on any error.
+    pub(in crate::store) async fn insert(&self, rows: Vec<NewMessage>) -> Result<i64, sqlx::Error> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Insert { rows, reply })
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+    }
+
+    /// Closes the connection, once the batches queued before are done.
+    pub(in crate::store) async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.commands.send(Command::Close(done)).is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+/// The thread: one command at a time, until closed.
+fn serve(connection: Connection, queue: mpsc::Receiver<Command>) {
+    while let Ok(command) = queue.recv() {
+        match command {
+            Command::Insert { rows, reply } => {
+                let _ = reply.send(insert(&connection, &rows).map_err(database));
+            }
+            Command::Close(done) => {
+                if let Err((_, error)) = connection.close() {
+                    tracing::warn!(%error, "the inserter's connection did not close cleanly");
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// The batch's transaction. Taking the positions first locks the head
+/// until commit (see the store's module comment). On any error nothing
+/// stays: a transaction still open is rolled back.
+fn insert(connection: &Connection, rows: &[NewMessage]) -> rusqlite::Result<i64> {
+    // Prepared once, as every statement here: no SQL is parsed per batch.
+    connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let committed = insert_rows(connection, rows).and_then(|last| {
+        connection.prepare_cached("COMMIT")?.execute([])?;
+        Ok(last)
+    });
+    if committed.is_err() && !connection.is_autocommit() {
+        let _ = connection.execute_batch("ROLLBACK");
+    }
+    committed
+}
+
+/// The rows at the next positions, inside the batch's transaction; returns
+/// the last position.
+fn insert_rows(connection: &Connection, rows: &[NewMessage]) -> rusqlite::Result<i64> {
+    let count = rows.len() as i64;
+    let last: i64 = connection
+        .prepare_cached(
+            "UPDATE stream_head SET position = position + ?1 WHERE id = 1 RETURNING position",
+        )?
+        .query_row([count], |row| row.get(0))?;
+    let mut statement = connection.prepare_cached(
+        "INSERT INTO messages (position, conversation_id, user_id, content, created_at, \
+         client_message_id, reply_to, system, offline) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for (index, row) in rows.iter().enumerate() {
+        statement.execute(params![
+            last - count + 1 + index as i64,
+            row.conversation_id.as_str(),
+            row.user_id.as_str(),
+            row.content.as_str(),
+            row.created_at_micros,
+            row.key.as_ref().map(IdempotencyKey::as_str),
+            row.reply_to.map(|position| position.0),
+            i32::from(row.system),
+            row.offline_json(),
+        ])?;
+    }
+    Ok(last)
+}
+
+/// A refusal from SQLite, as sqlx reports its own, so that the store reads
+/// both alike (`Refused::of`): the extended result code and its message.
+#[derive(Debug)]
+struct Refusal {
+    code: i32,
+    message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "(code: {}) {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl DatabaseError for Refusal {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        Some(self.code.to_string().into())
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> ErrorKind {
+        use rusqlite::ffi;
+        match self.code {
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                ErrorKind::UniqueViolation
+            }
+            ffi::SQLITE_CONSTRAINT_FOREIGNKEY => ErrorKind::ForeignKeyViolation,
+            ffi::SQLITE_CONSTRAINT_NOTNULL => ErrorKind::NotNullViolation,
+            ffi::SQLITE_CONSTRAINT_CHECK => ErrorKind::CheckViolation,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+/// `error` as sqlx's: SQLite's own refusals as database errors, anything
+/// else (a value of the wrong type read back) as a protocol error.
+fn database(error: rusqlite::Error) -> sqlx::Error {
+    match error {
+        rusqlite::Error::SqliteFailure(cause, message) => {
+            sqlx::Error::Database(Box::new(Refusal {
+                code: cause.extended_code,
+                message: message.unwrap_or_else(|| cause.to_string()),
+            }))
+        }
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
