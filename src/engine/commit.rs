@@ -6,17 +6,18 @@
 //! own (they read before they write: see `Store::commit_change`), in the
 //! order they were queued among the message batches.
 //!
-//! Writers hand their message to the committer task and wait for its answer.
-//! The task takes whatever is queued (up to [`MAX_BATCH`]) and commits it in
-//! one transaction, so under load many messages share one commit and one
-//! wait for the disk, while a lone message waits for nobody. Only after the
-//! commit are the messages reported to the feed (in position order) and the
-//! broker told, and each writer is answered once the feed has handed its
-//! message to this node's hub: acknowledged means persisted, and queued for
-//! every live subscription of this node (a stream opened after the answer
-//! does not receive it as new). Once
-//! queued, the work belongs to the task, so a client that hangs up cannot
-//! leave a message committed but unpublished.
+//! Writers hand their message to the committer and wait for its answer
+//! (on SQLite the committer is a thread of its own, elsewhere a task: see
+//! [`Committer::start`]). It takes whatever is queued (up to
+//! [`MAX_BATCH`]) and commits it in one transaction, so under load many
+//! messages share one commit and one wait for the disk, while a lone
+//! message waits for nobody. Only after the commit are the messages
+//! reported to the feed (in position order) and the broker told, and each
+//! writer is answered once the feed has handed its message to this node's
+//! hub: acknowledged means persisted, and queued for every live
+//! subscription of this node (a stream opened after the answer does not
+//! receive it as new). Once queued, the work belongs to the committer, so a
+//! client that hangs up cannot leave a message committed but unpublished.
 //!
 //! **A message that fails fails alone.** A transaction fails whole, every
 //! position rolled back. When the database refuses a statement for the data
@@ -106,8 +107,15 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer task on `tasks`; it runs until `closing`
+    /// Starts the committer, tracked by `tasks`; it runs until `closing`
     /// (finishing the batch in hand) or until every handle is dropped.
+    ///
+    /// Where the store commits in place (SQLite: see `Store::commits_in_place`),
+    /// the committer runs on a thread of its own, driving its async work
+    /// there, so that a commit blocks no runtime worker: a send's message
+    /// wakes that thread, which commits it and delivers it with no other
+    /// hand-off. Elsewhere (PostgreSQL, every step a round trip on the
+    /// runtime's sockets) it is a task.
     pub fn start(
         store: Store,
         feed: Feed,
@@ -115,16 +123,33 @@ impl Committer {
         metrics: Metrics,
         closing: CancellationToken,
         tasks: &TaskTracker,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let in_place = store.commits_in_place();
         let sink = Sink {
             store,
             feed,
             publisher,
             metrics,
         };
-        tasks.spawn(run(rx, sink, closing));
-        Self { tx }
+        let committing = run(rx, sink, closing);
+        if !in_place {
+            tasks.spawn(committing);
+            return Ok(Self { tx });
+        }
+        let runtime = tokio::runtime::Handle::current();
+        let (ended, end) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("herald-committer".into())
+            .spawn(move || {
+                runtime.block_on(committing);
+                drop(ended);
+            })?;
+        // Shutdown waits for the thread as for any task.
+        tasks.spawn(async move {
+            let _ = end.await;
+        });
+        Ok(Self { tx })
     }
 
     /// Commits `message`, reports it, and answers once it is persisted.

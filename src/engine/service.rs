@@ -196,7 +196,8 @@ impl Herald {
             metrics.clone(),
             closing.clone(),
             &tasks,
-        );
+        )
+        .map_err(StartError::Thread)?;
         let moderator = Moderator::start(
             store.clone(),
             guard,

@@ -52,6 +52,9 @@ pub enum StartError {
         #[source]
         source: Cause,
     },
+    /// A thread of herald's own could not be started.
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
     /// gRPC reflection could not read herald's own descriptors.
     #[error("cannot build gRPC reflection")]
     Reflection(#[from] tonic_reflection::server::Error),

@@ -13,8 +13,8 @@
 //!
 //! Both backends run the same SQL (`$n` placeholders work on both), with one
 //! measured exception: SQLite commits a batch of messages on a connection
-//! and thread of its own, without sqlx (`sqlite::Inserter`), one hand-off
-//! per batch. Each backend keeps its own migrations folder for its column
+//! of its own, without sqlx, on the committer's thread (`sqlite::Inserter`):
+//! no hand-off per batch. Each backend keeps its own migrations folder for its column
 //! types.
 
 use crate::domain::{Body, ConversationId, Event, Message, Position, UserId};
@@ -421,11 +421,17 @@ impl Store {
         }
     }
 
+    /// Whether committing messages blocks the committer's thread (SQLite's
+    /// inserter does), so that it needs a thread of its own.
+    pub fn commits_in_place(&self) -> bool {
+        matches!(self, Store::Sqlite(_))
+    }
+
     /// Closes every connection.
     pub async fn close(&self) {
         if let Store::Sqlite(sqlite) = self {
             sqlite.eraser.close().await;
-            sqlite.inserter.close().await;
+            sqlite.inserter.close();
         }
         with_writer!(self, pool => pool.close().await);
         with_pool!(self, pool => pool.close().await)

@@ -135,14 +135,12 @@ impl Sqlite {
         );
     }
 
-    /// Commits the batch on the inserter's thread (see [`Inserter`]),
-    /// in turn with every other write; returns the last position. Its one
-    /// caller, the committer task, never drops it half-way: the batch would
-    /// commit all the same, unreported.
+    /// Commits the batch on the inserter's connection, on the caller's
+    /// thread (see [`Inserter::insert`]), in turn with every other write;
+    /// returns the last position.
     pub(super) async fn insert_batch(&self, rows: &[&NewMessage]) -> Result<i64, sqlx::Error> {
-        let rows = rows.iter().map(|&row| row.clone()).collect();
         let _turn = self.turn.lock().await;
-        let last = self.inserter.insert(rows).await?;
+        let last = self.inserter.insert(rows)?;
         self.wrote.notify_one();
         Ok(last)
     }
@@ -158,7 +156,7 @@ impl Sqlite {
 pub struct Sqlite {
     pub(super) read: SqlitePool,
     pub(super) write: SqlitePool,
-    /// Batches of messages, on a connection and thread of their own.
+    /// Batches of messages, on a connection of their own.
     pub(super) inserter: Inserter,
     /// Held for each write, by the inserter or on `write`: SQLite takes one
     /// writer at a time, and a second that meets the first sleeps in its

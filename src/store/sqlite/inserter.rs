@@ -1,5 +1,5 @@
-//! SQLite's message inserter: a connection of its own, driven on a thread
-//! of its own, that commits each batch of messages in one hand-off.
+//! SQLite's message inserter: a connection of its own, driven on the
+//! committer's own thread, that commits each batch of messages in place.
 //!
 //! Why not sqlx here, as everywhere else: sqlx drives each SQLite
 //! connection from a worker thread and hands every result of every
@@ -7,41 +7,31 @@
 //! and returns a pooled connection in a task of its own. For the one
 //! statement herald runs most (a batch of messages, at every send) that
 //! was the largest cost left per message (BENCHMARKS.md, "hand-offs per
-//! message"). Here the committer sends the whole batch and is woken once,
-//! with its answer; the thread steps the statements itself, prepared once.
+//! message"). Here the committer steps the statements itself, prepared
+//! once, on its thread: a batch costs no hand-off at all.
 //!
 //! Every other write keeps sqlx's writer: SQLite takes one writer at a
-//! time, so the two wait for each other (`busy_timeout`), and the
-//! committer, the only caller here, never overlaps itself.
+//! time, and the two take turns (`Sqlite::turn`).
 
 use super::super::NewMessage;
 use crate::domain::IdempotencyKey;
 use rusqlite::{Connection, OpenFlags, params};
 use sqlx::error::{DatabaseError, ErrorKind};
-use std::{borrow::Cow, path::Path, sync::mpsc, time::Duration};
-use tokio::sync::oneshot;
+use std::{
+    borrow::Cow,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
-/// What the thread is asked to do.
-enum Command {
-    /// Commit these rows at the next positions; answer the last one.
-    Insert {
-        rows: Vec<NewMessage>,
-        reply: oneshot::Sender<Result<i64, sqlx::Error>>,
-    },
-    /// Close the connection and end the thread.
-    Close(oneshot::Sender<()>),
-}
-
-/// The inserter's queue; cheap to clone. The thread ends when it is
-/// closed or when every handle is gone.
+/// The inserter's connection; cheap to clone. `None` once closed.
 #[derive(Clone, Debug)]
 pub(in crate::store) struct Inserter {
-    commands: mpsc::Sender<Command>,
+    connection: Arc<Mutex<Option<Connection>>>,
 }
 
 impl Inserter {
-    /// Opens `path` (migrated already) with the writer's settings and
-    /// starts the thread that owns the connection.
+    /// Opens `path` (migrated already) with the writer's settings.
     pub(in crate::store) fn open(path: &Path, busy: Duration) -> Result<Self, sqlx::Error> {
         let connection = Connection::open_with_flags(
             path,
@@ -58,55 +48,46 @@ impl Inserter {
                 super::WRITER_CHECKPOINT_PAGES
             ))
             .map_err(database)?;
-        let (commands, queue) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("herald-inserter".into())
-            .spawn(move || serve(connection, queue))
-            .map_err(sqlx::Error::Io)?;
-        Ok(Self { commands })
+        Ok(Self {
+            connection: Arc::new(Mutex::new(Some(connection))),
+        })
     }
 
     /// Commits `rows` in one transaction at the next stream positions and
-    /// returns the last; nothing of it stays on any error.
-    pub(in crate::store) async fn insert(&self, rows: Vec<NewMessage>) -> Result<i64, sqlx::Error> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Insert { rows, reply })
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-        answer.await.map_err(|_| sqlx::Error::PoolClosed)?
+    /// returns the last; nothing of it stays on any error. Blocks the
+    /// calling thread for the commit's time: its caller is the committer,
+    /// which runs on a thread of its own for this (`Committer::start`).
+    pub(in crate::store) fn insert(&self, rows: &[&NewMessage]) -> Result<i64, sqlx::Error> {
+        let connection = self.lock();
+        let connection = connection.as_ref().ok_or(sqlx::Error::PoolClosed)?;
+        insert(connection, rows).map_err(database)
     }
 
-    /// Closes the connection, once the batches queued before are done.
-    pub(in crate::store) async fn close(&self) {
-        let (done, closed) = oneshot::channel();
-        if self.commands.send(Command::Close(done)).is_ok() {
-            let _ = closed.await;
+    /// Closes the connection; a later insert fails.
+    pub(in crate::store) fn close(&self) {
+        if let Some(connection) = self.lock().take()
+            && let Err((_, error)) = connection.close()
+        {
+            tracing::warn!(%error, "the inserter's connection did not close cleanly");
         }
     }
-}
 
-/// The thread: one command at a time, until closed.
-fn serve(connection: Connection, queue: mpsc::Receiver<Command>) {
-    while let Ok(command) = queue.recv() {
-        match command {
-            Command::Insert { rows, reply } => {
-                let _ = reply.send(insert(&connection, &rows).map_err(database));
-            }
-            Command::Close(done) => {
-                if let Err((_, error)) = connection.close() {
-                    tracing::warn!(%error, "the inserter's connection did not close cleanly");
-                }
-                let _ = done.send(());
-                return;
-            }
-        }
+    /// The connection, even after a panic while it was held (the next
+    /// insert rolls back whatever that left open).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// The batch's transaction. Taking the positions first locks the head
 /// until commit (see the store's module comment). On any error nothing
 /// stays: a transaction still open is rolled back.
-fn insert(connection: &Connection, rows: &[NewMessage]) -> rusqlite::Result<i64> {
+fn insert(connection: &Connection, rows: &[&NewMessage]) -> rusqlite::Result<i64> {
+    if !connection.is_autocommit() {
+        connection.execute_batch("ROLLBACK")?;
+    }
     // Prepared once, as every statement here: no SQL is parsed per batch.
     connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let committed = insert_rows(connection, rows).and_then(|last| {
@@ -121,7 +102,7 @@ fn insert(connection: &Connection, rows: &[NewMessage]) -> rusqlite::Result<i64>
 
 /// The rows at the next positions, inside the batch's transaction; returns
 /// the last position.
-fn insert_rows(connection: &Connection, rows: &[NewMessage]) -> rusqlite::Result<i64> {
+fn insert_rows(connection: &Connection, rows: &[&NewMessage]) -> rusqlite::Result<i64> {
     let count = rows.len() as i64;
     let last: i64 = connection
         .prepare_cached(
