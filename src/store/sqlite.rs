@@ -352,7 +352,7 @@ mod tests {
     }
 
     /// Readers keep a small cache (WAL resets it after every commit), the
-    /// writer SQLite's default; the writer leaves checkpoints to the
+    /// writer SQLite's default; the writers leave checkpoints to the
     /// checkpointer.
     #[tokio::test]
     async fn how_each_sqlite_connection_is_set_up() {
@@ -378,5 +378,16 @@ mod tests {
             threshold, 10_000,
             "the writer's own checkpoint is a backstop"
         );
+        // The inserter writes most: the writer's settings, as sqlx's.
+        let inserter = |pragma| sqlite.inserter.pragma(pragma);
+        assert_eq!(inserter("wal_autocheckpoint"), 10_000);
+        assert_eq!(
+            inserter("synchronous"),
+            1,
+            "NORMAL: WAL's commit, no sync each"
+        );
+        assert_eq!(inserter("foreign_keys"), 1);
+        assert_eq!(inserter("secure_delete"), 1);
+        assert_eq!(inserter("busy_timeout"), 5_000);
     }
 }

@@ -72,6 +72,16 @@ impl Inserter {
         }
     }
 
+    /// The value of `pragma` on the inserter's connection.
+    #[cfg(test)]
+    pub(in crate::store) fn pragma(&self, pragma: &str) -> i64 {
+        let connection = self.lock();
+        let connection = connection.as_ref().expect("open");
+        connection
+            .query_row(&format!("PRAGMA {pragma}"), [], |row| row.get(0))
+            .expect("a pragma with a value")
+    }
+
     /// The connection, even after a panic while it was held (the next
     /// insert rolls back whatever that left open).
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
