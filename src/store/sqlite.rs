@@ -161,6 +161,9 @@ pub struct Sqlite {
     /// Held for each write, by the inserter or on `write`: SQLite takes one
     /// writer at a time, and a second that meets the first sleeps in its
     /// busy handler (1 ms, then longer), where a lock queues in order.
+    /// Needed for correctness too: a transaction on `write` that reads
+    /// before it writes cannot write at all once the inserter committed
+    /// in between (SQLITE_BUSY_SNAPSHOT, which no busy handler retries).
     pub(super) turn: Arc<tokio::sync::Mutex<()>>,
     /// The log's checkpoints and truncation (see [`Sqlite::tend`]).
     pub(super) eraser: SqlitePool,
@@ -303,6 +306,54 @@ mod tests {
 
         let next = store.insert_batch(&[&message(&bob, None)]).await.unwrap();
         assert_eq!(next[0].position.0, start + 4, "the inserter goes on");
+    }
+
+    /// Every write waits for its turn: messages on the inserter and every
+    /// other write on sqlx's writer alike, so none meets another inside
+    /// SQLite (see `Sqlite::turn`).
+    #[tokio::test]
+    async fn writes_take_turns() {
+        use crate::domain::{Content, UserId};
+        use crate::store::NewMessage;
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = open(&dir).await;
+        let store = Store::Sqlite(sqlite.clone());
+        let alice = UserId::parse("user", "alice").unwrap();
+        let (id, _) = store
+            .create_conversation(std::slice::from_ref(&alice), None, None, &alice, 1)
+            .await
+            .unwrap();
+        let message = NewMessage {
+            conversation_id: id,
+            user_id: alice.clone(),
+            content: Content::parse("hi".into(), 100).unwrap(),
+            key: None,
+            reply_to: None,
+            system: false,
+            offline: Vec::new(),
+            created_at_micros: 2,
+        };
+        let turn = sqlite.turn.clone().lock_owned().await;
+        let insert = tokio::spawn({
+            let store = store.clone();
+            async move { store.insert_batch(&[&message]).await.is_ok() }
+        });
+        let create = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let users = [alice.clone()];
+                store
+                    .create_conversation(&users, None, None, &alice, 3)
+                    .await
+                    .is_ok()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!insert.is_finished(), "the insert waits for its turn");
+        assert!(!create.is_finished(), "so does any other write");
+        drop(turn);
+        assert!(insert.await.unwrap());
+        assert!(create.await.unwrap());
     }
 
     /// A statement for a long list (its length chosen by the caller) is
