@@ -184,7 +184,7 @@ impl Committer {
     }
 
     async fn queue(&self, work: Work) -> Result<(), Error> {
-        // The task only stops when the core is dropped, at shutdown.
+        // The committer only stops when the core is dropped, at shutdown.
         self.tx.send(work).await.map_err(|_| Error::ShuttingDown)
     }
 }

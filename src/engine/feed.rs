@@ -93,7 +93,7 @@ pub struct FillCounts {
     /// Of those, the ones no report named: found by the gap timer, the
     /// head poll or a catch-up. With a working broker this stays near 0.
     pub unreported: AtomicU64,
-    /// Local commits delivered on the committer's task rather than the
+    /// Local commits delivered by the committer itself rather than the
     /// feed's (see [`Feed::committed_here`]).
     pub inline: AtomicU64,
 }
@@ -177,7 +177,7 @@ impl Feed {
     /// the feed is idle and caught up to the first of them, and delivering
     /// them needs nothing from the database (their conversations' members
     /// are known, none changes a message), they are delivered here and now
-    /// on the committer's task: one hand-off less per commit than through
+    /// by the committer itself: one hand-off less per commit than through
     /// the feed's task. Otherwise they are reported like any commit. Order
     /// and exactly-once hold either way: the sequencer decides both, and
     /// only one holder of its lock delivers at a time.

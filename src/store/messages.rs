@@ -112,7 +112,9 @@ impl NewMessage {
 impl Store {
     /// Commits `rows` in one transaction at the next stream positions, in
     /// order: one commit (and one wait for the disk) for the whole batch.
-    /// Fails whole, with every position rolled back, on any refusal.
+    /// Fails whole, with every position rolled back, on any refusal. On
+    /// SQLite it blocks the calling thread for the commit: only the
+    /// committer, on its own thread, calls it (`Committer::start`).
     pub async fn insert_batch(&self, rows: &[&NewMessage]) -> Result<Vec<Message>, Refused> {
         let count = rows.len() as i64;
         let last = match self {

@@ -14,8 +14,8 @@
 //! Both backends run the same SQL (`$n` placeholders work on both), with one
 //! measured exception: SQLite commits a batch of messages on a connection
 //! of its own, without sqlx, on the committer's thread (`sqlite::Inserter`):
-//! no hand-off per batch. Each backend keeps its own migrations folder for its column
-//! types.
+//! no hand-off per batch. Each backend keeps its own migrations folder for
+//! its column types.
 
 use crate::domain::{Body, ConversationId, Event, Message, Position, UserId};
 use sqlx::{
@@ -54,7 +54,7 @@ macro_rules! with_writer {
         match $store {
             Store::Sqlite(sqlite) => {
                 let $pool = &sqlite.write;
-                let turn = sqlite.turn.lock().await;
+                let turn = sqlite.take_turn().await?;
                 let result = $body;
                 drop(turn);
                 sqlite.wrote.notify_one();
@@ -329,8 +329,11 @@ pub use messages::{NewMessage, Page, Refused};
 use sqlite::Sqlite;
 
 /// The page cache of each SQLite reader and of the eraser, as SQLite's
-/// `cache_size` (negative: KiB): 64 pages of 4 KiB. The writer keeps
-/// SQLite's default (2 MiB): its own commits never make it stale.
+/// `cache_size` (negative: KiB): 64 pages of 4 KiB. The writers keep
+/// SQLite's default (2 MiB): the inserter's stays warm while only messages
+/// are written (in WAL mode a connection drops its cache at its first
+/// transaction after another connection's commit, so each of the two
+/// writers starts cold after the other wrote).
 const SMALL_CACHE: &str = "-256";
 
 impl Store {
@@ -354,6 +357,15 @@ impl Store {
                 // not only unlinked from the table (see `changes`).
                 .pragma("secure_delete", "on")
                 .foreign_keys(true);
+            // The inserter opens the file by its name: a database that is
+            // not a plain file (in memory, another VFS) would be two.
+            let name = options.get_filename().to_string_lossy();
+            if name.starts_with("file:") || ["mode=memory", "vfs="].iter().any(|o| url.contains(o))
+            {
+                return Err(sqlx::Error::Configuration(
+                    "a SQLite database URL must name a file (sqlite://FILE)".into(),
+                ));
+            }
             // No ping before each acquire (sqlx's default): an in-process
             // connection cannot have hung up, and the ping is a round trip
             // to the connection's thread and back, per commit and per read.
@@ -368,7 +380,7 @@ impl Store {
                 )
                 .await?;
             sqlx::migrate!("migrations/sqlite").run(&write).await?;
-            let inserter = sqlite::Inserter::open(options.get_filename(), BUSY_TIMEOUT)?;
+            let inserter = sqlite::Inserter::open(options.get_filename())?;
             // The log's truncation after a deletion waits for readers only
             // briefly, and tries again later, on a connection of its own.
             let eraser = SqlitePoolOptions::new()
@@ -429,12 +441,17 @@ impl Store {
 
     /// Closes every connection.
     pub async fn close(&self) {
-        if let Store::Sqlite(sqlite) = self {
-            sqlite.eraser.close().await;
-            sqlite.inserter.close();
+        match self {
+            // The committer has stopped (`Herald::close` waits for it), so
+            // the inserter's connection is free.
+            Store::Sqlite(sqlite) => {
+                sqlite.eraser.close().await;
+                sqlite.inserter.close();
+                sqlite.write.close().await;
+                sqlite.read.close().await;
+            }
+            Store::Postgres(pool) => pool.close().await,
         }
-        with_writer!(self, pool => pool.close().await);
-        with_pool!(self, pool => pool.close().await)
     }
 
     /// The position of the newest committed message (0 when there is none).

@@ -135,11 +135,20 @@ impl Sqlite {
         );
     }
 
+    /// A write's turn (see [`Sqlite::turn`]), or `PoolTimedOut` when none
+    /// came in the time a call waits for a connection: the database is
+    /// unavailable, and the caller hears it, as from a pool.
+    pub(super) async fn take_turn(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, sqlx::Error> {
+        tokio::time::timeout(super::ACQUIRE_TIMEOUT, self.turn.lock())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)
+    }
+
     /// Commits the batch on the inserter's connection, on the caller's
     /// thread (see [`Inserter::insert`]), in turn with every other write;
     /// returns the last position.
     pub(super) async fn insert_batch(&self, rows: &[&NewMessage]) -> Result<i64, sqlx::Error> {
-        let _turn = self.turn.lock().await;
+        let _turn = self.take_turn().await?;
         let last = self.inserter.insert(rows)?;
         self.wrote.notify_one();
         Ok(last)
@@ -147,11 +156,14 @@ impl Sqlite {
 }
 
 /// SQLite as SQLite likes it: one writer at a time, a few readers. Writes
-/// take turns in the process instead of meeting as SQLITE_BUSY; messages
+/// take turns in the process rather than in SQLite's busy handler; messages
 /// are written by the inserter's connection, every other write by sqlx's
-/// writer, each keeping its page cache warm (a pool hands out its
-/// connections in turn, and each one's cache is stale after the others
-/// wrote: measured in BENCHMARKS.md).
+/// writer (one connection, not a pool of them that would hand out each in
+/// turn, each one's cache stale after the others wrote: measured in
+/// BENCHMARKS.md). What still meets a writer inside SQLite (the eraser's
+/// checkpoints; a rollback sqlx runs after the turn was given back) costs
+/// the inserter microseconds, not SQLite's millisecond sleeps (see
+/// `inserter::BUSY_RETRIES`).
 #[derive(Clone, Debug)]
 pub struct Sqlite {
     pub(super) read: SqlitePool,
@@ -356,6 +368,19 @@ mod tests {
         assert!(create.await.unwrap());
     }
 
+    /// herald's SQLite is a file: a URL for a database in memory (which
+    /// the inserter's connection would not share) is refused, plainly.
+    #[tokio::test]
+    async fn a_sqlite_url_must_name_a_file() {
+        for url in ["sqlite::memory:", "sqlite://herald.db?mode=memory"] {
+            let refused = Store::connect(url).await;
+            assert!(
+                matches!(&refused, Err(sqlx::Error::Configuration(why)) if why.to_string().contains("must name a file")),
+                "{url}: {refused:?}"
+            );
+        }
+    }
+
     /// A statement for a long list (its length chosen by the caller) is
     /// prepared for each use; one for a short list stays prepared.
     #[tokio::test]
@@ -439,6 +464,11 @@ mod tests {
         );
         assert_eq!(inserter("foreign_keys"), 1);
         assert_eq!(inserter("secure_delete"), 1);
-        assert_eq!(inserter("busy_timeout"), 5_000);
+        let waited: std::time::Duration = (0..).map_while(super::inserter::busy_wait).sum();
+        assert!(
+            waited.abs_diff(super::super::BUSY_TIMEOUT) < std::time::Duration::from_millis(200),
+            "a busy inserter waits as long as the others: {waited:?}"
+        );
+        assert!(super::inserter::busy_wait(0).unwrap() < std::time::Duration::from_millis(1));
     }
 }
