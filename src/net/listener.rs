@@ -377,7 +377,10 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
         let connections = self.connections.clone();
         let conn = self.conn.clone();
         Box::pin(async move {
+            // Never closed: the turn always comes.
+            let turn = conn.calls.acquire().await;
             let response = app.call(request).await?;
+            drop(turn);
             Ok(watch(response, &connections, &conn, busy))
         })
     }

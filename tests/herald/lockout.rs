@@ -526,3 +526,58 @@ async fn the_nodes_anonymous_streams_are_bounded_and_a_health_check_still_answer
     let checked = HealthClient::new(app.channel().await).check(request).await;
     assert_eq!(checked.unwrap().into_inner().status, 1, "SERVING");
 }
+
+/// One connection's calls are handled a bounded number at once: a user
+/// over the call rate who sends 128 calls at once on one HTTP/2
+/// connection has them held back (the tarpit) in turns, none refused for
+/// too many in flight, and they end in two rounds of the tarpit's delay,
+/// not one. Everyone else's requests meanwhile are not queued behind the
+/// burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_is_served_a_bounded_number_of_calls_at_once() {
+    // Twice a connection's calls at once (64, as a user's in flight); the
+    // tarpit holds a refusal 250 ms.
+    const CALLS: usize = 128;
+    const TARPIT: Duration = Duration::from_millis(250);
+    let app = app_with(|config| {
+        config.call_rate_limit = 0.001;
+        config.call_rate_burst = 1.0;
+    })
+    .await;
+    let mallory = app.user("mallory").await;
+    let client = mallory.client();
+    // The burst is spent: every call from now on is over the rate.
+    let _ = client
+        .clone()
+        .list_conversations(mallory.request(pb::ListConversationsRequest::default()))
+        .await;
+    let started = tokio::time::Instant::now();
+    let calls = (0..CALLS).map(|_| {
+        let mut client = client.clone();
+        let request = mallory.request(pb::ListConversationsRequest::default());
+        async move { client.list_conversations(request).await }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let elapsed = started.elapsed();
+    let refused: Vec<_> = answers
+        .iter()
+        .map(|answer| {
+            answer
+                .as_ref()
+                .map_err(|status| status.message().to_owned())
+        })
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .all(|answer| matches!(answer, Err(message) if message.contains("rate limit"))),
+        "every call was over the rate, none over the in-flight cap: {:?}",
+        refused
+            .iter()
+            .find(|answer| !matches!(answer, Err(message) if message.contains("rate limit")))
+    );
+    assert!(
+        elapsed >= 2 * TARPIT - Duration::from_millis(20),
+        "held back in two turns: {elapsed:?}"
+    );
+}

@@ -47,6 +47,15 @@ use super::ConnectionLimits;
 
 /// Anonymous streams (health, reflection) one connection may have open.
 pub const ANONYMOUS_PER_CONNECTION: usize = 4;
+/// Requests of one connection handled at once, until their response's head:
+/// as many as one user may have in flight (`limits::REQUESTS_PER_USER`).
+/// The rest wait, parked, for their turn: a burst on one connection (up to
+/// its HTTP/2 streams at once) is handled a bounded part at a time, a
+/// user's calls on one connection queue instead of meeting the per-user
+/// cap, and a client over its rate is paced by the tarpit's delay on the
+/// whole connection instead of asking again at once.
+pub const CALLS_PER_CONNECTION: usize = 64;
+
 /// Anonymous streams the node holds at once, for a cap of `max_connections`.
 pub fn anonymous_per_node(max_connections: usize) -> usize {
     (max_connections / 16).clamp(16, 1_024)
@@ -95,6 +104,8 @@ pub(super) struct Conn {
     pub(super) evict: CancellationToken,
     /// Its streaming responses, for the watch.
     streams: Mutex<Vec<Weak<Progress>>>,
+    /// Turns for its requests (see [`CALLS_PER_CONNECTION`]).
+    pub(super) calls: tokio::sync::Semaphore,
 }
 
 /// A connection's place in the registry; leaving it frees the place.
@@ -248,6 +259,7 @@ impl Connections {
             opened_at: now,
             evict: CancellationToken::new(),
             streams: Mutex::default(),
+            calls: tokio::sync::Semaphore::new(CALLS_PER_CONNECTION),
         });
         open.conns.insert(id, conn.clone());
         *open.per_ip.entry(ip).or_default() += 1;
