@@ -163,7 +163,7 @@ impl Sqlite {
 /// BENCHMARKS.md). What still meets a writer inside SQLite (the eraser's
 /// checkpoints; a rollback sqlx runs after the turn was given back) costs
 /// the inserter microseconds, not SQLite's millisecond sleeps (see
-/// `inserter::BUSY_RETRIES`).
+/// `inserter::busy_wait`).
 #[derive(Clone, Debug)]
 pub struct Sqlite {
     pub(super) read: SqlitePool,
@@ -238,11 +238,12 @@ mod tests {
     }
 
     /// A batch of messages commits whole at the next positions, in order,
-    /// or nothing of it does; SQLite's refusals on the inserter's
-    /// connection read as they do on sqlx's (`Refused::of`).
+    /// or nothing of it does, and no transaction stays open after a
+    /// refusal; SQLite's refusals on the inserter's connection read as
+    /// they do on sqlx's (`Refused::of`).
     #[tokio::test]
     async fn a_batch_commits_whole_at_the_next_positions_or_not_at_all() {
-        use crate::domain::{Content, IdempotencyKey, UserId};
+        use crate::domain::{Content, ConversationId, IdempotencyKey, UserId};
         use crate::store::{NewMessage, Refused};
         let dir = tempfile::tempdir().unwrap();
         let sqlite = open(&dir).await;
@@ -253,10 +254,10 @@ mod tests {
             .create_conversation(&[alice.clone(), bob.clone()], None, None, &alice, 1)
             .await
             .unwrap();
-        let message = |from: &UserId, key: Option<&str>| NewMessage {
+        let message = |from: &UserId, text: &str, key: Option<&str>| NewMessage {
             conversation_id: id.clone(),
             user_id: from.clone(),
-            content: Content::parse(format!("from {}", from.as_str()), 100).unwrap(),
+            content: Content::parse(text.to_owned(), 100).unwrap(),
             key: key.map(|key| IdempotencyKey::parse("key", key).unwrap()),
             reply_to: None,
             system: false,
@@ -264,8 +265,8 @@ mod tests {
             created_at_micros: 2,
         };
         let stored = || async {
-            sqlx::query_as::<_, (i64, String)>(
-                "SELECT position, user_id FROM messages WHERE kind = 'message' ORDER BY position",
+            sqlx::query_as::<_, (i64, String, String)>(
+                "SELECT position, user_id, content FROM messages WHERE kind = 'message' ORDER BY position",
             )
             .fetch_all(&sqlite.read)
             .await
@@ -279,29 +280,46 @@ mod tests {
         };
         let start = head().await;
         let batch = [
-            message(&alice, Some("k1")),
-            message(&bob, None),
-            message(&alice, None),
+            message(&alice, "one", Some("k1")),
+            message(&bob, "two", None),
+            message(&alice, "three", None),
         ];
         let committed = store
             .insert_batch(&batch.iter().collect::<Vec<_>>())
             .await
             .unwrap();
-        let positions: Vec<i64> = committed.iter().map(|message| message.position.0).collect();
-        assert_eq!(positions, [start + 1, start + 2, start + 3]);
-        let expected = |positions: &[i64]| {
-            positions
+        let answered: Vec<(i64, String, String)> = committed
+            .iter()
+            .map(|m| {
+                (
+                    m.position.0,
+                    m.user_id.as_str().to_owned(),
+                    m.content.clone(),
+                )
+            })
+            .collect();
+        let expected: Vec<(i64, String, String)> =
+            [("alice", "one"), ("bob", "two"), ("alice", "three")]
                 .iter()
-                .zip(["alice", "bob", "alice"])
-                .map(|(&position, user)| (position, user.to_owned()))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(stored().await, expected(&positions), "stored in order");
+                .enumerate()
+                .map(|(n, (user, text))| {
+                    (start + 1 + n as i64, (*user).to_owned(), (*text).to_owned())
+                })
+                .collect();
+        assert_eq!(
+            answered, expected,
+            "answered at the next positions, in order"
+        );
+        assert_eq!(stored().await, expected, "stored as answered");
 
-        let reused = [message(&bob, None), message(&alice, Some("k1"))];
+        let reused = [
+            message(&bob, "four", None),
+            message(&alice, "five", Some("k1")),
+        ];
         let refused = store.insert_batch(&reused.iter().collect::<Vec<_>>()).await;
         assert!(matches!(refused, Err(Refused::KeyUsed)), "{refused:?}");
-        let stranger = [message(&bob, None), message(&carol, None)];
+        assert!(!sqlite.inserter.in_transaction(), "rolled back at once");
+        let stranger = [message(&bob, "six", None), message(&carol, "seven", None)];
         let refused = store
             .insert_batch(&stranger.iter().collect::<Vec<_>>())
             .await;
@@ -309,15 +327,63 @@ mod tests {
             matches!(refused, Err(Refused::NotParticipant)),
             "{refused:?}"
         );
-        assert_eq!(head().await, start + 3, "no position was taken");
-        assert_eq!(
-            stored().await,
-            expected(&positions),
-            "nothing of either stayed"
+        assert!(!sqlite.inserter.in_transaction());
+        // A row the database cannot hold (a system message to no
+        // conversation: a foreign key) is the row's, not the database's.
+        let nowhere = NewMessage {
+            conversation_id: ConversationId::parse("id", "nowhere").unwrap(),
+            system: true,
+            ..message(&bob, "eight", None)
+        };
+        let refused = store
+            .insert_batch(&[&message(&bob, "nine", None), &nowhere])
+            .await;
+        assert!(
+            matches!(&refused, Err(refusal @ Refused::Data(_)) if refusal.by_a_row()),
+            "{refused:?}"
         );
+        assert!(!sqlite.inserter.in_transaction());
+        assert_eq!(head().await, start + 3, "no position was taken");
+        assert_eq!(stored().await, expected, "nothing of them stayed");
 
-        let next = store.insert_batch(&[&message(&bob, None)]).await.unwrap();
+        // A transaction left open (by a panic mid-batch) is no obstacle.
+        sqlite.inserter.begin();
+        let next = store
+            .insert_batch(&[&message(&bob, "ten", None)])
+            .await
+            .unwrap();
         assert_eq!(next[0].position.0, start + 4, "the inserter goes on");
+    }
+
+    /// Closing the store closes every connection, the inserter's too: the
+    /// last to close copies the log into the file and removes it.
+    #[tokio::test]
+    async fn closing_the_store_closes_every_connection() {
+        use crate::domain::{Content, UserId};
+        use crate::store::NewMessage;
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = open(&dir).await;
+        let store = Store::Sqlite(sqlite.clone());
+        let alice = UserId::parse("user", "alice").unwrap();
+        let (id, _) = store
+            .create_conversation(std::slice::from_ref(&alice), None, None, &alice, 1)
+            .await
+            .unwrap();
+        let message = NewMessage {
+            conversation_id: id,
+            user_id: alice,
+            content: Content::parse("hi".into(), 100).unwrap(),
+            key: None,
+            reply_to: None,
+            system: false,
+            offline: Vec::new(),
+            created_at_micros: 2,
+        };
+        store.insert_batch(&[&message]).await.unwrap();
+        let log = dir.path().join("herald.db-wal");
+        assert!(log.exists());
+        store.close().await;
+        assert!(!log.exists(), "every connection closed");
     }
 
     /// Every write waits for its turn: messages on the inserter and every
@@ -372,7 +438,12 @@ mod tests {
     /// the inserter's connection would not share) is refused, plainly.
     #[tokio::test]
     async fn a_sqlite_url_must_name_a_file() {
-        for url in ["sqlite::memory:", "sqlite://herald.db?mode=memory"] {
+        let urls = [
+            "sqlite::memory:",
+            "sqlite://herald.db?mode=memory",
+            "sqlite://herald.db?vfs=unix-dotfile",
+        ];
+        for url in urls {
             let refused = Store::connect(url).await;
             assert!(
                 matches!(&refused, Err(sqlx::Error::Configuration(why)) if why.to_string().contains("must name a file")),

@@ -55,6 +55,7 @@ pub const ANONYMOUS_PER_CONNECTION: usize = 4;
 /// cap, and a client over its rate is paced by the tarpit's delay on the
 /// whole connection instead of asking again at once.
 pub const CALLS_PER_CONNECTION: usize = 64;
+const _: () = assert!(CALLS_PER_CONNECTION == crate::engine::limits::REQUESTS_PER_USER);
 
 /// Anonymous streams the node holds at once, for a cap of `max_connections`.
 pub fn anonymous_per_node(max_connections: usize) -> usize {

@@ -84,6 +84,20 @@ impl Inserter {
             .expect("a pragma with a value")
     }
 
+    /// Whether a transaction is open on the inserter's connection.
+    #[cfg(test)]
+    pub(in crate::store) fn in_transaction(&self) -> bool {
+        self.lock().as_ref().is_some_and(|c| !c.is_autocommit())
+    }
+
+    /// Opens a transaction and leaves it open, as a panic mid-batch would.
+    #[cfg(test)]
+    pub(in crate::store) fn begin(&self) {
+        let connection = self.lock();
+        let connection = connection.as_ref().expect("open");
+        connection.execute_batch("BEGIN IMMEDIATE").expect("begun");
+    }
+
     /// The connection, even after a panic while it was held (the next
     /// insert rolls back whatever that left open).
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
