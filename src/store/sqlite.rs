@@ -199,6 +199,30 @@ mod tests {
         sqlite
     }
 
+    /// A store in `dir` with a conversation of alice alone, and a message
+    /// of hers to it, not yet sent.
+    async fn alice_alone(dir: &tempfile::TempDir) -> (Store, Sqlite, crate::store::NewMessage) {
+        use crate::domain::{Content, UserId};
+        let sqlite = open(dir).await;
+        let store = Store::Sqlite(sqlite.clone());
+        let alice = UserId::parse("user", "alice").unwrap();
+        let (id, _) = store
+            .create_conversation(std::slice::from_ref(&alice), None, None, &alice, 1)
+            .await
+            .unwrap();
+        let message = crate::store::NewMessage {
+            conversation_id: id,
+            user_id: alice,
+            content: Content::parse("hi".into(), 100).unwrap(),
+            key: None,
+            reply_to: None,
+            system: false,
+            offline: Vec::new(),
+            created_at_micros: 2,
+        };
+        (store, sqlite, message)
+    }
+
     /// A burst of reads opens every reader; once they sit idle, all but a
     /// few are closed, and the next burst opens them again.
     #[tokio::test]
@@ -359,26 +383,8 @@ mod tests {
     /// last to close copies the log into the file and removes it.
     #[tokio::test]
     async fn closing_the_store_closes_every_connection() {
-        use crate::domain::{Content, UserId};
-        use crate::store::NewMessage;
         let dir = tempfile::tempdir().unwrap();
-        let sqlite = open(&dir).await;
-        let store = Store::Sqlite(sqlite.clone());
-        let alice = UserId::parse("user", "alice").unwrap();
-        let (id, _) = store
-            .create_conversation(std::slice::from_ref(&alice), None, None, &alice, 1)
-            .await
-            .unwrap();
-        let message = NewMessage {
-            conversation_id: id,
-            user_id: alice,
-            content: Content::parse("hi".into(), 100).unwrap(),
-            key: None,
-            reply_to: None,
-            system: false,
-            offline: Vec::new(),
-            created_at_micros: 2,
-        };
+        let (store, _, message) = alice_alone(&dir).await;
         store.insert_batch(&[&message]).await.unwrap();
         let log = dir.path().join("herald.db-wal");
         assert!(log.exists());
@@ -391,26 +397,9 @@ mod tests {
     /// SQLite (see `Sqlite::turn`).
     #[tokio::test]
     async fn writes_take_turns() {
-        use crate::domain::{Content, UserId};
-        use crate::store::NewMessage;
         let dir = tempfile::tempdir().unwrap();
-        let sqlite = open(&dir).await;
-        let store = Store::Sqlite(sqlite.clone());
-        let alice = UserId::parse("user", "alice").unwrap();
-        let (id, _) = store
-            .create_conversation(std::slice::from_ref(&alice), None, None, &alice, 1)
-            .await
-            .unwrap();
-        let message = NewMessage {
-            conversation_id: id,
-            user_id: alice.clone(),
-            content: Content::parse("hi".into(), 100).unwrap(),
-            key: None,
-            reply_to: None,
-            system: false,
-            offline: Vec::new(),
-            created_at_micros: 2,
-        };
+        let (store, sqlite, message) = alice_alone(&dir).await;
+        let alice = message.user_id.clone();
         let turn = sqlite.turn.clone().lock_owned().await;
         let insert = tokio::spawn({
             let store = store.clone();
