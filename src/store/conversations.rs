@@ -154,31 +154,36 @@ impl Store {
                 tuple.push_bind(id);
             });
             // The newest message the viewer may see: from their joining on.
+            // One look per conversation from its end (the largest position
+            // is found from the index's end), not a pass over its history.
             let mut last = sqlx::QueryBuilder::new(concat!(
                 "SELECT ",
                 message_columns!(),
-                " FROM messages WHERE position IN (SELECT MAX(m.position) FROM messages m
-                  JOIN participants p ON p.conversation_id = m.conversation_id AND p.user_id = "
+                " FROM messages WHERE position IN (SELECT (SELECT MAX(m.position) FROM messages m
+                   WHERE m.conversation_id = p.conversation_id AND m.kind = 'message'
+                     AND m.position >= p.joined_at)
+                 FROM participants p WHERE p.user_id = "
             ));
             last.push_bind(user.as_str());
-            last.push(" WHERE m.kind = 'message' AND m.position >= p.joined_at AND m.conversation_id IN ");
+            last.push(" AND p.conversation_id IN ");
             last.push_tuples(ids(), |mut tuple, id| {
                 tuple.push_bind(id);
             });
-            last.push(" GROUP BY m.conversation_id)");
-            let mut unread = sqlx::QueryBuilder::new(
-                "SELECT m.conversation_id, COUNT(*) FROM messages m
-                 JOIN participants p ON p.conversation_id = m.conversation_id AND p.user_id = ",
-            );
+            last.push(")");
+            // Others' messages among the first UNREAD_WINDOW after the read
+            // mark: a bounded walk of `messages_unread` per conversation.
+            let mut unread = sqlx::QueryBuilder::new(format!(
+                "SELECT p.conversation_id, (SELECT COUNT(*) FROM (SELECT m.user_id, m.deleted
+                   FROM messages m WHERE m.conversation_id = p.conversation_id AND m.kind = 'message'
+                     AND m.position > p.last_read_position ORDER BY m.position LIMIT {UNREAD_WINDOW}) w
+                   WHERE w.user_id <> p.user_id AND w.deleted = 0)
+                 FROM participants p WHERE p.user_id = "
+            ));
             unread.push_bind(user.as_str());
-            unread.push(
-                " WHERE m.position > p.last_read_position AND m.user_id <> p.user_id
-                  AND m.kind = 'message' AND m.deleted = 0 AND m.conversation_id IN ",
-            );
+            unread.push(" AND p.conversation_id IN ");
             unread.push_tuples(ids(), |mut tuple, id| {
                 tuple.push_bind(id);
             });
-            unread.push(" GROUP BY m.conversation_id");
             let kept = kept_prepared(rows.len() + 1);
             (
                 members.build_query_as().persistent(kept).fetch_all(pool).await?,
@@ -228,6 +233,12 @@ impl Cursor {
 pub const PAGE_BYTES: usize = 3 * 1024 * 1024;
 /// Conversations whose details are read at once.
 const DETAIL_CHUNK: usize = 10;
+/// How many messages after the read mark an unread count looks at: the
+/// others' among them are counted, so a count stops at this many. Counting
+/// walks an index, and unbounded it let a user's own messages, never
+/// marked read, make each of their listings cost milliseconds per thousand
+/// (a call flood of those starved the node).
+pub const UNREAD_WINDOW: usize = 1000;
 
 /// Joins the result sets of [`Store::details`], in the order of `rows`.
 fn assemble(

@@ -90,6 +90,25 @@ async fn unread_counts_follow_the_read_mark_and_skip_own_messages(db: TestDb) {
     assert_eq!(bob.conversations().await.unwrap()[0].unread_count, 1);
 }
 
+/// A count looks at the first thousand messages after the read mark, so
+/// listing costs the same however much was left unread.
+async fn an_unread_count_stops_at_a_thousand(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    let mut sent = Vec::new();
+    for n in 0..1002 {
+        sent.push(alice.send(&conversation.id, &format!("{n}")).await.unwrap());
+    }
+    assert_eq!(bob.conversations().await.unwrap()[0].unread_count, 1000);
+
+    let marked = bob.mark_read(&conversation.id, &sent[1].id).await.unwrap();
+    assert_eq!(marked.unread_count, 1000, "1,000 of the 1,000 left");
+    let marked = bob.mark_read(&conversation.id, &sent[2].id).await.unwrap();
+    assert_eq!(marked.unread_count, 999);
+    assert_eq!(bob.conversations().await.unwrap()[0].unread_count, 999);
+}
+
 async fn mark_read_checks_its_ids(db: TestDb) {
     let app = spawn_app(&db).await;
     let (alice, carol) = (app.user("alice").await, app.user("carol").await);
@@ -125,5 +144,6 @@ on_every_backend!(
     a_conversation_needs_someone_else_and_valid_ids,
     conversations_are_listed_most_recently_active_first,
     unread_counts_follow_the_read_mark_and_skip_own_messages,
+    an_unread_count_stops_at_a_thousand,
     mark_read_checks_its_ids,
 );
