@@ -344,20 +344,26 @@ impl Herald {
         self.inner.shutdown.is_cancelled()
     }
 
-    /// Meters an expensive call by `caller` costing `cost`: refused past
-    /// the user's call rate, and otherwise waiting for one of the user's
-    /// few places at the database, held while the returned guard lives.
-    /// Every user thus gets their share of the pool, whatever one user
-    /// sends at once.
+    /// Meters an expensive call by `caller` costing `cost`: it waits for
+    /// one of the user's few places at the database, held while the
+    /// returned guard lives, and is refused there if the user is past their
+    /// call rate. Every user thus gets their share of the pool, whatever
+    /// one user sends at once.
+    ///
+    /// The rate is read once a place is had, not before: a call charged
+    /// after the fact for a large answer ([`Self::charge_for_bytes`]) is
+    /// then paid before the calls queued behind it are let in, so calls
+    /// sent at once are admitted a few at a time (the user's places), not
+    /// as many as the bucket held when they arrived.
     pub async fn meter(&self, caller: &UserId, cost: f64) -> Result<Metered, Error> {
+        let place = self.inner.permits.acquire(caller).await;
         if !self.inner.calls.allow_n(caller, cost) {
+            drop(place);
             return Err(self
                 .over_rate("request rate limit reached; slow down")
                 .await);
         }
-        Ok(Metered {
-            _place: self.inner.permits.acquire(caller).await,
-        })
+        Ok(Metered { _place: place })
     }
 
     /// The refusal for going over a rate, answered late (see [`Tarpit`]).

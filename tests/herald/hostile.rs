@@ -462,6 +462,7 @@ on_every_backend!(
     a_stream_ticket_opens_one_stream_only,
     a_cookie_changes_state_only_from_the_pages_own_or_allowed_origins,
     expensive_calls_are_metered_per_user_and_groups_are_bounded,
+    calls_sent_at_once_pay_for_large_answers_before_more_are_let_in,
     conversations_come_in_pages_that_fit_a_grpc_message,
     a_forged_or_garbled_notification_does_not_stall_the_feed,
     signals_on_postgresql_are_sealed_against_any_role_that_can_connect,
@@ -517,6 +518,40 @@ async fn expensive_calls_are_metered_per_user_and_groups_are_bounded(db: TestDb)
     // Everyone else keeps their own allowance.
     bob.conversations().await.unwrap();
     bob.create_conversation(&others[..10]).await.unwrap();
+    app.stop().await;
+}
+
+/// Calls sent at once are admitted a place at a time, each after the one
+/// before paid for its answer: a burst of large pages is not all let in
+/// on the tokens the bucket held when it arrived.
+async fn calls_sent_at_once_pay_for_large_answers_before_more_are_let_in(db: TestDb) {
+    let app = crate::support::spawn_app_with(&db, |config| {
+        config.call_rate_limit = 0.0;
+        config.call_rate_burst = 20.0;
+        config.user_concurrency = 1;
+    })
+    .await;
+    let mallory = app.user("mallory").await;
+    // Created by the other: mallory's 20 tokens are all left for the pages.
+    let other = app.user("mallory-2").await;
+    let lair = other.create_conversation(&["mallory"]).await.unwrap();
+    // 20 messages of about 16 KiB: a page of them is charged 1 + 9 calls.
+    let filler = "x".repeat(16 * 1024 - 16);
+    for n in 0..20 {
+        mallory
+            .send(&lair.id, &format!("{n} {filler}"))
+            .await
+            .unwrap();
+    }
+    let pages = (0..20).map(|_| mallory.messages(crate::support::page(&lair.id)));
+    let answered = futures_util::future::join_all(pages).await;
+    let listed = answered.iter().filter(|page| page.is_ok()).count();
+    for page in answered.iter().filter_map(|page| page.as_ref().err()) {
+        assert_eq!(page.code(), Code::ResourceExhausted);
+    }
+    // 20 tokens pay for two such pages; letting in all that the bucket
+    // held on arrival answered all 20.
+    assert_eq!(listed, 2);
     app.stop().await;
 }
 
