@@ -86,7 +86,7 @@ macro_rules! id_type {
             /// Wraps an id read back from the database, where only parsed
             /// or generated ids are written.
             #[allow(dead_code, reason = "not every kind of id is read back")]
-            pub(crate) fn from_stored(value: String) -> Self {
+            pub(crate) fn from_stored(value: impl Into<Arc<str>>) -> Self {
                 Self(value.into())
             }
 

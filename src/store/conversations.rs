@@ -146,13 +146,23 @@ impl Store {
         let ids = || rows.iter().map(|row| row.id.as_str());
         // Built per backend inside `with_pool!`: a query builder is typed
         // by its database.
+        // Each conversation's members in one row, joined by a separator no
+        // id may hold: a group of 1,000 was 1,000 rows, each its own step,
+        // allocation and hand-off from SQLite's thread, and listing giant
+        // groups cost milliseconds per page (the hostile mix's call flood
+        // spent most of the node on them).
+        let joined = match self {
+            Store::Sqlite(_) => "group_concat(user_id, char(31))",
+            Store::Postgres(_) => "string_agg(user_id, chr(31))",
+        };
         let (members, last, unread): Details = with_pool!(self, pool => {
-            let mut members = sqlx::QueryBuilder::new(
-                "SELECT conversation_id, user_id FROM participants WHERE conversation_id IN ",
-            );
+            let mut members = sqlx::QueryBuilder::new(format!(
+                "SELECT conversation_id, {joined} FROM participants WHERE conversation_id IN "
+            ));
             members.push_tuples(ids(), |mut tuple, id| {
                 tuple.push_bind(id);
             });
+            members.push(" GROUP BY conversation_id");
             // The newest message the viewer may see: from their joining on.
             // One look per conversation from its end (the largest position
             // is found from the index's end), not a pass over its history.
@@ -208,8 +218,9 @@ impl Store {
     }
 }
 
-/// What [`Store::details`] reads: (conversation, member) pairs, last
-/// messages, and (conversation, unread count) pairs.
+/// What [`Store::details`] reads: (conversation, members joined by
+/// [`MEMBER_SEPARATOR`]) pairs, last messages, and (conversation, unread
+/// count) pairs.
 type Details = (Vec<(String, String)>, Vec<MessageRow>, Vec<(String, i64)>);
 
 /// Where a page of conversations continues: after this activity and id.
@@ -231,6 +242,9 @@ impl Cursor {
 /// About how many bytes of conversations one page holds, well below
 /// gRPC's default 4 MiB message.
 pub const PAGE_BYTES: usize = 3 * 1024 * 1024;
+/// Joins a conversation's member ids in one column: U+001F, a control
+/// character, which ids refuse (`UserId::parse`).
+const MEMBER_SEPARATOR: char = '\u{1f}';
 /// Conversations whose details are read at once.
 const DETAIL_CHUNK: usize = 10;
 /// How many messages after the read mark an unread count looks at: the
@@ -247,13 +261,13 @@ fn assemble(
     last: Vec<MessageRow>,
     unread: Vec<(String, i64)>,
 ) -> Vec<Conversation> {
-    let mut participants: HashMap<String, Vec<UserId>> = HashMap::new();
-    for (conversation, user) in members {
-        participants
-            .entry(conversation)
-            .or_default()
-            .push(UserId::from_stored(user));
-    }
+    let mut participants: HashMap<String, Vec<UserId>> = members
+        .into_iter()
+        .map(|(conversation, users)| {
+            let users = users.split(MEMBER_SEPARATOR).map(UserId::from_stored);
+            (conversation, users.collect())
+        })
+        .collect();
     let mut last: HashMap<String, Message> = last
         .into_iter()
         .map(|row| (row.conversation_id.clone(), Message::from(row)))
