@@ -230,6 +230,8 @@ async fn a_new_member_sees_only_what_follows_the_add(db: TestDb) {
 
     let added = alice.add(&group.id, &["carol"]).await.unwrap();
     assert_eq!(added.participant_ids, ["alice", "bob", "carol", "erin"]);
+    let listed = &carol.conversations().await.unwrap()[0];
+    assert_eq!(listed.last_message, None, "nothing she can see yet");
     let new = alice
         .send(&group.id, "one position after the add")
         .await
