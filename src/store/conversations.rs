@@ -180,13 +180,15 @@ impl Store {
                 tuple.push_bind(id);
             });
             last.push(")");
-            // Others' messages among the first UNREAD_WINDOW after the read
-            // mark: a bounded walk of `messages_unread` per conversation.
+            // Others' among the first UNREAD_WINDOW live messages after the
+            // read mark: a bounded walk of `messages_unread` (which holds
+            // only live messages) per conversation.
             let mut unread = sqlx::QueryBuilder::new(format!(
-                "SELECT p.conversation_id, (SELECT COUNT(*) FROM (SELECT m.user_id, m.deleted
+                "SELECT p.conversation_id, (SELECT COUNT(*) FROM (SELECT m.user_id
                    FROM messages m WHERE m.conversation_id = p.conversation_id AND m.kind = 'message'
-                     AND m.position > p.last_read_position ORDER BY m.position LIMIT {UNREAD_WINDOW}) w
-                   WHERE w.user_id <> p.user_id AND w.deleted = 0)
+                     AND m.deleted = 0 AND m.position > p.last_read_position
+                   ORDER BY m.position LIMIT {UNREAD_WINDOW}) w
+                   WHERE w.user_id <> p.user_id)
                  FROM participants p WHERE p.user_id = "
             ));
             unread.push_bind(user.as_str());
@@ -247,11 +249,14 @@ pub const PAGE_BYTES: usize = 3 * 1024 * 1024;
 const MEMBER_SEPARATOR: char = '\u{1f}';
 /// Conversations whose details are read at once.
 const DETAIL_CHUNK: usize = 10;
-/// How many messages after the read mark an unread count looks at: the
-/// others' among them are counted, so a count stops at this many. Counting
-/// walks an index, and unbounded it let a user's own messages, never
-/// marked read, make each of their listings cost milliseconds per thousand
-/// (a call flood of those starved the node).
+/// How many live messages after the read mark an unread count looks at:
+/// the others' among them are counted, so a count stops at this many.
+/// Counting walks an index, and unbounded it let a user's own messages,
+/// never marked read, make each of their listings cost milliseconds per
+/// thousand (a call flood of those starved the node). The caller's own
+/// messages take places in the window (sending does not move the read
+/// mark); deleted ones do not, so nobody hides later messages from others'
+/// counts by sending and deleting a thousand.
 pub const UNREAD_WINDOW: usize = 1000;
 
 /// Joins the result sets of [`Store::details`], in the order of `rows`.
