@@ -21,7 +21,7 @@ async fn edit(user: &User, chat: &str, id: &str, content: &str) -> Result<pb::Me
         .into_inner())
 }
 
-async fn delete(user: &User, chat: &str, id: &str) -> Result<pb::Message, Status> {
+pub(crate) async fn delete(user: &User, chat: &str, id: &str) -> Result<pb::Message, Status> {
     let body = pb::DeleteMessageRequest {
         conversation_id: chat.into(),
         message_id: id.into(),

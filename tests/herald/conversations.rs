@@ -1,5 +1,6 @@
 //! Creating, listing and reading conversations.
 
+use crate::changes::delete;
 use crate::support::{TestDb, code, spawn_app, spawn_app_with};
 use tonic::Code;
 
@@ -90,23 +91,66 @@ async fn unread_counts_follow_the_read_mark_and_skip_own_messages(db: TestDb) {
     assert_eq!(bob.conversations().await.unwrap()[0].unread_count, 1);
 }
 
-/// A count looks at the first thousand messages after the read mark, so
-/// listing costs the same however much was left unread.
-async fn an_unread_count_stops_at_a_thousand(db: TestDb) {
+/// A count looks at the first thousand live messages after the read mark
+/// (the reader's own among them), so listing costs the same however much
+/// was left unread; a deleted message takes no place among them.
+async fn an_unread_count_looks_at_a_thousand_messages_after_the_mark(db: TestDb) {
     let app = spawn_app(&db).await;
     let (alice, bob) = (app.user("alice").await, app.user("bob").await);
     let conversation = alice.create_conversation(&["bob"]).await.unwrap();
+    bob.send(&conversation.id, "bob 1").await.unwrap();
+    let own = bob.send(&conversation.id, "bob 2").await.unwrap();
     let mut sent = Vec::new();
-    for n in 0..1002 {
+    for n in 0..1003 {
         sent.push(alice.send(&conversation.id, &format!("{n}")).await.unwrap());
     }
-    assert_eq!(bob.conversations().await.unwrap()[0].unread_count, 1000);
+    // bob's two, then 998 of alice's 1,003.
+    assert_eq!(bob.conversations().await.unwrap()[0].unread_count, 998);
+    for message in &sent[..3] {
+        delete(&alice, &conversation.id, &message.id).await.unwrap();
+    }
+    assert_eq!(
+        bob.conversations().await.unwrap()[0].unread_count,
+        998,
+        "deleted messages leave the window to the next ones"
+    );
 
-    let marked = bob.mark_read(&conversation.id, &sent[1].id).await.unwrap();
-    assert_eq!(marked.unread_count, 1000, "1,000 of the 1,000 left");
-    let marked = bob.mark_read(&conversation.id, &sent[2].id).await.unwrap();
+    let marked = bob.mark_read(&conversation.id, &own.id).await.unwrap();
+    assert_eq!(marked.unread_count, 1000, "1,000 of alice's 1,000 left");
+    let marked = bob.mark_read(&conversation.id, &sent[3].id).await.unwrap();
     assert_eq!(marked.unread_count, 999);
     assert_eq!(bob.conversations().await.unwrap()[0].unread_count, 999);
+}
+
+/// Each conversation of a listing has its own last message and count.
+async fn each_listed_conversation_has_its_own_last_message_and_count(db: TestDb) {
+    let app = spawn_app(&db).await;
+    let (alice, bob, carol) = (
+        app.user("alice").await,
+        app.user("bob").await,
+        app.user("carol").await,
+    );
+    let with_bob = alice.create_conversation(&["bob"]).await.unwrap();
+    let with_carol = alice.create_conversation(&["carol"]).await.unwrap();
+    bob.send(&with_bob.id, "b1").await.unwrap();
+    let from_bob = bob.send(&with_bob.id, "b2").await.unwrap();
+    let from_carol = carol.send(&with_carol.id, "c1").await.unwrap();
+
+    let listed = alice.conversations().await.unwrap();
+    let seen: Vec<(&str, &str, i64)> = listed
+        .iter()
+        .map(|c| {
+            let last = c.last_message.as_ref().map_or("", |m| m.id.as_str());
+            (c.id.as_str(), last, c.unread_count)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (with_carol.id.as_str(), from_carol.id.as_str(), 1),
+            (with_bob.id.as_str(), from_bob.id.as_str(), 2),
+        ]
+    );
 }
 
 async fn mark_read_checks_its_ids(db: TestDb) {
@@ -144,6 +188,7 @@ on_every_backend!(
     a_conversation_needs_someone_else_and_valid_ids,
     conversations_are_listed_most_recently_active_first,
     unread_counts_follow_the_read_mark_and_skip_own_messages,
-    an_unread_count_stops_at_a_thousand,
+    an_unread_count_looks_at_a_thousand_messages_after_the_mark,
+    each_listed_conversation_has_its_own_last_message_and_count,
     mark_read_checks_its_ids,
 );

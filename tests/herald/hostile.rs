@@ -535,7 +535,8 @@ async fn calls_sent_at_once_pay_for_large_answers_before_more_are_let_in(db: Tes
     // Created by the other: mallory's 20 tokens are all left for the pages.
     let other = app.user("mallory-2").await;
     let lair = other.create_conversation(&["mallory"]).await.unwrap();
-    // 20 messages of about 16 KiB: a page of them is charged 1 + 9 calls.
+    // 20 messages of about 16 KiB: a page of them is charged 1 call and
+    // one more per 32 KiB answered, about 11 in all.
     let filler = "x".repeat(16 * 1024 - 16);
     for n in 0..20 {
         mallory
