@@ -144,17 +144,17 @@ impl Store {
             return Ok(Vec::new());
         }
         let ids = || rows.iter().map(|row| row.id.as_str());
-        // Built per backend inside `with_pool!`: a query builder is typed
-        // by its database.
-        // Each conversation's members in one row, joined by a separator no
-        // id may hold: a group of 1,000 was 1,000 rows, each its own step,
-        // allocation and hand-off from SQLite's thread, and listing giant
-        // groups cost milliseconds per page (the hostile mix's call flood
-        // spent most of the node on them).
+        // Each conversation's members in one row, joined by
+        // MEMBER_SEPARATOR (U+001F, character 31): a group of 1,000 was
+        // 1,000 rows, each its own step, allocation and hand-off from
+        // SQLite's thread, and listing giant groups cost milliseconds per
+        // page (the hostile mix's call flood spent most of the node on them).
         let joined = match self {
             Store::Sqlite(_) => "group_concat(user_id, char(31))",
             Store::Postgres(_) => "string_agg(user_id, chr(31))",
         };
+        // Built per backend inside `with_pool!`: a query builder is typed
+        // by its database.
         let (members, last, unread): Details = with_pool!(self, pool => {
             let mut members = sqlx::QueryBuilder::new(format!(
                 "SELECT conversation_id, {joined} FROM participants WHERE conversation_id IN "
@@ -244,8 +244,9 @@ impl Cursor {
 /// About how many bytes of conversations one page holds, well below
 /// gRPC's default 4 MiB message.
 pub const PAGE_BYTES: usize = 3 * 1024 * 1024;
-/// Joins a conversation's member ids in one column: U+001F, a control
-/// character, which ids refuse (`UserId::parse`).
+/// Joins a conversation's member ids in one column (`char(31)` and
+/// `chr(31)` in [`Store::details`]'s SQL): U+001F, a control character,
+/// which ids refuse (`UserId::parse`).
 const MEMBER_SEPARATOR: char = '\u{1f}';
 /// Conversations whose details are read at once.
 const DETAIL_CHUNK: usize = 10;
