@@ -32,9 +32,9 @@ const CHECKPOINT_AFTER: Duration = Duration::from_millis(50);
 pub(super) const WRITER_CHECKPOINT_PAGES: &str = "10000";
 
 /// How often readers a burst opened are closed once idle (see
-/// [`Sqlite::close_idle_readers`]): as often as the server hands freed
-/// memory back to the system (`commands::TRIM_EVERY`), so a burst's readers
-/// are gone, and their memory with them, within ten seconds.
+/// [`Sqlite::close_idle_readers`]): a burst's readers are gone within ten
+/// seconds, and their memory is handed back to the system within a second
+/// of that (`commands::TRIM_EVERY`).
 const CLOSE_IDLE_READERS_EVERY: Duration = Duration::from_secs(5);
 
 /// Idle readers kept open at rest: enough for ordinary reads at once.

@@ -208,8 +208,9 @@ pub async fn hostile(args: Hostile) -> Result<(), Box<dyn std::error::Error>> {
     for chatter in chatters {
         let _ = chatter.await;
     }
-    // Let deliveries land and the server settle (it hands freed memory
-    // back every 5 s), then read what is left.
+    // Let deliveries land and the server settle (it closes the readers a
+    // burst opened every 5 s and hands freed memory back every second),
+    // then read what is left.
     tokio::time::sleep(Duration::from_secs(6)).await;
     sampling.cancel();
     let rss_after = rss_kib(&pid);
