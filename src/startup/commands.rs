@@ -44,6 +44,7 @@ const DEMO_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Runs the gateway until SIGINT or SIGTERM.
 async fn serve(config: ServeConfig) -> Result<(), StartError> {
+    crate::startup::memory::tune();
     let identity = config.identity();
     // Without a secret, an ephemeral one still signs stream tickets; demo
     // tokens are printed only when no identity provider is configured.
@@ -54,7 +55,7 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let auth = Auth::new(secret.as_bytes(), &identity)?;
     let server = Server::bind(&config, auth.clone()).await?;
     // Owned like the core's tasks: stopped once the server has shut down.
-    let trim = tokio::spawn(give_back_memory());
+    let trim = tokio::spawn(crate::startup::memory::give_back());
     // Before saying it serves: from then on a signal shuts down in order.
     let signal = shutdown_signal();
     if let Some(metrics) = server.metrics_addr() {
@@ -68,36 +69,6 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     trim.abort();
     let _ = trim.await;
     served
-}
-
-/// How often freed memory is handed back to the system: every second, so
-/// what a burst freed goes back within a second of the burst's end (every
-/// 5 s, a reading 6 s after an attack still found 3.3 MB that the next
-/// trim gave back).
-const TRIM_EVERY: Duration = Duration::from_secs(1);
-
-/// Hands memory that glibc's allocator keeps after a burst (a flood of
-/// connections, a storm of replays) back to the system every second, so
-/// the server's footprint returns to what it serves now. Measured in
-/// BENCHMARKS.md (the hostile scenario, and its cost at a steady 2,000
-/// messages/s); a trim of an idle heap costs microseconds.
-#[allow(unsafe_code)]
-async fn give_back_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    loop {
-        tokio::time::sleep(TRIM_EVERY).await;
-        // On a blocking thread: under attack a trim walks every arena for
-        // 0.6 to 3.6 ms (measured), which on a runtime worker would delay
-        // every task queued behind it.
-        let trimmed = tokio::task::spawn_blocking(|| {
-            // SAFETY: malloc_trim takes no pointers and may be called at
-            // any time from any thread.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        });
-        let _ = trimmed.await;
-    }
 }
 
 /// Prints one token for `args.user` on stdout.

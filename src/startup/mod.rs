@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod memory;
 pub mod server;
 pub mod start;
 pub mod telemetry;
