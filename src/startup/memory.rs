@@ -26,8 +26,9 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 const TRIM_THRESHOLD: i32 = 128 * 1024;
 
 /// Sets glibc's trim threshold (see [`TRIM_THRESHOLD`]) and no padding
-/// above an arena's top, before the server starts its work. Measured: one
-/// hostile round leaves +8% to +12% of RSS instead of +14% to +19%, at the
+/// above an arena's top, before the server starts its work. Measured
+/// (BENCHMARKS.md, ninth pass), with the readers as they were then: one
+/// hostile round left +14% to +19% of RSS instead of +18% to +29%, at the
 /// same CPU and throughput in the `direct` benchmark.
 #[allow(unsafe_code)]
 pub fn tune() {
