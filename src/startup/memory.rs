@@ -6,8 +6,9 @@
 //! glibc gives each thread that allocates an arena of its own, and frees
 //! the top of a thread's arena only in that arena's own `free`, once the
 //! top is larger than the trim threshold; `malloc_trim` gives back the free
-//! pages inside every arena but never a thread arena's top. So the top is
-//! what a burst leaves behind, one per thread that worked in it.
+//! pages inside every arena but never a thread arena's top. So a burst
+//! leaves, in each thread's arena that it used, the arena's top and the
+//! pages that blocks still in use sit on (no trim can give those back).
 
 use std::time::Duration;
 
