@@ -10,12 +10,14 @@
 //! leaves, in each thread's arena that it used, the arena's top and the
 //! pages that blocks still in use sit on (no trim can give those back).
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 use std::time::Duration;
 
 /// How often freed memory is handed back to the system: every second, so
 /// what a burst freed goes back within a second of the burst's end (every
 /// 5 s, a reading 6 s after an attack still found 3.3 MB that the next
 /// trim gave back).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// The most free memory an arena's top keeps: glibc's own starting value,
@@ -24,6 +26,7 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// arena could keep that much; fixed, it stays at 128 KiB, and blocks of
 /// 128 KiB or more stay mapped on their own (the threshold that glibc
 /// would raise with it stays put too).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD: i32 = 128 * 1024;
 
 /// Sets glibc's trim threshold (see [`TRIM_THRESHOLD`]) and no padding
