@@ -18,6 +18,9 @@ use tonic::{Request, Response, Status, service::interceptor::InterceptedService}
 use tower_layer::Layer;
 
 pub mod admin;
+pub mod log;
+
+use log::{SUBSCRIBE_EVENTS, SUBSCRIBE_MESSAGES, StreamLog};
 
 /// The Messenger service with authentication in front.
 pub type Service =
@@ -116,88 +119,6 @@ async fn grpc_only(
     match grpc {
         true => next.run(request).await,
         false => crate::doors::http::not_found().await,
-    }
-}
-
-/// The calls whose stream a subscriber holds open for hours: the request
-/// log gives them no span (one is about 380 bytes, held for the stream's
-/// whole life: a tenth of an idle stream); [`StreamLog`] writes their line.
-const SUBSCRIPTIONS: [&str; 2] = [SUBSCRIBE_MESSAGES, SUBSCRIBE_EVENTS];
-const SUBSCRIBE_MESSAGES: &str = "/herald.v1.Messenger/SubscribeMessages";
-const SUBSCRIBE_EVENTS: &str = "/herald.v1.Messenger/SubscribeEvents";
-
-/// The request log's span for one gRPC call: the method, nothing else;
-/// none for a subscription (see [`SUBSCRIPTIONS`]).
-pub fn log_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
-    let method = request.uri().path();
-    if SUBSCRIPTIONS.contains(&method) {
-        return tracing::Span::none();
-    }
-    tracing::info_span!("grpc", method = %method)
-}
-
-/// The request log's line when a call's response starts, at debug; for a
-/// subscription refused before it opened (its only line), at info.
-pub fn log_response<B>(
-    response: &axum::http::Response<B>,
-    latency: std::time::Duration,
-    span: &tracing::Span,
-) {
-    if !span.is_none() {
-        tracing::debug!(parent: span, ?latency, "response headers sent");
-        return;
-    }
-    // A refusal is a response of headers alone, its status among them.
-    if let Some(code) = status_code(response.headers()) {
-        tracing::info!(?code, ?latency, "grpc subscription refused");
-    }
-}
-
-/// The gRPC status code `headers` (or trailers) carry, if any.
-fn status_code(headers: &axum::http::HeaderMap) -> Option<tonic::Code> {
-    let code = headers.get("grpc-status")?;
-    Some(tonic::Code::from_bytes(code.as_bytes()))
-}
-
-/// The request log's line when a call's stream ends; a subscription's is
-/// its [`StreamLog`]'s.
-pub fn log_end(
-    trailers: Option<&axum::http::HeaderMap>,
-    duration: std::time::Duration,
-    span: &tracing::Span,
-) {
-    if !span.is_none() {
-        let code = trailers.and_then(status_code);
-        tracing::info!(parent: span, ?duration, ?code, "end of stream");
-    }
-}
-
-/// The request log's line when a call fails; a subscription's is its
-/// [`StreamLog`]'s.
-pub fn log_failure(
-    failure: tower_http::classify::GrpcFailureClass,
-    latency: std::time::Duration,
-    span: &tracing::Span,
-) {
-    if !span.is_none() {
-        tracing::info!(parent: span, classification = %failure, ?latency, "response failed");
-    }
-}
-
-/// An open subscription's line in the request log, written when it is
-/// dropped, however it ended: the method, how long it was open, and its
-/// status (`Cancelled` when the subscriber went away).
-struct StreamLog {
-    method: &'static str,
-    opened: std::time::Instant,
-    code: tonic::Code,
-}
-
-impl Drop for StreamLog {
-    fn drop(&mut self) {
-        let span = tracing::info_span!("grpc", method = %self.method);
-        let duration = self.opened.elapsed();
-        tracing::info!(parent: &span, ?duration, code = ?self.code, "end of stream");
     }
 }
 

@@ -28,7 +28,6 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
-use tower_http::trace::TraceLayer;
 
 /// Pending connections the kernel queues per listener: a thousand clients
 /// connecting at once must not be dropped.
@@ -240,19 +239,8 @@ impl Apps {
             .add_service(grpc::service(herald.clone(), auth.clone()))
             .add_service(grpc::admin::service(herald.clone(), auth.clone()))
             .into_axum_router()
-            // The request log: method and outcome, never metadata (tokens).
-            // One line per call at info, when its stream ends (with the
-            // duration; a unary call's status comes then too); the response
-            // headers' line is debug, which halves the log on the send path.
-            // Subscriptions write their own line (`grpc::log_span`).
-            .layer(
-                TraceLayer::new_for_grpc()
-                    .make_span_with(grpc::log_span)
-                    .on_request(())
-                    .on_response(grpc::log_response)
-                    .on_failure(grpc::log_failure)
-                    .on_eos(grpc::log_end),
-            );
+            // The request log: one line per call (`grpc::log`).
+            .layer(axum::middleware::from_fn(grpc::log::call));
         let metrics = metrics_apart.then(|| http::metrics_router(state.clone()));
         let grpc_web = grpc::web_routes(herald, auth);
         let http = http::router(state, options, grpc_web);

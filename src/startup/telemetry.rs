@@ -17,8 +17,8 @@ pub enum LogFormat {
 /// Installs the log subscriber: `info` for herald and its request log,
 /// `warn` elsewhere, unless `RUST_LOG` says otherwise.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("herald=info,tower_http=info,warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("herald=info,warn"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

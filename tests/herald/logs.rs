@@ -152,3 +152,51 @@ async fn a_grpc_subscription_is_one_line_when_it_ends_however_it_ends() {
     assert_eq!(ends.len(), 2, "one line per subscription: {log}");
     assert!(ends[1].contains("code=Unavailable"), "{log}");
 }
+
+#[tokio::test]
+async fn every_call_is_one_line_with_its_method_and_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "log-test-secret-0123456789abcdef0123456789abcdef";
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", secret]);
+    })
+    .await;
+    let token = format!("Bearer {}", crate::support::mint(secret, "alice"));
+    let mut client = herald.client().await;
+
+    // Answered in trailers, after a response message.
+    let listed = client
+        .list_conversations(authorized(pb::ListConversationsRequest::default(), &token))
+        .await;
+    assert!(listed.is_ok());
+    // Refused in the response's headers alone.
+    let refused = client
+        .list_conversations(pb::ListConversationsRequest::default())
+        .await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let response = reqwest::get(format!(
+        "http://{}/api/conversations?pageSize=2",
+        herald.http
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 401);
+    let (_, log) = herald.terminate().await;
+
+    let calls: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("method=/herald.v1.Messenger/ListConversations"))
+        .collect();
+    assert_eq!(calls.len(), 2, "one line per call: {log}");
+    assert!(
+        calls[0].contains("end of stream") && calls[0].contains("code=Some(Ok)"),
+        "{log}"
+    );
+    assert!(calls[1].contains("code=Some(Unauthenticated)"), "{log}");
+    assert!(
+        log.lines()
+            .any(|line| line.contains("finished processing request")
+                && line.contains("method=GET path=/api/conversations query=pageSize=2 status=401")),
+        "{log}"
+    );
+}
