@@ -151,6 +151,8 @@ async fn a_grpc_subscription_is_one_line_when_it_ends_however_it_ends() {
         .collect();
     assert_eq!(ends.len(), 2, "one line per subscription: {log}");
     assert!(ends[1].contains("code=Unavailable"), "{log}");
+    let refusals = log.matches("grpc subscription refused").count();
+    assert_eq!(refusals, 1, "only the refused one is a refusal: {log}");
 }
 
 #[tokio::test]
@@ -197,6 +199,61 @@ async fn every_call_is_one_line_with_its_method_and_outcome() {
         log.lines()
             .any(|line| line.contains("finished processing request")
                 && line.contains("method=GET path=/api/conversations query=pageSize=2 status=401")),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_call_whose_client_went_away_still_has_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "log-test-secret-0123456789abcdef0123456789abcdef";
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", secret]);
+        // One call, then one every ten seconds: the test's later calls
+        // are all over the rate.
+        command.args(["--call-rate-limit", "0.1", "--call-rate-burst", "1"]);
+    })
+    .await;
+    let token = format!("Bearer {}", crate::support::mint(secret, "alice"));
+    let list = || authorized(pb::ListConversationsRequest::default(), &token);
+    // The one call the burst allows.
+    let mut client = herald.client().await;
+    assert!(client.list_conversations(list()).await.is_ok());
+
+    // The next is refused late (the tarpit); its client leaves meanwhile,
+    // closing its connection, so the server drops the call unanswered.
+    let mut leaving = herald.client().await;
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        leaving.list_conversations(list()),
+    )
+    .await;
+    assert!(waited.is_err(), "still in the tarpit after 100 ms");
+    drop(leaving);
+    herald.wait_for_log("code=None").await;
+    // The same over HTTP: its line comes without a status.
+    let impatient = Client::builder()
+        .timeout(std::time::Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let url = format!("http://{}/api/conversations", herald.http);
+    let left = impatient.get(url).bearer_auth(&token[7..]).send().await;
+    assert!(
+        left.unwrap_err().is_timeout(),
+        "still in the tarpit after 100 ms"
+    );
+    herald
+        .wait_for_log("path=/api/conversations query= latency=")
+        .await;
+    let (_, log) = herald.terminate().await;
+
+    let calls: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("method=/herald.v1.Messenger/ListConversations"))
+        .collect();
+    assert_eq!(calls.len(), 2, "one line per call: {log}");
+    assert!(
+        calls[1].contains("end of stream") && calls[1].contains("code=None"),
         "{log}"
     );
 }

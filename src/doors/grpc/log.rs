@@ -1,5 +1,6 @@
-//! The gRPC request log: one line per call, when its response ends, with
-//! the method, the duration and the status; never metadata (tokens).
+//! The gRPC request log: one line per call, when its response ends or its
+//! client goes away, with the method, the duration and the status; never
+//! metadata (tokens).
 //!
 //! No span is opened for a call: the line carries its own fields. tracing's
 //! registry keeps every span slot it ever allocated, with its fields, so a
@@ -30,38 +31,73 @@ pub const SUBSCRIBE_EVENTS: &str = "/herald.v1.Messenger/SubscribeEvents";
 
 /// The request log, as middleware over every gRPC route.
 pub async fn call(request: Request, next: Next) -> Response {
-    // A clone of the URI shares the request's bytes: nothing is formatted
-    // unless the line is written.
-    let uri = request.uri().clone();
-    let started = Instant::now();
+    // Made before the handler runs: a call whose client goes away while it
+    // waits (hyper drops the handler) still has its line.
+    let mut line = Line {
+        // A clone of the URI shares the request's bytes: nothing is
+        // formatted unless the line is written.
+        uri: request.uri().clone(),
+        started: Instant::now(),
+        code: None,
+        kind: Kind::Call,
+    };
     let response = next.run(request).await;
-    let method = uri.path();
-    let in_headers = status_code(response.headers());
-    if SUBSCRIPTIONS.contains(&method) {
-        if let Some(code) = in_headers {
-            tracing::info!(?code, %method, latency = ?started.elapsed(), "grpc subscription refused");
-        }
+    line.code = status_code(response.headers());
+    if SUBSCRIPTIONS.contains(&line.uri.path()) {
+        line.kind = match line.code {
+            Some(code) => Kind::Refused(code),
+            None => Kind::Opened,
+        };
         return response;
     }
-    tracing::debug!(%method, latency = ?started.elapsed(), "response headers sent");
-    response.map(|body| {
-        Body::new(Logged {
-            body,
-            uri,
-            started,
-            code: in_headers,
-        })
-    })
+    tracing::debug!(method = %line.method(), latency = ?line.started.elapsed(), "response headers sent");
+    response.map(|body| Body::new(Logged { body, line }))
 }
 
-/// A call's response body, which writes the call's line when dropped:
-/// after its trailers, or when the client went away before them.
-struct Logged {
-    body: Body,
+/// One call's line, written when dropped.
+struct Line {
     uri: Uri,
     started: Instant,
-    /// The status, from the response's headers (a refusal) or trailers.
+    /// The status, from the response's headers (a refusal) or trailers;
+    /// none when the client went away before either.
     code: Option<tonic::Code>,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A call, or a subscription that never got to answer.
+    Call,
+    /// A subscription refused in its response's headers, with this code.
+    Refused(tonic::Code),
+    /// A subscription that opened: its [`StreamLog`] writes its line.
+    Opened,
+}
+
+impl Line {
+    /// The method, with anything outside printable ASCII escaped.
+    fn method(&self) -> std::str::EscapeDefault<'_> {
+        self.uri.path().escape_default()
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        let (method, duration, code) = (self.method(), self.started.elapsed(), self.code);
+        match self.kind {
+            Kind::Call => tracing::info!(%method, ?duration, ?code, "end of stream"),
+            Kind::Refused(code) => {
+                tracing::info!(?code, %method, latency = ?duration, "grpc subscription refused")
+            }
+            Kind::Opened => {}
+        }
+    }
+}
+
+/// A call's response body, which holds its [`Line`] until dropped: after
+/// its trailers, or when the client went away before them.
+struct Logged {
+    body: Body,
+    line: Line,
 }
 
 impl hyper::body::Body for Logged {
@@ -79,7 +115,7 @@ impl hyper::body::Body for Logged {
             .and_then(Frame::trailers_ref)
             .and_then(status_code)
         {
-            self.code = Some(code);
+            self.line.code = Some(code);
         }
         Poll::Ready(frame)
     }
@@ -90,13 +126,6 @@ impl hyper::body::Body for Logged {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let (method, duration) = (self.uri.path(), self.started.elapsed());
-        tracing::info!(%method, ?duration, code = ?self.code, "end of stream");
     }
 }
 
