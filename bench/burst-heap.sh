@@ -41,6 +41,10 @@ target/release/herald-bench hostile --http "$HTTP" --grpc "$GRPC" --pid "$pid" \
     grep -o 'rss_kib before=[0-9]* peak=[0-9]* after=[0-9]*'
 # Killed, not stopped: what is live now is what the round left.
 kill -9 "$pid"
-while [[ ! -s $(ls "$work"/heap*.zst 2>/dev/null | head -1) ]] || pgrep -f heaptrack_interpret >/dev/null; do sleep 0.5; done
+# heaptrack's interpreter finishes the file after the kill (at most 60 s).
+for _ in $(seq 120); do
+    pgrep -f heaptrack_interpret >/dev/null || [[ ! -s $(ls "$work"/heap*.zst 2>/dev/null | head -1) ]] || break
+    sleep 0.5
+done
 # The round ends 6 s after its attack, which lasts SECONDS_EACH.
 python3 bench/burst-heap.py "$(ls "$work"/heap*.zst | head -1)" "$((SECONDS_EACH + 6))" 6

@@ -107,13 +107,7 @@ async fn json_logs_are_one_object_per_line() {
 
 #[tokio::test]
 async fn a_grpc_subscription_is_one_line_when_it_ends_however_it_ends() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = "log-test-secret-0123456789abcdef0123456789abcdef";
-    let herald = Process::serve(dir.path(), |command| {
-        command.args(["--jwt-secret", secret]);
-    })
-    .await;
-    let token = format!("Bearer {}", crate::support::mint(secret, "alice"));
+    let (_dir, herald, token) = serve_for_alice(&[]).await;
     let mut client = herald.client().await;
     let subscribe = |client: &mut pb::messenger_client::MessengerClient<_>| {
         let request = authorized(pb::SubscribeMessagesRequest::default(), &token);
@@ -157,13 +151,7 @@ async fn a_grpc_subscription_is_one_line_when_it_ends_however_it_ends() {
 
 #[tokio::test]
 async fn every_call_is_one_line_with_its_method_and_outcome() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = "log-test-secret-0123456789abcdef0123456789abcdef";
-    let herald = Process::serve(dir.path(), |command| {
-        command.args(["--jwt-secret", secret]);
-    })
-    .await;
-    let token = format!("Bearer {}", crate::support::mint(secret, "alice"));
+    let (_dir, herald, token) = serve_for_alice(&[]).await;
     let mut client = herald.client().await;
 
     // Answered in trailers, after a response message.
@@ -205,16 +193,10 @@ async fn every_call_is_one_line_with_its_method_and_outcome() {
 
 #[tokio::test]
 async fn a_call_whose_client_went_away_still_has_its_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let secret = "log-test-secret-0123456789abcdef0123456789abcdef";
-    let herald = Process::serve(dir.path(), |command| {
-        command.args(["--jwt-secret", secret]);
-        // One call, then one every ten seconds: the test's later calls
-        // are all over the rate.
-        command.args(["--call-rate-limit", "0.1", "--call-rate-burst", "1"]);
-    })
-    .await;
-    let token = format!("Bearer {}", crate::support::mint(secret, "alice"));
+    // One call, then one every ten seconds: the test's later calls are
+    // all over the rate.
+    let (_dir, herald, token) =
+        serve_for_alice(&["--call-rate-limit", "0.1", "--call-rate-burst", "1"]).await;
     let list = || authorized(pb::ListConversationsRequest::default(), &token);
     // The one call the burst allows.
     let mut client = herald.client().await;
@@ -256,4 +238,17 @@ async fn a_call_whose_client_went_away_still_has_its_line() {
         calls[1].contains("end of stream") && calls[1].contains("code=None"),
         "{log}"
     );
+}
+
+/// herald started with `args` and its own secret, and a bearer token of
+/// alice's; the directory lives as long as the test keeps it.
+async fn serve_for_alice(args: &[&str]) -> (tempfile::TempDir, Process, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "log-test-secret-0123456789abcdef0123456789abcdef";
+    let herald = Process::serve(dir.path(), |command| {
+        command.args(["--jwt-secret", secret]).args(args);
+    })
+    .await;
+    let token = format!("Bearer {}", crate::support::mint(secret, "alice"));
+    (dir, herald, token)
 }

@@ -9,18 +9,13 @@
 //! (BENCHMARKS, round three, tenth pass).
 
 use axum::{
-    body::{Body, Bytes},
+    body::Body,
     extract::Request,
     http::{HeaderMap, Uri},
     middleware::Next,
     response::Response,
 };
-use hyper::body::{Frame, SizeHint};
-use std::{
-    pin::Pin,
-    task::{Context, Poll, ready},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 /// The calls whose stream a subscriber holds open for hours: their line
 /// is their [`StreamLog`]'s, written when the stream ends; here only a
@@ -51,7 +46,16 @@ pub async fn call(request: Request, next: Next) -> Response {
         return response;
     }
     tracing::debug!(method = %line.method(), latency = ?line.started.elapsed(), "response headers sent");
-    response.map(|body| Body::new(Logged { body, line }))
+    // The body holds the line until it is dropped: after its trailers, or
+    // when the client went away before them.
+    response.map(|body| {
+        Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+            if let Some(code) = frame.trailers_ref().and_then(status_code) {
+                line.ended(code);
+            }
+            frame
+        }))
+    })
 }
 
 /// One call's line, written when dropped.
@@ -74,6 +78,11 @@ enum Kind {
 }
 
 impl Line {
+    /// The status the call ended with, from its trailers.
+    fn ended(&mut self, code: tonic::Code) {
+        self.code = Some(code);
+    }
+
     /// The method, with anything outside printable ASCII escaped.
     fn method(&self) -> std::str::EscapeDefault<'_> {
         self.uri.path().escape_default()
@@ -90,42 +99,6 @@ impl Drop for Line {
             }
             Kind::Opened => {}
         }
-    }
-}
-
-/// A call's response body, which holds its [`Line`] until dropped: after
-/// its trailers, or when the client went away before them.
-struct Logged {
-    body: Body,
-    line: Line,
-}
-
-impl hyper::body::Body for Logged {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(context));
-        if let Some(code) = frame
-            .as_ref()
-            .and_then(|frame| frame.as_ref().ok())
-            .and_then(Frame::trailers_ref)
-            .and_then(status_code)
-        {
-            self.line.code = Some(code);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
